@@ -1,0 +1,114 @@
+"""Configuration from ``WALBACKUP_*`` environment variables (SPEC §6).
+
+A TOML file named by ``WALBACKUP_CONFIG_FILE`` may set the same keys (lower
+case, without the prefix); the environment wins over the file. Invalid values
+fail at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from tasks.core.segments import DEFAULT_SEG_SIZE, validate_seg_size
+from tasks.errors import InvalidInput
+
+ENV_PREFIX = "WALBACKUP_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "walbackup"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    node_id: int | None = Field(default=None, gt=0)
+    workdir: Path | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    remote_storage: str | None = None
+    s3_endpoint_url: str | None = None
+    parallel_jobs: int = Field(default=5, ge=1, le=256)
+    max_offloader_lag_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
+    wal_seg_size: int = DEFAULT_SEG_SIZE
+    heartbeat_timeout: float = Field(default=5.0, gt=0)
+    election_interval: float = Field(default=1.0, gt=0)
+    backup_enabled: bool = True
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("wal_seg_size")
+    @classmethod
+    def _seg_size(cls, value: int) -> int:
+        return validate_seg_size(value)
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.node_id is not None and self.workdir is None:
+            raise ValueError("WALBACKUP_WORKDIR is required when WALBACKUP_NODE_ID is set")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_remote_storage(self) -> str:
+        return self.remote_storage or (self.data_dir / "remote").resolve().as_uri()
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """A lease outlives a missed renewal or two but not a dead node."""
+        return self.heartbeat_timeout
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into one clear message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) if err["loc"] else ""
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+            problems.append(f"{name}: {err['msg']}")
+        raise InvalidInput("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,51 @@
+"""Tenant and timeline ids: 32 lowercase hex characters each, ``TENANT/TIMELINE``.
+
+Ids become directory names and object keys, so anything but the exact form is
+rejected: no case folding, no trimming, no separators, no traversal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tasks.errors import InvalidInput
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def validate_hex_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
+        raise InvalidInput(
+            f"invalid {what} {value!r}: expected 32 lowercase hex characters"
+        )
+    return value
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class TenantTimelineId:
+    tenant_id: str
+    timeline_id: str
+
+    def __post_init__(self) -> None:
+        validate_hex_id(self.tenant_id, "tenant id")
+        validate_hex_id(self.timeline_id, "timeline id")
+
+    @classmethod
+    def parse(cls, text: str) -> TenantTimelineId:
+        """Parse ``TENANT_ID/TIMELINE_ID``."""
+        if not isinstance(text, str) or text.count("/") != 1:
+            raise InvalidInput(
+                f"invalid timeline {text!r}: expected TENANT_ID/TIMELINE_ID, "
+                "32 lowercase hex characters each"
+            )
+        tenant, timeline = text.split("/")
+        return cls(tenant, timeline)
+
+    @property
+    def timeline_int(self) -> int:
+        """The timeline id as the 128-bit number the election shifts by."""
+        return int(self.timeline_id, 16)
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.timeline_id}"

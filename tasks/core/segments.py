@@ -1,0 +1,87 @@
+"""WAL segment naming and ranges (PostgreSQL's ``XLogFileName``), no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tasks.core.lsn import Lsn
+from tasks.errors import InvalidInput
+
+PG_TLI = 1
+MIN_SEG_SIZE = 1 << 20
+MAX_SEG_SIZE = 1 << 30
+DEFAULT_SEG_SIZE = 16 << 20
+PARTIAL_SUFFIX = ".partial"
+
+_NAME_RE = re.compile(r"[0-9A-F]{24}")
+
+
+def validate_seg_size(seg_size: int) -> int:
+    """A power of two from 1 MiB to 1 GiB, as PostgreSQL allows."""
+    if (
+        isinstance(seg_size, bool)
+        or not isinstance(seg_size, int)
+        or not MIN_SEG_SIZE <= seg_size <= MAX_SEG_SIZE
+        or seg_size & (seg_size - 1)
+    ):
+        raise InvalidInput(
+            f"invalid wal_seg_size {seg_size!r}: must be a power of two from 1 MiB to 1 GiB"
+        )
+    return seg_size
+
+
+def segments_per_xlogid(seg_size: int) -> int:
+    return 0x100000000 // seg_size
+
+
+def xlog_file_name(segno: int, seg_size: int, tli: int = PG_TLI) -> str:
+    """``XLogFileName(tli, segno, seg_size)``, e.g. ``000000010000000000000001``."""
+    n = segments_per_xlogid(validate_seg_size(seg_size))
+    if not 0 <= segno < n * 0x100000000 or not 0 < tli <= 0xFFFFFFFF:
+        raise InvalidInput(f"segment number {segno} or timeline {tli} out of range")
+    return f"{tli:08X}{segno // n:08X}{segno % n:08X}"
+
+
+def parse_xlog_file_name(name: str, seg_size: int) -> tuple[int, int]:
+    """Inverse of ``xlog_file_name``: ``(tli, segno)``; rejects anything else."""
+    n = segments_per_xlogid(validate_seg_size(seg_size))
+    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+        raise InvalidInput(
+            f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
+        )
+    tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16)
+    if tli == 0 or seg >= n:
+        raise InvalidInput(
+            f"invalid WAL segment name {name!r} for wal_seg_size {seg_size}"
+        )
+    return tli, log * n + seg
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    segno: int
+    start_lsn: Lsn
+    end_lsn: Lsn
+
+    @property
+    def size(self) -> int:
+        return self.end_lsn - self.start_lsn
+
+    def object_name(self) -> str:
+        return xlog_file_name(self.segno, self.size)
+
+
+def segment(segno: int, seg_size: int) -> Segment:
+    return Segment(
+        segno,
+        Lsn.from_segment(segno, 0, seg_size),
+        Lsn.from_segment(segno + 1, 0, seg_size),
+    )
+
+
+def get_segments(start: Lsn, end: Lsn, seg_size: int) -> list[Segment]:
+    """Segments ``[segno(start), segno(end))``: the complete segments that lie
+    at or after the segment holding ``start`` and end at or before ``end``."""
+    first, last = start.segment_number(seg_size), end.segment_number(seg_size)
+    return [segment(s, seg_size) for s in range(first, last)]
