@@ -16,9 +16,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 def validate_hex_id(value: str, what: str) -> str:
     if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
-        raise InvalidInput(
-            f"invalid {what} {value!r}: expected 32 lowercase hex characters"
-        )
+        raise InvalidInput(f"invalid {what} {value!r}: expected 32 lowercase hex characters")
     return value
 
 

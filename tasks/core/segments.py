@@ -52,9 +52,7 @@ def parse_xlog_file_name(name: str, seg_size: int) -> tuple[int, int]:
         )
     tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:], 16)
     if tli == 0 or seg >= n:
-        raise InvalidInput(
-            f"invalid WAL segment name {name!r} for wal_seg_size {seg_size}"
-        )
+        raise InvalidInput(f"invalid WAL segment name {name!r} for wal_seg_size {seg_size}")
     return tli, log * n + seg
 
 

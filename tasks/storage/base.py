@@ -7,13 +7,26 @@ the backend adds its own prefix. Every backend must pass
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from tasks.core.ids import TenantTimelineId
+from tasks.errors import ChecksumMismatch, InvalidInput, SegmentFileError
+
+CHUNK_BYTES = 1 << 20
+"""Read and copy size for streaming segments."""
+
+_BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+_USERINFO = re.compile(r"//[^/]*@")
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,80 @@ def segment_key(ttid: TenantTimelineId, segment_name: str) -> str:
 
 def timeline_prefix(ttid: TenantTimelineId) -> str:
     return f"{ttid.tenant_id}/{ttid.timeline_id}/"
+
+
+def validate_key(key: str, *, prefix: bool = False) -> str:
+    """Reject a key (or, with ``prefix``, a listing prefix, which may be empty or
+    end in ``/``) that could escape a backend's root or that S3 and a file
+    system would read differently: absolute, ``.``/``..``/empty components,
+    backslashes, control characters."""
+    what = "key prefix" if prefix else "key"
+    if not isinstance(key, str):
+        raise InvalidInput(f"invalid storage {what} {key!r}: not a string")
+    parts = key.split("/")
+    if prefix and parts[-1] == "":
+        parts.pop()
+    if key.startswith("/"):
+        problem = "it is absolute"
+    elif _BAD_KEY_CHARS.search(key):
+        problem = "it contains a backslash or a control character"
+    elif any(part in ("", ".", "..") for part in parts):
+        problem = "it has an empty, '.' or '..' component"
+    else:
+        return key
+    raise InvalidInput(f"invalid storage {what} {key!r}: {problem}")
+
+
+def open_segment_file(path: Path, expected_size: int) -> BinaryIO:
+    """Open a local segment for upload, refusing it before a byte is sent when
+    its size is not ``expected_size``."""
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    except OSError as exc:
+        raise SegmentFileError(f"segment file {path}: cannot open: {exc.strerror}") from exc
+    size = os.fstat(stream.fileno()).st_size
+    if size != expected_size:
+        stream.close()
+        raise SegmentFileError(
+            f"segment file {path} is {size} bytes, expected {expected_size}: not uploaded"
+        )
+    return stream
+
+
+def read_chunks(stream: SupportsRead[bytes]) -> Iterator[bytes]:
+    while chunk := stream.read(CHUNK_BYTES):
+        yield chunk
+
+
+def sha256_stream(stream: SupportsRead[bytes]) -> tuple[bytes, int]:
+    """SHA-256 digest and length of what is left in ``stream``."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in read_chunks(stream):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.digest(), size
+
+
+def check_read_size(path: Path, read_bytes: int, expected_size: int) -> None:
+    """The file changed size while we read it: refuse what we read."""
+    if read_bytes != expected_size:
+        raise SegmentFileError(
+            f"segment file {path} changed while being read ({read_bytes} bytes read, "
+            f"expected {expected_size}): not uploaded"
+        )
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for messages and logs: any ``user:password@`` replaced."""
+    return _USERINFO.sub("//***@", url, count=1)
+
+
+def checksum_mismatch(url: str, key: str, ours_hex: str, theirs_hex: str) -> ChecksumMismatch:
+    return ChecksumMismatch(
+        f"{url}: object {key} already exists with DIFFERENT bytes (stored sha256 "
+        f"{theirs_hex}, ours {ours_hex}); not overwritten. Two nodes disagree about "
+        "this WAL segment: a split brain to investigate."
+    )
 
 
 class RemoteStorage(ABC):

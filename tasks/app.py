@@ -1,0 +1,100 @@
+"""The Celery app: ``celery -A tasks worker|beat|flower``.
+
+A worker started with ``WALBACKUP_NODE_ID`` and ``WALBACKUP_WORKDIR`` is that
+node: it consumes ``node.<id>`` besides the shared ``walbackup`` queue and runs
+the node service (heartbeats, WORKDIR watcher, lease upkeep, metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+from kombu import Queue
+
+from beat.schedule import SHARED_QUEUE, build_schedule
+from tasks.config import get_settings
+
+log = logging.getLogger("walbackup.app")
+
+settings = get_settings()
+
+
+def node_queue(node_id: int) -> str:
+    return f"node.{node_id}"
+
+
+_queues = [Queue(SHARED_QUEUE)]
+if settings.node_id is not None:
+    _queues.append(Queue(node_queue(settings.node_id)))
+
+app = Celery("walbackup", broker=settings.effective_broker_url, include=["tasks.jobs"])
+app.conf.update(
+    # JSON only: anyone who can write to Redis could run code through pickle.
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    event_serializer="json",
+    task_ignore_result=True,
+    # A message is acked after its task ran; a worker lost mid-task gives the
+    # message back. Exceptions are retried explicitly by the tasks.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={
+        # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
+        # so a running upload is never delivered twice.
+        "visibility_timeout": 3600,
+        "unacked_restore_interval": 5,
+    },
+    # Flower.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_default_queue=SHARED_QUEUE,
+    task_queues=_queues,
+    task_create_missing_queues=True,
+    worker_concurrency=settings.parallel_jobs + 4,
+    # Beat: schedule and its lock in Redis, so a second beat waits instead of
+    # doubling the work (RedBeat).
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.redis_url,
+    redbeat_key_prefix="walbackup:redbeat:",
+    beat_max_loop_interval=1,
+    redbeat_lock_timeout=10,
+    beat_schedule=build_schedule(settings.election_interval),
+)
+
+
+@signals.worker_init.connect
+def _default_to_threads_pool(sender: Any = None, **_: Any) -> None:
+    """Uploads are I/O bound and the node keeps per-process state (leases,
+    metrics), so a node runs the ``threads`` pool unless ``-P`` says otherwise.
+    ``worker_init`` fires before the pool class is resolved."""
+    if not any(arg in ("-P", "--pool") or arg.startswith("--pool=") for arg in sys.argv):
+        sender.pool_cls = "threads"
+
+
+class NodeStep(bootsteps.StartStopStep):
+    """Runs the node service beside the consumer of a node worker."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.enabled = settings.node_id is not None
+
+    def start(self, parent: Any) -> None:
+        from tasks.runtime import get_node
+
+        get_node().start()
+
+    def stop(self, parent: Any) -> None:
+        from tasks.runtime import get_node
+
+        get_node().stop()
+
+
+app.steps["worker"].add(NodeStep)

@@ -1,0 +1,158 @@
+"""The ``walbackup`` command line.
+
+Imports are local to each command: ``fetch`` runs once per segment as
+PostgreSQL's ``restore_command``, so it must not pay for Celery or rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+# Exit codes, as barman-cloud assigns them.
+EXIT_NOT_FOUND = 1
+EXIT_STORAGE = 3
+EXIT_INPUT = 2
+EXIT_OTHER = 4
+
+
+def _fail(code: int, message: str) -> None:
+    print(f"walbackup: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@cli.command()
+def fetch(
+    ttid: Annotated[str, typer.Argument(help="TENANT_ID/TIMELINE_ID")],
+    segment: Annotated[str, typer.Argument(help="WAL segment name (%f)")],
+    dest: Annotated[str, typer.Argument(help="destination path (%p), or - for stdout")],
+    offset: Annotated[int, typer.Option(help="start at this byte offset")] = 0,
+) -> None:
+    """Restore one segment from remote storage (restore_command = 'walbackup fetch TTID %f %p')."""
+    from tasks.config import load_settings
+    from tasks.core.ids import TenantTimelineId
+    from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
+    from tasks.restore import fetch_segment
+    from tasks.storage import open_storage
+
+    try:
+        settings = load_settings()
+        parsed = TenantTimelineId.parse(ttid)
+        storage = open_storage(
+            settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
+        )
+        fetch_segment(storage, parsed, segment, dest, offset)
+    except NotFound:
+        _fail(EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage")
+    except InvalidInput as exc:
+        _fail(EXIT_INPUT, str(exc))
+    except Retryable as exc:
+        _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
+    except (WalBackupError, OSError) as exc:
+        _fail(EXIT_OTHER, str(exc))
+
+
+@cli.command()
+def trigger(
+    ttids: Annotated[list[str], typer.Argument(help="TENANT_ID/TIMELINE_ID ...")],
+) -> None:
+    """Register timelines as needing backup and run their election now."""
+    from tasks.core.ids import TenantTimelineId
+    from tasks.errors import InvalidInput
+
+    try:
+        ids = [str(TenantTimelineId.parse(t)) for t in ttids]
+    except InvalidInput as exc:
+        _fail(EXIT_INPUT, str(exc))
+    from tasks.app import app
+
+    app.send_task("walbackup.trigger", args=[ids], queue="walbackup")
+    print(f"triggered {len(ids)} timeline(s)")
+
+
+@cli.command()
+def status(
+    ttids: Annotated[
+        list[str] | None, typer.Argument(help="timelines (default: all registered)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per timeline: each peer's commit_lsn, backup_lsn, offloader and reason, lag."""
+    from tasks.config import load_settings
+    from tasks.core.ids import TenantTimelineId
+    from tasks.errors import InvalidInput
+    from tasks.state.redis import RedisState
+    from tasks.status import timeline_status
+
+    try:
+        settings = load_settings()
+        ids = [str(TenantTimelineId.parse(t)) for t in ttids or []]
+    except InvalidInput as exc:
+        _fail(EXIT_INPUT, str(exc))
+    rows = timeline_status(RedisState.from_url(settings.redis_url), ids, settings.heartbeat_timeout)
+    if as_json:
+        print(json.dumps({"timelines": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "timeline", "backup_lsn", "commit_lsn", "lag bytes", "offloader", "peers (node: commit)"
+    )
+    for row in rows:
+        peers = ", ".join(
+            f"{p['node_id']}: {p['commit_lsn']}{'' if p['alive'] else ' (dead)'}"
+            for p in row["peers"]
+        )
+        table.add_row(
+            row["timeline"],
+            row["backup_lsn"] or "-",
+            row["commit_lsn"] or "-",
+            str(row["lag_bytes"] if row["lag_bytes"] is not None else "-"),
+            str(row["offloader"] or "-"),
+            peers,
+        )
+    Console().print(table)
+
+
+@cli.command()
+def simulate(
+    workdirs: Annotated[list[Path], typer.Option("--workdir", help="a node WORKDIR (repeat)")],
+    ttids: Annotated[
+        list[str] | None, typer.Option("--ttid", help="timeline to write (repeat)")
+    ] = None,
+    timelines: Annotated[int, typer.Option(help="random timelines to make when no --ttid")] = 2,
+    segments: Annotated[int, typer.Option(help="segments per timeline")] = 10,
+    seg_size: Annotated[int, typer.Option(help="wal_seg_size in bytes")] = 16 << 20,
+    rate: Annotated[
+        float | None, typer.Option(help="segments/s per timeline (default: flat out)")
+    ] = None,
+    start_segno: Annotated[int, typer.Option(help="first segment number")] = 1,
+) -> None:
+    """Write the same WAL segments into several node WORKDIRs (.partial, then renamed)."""
+    import secrets
+
+    from tasks.core.ids import TenantTimelineId
+    from tasks.errors import InvalidInput
+    from tasks.simulate import simulate as run
+
+    try:
+        ids = [TenantTimelineId.parse(t) for t in ttids or []] or [
+            TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16)) for _ in range(timelines)
+        ]
+        for t in ids:
+            print(t)
+        done = run(list(workdirs), ids, segments, seg_size, rate=rate, start_segno=start_segno)
+    except InvalidInput as exc:
+        _fail(EXIT_INPUT, str(exc))
+    print(f"wrote {done} segment files")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,62 @@
+"""Who uploads a timeline: the reference's ``determine_offloader`` as a pure function.
+
+Normally one node offloads; S3 has no compare-and-swap, so for a short while
+two may PUT the same files, which is harmless (same bytes, conditional write).
+Changing the offloader often would be wasteful and electing a badly lagging
+node undesirable, so the choice is deterministic among caught-up candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tasks.core.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What a node last said about one timeline."""
+
+    node_id: int
+    commit_lsn: Lsn
+    local_start_lsn: Lsn
+    backup_lsn: Lsn
+    ts: float  # unix time of the heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    offloader: int | None
+    reason: str
+
+
+def alive_peers(
+    peers: Iterable[PeerInfo], now: float, heartbeat_timeout_s: float
+) -> list[PeerInfo]:
+    """Peers whose last heartbeat is younger than ``heartbeat_timeout_s``."""
+    return [p for p in peers if now - p.ts < heartbeat_timeout_s]
+
+
+def determine_offloader(
+    alive: Iterable[PeerInfo],
+    backup_lsn: Lsn,
+    timeline_int: int,
+    max_offloader_lag_bytes: int,
+) -> Election:
+    # A peer that no longer holds WAL at backup_lsn cannot fill the gap.
+    capable = [p for p in alive if p.local_start_lsn <= backup_lsn]
+    if not capable:
+        return Election(None, "no connected peers to elect from")
+    max_commit = max(p.commit_lsn for p in capable)
+    threshold = max_commit.saturating_sub(max_offloader_lag_bytes)
+    caught_up = sorted((p for p in capable if p.commit_lsn >= threshold), key=lambda p: p.node_id)
+    # Shift by timeline id to spread timelines over nodes.
+    offloader = caught_up[timeline_int % len(caught_up)].node_id
+    listed = ", ".join(
+        f"({p.node_id}, {p.commit_lsn})" for p in sorted(capable, key=lambda p: p.node_id)
+    )
+    return Election(
+        offloader,
+        f"elected {offloader} among [{listed}] peers, with {len(caught_up)} of them being caughtup",
+    )

@@ -1,0 +1,176 @@
+"""Election rounds: read heartbeats from Redis, run ``determine_offloader``,
+record the result, and kick the offloader's node queue when it has work.
+
+One beat tick elects every registered timeline in batches, each batch one
+pipelined read and one pipelined write, so 10,000 timelines cost a few dozen
+round trips rather than tens of thousands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from tasks.core.election import Election, alive_peers, determine_offloader
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.state.redis import PeerRecord, RedisState, TimelineRecord, kick_key, tl_key
+
+log = logging.getLogger("walbackup.election")
+
+# Sends the backup task for a timeline to a node's queue.
+KickFn = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ttid: str
+    election: Election
+    backup_lsn: Lsn | None
+    changed: bool
+    kicked: bool
+
+
+def timeline_start(peers: Sequence[PeerRecord]) -> Lsn | None:
+    """An explicit ``timeline_start_lsn`` a writer recorded, else the start of
+    the lowest segment any node holds now (SPEC §3)."""
+    explicit = [p.timeline_start_lsn for p in peers if p.timeline_start_lsn is not None]
+    if explicit:
+        return min(explicit)
+    starts = [p.peer.local_start_lsn for p in peers]
+    return min(starts) if starts else None
+
+
+class Elector:
+    def __init__(
+        self,
+        state: RedisState,
+        kick: KickFn,
+        *,
+        heartbeat_timeout_s: float,
+        max_offloader_lag_bytes: int,
+        default_seg_size: int,
+        kick_interval_ms: int,
+        backup_enabled: bool = True,
+    ) -> None:
+        self.state = state
+        self.kick = kick
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.max_lag = max_offloader_lag_bytes
+        self.default_seg_size = default_seg_size
+        self.kick_interval_ms = kick_interval_ms
+        self.backup_enabled = backup_enabled
+
+    def run_round(self, batch_size: int = 1000) -> int:
+        """Elect every registered timeline; returns how many were looked at."""
+        done = 0
+        total = self.state.registered_count()
+        for start in range(0, total, batch_size):
+            batch = self.state.registered(start, start + batch_size - 1)
+            self.elect(batch)
+            done += len(batch)
+        return done
+
+    def elect(self, ttids: Sequence[str], *, force_kick: bool = False) -> list[Outcome]:
+        """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers)."""
+        now = time.time()
+        rows = self.state.timelines_with_peers(ttids)
+        writes = self.state.r.pipeline(transaction=False)
+        planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
+        for ttid, (record, peers) in zip(ttids, rows, strict=True):
+            election, backup_lsn, wants_kick = self._decide(ttid, record, peers, now, writes)
+            changed = election.offloader != record.offloader
+            if changed:
+                self._log_change(ttid, record, election)
+                writes.hset(
+                    tl_key(ttid),
+                    mapping={
+                        "offloader": "" if election.offloader is None else election.offloader,
+                        "reason": election.reason,
+                        "elected_at": now,
+                    },
+                )
+            planned.append((ttid, election, backup_lsn, changed, wants_kick))
+        # Rate-limit kicks that are not forced by a trigger or a new offloader.
+        rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
+        for ttid, *_ in rate_limited:
+            writes.set(kick_key(ttid), "1", nx=True, px=self.kick_interval_ms)
+        results = writes.execute()
+        allowed = (
+            {
+                t
+                for (t, *_), ok in zip(rate_limited, results[-len(rate_limited) :], strict=True)
+                if ok
+            }
+            if rate_limited
+            else set()
+        )
+        outcomes = []
+        for ttid, election, backup_lsn, changed, wants_kick in planned:
+            kicked = wants_kick and (force_kick or changed or ttid in allowed)
+            if kicked and election.offloader is not None:
+                self.kick(ttid, election.offloader)
+            outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked))
+        return outcomes
+
+    def _decide(
+        self,
+        ttid: str,
+        record: TimelineRecord,
+        peers: list[PeerRecord],
+        now: float,
+        writes: object,
+    ) -> tuple[Election, Lsn | None, bool]:
+        pipe = writes  # a redis pipeline; typed loosely to keep redis types out of signatures
+        alive = [r for r in peers if r.peer in alive_peers([r.peer], now, self.heartbeat_timeout_s)]
+        seg_size = record.wal_seg_size or (
+            peers[0].wal_seg_size if peers else self.default_seg_size
+        )
+        start = record.timeline_start_lsn
+        if start is None and alive:
+            start = timeline_start(alive)
+            pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))  # type: ignore[attr-defined]
+            pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)  # type: ignore[attr-defined]
+        # backup_lsn = max(stored, timeline start, what nodes persisted): the
+        # last one recovers a Redis that lost its data.
+        candidates = [lsn for lsn in (record.backup_lsn, start) if lsn is not None]
+        candidates += [r.peer.backup_lsn for r in peers]
+        if not candidates:
+            return Election(None, "no connected peers to elect from"), None, False
+        backup_lsn = max(candidates)
+        if record.backup_lsn is None or backup_lsn > record.backup_lsn:
+            self.state.raise_backup_lsn(ttid, backup_lsn, client=pipe)
+        election = determine_offloader(
+            [r.peer for r in alive],
+            backup_lsn,
+            TenantTimelineId.parse(ttid).timeline_int,
+            self.max_lag,
+        )
+        wants_kick = False
+        if self.backup_enabled and election.offloader is not None:
+            mine = next(r.peer for r in alive if r.peer.node_id == election.offloader)
+            wants_kick = mine.commit_lsn.segment_number(seg_size) > backup_lsn.segment_number(
+                seg_size
+            )
+        return election, backup_lsn, wants_kick
+
+    @staticmethod
+    def _log_change(ttid: str, record: TimelineRecord, election: Election) -> None:
+        if record.offloader is not None:
+            log.info(
+                "Timeline %s: node %s stepping down from backup: %s",
+                ttid,
+                record.offloader,
+                election.reason,
+            )
+        if election.offloader is not None:
+            log.info(
+                "Timeline %s: elected node %s for backup: %s",
+                ttid,
+                election.offloader,
+                election.reason,
+            )
+        else:
+            log.info("Timeline %s: no offloader: %s", ttid, election.reason)

@@ -1,0 +1,26 @@
+"""Prometheus metrics of a node worker (SPEC §4).
+
+Workers run Celery's ``threads`` pool, so the default registry of the one
+worker process holds every task's updates: no multiprocess mode needed.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+BACKED_UP_SEGMENTS = Counter("backed_up_segments", "WAL segments uploaded and committed")
+BACKUP_ERRORS = Counter("backup_errors", "Failed segment uploads (each attempt)")
+BACKUP_LAG_BYTES = Gauge(
+    "backup_lag_bytes", "commit_lsn - backup_lsn of a timeline on this node", ["timeline"]
+)
+UPLOAD_SECONDS = Histogram(
+    "upload_duration_seconds",
+    "Duration of one segment upload",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+UPLOADED_BYTES = Counter("uploaded_bytes", "Bytes of WAL uploaded")
+
+
+def serve(port: int) -> None:
+    """Serve ``/metrics`` on ``port`` from a daemon thread."""
+    start_http_server(port)

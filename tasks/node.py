@@ -1,0 +1,266 @@
+"""The node service: what makes a worker a safekeeper node.
+
+It runs beside the Celery consumer (``NodeStep``) and
+
+- watches WORKDIR: a newly completed segment publishes a heartbeat and
+  triggers the timeline's election at once (no waiting for beat);
+- publishes a heartbeat (PeerInfo) per timeline every second;
+- keeps the upload leases it holds alive, and releases any whose timeline
+  elected another node (stepping down within one election interval);
+- copies the cluster's backup_lsn into each timeline's state file, so a Redis
+  that lost its data recovers it from the nodes.
+
+The two node tasks (``backup_timeline`` and ``upload_segment``) call
+``NodeService.backup`` and ``NodeService.upload``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tasks.config import Settings
+from tasks.core.election import PeerInfo
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.core.segments import xlog_file_name
+from tasks.elector import Elector
+from tasks.metrics import BACKED_UP_SEGMENTS, BACKUP_LAG_BYTES, UPLOAD_SECONDS, UPLOADED_BYTES
+from tasks.state.node import NodeState, TimelineState
+from tasks.state.redis import CommitRefused, RedisState, peer_to_json
+from tasks.storage.base import RemoteStorage, segment_key
+
+log = logging.getLogger("walbackup.node")
+
+HEARTBEAT_INTERVAL_S = 1.0
+
+# Sends ``upload_segment(ttid, segno, seg_size, token)`` to this node's queue.
+SendUploadFn = Callable[[str, int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadOutcome:
+    status: str  # "committed" | "fenced"
+    backup_lsn: Lsn | None = None
+
+
+class NodeService:
+    def __init__(
+        self,
+        settings: Settings,
+        state: RedisState,
+        storage: RemoteStorage,
+        elector: Elector,
+        send_upload: SendUploadFn,
+    ) -> None:
+        assert settings.node_id is not None and settings.workdir is not None
+        self.node_id = settings.node_id
+        self.settings = settings
+        self.state = state
+        self.storage = storage
+        self.elector = elector
+        self.send_upload = send_upload
+        # A new owner per process: a restarted node never reuses the lease of
+        # its previous life, whose in-flight claims died with it.
+        self.owner = f"{self.node_id}.{secrets.token_hex(4)}"
+        self.disk = NodeState(settings.workdir, settings.wal_seg_size)
+        self.lease_ttl_ms = int(settings.lease_ttl_s * 1000)
+        self._leases: dict[str, str] = {}  # ttid -> token held by this process
+        self._timelines: dict[str, TimelineState] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._refresh(trigger=False)
+        self._thread = threading.Thread(
+            target=self._run, name=f"walbackup-node-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "Node %s: serving %s (%d timelines)",
+            self.node_id,
+            self.settings.workdir,
+            len(self._timelines),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            leases = dict(self._leases)
+            self._leases.clear()
+        for ttid, token in leases.items():
+            self._release(ttid, token, "node stopping")
+
+    def _run(self) -> None:
+        next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+        while not self._stop.wait(self._poll_interval()):
+            try:
+                self._refresh(trigger=True)
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+                    self._heartbeat_all()
+            except Exception:  # keep the node alive through Redis restarts and disk hiccups
+                log.exception("Node %s: heartbeat/watch round failed", self.node_id)
+
+    def _poll_interval(self) -> float:
+        # Stat'ing thousands of timeline dirs ten times a second is wasteful.
+        return min(1.0, max(0.1, len(self._timelines) / 10_000))
+
+    # -- watching and heartbeats ---------------------------------------------
+
+    def _refresh(self, *, trigger: bool) -> None:
+        states, changed = self.disk.scan_changes()
+        self._timelines = {str(t): s for t, s in states.items()}
+        if not changed:
+            return
+        changed_ids = sorted(str(t) for t in changed)
+        self._publish([self._timelines[t] for t in changed_ids])
+        if trigger:
+            self.state.register(changed_ids)
+            self.elector.elect(changed_ids, force_kick=True)
+
+    def _peer(self, st: TimelineState, now: float) -> PeerInfo | None:
+        if st.commit_lsn is None or st.local_start_lsn is None:
+            return None  # nothing complete on disk: not a candidate yet
+        return PeerInfo(self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now)
+
+    def _publish(self, timelines: list[TimelineState]) -> None:
+        now = time.time()
+        records = []
+        for st in timelines:
+            peer = self._peer(st, now)
+            if peer is not None:
+                records.append(
+                    (str(st.ttid), peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn))
+                )
+        self.state.publish_heartbeats(self.node_id, records, now)
+
+    def _heartbeat_all(self) -> None:
+        timelines = list(self._timelines.values())
+        self._publish(timelines)
+        ttids = [str(st.ttid) for st in timelines]
+        for st, (backup_lsn, offloader) in zip(
+            timelines, self.state.backup_and_offloader(ttids), strict=True
+        ):
+            ttid = str(st.ttid)
+            if backup_lsn is not None and backup_lsn > st.backup_lsn:
+                self.disk.record_backup_lsn(st.ttid, backup_lsn)
+            if st.commit_lsn is not None:
+                lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
+                BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
+            self._keep_lease(ttid, offloader)
+
+    def _keep_lease(self, ttid: str, offloader: int | None) -> None:
+        with self._lock:
+            token = self._leases.get(ttid)
+        if token is None:
+            return
+        if offloader != self.node_id:
+            self._release(ttid, token, f"node {offloader} elected")
+        elif not self.state.renew_lease(ttid, token, self.lease_ttl_ms):
+            log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
+            self._forget(ttid, token)
+
+    def _release(self, ttid: str, token: str, why: str) -> None:
+        self._forget(ttid, token)
+        if self.state.release_lease(ttid, token):
+            log.info("Timeline %s: node %s stepping down from backup (%s)", ttid, self.node_id, why)
+
+    def _forget(self, ttid: str, token: str) -> None:
+        with self._lock:
+            if self._leases.get(ttid) == token:
+                del self._leases[ttid]
+
+    # -- the two node tasks ----------------------------------------------------
+
+    def backup(self, ttid: str) -> str:
+        """Start or refill the upload window of ``ttid`` if this node is its offloader."""
+        if not self.settings.backup_enabled:
+            return "backup disabled"
+        record = self.state.timeline(ttid)
+        if record.offloader != self.node_id:
+            with self._lock:
+                token = self._leases.get(ttid)
+            if token is not None:
+                self._release(ttid, token, f"node {record.offloader} elected")
+            return "not offloader"
+        token = self.state.acquire_lease(ttid, self.owner, self.node_id, self.lease_ttl_ms)
+        if token is None:
+            return "lease busy"
+        with self._lock:
+            if self._leases.get(ttid) != token:
+                log.info("Timeline %s: node %s took the lease %s", ttid, self.node_id, token)
+            self._leases[ttid] = token
+        st = self._timeline(ttid)
+        if st is None:
+            return "no local timeline"
+        return f"dispatched {self._dispatch(ttid, token, st)}"
+
+    def upload(self, ttid: str, segno: int, seg_size: int, token: str) -> UploadOutcome:
+        """Upload one segment and commit it; raises storage errors for retry."""
+        claim_ms = self._claim_timeout_ms(seg_size)
+        if not self.state.start_upload(
+            ttid, token, self.lease_ttl_ms, segno, int(time.time() * 1000) + claim_ms
+        ):
+            self._forget(ttid, token)
+            return UploadOutcome("fenced")
+        parsed = TenantTimelineId.parse(ttid)
+        name = xlog_file_name(segno, seg_size)
+        started = time.monotonic()
+        result = self.storage.upload_file(
+            segment_key(parsed, name), self.disk.segment_path(parsed, segno, seg_size), seg_size
+        )
+        UPLOAD_SECONDS.observe(time.monotonic() - started)
+        UPLOADED_BYTES.inc(result.size)
+        try:
+            backup_lsn = self.state.commit_segment(ttid, token, segno, seg_size)
+        except CommitRefused:
+            log.warning("Timeline %s: commit of %s refused: lease %s is stale", ttid, name, token)
+            self._forget(ttid, token)
+            return UploadOutcome("fenced")
+        BACKED_UP_SEGMENTS.inc()
+        st = self._timeline(ttid)
+        if st is not None:
+            self._dispatch(ttid, token, st)
+        return UploadOutcome("committed", backup_lsn)
+
+    def _timeline(self, ttid: str) -> TimelineState | None:
+        st = self._timelines.get(ttid)
+        if st is None:
+            st = self.disk.scan_timeline(TenantTimelineId.parse(ttid))
+        return st
+
+    def _claim_timeout_ms(self, seg_size: int) -> int:
+        # Long enough for a slow upload of the segment; a claim older than
+        # this is presumed lost (its message vanished) and handed out again.
+        return max(120_000, seg_size // (1 << 20) * 2000)
+
+    def _dispatch(self, ttid: str, token: str, st: TimelineState) -> int:
+        if st.commit_lsn is None:
+            return 0
+        end_segno = st.commit_lsn.segment_number(st.wal_seg_size)
+        claimed = self.state.claim_segments(
+            ttid,
+            token,
+            self.settings.parallel_jobs,
+            end_segno,
+            st.wal_seg_size,
+            self._claim_timeout_ms(st.wal_seg_size),
+        )
+        if claimed is None:
+            self._forget(ttid, token)
+            return 0
+        for segno in claimed:
+            self.send_upload(ttid, segno, st.wal_seg_size, token)
+        return len(claimed)

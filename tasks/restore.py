@@ -1,0 +1,71 @@
+"""``read_object`` front door: fetch a segment from remote storage to a file or stdout.
+
+Written to be usable as PostgreSQL's ``restore_command``: the destination file
+appears only complete (temp file, fsync, rename), never torn.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks.core.ids import TenantTimelineId
+from tasks.errors import InvalidInput
+from tasks.storage.base import RemoteStorage, segment_key
+
+_SEGMENT_RE = re.compile(r"[0-9A-F]{24}(\.partial)?")
+CHUNK = 1 << 20
+
+
+def validate_segment_name(name: str) -> str:
+    if _SEGMENT_RE.fullmatch(name) is None:
+        raise InvalidInput(
+            f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
+        )
+    return name
+
+
+def fetch_segment(
+    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, dest: str, offset: int = 0
+) -> int:
+    """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout);
+    returns the byte count. Raises ``NotFound`` when it does not exist."""
+    if offset < 0:
+        raise InvalidInput(f"offset must be >= 0, got {offset}")
+    key = segment_key(ttid, validate_segment_name(segment))
+    with storage.open_read(key, offset) as stream:
+        if dest == "-":
+            return _copy(stream, sys.stdout.buffer)
+        return _write_atomically(stream, Path(dest))
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> int:
+    total = 0
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
+        total += len(chunk)
+    dst.flush()
+    return total
+
+
+def _write_atomically(stream: BinaryIO, dest: Path) -> int:
+    directory = dest.parent if str(dest.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            total = _copy(stream, out)
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return total

@@ -1,0 +1,311 @@
+"""Coordination state in Redis: keys, Lua scripts, and the reads/writes on them.
+
+Every key starts with ``walbackup:`` and is built here. LSNs are stored as
+``%X/%X`` text so the Lua scripts can do exact segment arithmetic.
+
+    walbackup:timelines          ZSET   registered timeline ids -> registration time
+    walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
+                                        offloader, reason, epoch, holder, last_error
+    walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
+    walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
+    walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
+    walbackup:done:{ttid}        ZSET   finished segnos not yet committed
+    walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
+    walbackup:nodes              HASH   node id -> last heartbeat JSON
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from tasks.core.election import PeerInfo
+from tasks.core.lsn import Lsn
+
+PREFIX = "walbackup:"
+TIMELINES_KEY = f"{PREFIX}timelines"
+NODES_KEY = f"{PREFIX}nodes"
+
+
+def tl_key(ttid: str) -> str:
+    return f"{PREFIX}tl:{ttid}"
+
+
+def peers_key(ttid: str) -> str:
+    return f"{PREFIX}peers:{ttid}"
+
+
+def lease_key(ttid: str) -> str:
+    return f"{PREFIX}lease:{ttid}"
+
+
+def inflight_key(ttid: str) -> str:
+    return f"{PREFIX}inflight:{ttid}"
+
+
+def done_key(ttid: str) -> str:
+    return f"{PREFIX}done:{ttid}"
+
+
+def kick_key(ttid: str) -> str:
+    return f"{PREFIX}kick:{ttid}"
+
+
+def _load_scripts() -> dict[str, str]:
+    lua = resources.files("tasks.state").joinpath("lua")
+    shared = lua.joinpath("_lsn.lua").read_text()
+    return {
+        entry.name.removesuffix(".lua"): shared + "\n" + entry.read_text()
+        for entry in lua.iterdir()
+        if entry.name.endswith(".lua") and not entry.name.startswith("_")
+    }
+
+
+_SCRIPT_SOURCES = _load_scripts()
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRecord:
+    """The cluster-wide state of one timeline, as stored in Redis."""
+
+    backup_lsn: Lsn | None
+    timeline_start_lsn: Lsn | None
+    wal_seg_size: int | None
+    offloader: int | None
+    reason: str
+    holder: int | None
+    last_error: str
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
+        def lsn(field: str) -> Lsn | None:
+            value = raw.get(field)
+            return Lsn.parse(value) if value else None
+
+        def num(field: str) -> int | None:
+            value = raw.get(field)
+            return int(value) if value else None
+
+        return cls(
+            backup_lsn=lsn("backup_lsn"),
+            timeline_start_lsn=lsn("timeline_start_lsn"),
+            wal_seg_size=num("wal_seg_size"),
+            offloader=num("offloader"),
+            reason=raw.get("reason", ""),
+            holder=num("holder"),
+            last_error=raw.get("last_error", ""),
+        )
+
+
+def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:
+    return json.dumps(
+        {
+            "node_id": peer.node_id,
+            "commit_lsn": str(peer.commit_lsn),
+            "local_start_lsn": str(peer.local_start_lsn),
+            "backup_lsn": str(peer.backup_lsn),
+            "ts": peer.ts,
+            "wal_seg_size": wal_seg_size,
+            "timeline_start_lsn": str(timeline_start_lsn)
+            if timeline_start_lsn is not None
+            else None,
+        },
+        separators=(",", ":"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    peer: PeerInfo
+    wal_seg_size: int
+    timeline_start_lsn: Lsn | None
+
+    @classmethod
+    def from_json(cls, text: str) -> PeerRecord:
+        raw = json.loads(text)
+        start = raw.get("timeline_start_lsn")
+        return cls(
+            PeerInfo(
+                node_id=int(raw["node_id"]),
+                commit_lsn=Lsn.parse(raw["commit_lsn"]),
+                local_start_lsn=Lsn.parse(raw["local_start_lsn"]),
+                backup_lsn=Lsn.parse(raw["backup_lsn"]),
+                ts=float(raw["ts"]),
+            ),
+            wal_seg_size=int(raw["wal_seg_size"]),
+            timeline_start_lsn=Lsn.parse(start) if start else None,
+        )
+
+
+class CommitRefused(Exception):
+    """Internal signal: the caller's lease token is stale (fenced)."""
+
+
+class RedisState:
+    """Typed access to walbackup's Redis keys, with the Lua scripts registered."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(source) for name, source in _SCRIPT_SOURCES.items()
+        }
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisState:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
+        return self._scripts[name](keys=list(keys), args=list(args), client=client)
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, ttids: Iterable[str], now: float | None = None) -> int:
+        stamp = time.time() if now is None else now
+        mapping = {t: stamp for t in ttids}
+        return int(self.r.zadd(TIMELINES_KEY, mapping, nx=True)) if mapping else 0
+
+    def registered(self, start: int = 0, stop: int = -1) -> list[str]:
+        return list(self.r.zrange(TIMELINES_KEY, start, stop))
+
+    def registered_count(self) -> int:
+        return int(self.r.zcard(TIMELINES_KEY))
+
+    # -- heartbeats ----------------------------------------------------------
+
+    def publish_heartbeats(
+        self, node_id: int, records: Sequence[tuple[str, str]], now: float
+    ) -> None:
+        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for ttid, payload in records:
+            pipe.hset(peers_key(ttid), str(node_id), payload)
+        pipe.hset(NODES_KEY, str(node_id), json.dumps({"ts": now, "timelines": len(records)}))
+        pipe.execute()
+
+    def peers(self, ttid: str) -> list[PeerRecord]:
+        return [PeerRecord.from_json(v) for v in self.r.hgetall(peers_key(ttid)).values()]
+
+    def nodes(self) -> dict[int, dict[str, Any]]:
+        return {int(k): json.loads(v) for k, v in self.r.hgetall(NODES_KEY).items()}
+
+    # -- timeline records ----------------------------------------------------
+
+    def timeline(self, ttid: str) -> TimelineRecord:
+        return TimelineRecord.from_hash(self.r.hgetall(tl_key(ttid)))
+
+    def timelines_with_peers(
+        self, ttids: Sequence[str]
+    ) -> list[tuple[TimelineRecord, list[PeerRecord]]]:
+        """Batch read for elections and status: two commands per timeline, one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for ttid in ttids:
+            pipe.hgetall(tl_key(ttid))
+            pipe.hgetall(peers_key(ttid))
+        raw = pipe.execute()
+        return [
+            (
+                TimelineRecord.from_hash(raw[i]),
+                [PeerRecord.from_json(v) for v in raw[i + 1].values()],
+            )
+            for i in range(0, len(raw), 2)
+        ]
+
+    def backup_and_offloader(self, ttids: Sequence[str]) -> list[tuple[Lsn | None, int | None]]:
+        pipe = self.r.pipeline(transaction=False)
+        for ttid in ttids:
+            pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader"])
+        out: list[tuple[Lsn | None, int | None]] = []
+        for backup, offloader in pipe.execute():
+            out.append(
+                (Lsn.parse(backup) if backup else None, int(offloader) if offloader else None)
+            )
+        return out
+
+    def raise_backup_lsn(self, ttid: str, lsn: Lsn, client: Any = None) -> Any:
+        return self._run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], client=client)
+
+    def record_error(self, ttid: str, message: str) -> None:
+        self.r.hset(
+            tl_key(ttid),
+            "last_error",
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
+        )
+
+    def clear_error(self, ttid: str) -> None:
+        self.r.hdel(tl_key(ttid), "last_error")
+
+    # -- lease and ordered commit -------------------------------------------
+
+    def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
+        """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""
+        token = self._run(
+            "acquire_lease",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
+            [owner, ttl_ms, node_id],
+        )
+        return str(token) if token else None
+
+    def start_upload(
+        self, ttid: str, token: str, ttl_ms: int, segno: int, deadline_ms: int
+    ) -> bool:
+        return bool(
+            self._run(
+                "start_upload",
+                [lease_key(ttid), inflight_key(ttid)],
+                [token, ttl_ms, segno, deadline_ms],
+            )
+        )
+
+    def renew_lease(self, ttid: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._run("renew_lease", [lease_key(ttid)], [token, ttl_ms]))
+
+    def release_lease(self, ttid: str, token: str) -> bool:
+        return bool(self._run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))
+
+    def lease_holder_token(self, ttid: str) -> str | None:
+        value = self.r.get(lease_key(ttid))
+        return str(value) if value else None
+
+    def claim_segments(
+        self,
+        ttid: str,
+        token: str,
+        parallel_jobs: int,
+        end_segno: int,
+        seg_size: int,
+        claim_timeout_ms: int,
+    ) -> list[int] | None:
+        """Segnos to upload now, or ``None`` when ``token`` is stale."""
+        now_ms = int(time.time() * 1000)
+        claimed = self._run(
+            "claim_segments",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
+            [token, parallel_jobs, end_segno, seg_size, now_ms, now_ms + claim_timeout_ms],
+        )
+        if claimed is None:
+            return None
+        return [int(s) for s in claimed]
+
+    def commit_segment(self, ttid: str, token: str, segno: int, seg_size: int) -> Lsn:
+        """Mark ``segno`` finished; returns the new backup_lsn. Raises
+        ``CommitRefused`` when the token is stale."""
+        ok, backup = self._run(
+            "commit_segment",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
+            [token, segno, seg_size],
+        )
+        if not int(ok):
+            raise CommitRefused(
+                f"timeline {ttid}: commit of segno {segno} with stale token {token}"
+            )
+        return Lsn.parse(backup)
+
+    def kick_allowed(self, ttid: str, ttl_ms: int) -> bool:
+        return bool(self.r.set(kick_key(ttid), "1", nx=True, px=ttl_ms))
