@@ -1,0 +1,156 @@
+"""A walbackup cluster of real processes for integration tests: node workers
+(``celery -A tasks worker``, one per node, each with its own WORKDIR) and beat,
+started the way a user starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.state.redis import RedisState
+from tests.servers import env_without_walbackup
+
+SEG_SIZE = 1 << 20
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Cluster:
+    def __init__(
+        self,
+        root: Path,
+        redis_url: str,
+        remote_storage: str,
+        *,
+        s3_endpoint_url: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.redis_url = redis_url
+        self.remote_storage = remote_storage
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = env_without_walbackup()
+        self.env.update(
+            {
+                "WALBACKUP_REDIS_URL": redis_url,
+                "WALBACKUP_REMOTE_STORAGE": remote_storage,
+                "WALBACKUP_DATA_DIR": str(root / "data"),
+                "WALBACKUP_WAL_SEG_SIZE": str(SEG_SIZE),
+                "WALBACKUP_HEARTBEAT_TIMEOUT": "2",
+                "WALBACKUP_ELECTION_INTERVAL": "0.5",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if s3_endpoint_url:
+            self.env["WALBACKUP_S3_ENDPOINT_URL"] = s3_endpoint_url
+        self.env.update(settings or {})
+        self.state = RedisState.from_url(redis_url)
+
+    def workdir(self, node_id: int) -> Path:
+        path = self.root / f"node{node_id}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = self.log_path(name).open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_node(self, node_id: int, extra_env: dict[str, str] | None = None) -> None:
+        env = dict(self.env)
+        env.update(
+            {"WALBACKUP_NODE_ID": str(node_id), "WALBACKUP_WORKDIR": str(self.workdir(node_id))}
+        )
+        env.update(extra_env or {})
+        self._spawn(
+            f"node{node_id}",
+            [
+                "worker",
+                "-n",
+                f"node{node_id}@%h",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+        )
+
+    def wait_nodes(self, node_ids: list[int], timeout: float = 30) -> None:
+        def up() -> bool:
+            nodes = self.state.nodes()
+            return all(n in nodes and time.time() - nodes[n]["ts"] < 2 for n in node_ids)
+
+        try:
+            wait_for(up, timeout, f"heartbeats of nodes {node_ids}")
+        except AssertionError:
+            raise AssertionError(self.tail_logs()) from None
+
+    def start_beat(self) -> None:
+        self._spawn("beat", ["beat", "--loglevel=INFO"], dict(self.env))
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for name, proc in list(self.procs.items()):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            del self.procs[name]
+
+    def tail_logs(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted(self.root.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"==== {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def backup_lsn(self, ttid: TenantTimelineId) -> Lsn | None:
+        return self.state.timeline(str(ttid)).backup_lsn
+
+    def wait_backup(self, ttid: TenantTimelineId, lsn: Lsn, timeout: float) -> None:
+        def reached() -> bool:
+            current = self.backup_lsn(ttid)
+            return current is not None and current >= lsn
+
+        try:
+            wait_for(reached, timeout, f"backup_lsn of {ttid} to reach {lsn}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: at {self.backup_lsn(ttid)}\n{self.tail_logs()}") from None

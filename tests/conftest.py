@@ -1,0 +1,48 @@
+"""Fixtures shared by the suite: real servers on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.cluster import Cluster
+from tests.servers import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A clean database on our private server (which we may flush: we made it)."""
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Cluster]]:
+    """Build clusters of real worker processes; all are stopped at teardown."""
+    started: list[Cluster] = []
+
+    def make(remote_storage: str | None = None, **kwargs: Any) -> Cluster:
+        remote = remote_storage or (tmp_path / "remote").as_uri()
+        cluster = Cluster(tmp_path, redis_url, remote, **kwargs)
+        started.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.stop()
