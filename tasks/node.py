@@ -29,7 +29,13 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.elector import Elector
-from tasks.metrics import BACKED_UP_SEGMENTS, BACKUP_LAG_BYTES, UPLOAD_SECONDS, UPLOADED_BYTES
+from tasks.metrics import (
+    BACKED_UP_SEGMENTS,
+    BACKUP_LAG_BYTES,
+    UPLOAD_SECONDS,
+    UPLOADED_BYTES,
+)
+from tasks.metrics import serve as serve_metrics
 from tasks.state.node import NodeState, TimelineState
 from tasks.state.redis import CommitRefused, RedisState, peer_to_json
 from tasks.storage.base import RemoteStorage, segment_key
@@ -80,6 +86,8 @@ class NodeService:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.settings.metrics_port is not None:
+            serve_metrics(self.settings.metrics_port)
         self._refresh(trigger=False)
         self._thread = threading.Thread(
             target=self._run, name=f"walbackup-node-{self.node_id}", daemon=True

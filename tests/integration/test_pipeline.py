@@ -4,6 +4,8 @@ a private Redis, and remote storage checked byte for byte."""
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.simulate import simulate
-from tests.cluster import SEG_SIZE, Cluster
+from tests.cluster import SEG_SIZE, Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +47,71 @@ def test_two_timelines_land_byte_identical(
     remote = tmp_path / "remote"
     for ttid in ttids:
         for segno in range(1, 21):
-            local = cluster.workdir(1) / ttid.tenant_id / ttid.timeline_id / xlog_file_name(segno, SEG_SIZE)
+            local = (
+                cluster.workdir(1)
+                / ttid.tenant_id
+                / ttid.timeline_id
+                / xlog_file_name(segno, SEG_SIZE)
+            )
             assert remote_path(remote, ttid, segno).read_bytes() == local.read_bytes()
         record = cluster.state.timeline(str(ttid))
         peers = [p.peer for p in cluster.state.peers(str(ttid))]
         expected = determine_offloader(peers, end, ttid.timeline_int, 128 << 20)
         assert record.offloader == expected.offloader
+
+
+def test_offloader_killed_mid_stream_another_takes_over(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """SIGKILL the offloader while WAL keeps coming: another node takes over,
+    nothing is lost, backup_lsn never moves backwards."""
+    cluster = make_cluster()
+    nodes = [1, 2, 3]
+    ttid = new_ttid()
+    for n in nodes:
+        cluster.start_node(n)
+    cluster.start_beat()
+    cluster.wait_nodes(nodes)
+    samples: list[Lsn] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            lsn = cluster.backup_lsn(ttid)
+            if lsn is not None:
+                samples.append(lsn)
+            time.sleep(0.02)
+
+    writer = threading.Thread(
+        target=simulate,
+        args=([cluster.workdir(n) for n in nodes], [ttid]),
+        kwargs={"segments": 40, "seg_size": SEG_SIZE, "rate": 10.0},
+    )
+    sampler = threading.Thread(target=sample)
+    writer.start()
+    sampler.start()
+    try:
+        first = wait_for(
+            lambda: cluster.state.timeline(str(ttid)).offloader, 15, "a first offloader"
+        )
+        wait_for(
+            lambda: (cluster.backup_lsn(ttid) or 0) >= Lsn.from_segment(5, 0, SEG_SIZE),
+            20,
+            "some progress before the kill",
+        )
+        cluster.kill(f"node{first}")
+        writer.join()
+        end = Lsn.from_segment(41, 0, SEG_SIZE)
+        cluster.wait_backup(ttid, end, timeout=60)
+    finally:
+        stop.set()
+        writer.join()
+        sampler.join()
+    assert cluster.state.timeline(str(ttid)).offloader not in (None, first)
+    assert samples == sorted(samples), "backup_lsn moved backwards"
+    remote = tmp_path / "remote"
+    for segno in range(1, 41):
+        local = (
+            cluster.workdir(1) / ttid.tenant_id / ttid.timeline_id / xlog_file_name(segno, SEG_SIZE)
+        )
+        assert remote_path(remote, ttid, segno).read_bytes() == local.read_bytes()
