@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ SEG = 1 << 20
 TENANT = "0123456789abcdef0123456789abcdef"
 TTID = TenantTimelineId(TENANT, "00000000000000000000000000000001")
 OTHER = TenantTimelineId(TENANT, "00000000000000000000000000000002")
+PAST = time.time() - 3600
 
 
 def make_timeline(workdir: Path, ttid: TenantTimelineId) -> Path:
@@ -43,9 +45,12 @@ def write_segment(path: Path, segno: int, size: int = SEG, partial: bool = False
 
 
 def age_dir(path: Path) -> None:
-    """Move the directory's mtime into the past, so its listing may be cached."""
-    past = time.time() - 60
-    os.utime(path, (past, past))
+    """Move the mtimes of the directory and its state file into the past, so
+    that its listing may be cached. Always the same instant, so only the
+    contents can tell two aged states apart."""
+    if (path / STATE_FILE_NAME).exists():
+        os.utime(path / STATE_FILE_NAME, (PAST, PAST))
+    os.utime(path, (PAST, PAST))
 
 
 @pytest.fixture
@@ -82,7 +87,7 @@ def test_state_file_write_failure_keeps_old_file(
     def broken_fsync(fd: int) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(node.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk on fire"):
         write_state_file(path, TimelineStateFile(SEG, Lsn(9)))
     assert read_state_file(path) == old
@@ -107,11 +112,10 @@ def _tamper(path: Path, **changes: object) -> None:
     ],
 )
 def test_corrupt_state_file_is_a_clear_error(
-    tmp_path: Path, corrupt: object, reason: str
+    tmp_path: Path, corrupt: Callable[[Path], object], reason: str
 ) -> None:
     path = tmp_path / STATE_FILE_NAME
     write_state_file(path, TimelineStateFile(SEG, Lsn(0x2000000)))
-    assert callable(corrupt)
     corrupt(path)
     with pytest.raises(InvalidInput, match=reason) as excinfo:
         read_state_file(path)
@@ -317,7 +321,7 @@ def test_state_file_change_is_seen(state: NodeState, tmp_path: Path) -> None:
     age_dir(path)
     assert state.scan()[TTID].backup_lsn == Lsn(0)
     state.record_backup_lsn(TTID, Lsn(2 * SEG))
-    age_dir(path)  # only the state file's identity tells now
+    age_dir(path)  # only the state file's stat tells now
     assert state.scan()[TTID].backup_lsn == Lsn(2 * SEG)
 
 

@@ -143,7 +143,9 @@ def test_full_size_partial_is_not_complete() -> None:
         (lsn(3), lsn(9), lsn(4) - 1),  # capped at that segment's last byte
     ],
 )
-def test_resolve_commit_lsn(scanned: Lsn | None, recorded: Lsn | None, expected: Lsn | None) -> None:
+def test_resolve_commit_lsn(
+    scanned: Lsn | None, recorded: Lsn | None, expected: Lsn | None
+) -> None:
     result = resolve_commit_lsn(scanned, recorded, SEG)
     assert result == expected
     if scanned is not None and result is not None:

@@ -1,0 +1,134 @@
+"""What a timeline directory's listing says about its WAL (SPEC §2, §3), no I/O.
+
+The caller lists ``WORKDIR/TENANT/TIMELINE`` and passes ``(name, size)`` pairs;
+``scan_entries`` derives the node's ``local_start_lsn`` and ``commit_lsn``.
+
+Rules, chosen so that a broken or missing file never lets ``commit_lsn`` claim
+WAL the node cannot upload:
+
+- A complete segment is a file named ``XLogFileName(1, segno, seg_size)`` of
+  exactly ``seg_size`` bytes. A file with that name and any other size is a
+  problem: never complete, and it ends the run where it stands.
+- The run starts at the lowest segment held in any form (complete, wrong-size
+  or ``.partial``) and covers the consecutive complete segments from there.
+  ``local_start_lsn`` is its start, ``commit_lsn`` its end. A directory holding
+  only the ``.partial`` of its first segment thus reports
+  ``local_start_lsn == commit_lsn``: nothing to upload yet, position known.
+- Complete segments after a gap are noted, not counted.
+- Segment names of a timeline other than 1 (``PG_TLI``), or invalid for
+  ``seg_size``, are problems and ignored. Other names (the state file,
+  ``.history`` files, temp files) are ignored silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tasks.core.lsn import Lsn
+from tasks.core.segments import PARTIAL_SUFFIX, PG_TLI, parse_xlog_file_name
+from tasks.errors import InvalidInput
+
+_SEGMENT_NAME_LEN = 24
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    seg_size: int
+    segnos: range
+    """The complete segments counted: the contiguous run from the lowest held."""
+    local_start_lsn: Lsn | None
+    commit_lsn: Lsn | None
+    partial: str | None
+    """Name of the ``.partial`` file (the highest, if there are several)."""
+    problems: tuple[str, ...]
+    """Files that are wrong: wrong size, foreign timeline, bad name."""
+    notes: tuple[str, ...]
+    """Information: complete segments beyond a gap, not counted."""
+
+
+def _is_segment_like(name: str) -> bool:
+    return len(name) == _SEGMENT_NAME_LEN and all(c in "0123456789ABCDEF" for c in name)
+
+
+def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
+    """Derive a timeline's WAL extent from its directory listing.
+
+    ``entries`` are ``(file name, size in bytes)``; ``seg_size`` is the
+    timeline's ``wal_seg_size`` (already validated by the caller).
+    """
+    complete: set[int] = set()
+    wrong_size: set[int] = set()
+    partials: list[tuple[int, str]] = []
+    problems: list[str] = []
+
+    for name, size in sorted(entries):
+        is_partial = name.endswith(PARTIAL_SUFFIX)
+        base = name[: -len(PARTIAL_SUFFIX)] if is_partial else name
+        if not _is_segment_like(base):
+            continue
+        try:
+            tli, segno = parse_xlog_file_name(base, seg_size)
+        except InvalidInput:
+            problems.append(f"{name}: not a valid segment name for wal_seg_size {seg_size}")
+            continue
+        if tli != PG_TLI:
+            problems.append(f"{name}: timeline {tli} segment ignored (only timeline {PG_TLI})")
+            continue
+        if is_partial:
+            if size > seg_size:
+                problems.append(f"{name}: {size} bytes, more than wal_seg_size {seg_size}")
+            partials.append((segno, name))
+        elif size == seg_size:
+            complete.add(segno)
+        else:
+            wrong_size.add(segno)
+            problems.append(f"{name}: {size} bytes, expected wal_seg_size {seg_size}")
+
+    if len(partials) > 1:
+        problems.append(
+            f"{len(partials)} .partial files ({', '.join(n for _, n in partials)}): "
+            "expected at most one"
+        )
+    partial = max(partials)[1] if partials else None
+
+    held = complete | wrong_size | {segno for segno, _ in partials}
+    if not held:
+        return ScanResult(seg_size, range(0), None, None, partial, tuple(problems), ())
+
+    first = min(held)
+    end = first
+    while end in complete:
+        end += 1
+    beyond = sorted(s for s in complete if s > end)
+    notes: tuple[str, ...] = ()
+    if beyond:
+        notes = (
+            f"{len(beyond)} complete segment(s) from segno {beyond[0]} to {beyond[-1]} "
+            f"are not contiguous with the run ending at segno {end}: not counted",
+        )
+    return ScanResult(
+        seg_size=seg_size,
+        segnos=range(first, end),
+        local_start_lsn=Lsn.from_segment(first, 0, seg_size),
+        commit_lsn=Lsn.from_segment(end, 0, seg_size),
+        partial=partial,
+        problems=tuple(problems),
+        notes=notes,
+    )
+
+
+def resolve_commit_lsn(scanned: Lsn | None, recorded: Lsn | None, seg_size: int) -> Lsn | None:
+    """The effective ``commit_lsn`` of a timeline on a node.
+
+    ``scanned`` (end of the complete segments on disk) is authoritative. A
+    writer may record a finer ``recorded`` value in the state file; it is used
+    only where it lies inside the segment being written, i.e. capped at that
+    segment's last byte, so ``segno(commit_lsn)`` and hence the uploadable
+    range never go past the complete segments. Nothing on disk means ``None``.
+    """
+    if scanned is None:
+        return None
+    if recorded is None or recorded <= scanned:
+        return scanned
+    return Lsn(min(int(recorded), int(scanned) + seg_size - 1))

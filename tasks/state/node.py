@@ -1,0 +1,411 @@
+"""A node's timelines on local disk: discovery, scanning and the state file (SPEC §3).
+
+Layout: ``WORKDIR/TENANT_ID/TIMELINE_ID/`` holds the segment files (see
+``tasks.core.timeline_scan``) and, once walbackup has written one, the state
+file ``walbackup.state``: JSON with a magic string, a version, ``wal_seg_size``,
+``backup_lsn`` and optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``),
+sealed by the SHA-256 of the rest. A directory written by ``pg_receivewal -D``
+has no state file and works as is, with the configured ``wal_seg_size``.
+
+Rescanning is cheap: a timeline directory is listed again only when its mtime
+(any create, rename or delete inside changes it) or its state file changed, or
+when the last listing could not be trusted (see ``_RACY_NS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tasks.core.ids import TenantTimelineId, validate_hex_id
+from tasks.core.lsn import Lsn
+from tasks.core.segments import validate_seg_size, xlog_file_name
+from tasks.core.timeline_scan import ScanResult, resolve_commit_lsn, scan_entries
+from tasks.errors import InvalidInput, SegmentFileError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE_NAME = "walbackup.state"
+STATE_MAGIC = "walbackup-timeline-state"
+STATE_VERSION = 1
+
+_LSN_ZERO = Lsn(0)
+
+_RACY_NS = 2_000_000_000
+"""A listing taken less than this after the directory's mtime is not trusted
+for the next scan: mtime has clock-tick (or coarser) granularity, so a second
+change within the same tick would leave it unchanged (git's "racy" problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineStateFile:
+    """The contents of ``walbackup.state``."""
+
+    wal_seg_size: int
+    backup_lsn: Lsn = _LSN_ZERO
+    timeline_start_lsn: Lsn | None = None
+    commit_lsn: Lsn | None = None
+
+    def __post_init__(self) -> None:
+        validate_seg_size(self.wal_seg_size)
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {
+            "magic": STATE_MAGIC,
+            "version": STATE_VERSION,
+            "wal_seg_size": self.wal_seg_size,
+            "backup_lsn": str(self.backup_lsn),
+        }
+        if self.timeline_start_lsn is not None:
+            body["timeline_start_lsn"] = str(self.timeline_start_lsn)
+        if self.commit_lsn is not None:
+            body["commit_lsn"] = str(self.commit_lsn)
+        body["sha256"] = _body_digest(body)
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> TimelineStateFile:
+        """Parse and verify a state file; ``path`` is only for error messages."""
+
+        def bad(reason: str) -> InvalidInput:
+            return InvalidInput(f"timeline state file {path}: {reason}")
+
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise bad("not a JSON object")
+        if body.get("magic") != STATE_MAGIC:
+            raise bad(f"magic is {body.get('magic')!r}, expected {STATE_MAGIC!r}")
+        if body.get("version") != STATE_VERSION:
+            raise bad(f"unsupported version {body.get('version')!r}, expected {STATE_VERSION}")
+        digest = body.pop("sha256", None)
+        if digest != _body_digest(body):
+            raise bad("checksum mismatch: the file is corrupt")
+        try:
+            return cls(
+                wal_seg_size=body["wal_seg_size"],
+                backup_lsn=Lsn.parse(body["backup_lsn"]),
+                timeline_start_lsn=_optional_lsn(body.get("timeline_start_lsn")),
+                commit_lsn=_optional_lsn(body.get("commit_lsn")),
+            )
+        except KeyError as exc:
+            raise bad(f"missing field {exc}") from None
+        except InvalidInput as exc:
+            raise bad(str(exc)) from None
+
+
+def _body_digest(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _optional_lsn(value: object) -> Lsn | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"malformed LSN {value!r}: expected %X/%X")
+    return Lsn.parse(value)
+
+
+def read_state_file(path: Path) -> TimelineStateFile | None:
+    """The state file at ``path``, ``None`` if there is none; raises
+    ``InvalidInput`` naming the path if it is corrupt."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return TimelineStateFile.from_bytes(data, path)
+
+
+def write_state_file(path: Path, state: TimelineStateFile) -> None:
+    """Replace the state file atomically and durably: temp file in the same
+    directory, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(state.to_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineState:
+    """One timeline as this node sees it on disk."""
+
+    ttid: TenantTimelineId
+    path: Path
+    wal_seg_size: int
+    local_start_lsn: Lsn | None
+    """Start of the lowest segment held; ``None`` when no segment is."""
+    commit_lsn: Lsn | None
+    """End of the contiguous complete segments (see ``resolve_commit_lsn``)."""
+    backup_lsn: Lsn
+    """As recorded in the state file; ``Lsn(0)`` without one."""
+    timeline_start_lsn: Lsn | None
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+class ScanChanges(NamedTuple):
+    states: dict[TenantTimelineId, TimelineState]
+    changed: set[TenantTimelineId]
+    """Timelines whose ``commit_lsn`` differs from the previous scan's
+    (including timelines seen for the first time with segments)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    dir_mtime_ns: int
+    state_key: tuple[int, int, int] | None
+    trusted: bool
+    state: TimelineState
+
+
+def _is_hex_id(name: str) -> bool:
+    try:
+        validate_hex_id(name, "id")
+    except InvalidInput:
+        return False
+    return True
+
+
+class NodeState:
+    """The timelines under one node's WORKDIR.
+
+    Thread-safe. Writes to a timeline's state file are serialised within the
+    process by a lock per timeline and across processes by ``flock`` on the
+    timeline directory.
+    """
+
+    def __init__(self, workdir: Path, default_seg_size: int) -> None:
+        self.workdir = Path(workdir)
+        self.default_seg_size = validate_seg_size(default_seg_size)
+        self._scan_lock = threading.Lock()
+        self._cache: dict[TenantTimelineId, _CacheEntry] = {}
+        self._prev_commit: dict[TenantTimelineId, Lsn | None] = {}
+        self._locks_guard = threading.Lock()
+        self._locks: dict[TenantTimelineId, threading.Lock] = {}
+        self.failures: dict[TenantTimelineId, str] = {}
+        """Timelines left out of the last scan because their state is unreadable."""
+
+    def timeline_dir(self, ttid: TenantTimelineId) -> Path:
+        return self.workdir / ttid.tenant_id / ttid.timeline_id
+
+    def state_file_path(self, ttid: TenantTimelineId) -> Path:
+        return self.timeline_dir(ttid) / STATE_FILE_NAME
+
+    def segment_path(self, ttid: TenantTimelineId, segno: int, seg_size: int) -> Path:
+        return self.timeline_dir(ttid) / xlog_file_name(segno, seg_size)
+
+    # -- state file ---------------------------------------------------------
+
+    def read_state(self, ttid: TenantTimelineId) -> TimelineStateFile | None:
+        return read_state_file(self.state_file_path(ttid))
+
+    def update_state(
+        self,
+        ttid: TenantTimelineId,
+        change: Callable[[TimelineStateFile], TimelineStateFile],
+    ) -> TimelineStateFile:
+        """Read-modify-write the timeline's state file under its locks.
+
+        ``change`` gets the current state (defaults if there is no file yet)
+        and returns the new one; the file is written only if it differs.
+        """
+        with self._timeline_lock(ttid):
+            current = self.read_state(ttid)
+            base = current or TimelineStateFile(wal_seg_size=self.default_seg_size)
+            new = change(base)
+            if new != current:
+                write_state_file(self.state_file_path(ttid), new)
+            return new
+
+    def record_backup_lsn(self, ttid: TenantTimelineId, lsn: Lsn) -> Lsn:
+        """Raise the recorded ``backup_lsn`` to ``lsn``; never lowers it.
+        Returns the value now stored."""
+        lsn = Lsn(lsn)
+        stored = self.update_state(
+            ttid, lambda s: replace(s, backup_lsn=lsn) if lsn > s.backup_lsn else s
+        )
+        return stored.backup_lsn
+
+    @contextlib.contextmanager
+    def _timeline_lock(self, ttid: TenantTimelineId) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(ttid, threading.Lock())
+        path = self.timeline_dir(ttid)
+        with lock:
+            try:
+                dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                raise SegmentFileError(f"timeline directory {path} does not exist") from None
+            try:
+                fcntl.flock(dir_fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(dir_fd)
+
+    # -- scanning -----------------------------------------------------------
+
+    def discover(self) -> dict[TenantTimelineId, Path]:
+        """``WORKDIR/TENANT/TIMELINE`` directories with valid ids; symlinks
+        and every other name are ignored."""
+        found: dict[TenantTimelineId, Path] = {}
+        try:
+            tenants = list(os.scandir(self.workdir))
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidInput(f"workdir {self.workdir} is not a directory") from None
+        for tenant in tenants:
+            if not (tenant.is_dir(follow_symlinks=False) and _is_hex_id(tenant.name)):
+                continue
+            try:
+                timelines = list(os.scandir(tenant.path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for timeline in timelines:
+                if timeline.is_dir(follow_symlinks=False) and _is_hex_id(timeline.name):
+                    ttid = TenantTimelineId(tenant.name, timeline.name)
+                    found[ttid] = Path(timeline.path)
+        return found
+
+    def scan(self) -> dict[TenantTimelineId, TimelineState]:
+        return self.scan_changes().states
+
+    def scan_changes(self) -> ScanChanges:
+        """Scan every timeline; a timeline whose state file is unreadable is
+        left out, logged and listed in ``failures``."""
+        with self._scan_lock:
+            states: dict[TenantTimelineId, TimelineState] = {}
+            failures: dict[TenantTimelineId, str] = {}
+            for ttid in self.discover():
+                try:
+                    state = self._scan_timeline(ttid)
+                except InvalidInput as exc:
+                    failures[ttid] = str(exc)
+                    if self.failures.get(ttid) != failures[ttid]:
+                        log.error("Timeline %s: left out of the scan: %s", ttid, exc)
+                    continue
+                if state is not None:
+                    states[ttid] = state
+            changed = {
+                ttid
+                for ttid, state in states.items()
+                if state.commit_lsn != self._prev_commit.get(ttid)
+            }
+            self._prev_commit = {ttid: state.commit_lsn for ttid, state in states.items()}
+            for gone in self._cache.keys() - states.keys():
+                del self._cache[gone]
+            self.failures = failures
+            return ScanChanges(states, changed)
+
+    def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
+        """The timeline's current state, ``None`` if it has no directory;
+        raises ``InvalidInput`` if its state file is corrupt."""
+        with self._scan_lock:
+            return self._scan_timeline(ttid)
+
+    def _scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
+        path = self.timeline_dir(ttid)
+        state_path = path / STATE_FILE_NAME
+        now_ns = time.time_ns()
+        try:
+            dir_st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            dir_st = None
+        if dir_st is None or not stat.S_ISDIR(dir_st.st_mode):
+            self._cache.pop(ttid, None)
+            return None
+        try:
+            file_st = os.stat(state_path, follow_symlinks=False)
+            state_key: tuple[int, int, int] | None = (
+                file_st.st_mtime_ns,
+                file_st.st_size,
+                file_st.st_ino,
+            )
+        except FileNotFoundError:
+            state_key = None
+
+        cached = self._cache.get(ttid)
+        if (
+            cached is not None
+            and cached.trusted
+            and cached.dir_mtime_ns == dir_st.st_mtime_ns
+            and cached.state_key == state_key
+        ):
+            return cached.state
+
+        recorded = read_state_file(state_path)
+        seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
+        try:
+            entries = _list_files(path)
+        except FileNotFoundError:
+            self._cache.pop(ttid, None)
+            return None
+        scanned = scan_entries(entries, seg_size)
+        state = _timeline_state(ttid, path, scanned, recorded)
+        if cached is None or cached.state.problems != state.problems:
+            for problem in state.problems:
+                log.warning("Timeline %s: %s", ttid, problem)
+        newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
+        trusted = now_ns - newest_ns >= _RACY_NS and not state.problems
+        self._cache[ttid] = _CacheEntry(dir_st.st_mtime_ns, state_key, trusted, state)
+        return state
+
+
+def _list_files(path: Path) -> list[tuple[str, int]]:
+    """``(name, size)`` of the regular files in ``path``, symlinks excluded
+    (a link named like a segment must never be uploaded as one)."""
+    entries: list[tuple[str, int]] = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    entries.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+            except FileNotFoundError:
+                continue  # renamed or removed meanwhile; the next scan sees it
+    return entries
+
+
+def _timeline_state(
+    ttid: TenantTimelineId,
+    path: Path,
+    scanned: ScanResult,
+    recorded: TimelineStateFile | None,
+) -> TimelineState:
+    return TimelineState(
+        ttid=ttid,
+        path=path,
+        wal_seg_size=scanned.seg_size,
+        local_start_lsn=scanned.local_start_lsn,
+        commit_lsn=resolve_commit_lsn(
+            scanned.commit_lsn, recorded.commit_lsn if recorded else None, scanned.seg_size
+        ),
+        backup_lsn=recorded.backup_lsn if recorded else _LSN_ZERO,
+        timeline_start_lsn=recorded.timeline_start_lsn if recorded else None,
+        problems=scanned.problems,
+        notes=scanned.notes,
+    )
