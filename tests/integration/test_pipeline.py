@@ -115,3 +115,66 @@ def test_offloader_killed_mid_stream_another_takes_over(
             cluster.workdir(1) / ttid.tenant_id / ttid.timeline_id / xlog_file_name(segno, SEG_SIZE)
         )
         assert remote_path(remote, ttid, segno).read_bytes() == local.read_bytes()
+
+
+def ttid_with_index(index: int, modulo: int) -> TenantTimelineId:
+    """A timeline whose election picks caught-up peer ``index`` of ``modulo``."""
+    while True:
+        ttid = new_ttid()
+        if ttid.timeline_int % modulo == index:
+            return ttid
+
+
+def test_lagging_node_and_late_joiner_are_never_elected(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Node 3 lags more than max_offloader_lag_bytes and node 1 lacks the WAL
+    at backup_lsn; both would win the modulo pick if they were eligible."""
+    lag_segments = 6
+    cluster = make_cluster(settings={"WALBACKUP_MAX_OFFLOADER_LAG_BYTES": str(3 * SEG_SIZE)})
+    nodes = [1, 2, 3]
+    # With all three caught up the pick is node 3 (index 2 of 3); with nodes
+    # 1 and 2 it would be node 1 (index 0 of 2): timeline_int % 6 == 2 gives both.
+    ttid = ttid_with_index(2, 6)
+    workdirs = [cluster.workdir(n) for n in nodes]
+    # Node 1 joined late: it holds only segments from 11 on. Node 3 is
+    # lag_segments behind node 2 from the start. Node 3 starts last, so no
+    # election ever sees it alone (alone, it would rightly be elected).
+    simulate(workdirs[1:], [ttid], segments=10, seg_size=SEG_SIZE, lag={1: lag_segments})
+    cluster.start_node(1)
+    cluster.start_node(2)
+    cluster.wait_nodes([1, 2])
+    cluster.start_node(3)
+    cluster.start_beat()
+    cluster.wait_nodes(nodes)
+    seen: list[tuple[int | None, Lsn | None]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            record = cluster.state.timeline(str(ttid))
+            seen.append((record.offloader, record.backup_lsn))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        simulate(
+            workdirs,
+            [ttid],
+            segments=20,
+            seg_size=SEG_SIZE,
+            start_segno=11,
+            rate=10.0,
+            lag={2: lag_segments},
+        )
+        cluster.wait_backup(ttid, Lsn.from_segment(31, 0, SEG_SIZE), timeout=60)
+    finally:
+        stop.set()
+        sampler.join()
+    node1_start = Lsn.from_segment(11, 0, SEG_SIZE)
+    assert any(o is not None for o, _ in seen)
+    for offloader, backup_lsn in seen:
+        assert offloader != 3, "a node lagging more than max_offloader_lag_bytes was elected"
+        if backup_lsn is not None and backup_lsn < node1_start:
+            assert offloader != 1, "a node with local_start_lsn > backup_lsn was elected"
