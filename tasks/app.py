@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, bootsteps, signals
-from kombu import Queue
+from kombu.entity import Queue
 
 from beat.schedule import SHARED_QUEUE, build_schedule
 from tasks.config import get_settings
@@ -80,7 +80,7 @@ def _default_to_threads_pool(sender: Any = None, **_: Any) -> None:
 class NodeStep(bootsteps.StartStopStep):
     """Runs the node service beside the consumer of a node worker."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -8,6 +8,7 @@ walbackup.upload_segment   node.<id>     upload one segment, ordered commit, ref
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -75,9 +76,7 @@ def upload_segment(self: Task, ttid: str, segno: int, seg_size: int, token: str)
             self.request.retries + 1,
             exc,
         )
-        try:
+        with contextlib.suppress(redis.RedisError):
             get_state().record_error(ttid, f"segno {segno}: {exc}")
-        except redis.RedisError:
-            pass
         # min(5000 ms, 10 ms * 2**attempt); a new task run starts the count again.
         raise self.retry(countdown=backoff_ms(self.request.retries + 1) / 1000, exc=exc) from exc

@@ -151,7 +151,7 @@ class CommitRefused(Exception):
 class RedisState:
     """Typed access to walbackup's Redis keys, with the Lua scripts registered."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[str]) -> None:
         self.r = client
         self._scripts: dict[str, Script] = {
             name: client.register_script(source) for name, source in _SCRIPT_SOURCES.items()
@@ -168,7 +168,7 @@ class RedisState:
 
     def register(self, ttids: Iterable[str], now: float | None = None) -> int:
         stamp = time.time() if now is None else now
-        mapping = {t: stamp for t in ttids}
+        mapping: dict[str | bytes, float] = {t: stamp for t in ttids}
         return int(self.r.zadd(TIMELINES_KEY, mapping, nx=True)) if mapping else 0
 
     def registered(self, start: int = 0, stop: int = -1) -> list[str]:

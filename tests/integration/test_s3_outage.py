@@ -15,7 +15,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.simulate import simulate
 from tests.cluster import SEG_SIZE, Cluster, wait_for
-from tests.fixtures_s3 import MotoServer, make_bucket, moto_server, s3_bucket_url, s3_client  # noqa: F401
+from tests.fixtures_s3 import MotoServer, make_bucket, s3_client
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def scrape(port: int, name: str) -> float:
 def test_s3_outage_counts_errors_backs_off_and_resumes(
     make_cluster: Callable[..., Cluster],
     moto_server: MotoServer,
-    s3_bucket_url: str,  # noqa: F811
+    s3_bucket_url: str,
 ) -> None:
     cluster = make_cluster(remote_storage=s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
     nodes = [1, 2, 3]
