@@ -156,3 +156,7 @@ def simulate(
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -89,6 +89,9 @@ class NodeService:
         if self.settings.metrics_port is not None:
             serve_metrics(self.settings.metrics_port)
         self._refresh(trigger=False)
+        # Known on disk, so known to beat: a restarted cluster (or a Redis that
+        # lost its data) picks its timelines up again without new WAL.
+        self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
         self._thread = threading.Thread(
             target=self._run, name=f"walbackup-node-{self.node_id}", daemon=True
         )

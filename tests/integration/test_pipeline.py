@@ -3,7 +3,10 @@ a private Redis, and remote storage checked byte for byte."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -178,3 +181,59 @@ def test_lagging_node_and_late_joiner_are_never_elected(
         assert offloader != 3, "a node lagging more than max_offloader_lag_bytes was elected"
         if backup_lsn is not None and backup_lsn < node1_start:
             assert offloader != 1, "a node with local_start_lsn > backup_lsn was elected"
+
+
+def test_cli_trigger_elects_at_once_and_status_reports_done(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """No beat runs: only `walbackup trigger` can start the backup of WAL that
+    was on disk before the nodes started."""
+    cluster = make_cluster()
+    nodes = [1, 2, 3]
+    ttid = new_ttid()
+    simulate([cluster.workdir(n) for n in nodes], [ttid], segments=8, seg_size=SEG_SIZE)
+    for n in nodes:
+        cluster.start_node(n)
+    cluster.wait_nodes(nodes)
+    time.sleep(1.5)
+    assert cluster.state.timeline(str(ttid)).offloader is None
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "trigger", str(ttid)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    end = Lsn.from_segment(9, 0, SEG_SIZE)
+    cluster.wait_backup(ttid, end, timeout=30)
+
+    status = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "status", "--json", str(ttid)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)["timelines"]
+    assert row["backup_lsn"] == str(end) == row["commit_lsn"]
+    assert row["lag_bytes"] == 0
+    assert row["offloader"] in nodes
+    assert sorted(p["node_id"] for p in row["peers"]) == nodes
+
+
+def test_bad_timeline_id_is_refused_by_trigger(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    for bad in ["../x", "A" * 32 + "/" + "b" * 32, "a" * 31 + "/" + "b" * 32]:
+        run = subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "trigger", bad],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2
+        assert "invalid" in run.stderr
+    assert cluster.state.registered() == []
