@@ -1,0 +1,166 @@
+"""``file:///PATH``: a local directory as remote storage (the embedded default).
+
+A write goes to a unique temp file beside the destination, is fsynced, and is
+published with ``os.link``: unlike ``rename``, a link fails when the key
+exists, so publishing is an atomic create-if-absent and concurrent writers of
+one key can neither tear nor replace each other's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks.errors import InvalidInput, NotFound, StorageUnavailable
+from tasks.storage.base import (
+    ObjectInfo,
+    RemoteStorage,
+    UploadResult,
+    check_read_size,
+    checksum_mismatch,
+    open_segment_file,
+    read_chunks,
+    sha256_stream,
+    validate_key,
+)
+
+TEMP_PREFIX = ".tmp."
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
+    """Every published object below ``directory``, in no particular order."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _scan(Path(entry.path), root)
+        elif entry.is_file() and not entry.name.startswith(TEMP_PREFIX):
+            key = Path(entry.path).relative_to(root).as_posix()
+            yield ObjectInfo(key, entry.stat().st_size)
+
+
+class LocalStorage(RemoteStorage):
+    def __init__(self, root: Path) -> None:
+        if not root.is_absolute():
+            raise InvalidInput(f"storage directory {str(root)!r} is not an absolute path")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create storage directory {root}: {exc.strerror}") from exc
+        self.root = root
+        self.url = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        if any(part.startswith(TEMP_PREFIX) for part in key.split("/")):
+            raise InvalidInput(
+                f"invalid storage key {key!r}: names starting with {TEMP_PREFIX!r} are reserved"
+            )
+        return self.root / key
+
+    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
+        dest = self._path(key)
+        with open_segment_file(path, expected_size) as src:
+            try:
+                self._makedirs(dest.parent)
+                tmp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+                try:
+                    digest = self._write_temp(src, tmp, path, expected_size)
+                    created = self._publish(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageUnavailable(f"{self.url}: cannot store {key}: {exc}") from exc
+        if not created:
+            with open(dest, "rb") as existing:
+                stored, _ = sha256_stream(existing)
+            if stored != digest:
+                raise checksum_mismatch(self.url, key, digest.hex(), stored.hex())
+        return UploadResult(key, expected_size, digest.hex(), already_present=not created)
+
+    def _makedirs(self, directory: Path) -> None:
+        """Create missing directories durably (each new entry's parent fsynced)."""
+        if directory.is_dir():
+            return
+        self._makedirs(directory.parent)
+        with contextlib.suppress(FileExistsError):  # a concurrent writer made it
+            directory.mkdir()
+        _fsync_dir(directory.parent)
+
+    @staticmethod
+    def _write_temp(src: BinaryIO, tmp: Path, path: Path, expected_size: int) -> bytes:
+        digest, size = hashlib.sha256(), 0
+        with open(tmp, "xb") as out:
+            for chunk in read_chunks(src):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            check_read_size(path, size, expected_size)
+            out.flush()
+            os.fsync(out.fileno())
+        return digest.digest()
+
+    @staticmethod
+    def _publish(tmp: Path, dest: Path) -> bool:
+        """Link the complete temp file in as ``dest``; False if ``dest`` exists."""
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            return False
+        _fsync_dir(dest.parent)
+        return True
+
+    def open_read(self, key: str, offset: int = 0) -> BinaryIO:
+        path = self._path(key)
+        if offset < 0:
+            raise InvalidInput(f"invalid read offset {offset} for {key}: negative")
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - returned to the caller
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"{self.url}: no object {key}") from exc
+        size = os.fstat(stream.fileno()).st_size
+        if offset > size:
+            stream.close()
+            raise InvalidInput(
+                f"invalid read offset {offset} for {key}: the object has {size} bytes"
+            )
+        stream.seek(offset)
+        return stream
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        validate_key(prefix, prefix=True)
+        # Only the deepest directory the prefix names can hold matches.
+        start = self.root / prefix.rpartition("/")[0]
+        found = [info for info in _scan(start, self.root) if info.key.startswith(prefix)]
+        return iter(sorted(found, key=lambda info: info.key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        objects = list(self.list(prefix))
+        for info in objects:
+            path = self.root / info.key
+            path.unlink(missing_ok=True)
+            self._prune_empty_dirs(path.parent)
+        return len(objects)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        while directory != self.root:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or already gone): stop climbing
+                return
+            directory = directory.parent
