@@ -72,7 +72,7 @@ class Cluster:
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks", *args],
@@ -88,7 +88,7 @@ class Cluster:
             {"WALBACKUP_NODE_ID": str(node_id), "WALBACKUP_WORKDIR": str(self.workdir(node_id))}
         )
         env.update(extra_env or {})
-        self._spawn(
+        self.spawn(
             f"node{node_id}",
             [
                 "worker",
@@ -112,7 +112,7 @@ class Cluster:
             raise AssertionError(self.tail_logs()) from None
 
     def start_beat(self) -> None:
-        self._spawn("beat", ["beat", "--loglevel=INFO"], dict(self.env))
+        self.spawn("beat", ["beat", "--loglevel=INFO"], dict(self.env))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)

@@ -1,0 +1,141 @@
+"""Faults from SPEC §9 with real processes: a paused (partitioned) lease
+holder is fenced, and a Redis that lost all its data recovers backup_lsn
+from the nodes' state files."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from celery import Celery
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.core.segments import xlog_file_name
+from tasks.simulate import simulate
+from tests.cluster import SEG_SIZE, Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def new_ttid() -> TenantTimelineId:
+    return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+
+
+def start_cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    cluster = make_cluster()
+    for n in (1, 2, 3):
+        cluster.start_node(n)
+    cluster.start_beat()
+    cluster.wait_nodes([1, 2, 3])
+    return cluster
+
+
+def assert_remote_matches(cluster: Cluster, ttid: TenantTimelineId, segnos: range) -> None:
+    remote = cluster.root / "remote" / ttid.tenant_id / ttid.timeline_id
+    local = cluster.workdir(1) / ttid.tenant_id / ttid.timeline_id
+    for segno in segnos:
+        name = xlog_file_name(segno, SEG_SIZE)
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_paused_lease_holder_is_fenced(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = start_cluster(make_cluster)
+    ttid = new_ttid()
+    workdirs = [cluster.workdir(n) for n in (1, 2, 3)]
+    simulate(workdirs, [ttid], segments=5, seg_size=SEG_SIZE)
+    cluster.wait_backup(ttid, Lsn.from_segment(6, 0, SEG_SIZE), timeout=30)
+    old = cluster.state.timeline(str(ttid)).offloader
+    assert old is not None
+    old_token = cluster.state.lease_holder_token(str(ttid))
+    assert old_token is not None and old_token.startswith(f"{old}.")
+
+    # Partition the holder: it stops heartbeating and renewing, but it is not dead.
+    cluster.procs[f"node{old}"].send_signal(signal.SIGSTOP)
+    try:
+        simulate(workdirs, [ttid], segments=10, seg_size=SEG_SIZE, start_segno=6)
+        cluster.wait_backup(ttid, Lsn.from_segment(16, 0, SEG_SIZE), timeout=60)
+        new = cluster.state.timeline(str(ttid)).offloader
+        assert new not in (None, old)
+        new_token = cluster.state.lease_holder_token(str(ttid))
+        assert new_token is not None and new_token.startswith(f"{new}.")
+        # Work the old holder would still do with its stale token, queued for
+        # it while it is paused.
+        client = Celery(broker=cluster.redis_url)
+        client.conf.update(task_serializer="json", accept_content=["json"])
+        client.send_task(
+            "walbackup.upload_segment",
+            args=[str(ttid), 3, SEG_SIZE, old_token],
+            queue=f"node.{old}",
+        )
+    finally:
+        cluster.procs[f"node{old}"].send_signal(signal.SIGCONT)
+    log = cluster.log_path(f"node{old}")
+    wait_for(
+        lambda: "succeeded" in log.read_text() and "'fenced'" in log.read_text(),
+        30,
+        "the stale holder's upload to be fenced",
+    )
+    assert cluster.state.lease_holder_token(str(ttid)) == new_token
+    assert cluster.backup_lsn(ttid) == Lsn.from_segment(16, 0, SEG_SIZE)
+    assert_remote_matches(cluster, ttid, range(1, 16))
+
+
+def test_redis_data_loss_recovers_backup_lsn_from_nodes(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = start_cluster(make_cluster)
+    ttid = new_ttid()
+    workdirs = [cluster.workdir(n) for n in (1, 2, 3)]
+    simulate(workdirs, [ttid], segments=10, seg_size=SEG_SIZE)
+    done = Lsn.from_segment(11, 0, SEG_SIZE)
+    cluster.wait_backup(ttid, done, timeout=30)
+    time.sleep(2.5)  # every node copies backup_lsn to its state file each second
+
+    samples: list[Lsn] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            lsn = cluster.backup_lsn(ttid)
+            if lsn is not None:
+                samples.append(lsn)
+            time.sleep(0.02)
+
+    redis.Redis.from_url(cluster.redis_url).flushdb()  # our private server
+    # RedBeat's lock went with the data: its beat exits, and a supervisor
+    # starts it again.
+    cluster.kill("beat", signal.SIGTERM)
+    cluster.start_beat()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        simulate(workdirs, [ttid], segments=5, seg_size=SEG_SIZE, start_segno=11)
+        cluster.wait_backup(ttid, Lsn.from_segment(16, 0, SEG_SIZE), timeout=60)
+    finally:
+        stop.set()
+        sampler.join()
+    assert samples and min(samples) >= done, "backup_lsn restarted below what was backed up"
+    assert samples == sorted(samples)
+    assert_remote_matches(cluster, ttid, range(1, 16))
+
+
+def test_two_beats_do_not_double_the_elections(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    cluster.start_node(1)
+    cluster.wait_nodes([1])
+    cluster.start_beat()
+    cluster.spawn("beat2", ["beat", "--loglevel=INFO"], dict(cluster.env))
+    time.sleep(8)
+    sent = [
+        cluster.log_path(name).read_text().count("Sending due task walbackup-elect-all")
+        for name in ("beat", "beat2")
+    ]
+    # One beat holds RedBeat's lock and ticks every 0.5 s; the other waits.
+    assert min(sent) == 0, sent
+    assert 5 <= max(sent) <= 18, sent
