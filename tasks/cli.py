@@ -15,11 +15,7 @@ import typer
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-# Exit codes, as barman-cloud assigns them.
-EXIT_NOT_FOUND = 1
-EXIT_STORAGE = 3
 EXIT_INPUT = 2
-EXIT_OTHER = 4
 
 
 def _fail(code: int, message: str) -> None:
@@ -34,28 +30,12 @@ def fetch(
     dest: Annotated[str, typer.Argument(help="destination path (%p), or - for stdout")],
     offset: Annotated[int, typer.Option(help="start at this byte offset")] = 0,
 ) -> None:
-    """Restore one segment from remote storage (restore_command = 'walbackup fetch TTID %f %p')."""
-    from tasks.config import load_settings
-    from tasks.core.ids import TenantTimelineId
-    from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
-    from tasks.restore import fetch_segment
-    from tasks.storage import open_storage
+    """Restore one segment from remote storage (restore_command = 'walbackup fetch TTID %f %p').
 
-    try:
-        settings = load_settings()
-        parsed = TenantTimelineId.parse(ttid)
-        storage = open_storage(
-            settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
-        )
-        fetch_segment(storage, parsed, segment, dest, offset)
-    except NotFound:
-        _fail(EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage")
-    except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
-    except Retryable as exc:
-        _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
-    except (WalBackupError, OSError) as exc:
-        _fail(EXIT_OTHER, str(exc))
+    Exit codes: 0 written in full, 1 not found, 2 bad input, 3 storage unavailable, 4 other."""
+    from tasks.restore import run_fetch
+
+    raise typer.Exit(run_fetch(ttid, segment, dest, offset))
 
 
 @cli.command()
@@ -155,6 +135,11 @@ def simulate(
 
 
 def main() -> None:
+    # PostgreSQL runs restore_command once per segment: skip typer and rich.
+    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
+        from tasks.restore import fetch_main
+
+        sys.exit(fetch_main(sys.argv[2:]))
     cli()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tasks.core.ids import TenantTimelineId
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
 from tasks.storage.base import RemoteStorage, segment_key
 
 _SEGMENT_RE = re.compile(r"[0-9A-F]{24}(\.partial)?")
@@ -69,3 +69,67 @@ def _write_atomically(stream: BinaryIO, dest: Path) -> int:
     finally:
         os.close(dir_fd)
     return total
+
+
+# Exit codes of ``walbackup fetch``, as barman-cloud assigns them.
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_INPUT = 2
+EXIT_STORAGE = 3
+EXIT_OTHER = 4
+
+
+def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
+    """``walbackup fetch``: an exit code, and a one-line message on failure."""
+    from tasks.config import load_settings
+    from tasks.storage import open_storage
+
+    try:
+        settings = load_settings()
+        parsed = TenantTimelineId.parse(ttid)
+        storage = open_storage(
+            settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
+        )
+        fetch_segment(storage, parsed, segment, dest, offset)
+        return EXIT_OK
+    except NotFound:
+        return _fail(
+            EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
+        )
+    except InvalidInput as exc:
+        return _fail(EXIT_INPUT, str(exc))
+    except Retryable as exc:
+        return _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
+    except (WalBackupError, OSError) as exc:
+        return _fail(EXIT_OTHER, str(exc))
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"walbackup: {message}", file=sys.stderr)
+    return code
+
+
+_USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
+
+
+def fetch_main(argv: list[str]) -> int:
+    """Argument parsing for the fast path of ``walbackup fetch``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(_USAGE)
+        return EXIT_OK
+    args: list[str] = []
+    offset = 0
+    rest = iter(argv)
+    try:
+        for arg in rest:
+            if arg == "--offset":
+                offset = int(next(rest))
+            elif arg.startswith("--offset="):
+                offset = int(arg.split("=", 1)[1])
+            else:
+                args.append(arg)
+    except (StopIteration, ValueError):
+        return _fail(EXIT_INPUT, f"--offset needs an integer; {_USAGE}")
+    if len(args) != 3:
+        return _fail(EXIT_INPUT, _USAGE)
+    return run_fetch(args[0], args[1], args[2], offset)
