@@ -1,8 +1,8 @@
 """A real moto S3 server, as a process on a free loopback port, for integration tests.
 
-Import the fixtures where they are used (``from tests.fixtures_s3 import
-moto_server, s3_bucket_url  # noqa: F401``). Nothing here patches boto3: tests
-talk to the server over HTTP as they would to any S3 endpoint.
+Loaded as a pytest plugin (``-p tests.fixtures_s3`` in pyproject's addopts),
+so every test can ask for ``moto_server`` and ``s3_bucket_url``. Nothing here
+patches boto3: tests talk to the server over HTTP as to any S3 endpoint.
 """
 
 from __future__ import annotations

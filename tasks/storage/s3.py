@@ -37,6 +37,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tasks.errors import (
     AccessDenied,
     BucketMissing,
+    ChecksumMismatch,
     InvalidInput,
     NotFound,
     Permanent,
@@ -222,7 +223,7 @@ class S3Storage(RemoteStorage):
                     if code not in _EXISTS_CODES:
                         raise
                     self._check_existing(
-                        client, key, digest, in_flight=code != "PreconditionFailed"
+                        client, key, full_key, digest, in_flight=code != "PreconditionFailed"
                     )
                     return UploadResult(key, size, digest.hex(), already_present=True)
         stored = response.get("ChecksumSHA256")
@@ -235,13 +236,18 @@ class S3Storage(RemoteStorage):
                     self._where,
                 )
         elif stored != checksum:
-            raise checksum_mismatch(self.url, key, digest.hex(), base64.b64decode(stored).hex())
+            raise ChecksumMismatch(
+                f"{self.url}: {self._where} stored {key} with sha256 "
+                f"{base64.b64decode(stored).hex()}, but we sent {digest.hex()}: the stored "
+                "object is not our segment"
+            )
         return UploadResult(key, size, digest.hex(), already_present=False)
 
-    def _check_existing(self, client: S3Client, key: str, digest: bytes, in_flight: bool) -> None:
+    def _check_existing(
+        self, client: S3Client, key: str, full_key: str, digest: bytes, in_flight: bool
+    ) -> None:
         """The key exists (or is being written): same bytes is success,
         different bytes a ``ChecksumMismatch``."""
-        full_key = self._root + key
         try:
             head = client.head_object(Bucket=self.bucket, Key=full_key, ChecksumMode="ENABLED")
         except ClientError as exc:

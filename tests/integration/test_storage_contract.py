@@ -34,13 +34,7 @@ from tasks.storage import (
 )
 from tasks.storage.local import LocalStorage
 from tasks.storage.s3 import S3Storage
-from tests.fixtures_s3 import (  # noqa: F401 - fixtures
-    MotoServer,
-    make_bucket,
-    moto_server,
-    s3_bucket_url,
-    s3_client,
-)
+from tests.fixtures_s3 import MotoServer, make_bucket, s3_client
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration

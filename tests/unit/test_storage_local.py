@@ -1,0 +1,72 @@
+"""Storage keys and the file:// backend's own details (no servers needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasks.errors import InvalidInput
+from tasks.storage.base import redact_url, validate_key
+from tasks.storage.local import TEMP_PREFIX, LocalStorage
+
+ROOT = Path("/srv/remote")
+
+
+@given(st.text(alphabet=st.sampled_from("ab./\\\x00"), max_size=12))
+def test_an_accepted_key_never_leaves_the_root(key: str) -> None:
+    try:
+        validate_key(key)
+    except InvalidInput:
+        return
+    resolved = Path(os.path.normpath(ROOT / key))
+    assert resolved.is_relative_to(ROOT) and resolved != ROOT
+
+
+@pytest.mark.parametrize("prefix", ["", "a/", "a/b", "a/b/"])
+def test_listing_prefixes_may_be_empty_or_end_in_a_slash(prefix: str) -> None:
+    assert validate_key(prefix, prefix=True) == prefix
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("s3://key:secret@bucket/p", "s3://***@bucket/p"),
+        ("s3://key:p@ss@bucket/p", "s3://***@bucket/p"),
+        ("s3://bucket/p@q", "s3://bucket/p@q"),
+    ],
+)
+def test_redact_url_hides_user_info(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_temp_files_are_invisible_and_their_names_reserved(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / f"{TEMP_PREFIX}abc").write_bytes(b"half a segment")
+    assert list(storage.list("")) == []
+    assert storage.delete_prefix("t/") == 0
+    with pytest.raises(InvalidInput, match="reserved"):
+        storage.open_read(f"t/{TEMP_PREFIX}abc")
+
+
+def test_delete_prefix_prunes_emptied_directories_only(tmp_path: Path) -> None:
+    root, source = tmp_path / "remote", tmp_path / "segment"
+    storage = LocalStorage(root)
+    for key in ("a/x/1", "a/x/2", "a/y/1"):
+        source.write_bytes(key.encode())
+        storage.upload_file(key, source, len(key))
+    assert storage.delete_prefix("a/x/") == 2
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "a",
+        "a/y",
+        "a/y/1",
+    ]
+
+
+def test_relative_root_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="not an absolute path"):
+        LocalStorage(Path("relative"))
