@@ -1,0 +1,101 @@
+"""Settings (SPEC §6): defaults, environment, TOML file, errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config import load_settings
+from tasks.errors import InvalidInput
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("WALBACKUP_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    s = load_settings()
+    assert s.node_id is None and s.workdir is None
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.effective_broker_url == s.redis_url
+    assert s.effective_remote_storage == (tmp_path / "walbackup" / "remote").as_uri()
+    assert s.s3_endpoint_url is None
+    assert s.parallel_jobs == 5
+    assert s.max_offloader_lag_bytes == 134217728
+    assert s.wal_seg_size == 16 * 1024 * 1024
+    assert s.heartbeat_timeout == 5
+    assert s.election_interval == 1
+    assert s.backup_enabled is True
+    assert s.metrics_port is None
+
+
+def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = {
+        "WALBACKUP_NODE_ID": "3",
+        "WALBACKUP_WORKDIR": str(tmp_path),
+        "WALBACKUP_REDIS_URL": "redis://10.0.0.1:6380/2",
+        "WALBACKUP_BROKER_URL": "redis://10.0.0.1:6380/3",
+        "WALBACKUP_REMOTE_STORAGE": "s3://bucket/prefix",
+        "WALBACKUP_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "WALBACKUP_PARALLEL_JOBS": "8",
+        "WALBACKUP_MAX_OFFLOADER_LAG_BYTES": "1048576",
+        "WALBACKUP_WAL_SEG_SIZE": "1073741824",
+        "WALBACKUP_HEARTBEAT_TIMEOUT": "2.5",
+        "WALBACKUP_ELECTION_INTERVAL": "0.5",
+        "WALBACKUP_BACKUP_ENABLED": "false",
+        "WALBACKUP_METRICS_PORT": "9187",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert (s.node_id, s.workdir, s.parallel_jobs, s.metrics_port) == (3, tmp_path, 8, 9187)
+    assert s.effective_broker_url == "redis://10.0.0.1:6380/3"
+    assert s.effective_remote_storage == "s3://bucket/prefix"
+    assert s.wal_seg_size == 1 << 30 and s.max_offloader_lag_bytes == 1 << 20
+    assert (s.heartbeat_timeout, s.election_interval, s.backup_enabled) == (2.5, 0.5, False)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WALBACKUP_PARALLEL_JOBS", "0"),
+        ("WALBACKUP_PARALLEL_JOBS", "many"),
+        ("WALBACKUP_WAL_SEG_SIZE", "1000000"),
+        ("WALBACKUP_WAL_SEG_SIZE", str(2 << 30)),
+        ("WALBACKUP_NODE_ID", "-1"),
+        ("WALBACKUP_HEARTBEAT_TIMEOUT", "0"),
+        ("WALBACKUP_METRICS_PORT", "70000"),
+        ("WALBACKUP_REDIS_URL", "http://localhost"),
+        ("WALBACKUP_BACKUP_ENABLED", "perhaps"),
+        ("WALBACKUP_MAX_OFFLOADER_LAG_BYTES", "-5"),
+    ],
+)
+def test_invalid_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput, match=name):
+        load_settings()
+
+
+def test_node_id_requires_workdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALBACKUP_NODE_ID", "1")
+    with pytest.raises(InvalidInput, match="WALBACKUP_WORKDIR"):
+        load_settings()
+
+
+def test_toml_file_adds_keys_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "walbackup.toml"
+    config.write_text('parallel_jobs = 7\nremote_storage = "file:///srv/wal"\n')
+    monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
+    assert load_settings().parallel_jobs == 7
+    assert load_settings().effective_remote_storage == "file:///srv/wal"
+    monkeypatch.setenv("WALBACKUP_PARALLEL_JOBS", "2")
+    assert load_settings().parallel_jobs == 2
