@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tasks.core.election import Election, alive_peers, determine_offloader
+from redis.client import Pipeline
+
+from tasks.core.election import Election, determine_offloader, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.state.redis import PeerRecord, RedisState, TimelineRecord, kick_key, tl_key
@@ -121,18 +123,17 @@ class Elector:
         record: TimelineRecord,
         peers: list[PeerRecord],
         now: float,
-        writes: object,
+        pipe: Pipeline[str],
     ) -> tuple[Election, Lsn | None, bool]:
-        pipe = writes  # a redis pipeline; typed loosely to keep redis types out of signatures
-        alive = [r for r in peers if r.peer in alive_peers([r.peer], now, self.heartbeat_timeout_s)]
+        alive = [r for r in peers if is_alive(r.peer, now, self.heartbeat_timeout_s)]
         seg_size = record.wal_seg_size or (
             peers[0].wal_seg_size if peers else self.default_seg_size
         )
         start = record.timeline_start_lsn
         if start is None and alive:
             start = timeline_start(alive)
-            pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))  # type: ignore[attr-defined]
-            pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)  # type: ignore[attr-defined]
+            pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))
+            pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)
         # backup_lsn = max(stored, timeline start, what nodes persisted): the
         # last one recovers a Redis that lost its data.
         candidates = [lsn for lsn in (record.backup_lsn, start) if lsn is not None]

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tasks.core.election import is_alive
 from tasks.state.redis import RedisState
 
 
@@ -45,7 +46,7 @@ def timeline_status(
                             "local_start_lsn": str(p.peer.local_start_lsn),
                             "backup_lsn": str(p.peer.backup_lsn),
                             "last_seen_s": round(now - p.peer.ts, 3),
-                            "alive": now - p.peer.ts < heartbeat_timeout_s,
+                            "alive": is_alive(p.peer, now, heartbeat_timeout_s),
                         }
                         for p in sorted(peers, key=lambda p: p.peer.node_id)
                     ],

@@ -31,11 +31,15 @@ class Election:
     reason: str
 
 
+def is_alive(peer: PeerInfo, now: float, heartbeat_timeout_s: float) -> bool:
+    """A peer is alive while its last heartbeat is younger than the timeout."""
+    return now - peer.ts < heartbeat_timeout_s
+
+
 def alive_peers(
     peers: Iterable[PeerInfo], now: float, heartbeat_timeout_s: float
 ) -> list[PeerInfo]:
-    """Peers whose last heartbeat is younger than ``heartbeat_timeout_s``."""
-    return [p for p in peers if now - p.ts < heartbeat_timeout_s]
+    return [p for p in peers if is_alive(p, now, heartbeat_timeout_s)]
 
 
 def determine_offloader(
