@@ -1,0 +1,470 @@
+"""SPEC §3-§4 election rounds against the private redis-server: recorded
+offloader and reason, kicks and their rate limit, timeline start and
+backup_lsn recovery, dead peers, and batched rounds over many timelines."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import pytest
+
+from tasks.core.election import PeerInfo, determine_offloader
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.elector import Elector, Outcome
+from tasks.state.redis import (
+    PeerRecord,
+    RedisState,
+    TimelineRecord,
+    kick_key,
+    peer_to_json,
+    tl_key,
+)
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+SEG = 16 * MiB
+LAG = 128 * MiB
+TIMEOUT_S = 5.0
+KICK_MS = 60_000
+ZERO = Lsn(0)
+
+Kicks = list[tuple[str, int]]
+
+
+def seg(segno: int, offset: int = 0) -> Lsn:
+    return Lsn.from_segment(segno, offset, SEG)
+
+
+def make_ttid(timeline_int: int | None = None) -> str:
+    timeline = secrets.token_hex(16) if timeline_int is None else f"{timeline_int:032x}"
+    return f"{secrets.token_hex(16)}/{timeline}"
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[RedisState]:
+    st_ = RedisState.from_url(redis_url)
+    yield st_
+    st_.r.close()
+
+
+@pytest.fixture
+def kicks() -> Kicks:
+    return []
+
+
+@pytest.fixture
+def make_elector(state: RedisState, kicks: Kicks) -> Callable[..., Elector]:
+    def make(kick_interval_ms: int = KICK_MS, max_lag: int = LAG) -> Elector:
+        return Elector(
+            state,
+            lambda ttid, node: kicks.append((ttid, node)),
+            heartbeat_timeout_s=TIMEOUT_S,
+            max_offloader_lag_bytes=max_lag,
+            default_seg_size=SEG,
+            kick_interval_ms=kick_interval_ms,
+        )
+
+    return make
+
+
+def beat(
+    state: RedisState,
+    ttid: str,
+    node_id: int,
+    commit: Lsn,
+    local_start: Lsn,
+    backup: Lsn = ZERO,
+    *,
+    age_s: float = 0.0,
+    timeline_start: Lsn | None = None,
+) -> PeerInfo:
+    """Publish one node's heartbeat for one timeline, as a node worker does."""
+    now = time.time() - age_s
+    peer = PeerInfo(node_id, commit, local_start, backup, now)
+    state.publish_heartbeats(node_id, [(ttid, peer_to_json(peer, SEG, timeline_start))], now)
+    return peer
+
+
+def elect_one(elector: Elector, ttid: str, *, force_kick: bool = False) -> Outcome:
+    (outcome,) = elector.elect([ttid], force_kick=force_kick)
+    return outcome
+
+
+def record(state: RedisState, ttid: str) -> TimelineRecord:
+    return state.timeline(ttid)
+
+
+# -- recording the result ---------------------------------------------------------
+
+
+def test_offloader_and_reason_recorded(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=4)  # 4 % 3 == 1: the second of the sorted caught-up nodes
+    state.register([ttid])
+    peers = [beat(state, ttid, n, seg(9), seg(1)) for n in (30, 10, 20)]
+    elector = make_elector()
+    outcome = elect_one(elector, ttid)
+    expected = determine_offloader(peers, seg(1), 4, LAG)
+    assert expected.offloader == 20
+    assert outcome.election == expected
+    assert outcome.changed and outcome.kicked
+    assert outcome.backup_lsn == seg(1)
+    rec = record(state, ttid)
+    assert rec.offloader == 20
+    assert rec.reason == expected.reason
+    assert rec.reason.startswith("elected 20 among [(10, 0/9000000), (20, 0/9000000)")
+    assert rec.backup_lsn == seg(1)
+    assert rec.timeline_start_lsn == seg(1)
+    assert rec.wal_seg_size == SEG
+    assert state.r.hget(tl_key(ttid), "elected_at") is not None
+    assert kicks == [(ttid, 20)]
+    # Same inputs again: no change.
+    again = elect_one(elector, ttid)
+    assert again.election == expected and not again.changed
+
+
+def test_change_is_logged(
+    state: RedisState, make_elector: Callable[..., Elector], caplog: pytest.LogCaptureFixture
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    beat(state, ttid, 1, seg(5), seg(1))
+    elector = make_elector()
+    with caplog.at_level(logging.INFO, logger="walbackup.election"):
+        elect_one(elector, ttid)
+        beat(state, ttid, 1, seg(5), seg(1), age_s=2 * TIMEOUT_S)
+        beat(state, ttid, 2, seg(5), seg(1))
+        assert elect_one(elector, ttid).election.offloader == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("elected node 1" in m for m in messages)
+    assert any("node 1 stepping down" in m for m in messages)
+    assert any("elected node 2" in m for m in messages)
+
+
+# -- kicks -------------------------------------------------------------------------
+
+
+def test_kick_only_when_offloader_has_a_complete_segment_to_upload(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_interval_ms=1)
+    # commit_lsn == backup_lsn: nothing to upload.
+    beat(state, ttid, 1, seg(1), seg(1))
+    outcome = elect_one(elector, ttid)
+    assert outcome.election.offloader == 1 and outcome.changed
+    assert not outcome.kicked and kicks == []
+    # commit_lsn inside the same segment: still nothing complete to upload.
+    beat(state, ttid, 1, seg(1, 0x800000), seg(1))
+    assert not elect_one(elector, ttid, force_kick=True).kicked
+    assert kicks == []
+    # One complete segment beyond backup_lsn: kick the offloader.
+    beat(state, ttid, 1, seg(2), seg(1))
+    assert elect_one(elector, ttid).kicked
+    assert kicks == [(ttid, 1)]
+
+
+def test_kick_goes_to_the_offloader_only(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=1)
+    for n in (1, 2, 3):
+        beat(state, ttid, n, seg(7), seg(1))
+    outcome = elect_one(make_elector(), ttid)
+    assert outcome.election.offloader == 2
+    assert kicks == [(ttid, 2)]
+
+
+def test_backup_disabled_never_kicks(state: RedisState, kicks: Kicks) -> None:
+    ttid = make_ttid(timeline_int=0)
+    beat(state, ttid, 1, seg(7), seg(1))
+    elector = Elector(
+        state,
+        lambda t, n: kicks.append((t, n)),
+        heartbeat_timeout_s=TIMEOUT_S,
+        max_offloader_lag_bytes=LAG,
+        default_seg_size=SEG,
+        kick_interval_ms=1,
+        backup_enabled=False,
+    )
+    outcome = elect_one(elector, ttid, force_kick=True)
+    assert outcome.election.offloader == 1 and not outcome.kicked
+    assert kicks == []
+
+
+def test_kicks_are_rate_limited_but_a_new_offloader_kicks_at_once(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_interval_ms=KICK_MS)
+    beat(state, ttid, 1, seg(1), seg(1))
+    beat(state, ttid, 2, seg(1), seg(1))
+    assert not elect_one(elector, ttid).kicked  # node 1 elected, nothing to upload yet
+    assert kicks == []
+    beat(state, ttid, 1, seg(4), seg(1))
+    beat(state, ttid, 2, seg(4), seg(1))
+    # Unchanged offloader, not forced: the first kick in the interval goes out...
+    assert elect_one(elector, ttid).kicked
+    assert kicks == [(ttid, 1)]
+    assert 0 < state.r.pttl(kick_key(ttid)) <= KICK_MS
+    # ...the next ones within kick_interval_ms do not.
+    for _ in range(3):
+        outcome = elect_one(elector, ttid)
+        assert not outcome.kicked and not outcome.changed
+    assert kicks == [(ttid, 1)]
+    # A trigger (force_kick) is not rate-limited.
+    assert elect_one(elector, ttid, force_kick=True).kicked
+    assert kicks == [(ttid, 1), (ttid, 1)]
+    # Node 1 dies: node 2 is elected and kicked at once despite the rate limit.
+    beat(state, ttid, 1, seg(4), seg(1), age_s=2 * TIMEOUT_S)
+    outcome = elect_one(elector, ttid)
+    assert outcome.changed and outcome.kicked
+    assert outcome.election.offloader == 2
+    assert kicks[-1] == (ttid, 2)
+    assert len(kicks) == 3
+    assert not elect_one(elector, ttid).kicked
+    assert len(kicks) == 3
+
+
+def test_rate_limit_expires(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_interval_ms=300)
+    beat(state, ttid, 1, seg(4), seg(1))
+    state.r.hset(tl_key(ttid), "offloader", 1)  # already elected: not a change
+    assert elect_one(elector, ttid).kicked
+    assert not elect_one(elector, ttid).kicked
+    time.sleep(0.4)
+    assert elect_one(elector, ttid).kicked
+    assert kicks == [(ttid, 1), (ttid, 1)]
+
+
+def test_rate_limit_is_per_timeline(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttids = [make_ttid(timeline_int=0) for _ in range(3)]
+    for ttid in ttids:
+        beat(state, ttid, 1, seg(4), seg(1))
+        state.r.hset(tl_key(ttid), "offloader", 1)
+    elector = make_elector()
+    assert elect_one(elector, ttids[0]).kicked
+    outcomes = elector.elect(ttids)
+    assert [o.kicked for o in outcomes] == [False, True, True]
+    assert [o.kicked for o in elector.elect(ttids)] == [False, False, False]
+    assert sorted(kicks) == sorted([(ttids[0], 1), (ttids[1], 1), (ttids[2], 1)])
+
+
+# -- timeline start and backup_lsn -------------------------------------------------------
+
+
+def test_backup_lsn_starts_at_lowest_alive_local_start(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    beat(state, ttid, 1, seg(9), seg(5))
+    beat(state, ttid, 2, seg(9), seg(3))
+    beat(state, ttid, 3, seg(9), seg(1), age_s=2 * TIMEOUT_S)  # dead: does not count
+    elector = make_elector()
+    outcome = elect_one(elector, ttid)
+    rec = record(state, ttid)
+    assert rec.timeline_start_lsn == seg(3)
+    assert rec.backup_lsn == seg(3) == outcome.backup_lsn
+    assert outcome.election.offloader == 2  # the only node holding segment 3
+    assert kicks == [(ttid, 2)]
+    # A node joining later with only newer segments moves neither value...
+    beat(state, ttid, 4, seg(12), seg(10))
+    elect_one(elector, ttid)
+    rec = record(state, ttid)
+    assert (rec.timeline_start_lsn, rec.backup_lsn) == (seg(3), seg(3))
+    # ...not even when it is the only one left alive: nobody can fill the gap.
+    beat(state, ttid, 1, seg(9), seg(5), age_s=2 * TIMEOUT_S)
+    beat(state, ttid, 2, seg(9), seg(3), age_s=2 * TIMEOUT_S)
+    outcome = elect_one(elector, ttid)
+    assert outcome.election.offloader is None
+    assert outcome.election.reason == "no connected peers to elect from"
+    rec = record(state, ttid)
+    assert (rec.timeline_start_lsn, rec.backup_lsn) == (seg(3), seg(3))
+    assert rec.offloader is None
+
+
+def test_backup_lsn_not_zero_when_segment_zero_missing(
+    state: RedisState, make_elector: Callable[..., Elector]
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    beat(state, ttid, 1, seg(4), seg(1), backup=Lsn(0))
+    outcome = elect_one(make_elector(), ttid)
+    assert outcome.backup_lsn == seg(1)
+    assert record(state, ttid).backup_lsn == seg(1)
+    assert outcome.election.offloader == 1
+
+
+def test_explicit_timeline_start_wins(
+    state: RedisState, make_elector: Callable[..., Elector]
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    start = seg(1, 0x6A8)  # a writer recorded a mid-segment start
+    beat(state, ttid, 1, seg(4), seg(1), timeline_start=start)
+    beat(state, ttid, 2, seg(4), seg(1))
+    outcome = elect_one(make_elector(), ttid)
+    rec = record(state, ttid)
+    assert rec.timeline_start_lsn == start
+    assert rec.backup_lsn == start == outcome.backup_lsn
+    assert outcome.election.offloader == 1
+
+
+def test_stored_backup_lsn_wins_over_lower_reports(
+    state: RedisState, make_elector: Callable[..., Elector]
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    beat(state, ttid, 1, seg(9), seg(1), backup=seg(2))
+    elector = make_elector()
+    assert elect_one(elector, ttid).backup_lsn == seg(2)
+    state.raise_backup_lsn(ttid, seg(6))  # commits moved it on
+    assert elect_one(elector, ttid).backup_lsn == seg(6)
+    assert record(state, ttid).backup_lsn == seg(6)
+
+
+def test_backup_lsn_recovered_after_redis_data_loss(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector()
+    beat(state, ttid, 1, seg(9), seg(1))
+    beat(state, ttid, 2, seg(9), seg(1))
+    elect_one(elector, ttid)
+    state.raise_backup_lsn(ttid, seg(7))
+    # Nodes copied the cluster's backup_lsn into their state files.
+    beat(state, ttid, 1, seg(9), seg(1), backup=seg(7))
+    beat(state, ttid, 2, seg(9), seg(1), backup=seg(6))
+    state.r.delete(tl_key(ttid))  # Redis lost the timeline's record
+    outcome = elect_one(elector, ttid)
+    rec = record(state, ttid)
+    assert rec.backup_lsn == seg(7) == outcome.backup_lsn
+    assert rec.timeline_start_lsn == seg(1)
+    assert rec.offloader == outcome.election.offloader == 1
+    # Whole database lost: nodes re-register and publish again.
+    state.r.flushdb()
+    beat(state, ttid, 1, seg(9), seg(2), backup=seg(7))
+    beat(state, ttid, 2, seg(9), seg(3), backup=seg(5))
+    state.register([ttid])
+    kicks.clear()
+    assert make_elector().run_round() == 1
+    rec = record(state, ttid)
+    assert rec.backup_lsn == seg(7)
+    assert rec.offloader in (1, 2)
+    assert kicks == [(ttid, rec.offloader)]
+
+
+# -- dead peers ---------------------------------------------------------------------------
+
+
+def test_dead_peers_excluded(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector()
+    # The most caught-up node is dead; so is one just at the timeout.
+    beat(state, ttid, 1, seg(500), seg(1), age_s=60)
+    beat(state, ttid, 2, seg(9), seg(1), age_s=TIMEOUT_S + 0.5)
+    beat(state, ttid, 3, seg(9), seg(1))
+    outcome = elect_one(elector, ttid)
+    assert outcome.election.offloader == 3
+    assert "(1," not in outcome.election.reason and "(2," not in outcome.election.reason
+    assert "with 1 of them being caughtup" in outcome.election.reason
+    # All dead: nobody is elected, and nobody is kicked.
+    beat(state, ttid, 3, seg(9), seg(1), age_s=60)
+    kicks.clear()
+    outcome = elect_one(elector, ttid, force_kick=True)
+    assert outcome.election.offloader is None and outcome.changed
+    assert not outcome.kicked and kicks == []
+    rec = record(state, ttid)
+    assert rec.offloader is None
+    assert rec.reason == "no connected peers to elect from"
+
+
+def test_no_peers_at_all(state: RedisState, make_elector: Callable[..., Elector]) -> None:
+    ttid = make_ttid()
+    state.register([ttid])
+    outcome = elect_one(make_elector(), ttid)
+    assert outcome.election.offloader is None
+    assert outcome.backup_lsn is None
+    assert not outcome.changed and not outcome.kicked
+    assert record(state, ttid).backup_lsn is None
+
+
+# -- rounds ------------------------------------------------------------------------------
+
+
+def test_run_round_elects_thousands_in_batches(
+    state: RedisState,
+    make_elector: Callable[..., Elector],
+    kicks: Kicks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 2500
+    ttids = [make_ttid() for _ in range(count)]
+    assert state.register(ttids) == count
+    assert state.register(ttids[:10]) == 0  # registering again adds nothing
+    now = time.time()
+    peers: dict[str, list[PeerInfo]] = {t: [] for t in ttids}
+    for node_id, commit_segno in ((1, 20), (2, 20), (3, 19)):
+        records = []
+        for i, ttid in enumerate(ttids):
+            commit = seg(commit_segno if i % 2 else 1)
+            peer = PeerInfo(node_id, commit, seg(1), Lsn(0), now)
+            peers[ttid].append(peer)
+            records.append((ttid, peer_to_json(peer, SEG, None)))
+        state.publish_heartbeats(node_id, records, now)
+
+    elector = make_elector()
+    batches: list[int] = []
+    original = state.timelines_with_peers
+
+    def counting(batch: Sequence[str]) -> list[tuple[TimelineRecord, list[PeerRecord]]]:
+        batches.append(len(batch))
+        return original(batch)
+
+    monkeypatch.setattr(state, "timelines_with_peers", counting)
+    started = time.monotonic()
+    assert elector.run_round(batch_size=1000) == count
+    elapsed = time.monotonic() - started
+    assert batches == [1000, 1000, 500]
+    assert elapsed < 15
+
+    results = state.backup_and_offloader(ttids)
+    for i, (ttid, (backup, offloader)) in enumerate(zip(ttids, results, strict=True)):
+        assert backup == seg(1)
+        expected = determine_offloader(
+            peers[ttid], seg(1), TenantTimelineId.parse(ttid).timeline_int, LAG
+        )
+        assert expected.offloader is not None
+        assert offloader == expected.offloader, (i, ttid)
+    # Kicked exactly the timelines with a complete segment to upload, each once.
+    kicked = dict(kicks)
+    assert len(kicks) == len(kicked) == count // 2
+    assert set(kicked) == {t for i, t in enumerate(ttids) if i % 2}
+    assert all(
+        kicked[t] == offloader
+        for t, (_, offloader) in zip(ttids, results, strict=True)
+        if t in kicked
+    )
+    assert set(kicked.values()) == {1, 2, 3}  # spread over the nodes
+
+    # Later rounds change nothing; unforced kicks go out at most once per interval.
+    first_round = set(kicks)
+    kicks.clear()
+    batches.clear()
+    assert elector.run_round(batch_size=1000) == count
+    assert batches == [1000, 1000, 500]
+    assert set(kicks) <= first_round and len(kicks) == len(set(kicks))
+    kicks.clear()
+    batches.clear()
+    assert elector.run_round(batch_size=700) == count
+    assert batches == [700, 700, 700, 400]
+    assert kicks == []
