@@ -95,8 +95,11 @@ class Elector:
                     },
                 )
             planned.append((ttid, election, backup_lsn, changed, wants_kick))
-        # Rate-limit kicks that are not forced by a trigger or a new offloader.
+        # Kicks forced by a trigger or a new offloader go out now and start the
+        # rate-limit timer; the others go out only when the timer has run out.
         rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
+        for ttid, *_ in (p for p in planned if p[4] and (force_kick or p[3])):
+            writes.set(kick_key(ttid), "1", px=self.kick_interval_ms)
         for ttid, *_ in rate_limited:
             writes.set(kick_key(ttid), "1", nx=True, px=self.kick_interval_ms)
         results = writes.execute()
