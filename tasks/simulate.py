@@ -22,6 +22,7 @@ from typing import BinaryIO, NamedTuple
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import PARTIAL_SUFFIX, validate_seg_size, xlog_file_name
 from tasks.errors import InvalidInput
+from tasks.fsutil import fsync_dir
 
 BLOCK_SIZE = 1 << 20
 """Unit of generation and of writing; divides every valid ``seg_size``."""
@@ -148,7 +149,7 @@ def simulate(
                     final = dirs[wi][ti] / name
                     os.replace(final.with_name(name + PARTIAL_SUFFIX), final)
                     if fsync:
-                        _fsync_dir(final.parent)
+                        fsync_dir(final.parent)
                     completed += 1
                     if on_segment is not None:
                         on_segment(SegmentWritten(Path(workdirs[wi]), ttid, segno, final))
@@ -163,11 +164,3 @@ def _wait_until(deadline: float, stop_event: threading.Event | None) -> bool:
     if delay > 0:
         time.sleep(delay)
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,6 +34,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
 from tasks.core.timeline_scan import ScanResult, resolve_commit_lsn, scan_entries
 from tasks.errors import InvalidInput, SegmentFileError
+from tasks.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +146,7 @@ def write_state_file(path: Path, state: TimelineStateFile) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tasks.errors import InvalidInput, NotFound, StorageUnavailable
+from tasks.fsutil import fsync_dir
 from tasks.storage.base import (
     ObjectInfo,
     RemoteStorage,
@@ -30,14 +31,6 @@ from tasks.storage.base import (
 )
 
 TEMP_PREFIX = ".tmp."
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
@@ -100,7 +93,7 @@ class LocalStorage(RemoteStorage):
         self._makedirs(directory.parent)
         with contextlib.suppress(FileExistsError):  # a concurrent writer made it
             directory.mkdir()
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
     @staticmethod
     def _write_temp(src: BinaryIO, tmp: Path, path: Path, expected_size: int) -> bytes:
@@ -122,7 +115,7 @@ class LocalStorage(RemoteStorage):
             os.link(tmp, dest)
         except FileExistsError:
             return False
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return True
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
