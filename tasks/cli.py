@@ -134,6 +134,35 @@ def simulate(
     print(f"wrote {done} segment files")
 
 
+@cli.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds of WAL (default: Ctrl-C)")
+    ] = None,
+    timelines: Annotated[int, typer.Option(help="timelines to write")] = 3,
+    rate: Annotated[float, typer.Option(help="segments/s per timeline")] = 1.0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where nodes, remote storage and logs go (default: new)")
+    ] = None,
+    seg_size: Annotated[int, typer.Option(help="wal_seg_size in bytes")] = 1 << 20,
+) -> None:
+    """Run Redis, 3 nodes, beat and Flower locally on simulated WAL; check the backup at the end."""
+    from tasks.demo import run_demo
+    from tasks.errors import InvalidInput
+
+    try:
+        code = run_demo(
+            duration=duration,
+            timelines=timelines,
+            rate=rate,
+            data_dir=data_dir,
+            seg_size=seg_size,
+        )
+    except InvalidInput as exc:
+        _fail(EXIT_INPUT, str(exc))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     # PostgreSQL runs restore_command once per segment: skip typer and rich.
     if len(sys.argv) > 1 and sys.argv[1] == "fetch":

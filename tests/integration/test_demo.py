@@ -1,0 +1,95 @@
+"""`walbackup demo` end to end, as a user (or CI, without a terminal) runs it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.servers import env_without_walbackup
+
+pytestmark = pytest.mark.integration
+
+WALBACKUP = Path(sys.executable).parent / "walbackup"
+
+
+def _demo_processes(data_dir: Path, redis_port: int) -> dict[int, bytes]:
+    """pid -> command line of every process the demo started: the celery ones
+    carry WALBACKUP_DATA_DIR in their environment; redis-server rewrites its
+    own, so it is known by its port."""
+    marker = f"WALBACKUP_DATA_DIR={data_dir}".encode()
+    redis_title = f"127.0.0.1:{redis_port}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ or (b"redis-server" in cmdline and redis_title in cmdline):
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def _alive(pid: int, cmdline: bytes) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes() == cmdline
+    except OSError:
+        return False
+
+
+def test_demo_runs_checks_the_backup_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [str(WALBACKUP), "demo", "--duration", "15", "--data-dir", str(data_dir)],
+        env=env_without_walbackup(),  # no WALBACKUP_REDIS_URL: a private Redis
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.start()
+    children: dict[int, bytes] = {}
+    try:
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("timeline:") for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "the demo's cluster did not come up\n" + "".join(
+                lines
+            )
+            time.sleep(0.2)
+        match = re.search(r"redis: redis://127\.0\.0\.1:(\d+)/0 +\(private\)", "".join(lines))
+        assert match, "".join(lines)
+        children = _demo_processes(data_dir, int(match.group(1)))
+        assert proc.wait(timeout=120) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+        reader.join(10)
+    output = "".join(lines)
+
+    # Redis, three nodes, beat and Flower were running, and none survived.
+    assert len(children) == 6, children
+    assert not [pid for pid, cmd in children.items() if _alive(pid, cmd)], output
+    assert not _demo_processes(data_dir, int(match.group(1)))
+
+    assert re.search(r"^flower: http://127\.0\.0\.1:\d+$", output, re.MULTILINE), output
+    progress = re.findall(r"(\d+)/(\d+) segments backed up", output)
+    assert progress, output
+    done, written = map(int, progress[-1])
+    assert done == written >= 10, output  # 3 timelines at 1 segment/s for 15 s
+    assert "caught up" in output
+    assert re.search(r"verdict: OK - all \d+ complete segments of 3 timelines", output), output
+    assert (data_dir / "logs" / "node1.log").exists()

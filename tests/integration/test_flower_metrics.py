@@ -1,0 +1,195 @@
+"""Monitoring as users see it: Flower's HTTP API (behind basic auth) shows the
+node workers and their uploads; each node's Prometheus endpoint counts them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.simulate import simulate
+from tests.cluster import SEG_SIZE, Cluster, wait_for
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+NODE_IDS = (1, 2, 3)
+AUTH = ("walbackup", secrets.token_hex(8))
+
+
+def new_ttid() -> TenantTimelineId:
+    return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+
+
+def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def api(flower: str, path: str) -> Any:
+    status, body = http_get(f"{flower}{path}", AUTH)
+    assert status == 200, (path, status, body[:300])
+    return json.loads(body)
+
+
+@pytest.fixture
+def flower(make_cluster: Callable[..., Cluster], tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
+    """Three node workers, beat, and Flower with basic auth, all real processes."""
+    cluster = make_cluster()
+    for n in NODE_IDS:
+        cluster.start_node(n)
+    cluster.start_beat()
+    port = free_port()
+    log = (tmp_path / "flower.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            f"--basic_auth={AUTH[0]}:{AUTH[1]}",
+        ],
+        env=cluster.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        cluster.wait_nodes(list(NODE_IDS))
+        wait_for(lambda: http_get(f"{url}/healthcheck")[0] == 200, 30, "Flower to answer")
+        # Flower follows the workers' event stream once it shows them online.
+        wait_for(
+            lambda: all(
+                re.search(rf'flower_worker_online\{{worker="node{n}@[^"]+"\}} 1\.0', text)
+                for text in [http_get(f"{url}/metrics")[1].decode()]
+                for n in NODE_IDS
+            ),
+            30,
+            "Flower to see the three node workers online",
+        )
+        yield cluster, url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_flower_shows_node_workers_and_their_uploads(flower: tuple[Cluster, str]) -> None:
+    cluster, url = flower
+    # Basic auth guards the UI and API; /metrics and /healthcheck stay open.
+    assert http_get(f"{url}/api/workers")[0] == 401
+    assert http_get(f"{url}/api/workers", ("walbackup", "wrong"))[0] == 401
+    assert http_get(f"{url}/metrics")[0] == 200
+    assert http_get(f"{url}/healthcheck")[0] == 200
+
+    workers = api(url, "/api/workers?refresh=1")
+    names = {name.partition("@")[0]: name for name in workers}
+    assert {f"node{n}" for n in NODE_IDS} <= set(names), sorted(workers)
+    for n in NODE_IDS:
+        registered = workers[names[f"node{n}"]]["registered"]
+        assert "walbackup.upload_segment" in registered
+        queues = {q["name"] for q in workers[names[f"node{n}"]]["active_queues"]}
+        assert {"walbackup", f"node.{n}"} <= queues
+
+    ttid = new_ttid()
+    k = 6
+    simulate([cluster.workdir(n) for n in NODE_IDS], [ttid], segments=k, seg_size=SEG_SIZE)
+    cluster.wait_backup(ttid, Lsn.from_segment(1 + k, 0, SEG_SIZE), timeout=60)
+    offloader = cluster.state.timeline(str(ttid)).offloader
+
+    def uploads() -> dict[str, Any]:
+        tasks: dict[str, Any] = api(url, "/api/tasks?taskname=walbackup.upload_segment")
+        return {
+            uuid: t
+            for uuid, t in tasks.items()
+            if t["state"] == "SUCCESS" and f"'{ttid}'" in (t["args"] or "")
+        }
+
+    wait_for(lambda: len(uploads()) >= k, 20, f"Flower to show {k} finished uploads")
+    done = uploads()
+    segnos = set()
+    for task in done.values():
+        assert task["worker"] == names[f"node{offloader}"], task
+        assert task["result"] == "'committed'"
+        segnos.add(int(task["args"].split(",")[1]))
+    assert segnos == set(range(1, 1 + k))
+
+
+def _scrape(port: int) -> str:
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def _sample(text: str, name: str, labels: str = "") -> float | None:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def test_prometheus_counts_backed_up_segments_and_lag(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    ports = {n: free_port() for n in NODE_IDS}
+    for n in NODE_IDS:
+        cluster.start_node(n, extra_env={"WALBACKUP_METRICS_PORT": str(ports[n])})
+    cluster.start_beat()
+    cluster.wait_nodes(list(NODE_IDS))
+
+    def backed_up_total() -> float:
+        return sum(_sample(_scrape(p), "backed_up_segments_total") or 0.0 for p in ports.values())
+
+    before = backed_up_total()
+    for text in map(_scrape, ports.values()):
+        assert _sample(text, "backup_errors_total") is not None
+
+    ttid = new_ttid()
+    k = 8
+    simulate([cluster.workdir(n) for n in NODE_IDS], [ttid], segments=k, seg_size=SEG_SIZE)
+    cluster.wait_backup(ttid, Lsn.from_segment(1 + k, 0, SEG_SIZE), timeout=60)
+    offloader = cluster.state.timeline(str(ttid)).offloader
+    assert offloader in NODE_IDS
+
+    assert backed_up_total() - before == k
+    offloader_text = _scrape(ports[offloader])
+    assert _sample(offloader_text, "backed_up_segments_total") == k
+    assert _sample(offloader_text, "uploaded_bytes_total") == k * SEG_SIZE
+    assert _sample(offloader_text, "upload_duration_seconds_count") == k
+
+    # The lag gauge is refreshed with each heartbeat: present, then 0 once caught up.
+    lag = f'{{timeline="{ttid}"}}'
+    wait_for(
+        lambda: _sample(_scrape(ports[offloader]), "backup_lag_bytes", lag) == 0.0,
+        10,
+        "backup_lag_bytes of the timeline to read 0 on the offloader",
+    )
