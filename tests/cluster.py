@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +154,30 @@ class Cluster:
             wait_for(reached, timeout, f"backup_lsn of {ttid} to reach {lsn}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}: at {self.backup_lsn(ttid)}\n{self.tail_logs()}") from None
+
+
+class BackupSampler:
+    """Samples a timeline's backup_lsn every 20 ms in a thread, to check it
+    never moves backwards: ``with BackupSampler(cluster, ttid) as s: ...``."""
+
+    def __init__(self, cluster: Cluster, ttid: TenantTimelineId) -> None:
+        self.cluster = cluster
+        self.ttid = ttid
+        self.samples: list[Lsn] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            lsn = self.cluster.backup_lsn(self.ttid)
+            if lsn is not None:
+                self.samples.append(lsn)
+            time.sleep(0.02)
+
+    def __enter__(self) -> BackupSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

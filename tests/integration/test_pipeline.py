@@ -19,7 +19,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.simulate import simulate
-from tests.cluster import SEG_SIZE, Cluster, wait_for
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,43 +75,28 @@ def test_offloader_killed_mid_stream_another_takes_over(
         cluster.start_node(n)
     cluster.start_beat()
     cluster.wait_nodes(nodes)
-    samples: list[Lsn] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            lsn = cluster.backup_lsn(ttid)
-            if lsn is not None:
-                samples.append(lsn)
-            time.sleep(0.02)
-
     writer = threading.Thread(
         target=simulate,
         args=([cluster.workdir(n) for n in nodes], [ttid]),
         kwargs={"segments": 40, "seg_size": SEG_SIZE, "rate": 10.0},
     )
-    sampler = threading.Thread(target=sample)
-    writer.start()
-    sampler.start()
-    try:
-        first = wait_for(
-            lambda: cluster.state.timeline(str(ttid)).offloader, 15, "a first offloader"
-        )
-        wait_for(
-            lambda: (cluster.backup_lsn(ttid) or 0) >= Lsn.from_segment(5, 0, SEG_SIZE),
-            20,
-            "some progress before the kill",
-        )
-        cluster.kill(f"node{first}")
-        writer.join()
-        end = Lsn.from_segment(41, 0, SEG_SIZE)
-        cluster.wait_backup(ttid, end, timeout=60)
-    finally:
-        stop.set()
-        writer.join()
-        sampler.join()
+    with BackupSampler(cluster, ttid) as sampler:
+        writer.start()
+        try:
+            first = wait_for(
+                lambda: cluster.state.timeline(str(ttid)).offloader, 15, "a first offloader"
+            )
+            wait_for(
+                lambda: (cluster.backup_lsn(ttid) or 0) >= Lsn.from_segment(5, 0, SEG_SIZE),
+                20,
+                "some progress before the kill",
+            )
+            cluster.kill(f"node{first}")
+        finally:
+            writer.join()
+        cluster.wait_backup(ttid, Lsn.from_segment(41, 0, SEG_SIZE), timeout=60)
     assert cluster.state.timeline(str(ttid)).offloader not in (None, first)
-    assert samples == sorted(samples), "backup_lsn moved backwards"
+    assert sampler.samples == sorted(sampler.samples), "backup_lsn moved backwards"
     remote = tmp_path / "remote"
     for segno in range(1, 41):
         local = (
