@@ -1,0 +1,63 @@
+"""The Celery app's safety-relevant configuration, as a node and as a plain worker.
+
+The app reads its settings at import, so each case imports it in a fresh
+interpreter with its own environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.servers import env_without_walbackup
+
+PROBE = """
+import json
+from tasks.app import app
+c = app.conf
+print(json.dumps({
+    "accept": list(c.accept_content), "serializer": c.task_serializer,
+    "acks_late": c.task_acks_late, "reject_lost": c.task_reject_on_worker_lost,
+    "prefetch": c.worker_prefetch_multiplier, "events": c.worker_send_task_events,
+    "sent_event": c.task_send_sent_event,
+    "visibility": c.broker_transport_options["visibility_timeout"],
+    "queues": sorted(q.name for q in c.task_queues),
+    "beat": [e["task"] for e in c.beat_schedule.values()],
+    "tasks": sorted(t for t in app.tasks if t.startswith("walbackup.")),
+}))
+"""
+
+
+def probe(env: dict[str, str]) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env_without_walbackup() | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_node_worker_config(tmp_path: Path) -> None:
+    conf = probe({"WALBACKUP_NODE_ID": "7", "WALBACKUP_WORKDIR": str(tmp_path)})
+    assert conf["accept"] == ["json"] and conf["serializer"] == "json"  # pickle refused
+    assert conf["acks_late"] is True and conf["reject_lost"] is True
+    assert conf["prefetch"] == 1
+    assert conf["events"] is True and conf["sent_event"] is True
+    assert isinstance(conf["visibility"], int) and conf["visibility"] >= 600
+    assert conf["queues"] == ["node.7", "walbackup"]
+    assert conf["beat"] == ["walbackup.elect_all"]
+    assert conf["tasks"] == [
+        "walbackup.backup_timeline",
+        "walbackup.elect_all",
+        "walbackup.trigger",
+        "walbackup.upload_segment",
+    ]
+
+
+def test_worker_without_node_id_serves_shared_queue_only() -> None:
+    assert probe({})["queues"] == ["walbackup"]
