@@ -210,7 +210,7 @@ class Writer:
                 stop_event=self.stop,
                 on_segment=self._written,
             )
-        except BaseException as exc:  # shown to the user, who sees the writer stall
+        except Exception as exc:  # shown to the user, who sees the writer stall
             self.error = exc
 
     def _written(self, seg: SegmentWritten) -> None:
@@ -274,7 +274,6 @@ class Demo:
     root: Path
     ttids: list[TenantTimelineId]
     seg_size: int
-    rate: float
     duration: float | None
     heartbeat_timeout: float
     console: Console
@@ -288,7 +287,7 @@ class Demo:
     state: RedisState | None = None
 
     def __post_init__(self) -> None:
-        for sub in ("logs", "remote", "redis"):
+        for sub in ("logs", "remote"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.children = Children(self.root / "logs")
 
@@ -305,6 +304,7 @@ class Demo:
 
     def start_redis(self) -> None:
         port = free_port()
+        (self.root / "redis").mkdir(exist_ok=True)
         self.children.spawn(
             "redis",
             [
@@ -490,6 +490,8 @@ class Demo:
                 except NotFound:
                     missing.append(f"{_short(ttid)}/{name}")
                     continue
+                except OSError:  # node 1's copy is unreadable: nothing to confirm
+                    same = False
                 if not same:
                     different.append(f"{_short(ttid)}/{name}")
         return Verdict(checked, missing, different)
@@ -513,6 +515,10 @@ def _same_stream(a: IO[bytes], b: IO[bytes]) -> bool:
             return False
         if not x:
             return True
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _short(ttid: TenantTimelineId) -> str:
@@ -577,7 +583,6 @@ def run_demo(
             TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16)) for _ in range(timelines)
         ],
         seg_size=seg_size,
-        rate=rate,
         duration=duration,
         heartbeat_timeout=settings.heartbeat_timeout,
         console=console,
@@ -609,7 +614,8 @@ def _report(demo: Demo, verdict: Verdict) -> int:
     if verdict.ok:
         console.print(
             f"[green]verdict: OK[/] - all {verdict.checked} complete segments of "
-            f"{len(demo.ttids)} timelines are in remote storage, byte-identical to node 1"
+            f"{_plural(len(demo.ttids), 'timeline')} are in remote storage, "
+            "byte-identical to node 1"
         )
         return 0
     if verdict.checked == 0:
@@ -627,7 +633,7 @@ def _report(demo: Demo, verdict: Verdict) -> int:
 
 def _teardown(demo: Demo, writer: Writer) -> None:
     writer.finish()
-    demo.console.print("stopping workers, beat, Flower and Redis ...")
+    demo.console.print("stopping the cluster ...")
     demo.children.stop_all()
     if demo.state is not None:
         demo.state.r.close()
