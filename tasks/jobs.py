@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis
@@ -21,6 +22,7 @@ from tasks.core.commit import backoff_ms
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import ChecksumMismatch, WalBackupError
 from tasks.metrics import BACKUP_ERRORS
+from tasks.node import CHAIN_BUDGET_S
 from tasks.runtime import get_elector, get_node, get_state
 
 log = logging.getLogger("walbackup.jobs")
@@ -63,20 +65,42 @@ def send_upload(ttid: str, segno: int, seg_size: int, token: str) -> None:
 
 @app.task(name="walbackup.upload_segment", bind=True, max_retries=None)
 def upload_segment(self: Task, ttid: str, segno: int, seg_size: int, token: str) -> str:
+    """Upload ``segno``, then, for up to ``CHAIN_BUDGET_S``, the segments its
+    commits claim; a failure retries the segment that failed."""
+    node = get_node()
+    chain_until = time.monotonic() + CHAIN_BUDGET_S
+    started = False
     try:
-        return get_node().upload(ttid, segno, seg_size, token).status
+        while True:
+            outcome = node.upload(
+                ttid, segno, seg_size, token, started=started, chain_until=chain_until
+            )
+            if outcome.next_segno is None:
+                return outcome.status
+            segno, started = outcome.next_segno, True
     except (WalBackupError, redis.RedisError, OSError) as exc:
         BACKUP_ERRORS.inc()
+        # The attempt count resets on success: a chained segment that fails
+        # is on its first attempt, whatever this task's own retry count.
+        attempt = 1 if started else self.request.retries + 1
         level = logging.ERROR if isinstance(exc, ChecksumMismatch) else logging.WARNING
         log.log(
             level,
             "Timeline %s: upload of segno %d failed (attempt %d): %s",
             ttid,
             segno,
-            self.request.retries + 1,
+            attempt,
             exc,
         )
         with contextlib.suppress(redis.RedisError):
             get_state().record_error(ttid, f"segno {segno}: {exc}")
         # min(5000 ms, 10 ms * 2**attempt); a new task run starts the count again.
-        raise self.retry(countdown=backoff_ms(self.request.retries + 1) / 1000, exc=exc) from exc
+        countdown = backoff_ms(attempt) / 1000
+        if started:
+            node_id = get_settings().node_id
+            assert node_id is not None
+            upload_segment.apply_async(
+                args=[ttid, segno, seg_size, token], countdown=countdown, queue=node_queue(node_id)
+            )
+            return "retrying"
+        raise self.retry(countdown=countdown, exc=exc) from exc

@@ -20,6 +20,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,10 +49,63 @@ HEARTBEAT_INTERVAL_S = 1.0
 SendUploadFn = Callable[[str, int, int, str], None]
 
 
+CHAIN_BUDGET_S = 1.0
+"""How long one ``upload_segment`` task keeps uploading the segments that its
+commits claim, before it sends them to the queue instead: a Celery task per
+segment costs more CPU than uploading a small segment (bench/overhead.py)."""
+
+
+HANDOFF_WAIT_MIN_S = 0.05
+HANDOFF_WAIT_MAX_S = 0.25
+"""An upload task whose commit claimed nothing waits this long (twice its
+upload's duration, within these bounds) for a segment that another upload task
+of the same timeline claims (see ``_Handoff``): longer waits idle the threads
+that the queued tasks of other timelines need."""
+
+
+class _Handoff:
+    """Segments just claimed for one timeline and lease, passed from the upload
+    task whose commit claimed them to upload tasks of this process that wait
+    for work, instead of one Celery message each.
+
+    Invariant (under ``cond``): ``len(ready) <= waiting``, so every segment put
+    in ``ready`` is taken by a waiter: none is left claimed and unsent."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.waiting = 0
+        self.ready: deque[int] = deque()
+
+    def offer(self, segnos: list[int]) -> list[int]:
+        """Give segnos to waiting tasks; returns those nobody waits for."""
+        with self.cond:
+            n = min(len(segnos), self.waiting - len(self.ready))
+            if n <= 0:
+                return segnos
+            self.ready.extend(segnos[:n])
+            self.cond.notify(n)
+            return segnos[n:]
+
+    def take(self, timeout_s: float) -> int | None:
+        with self.cond:
+            self.waiting += 1
+            try:
+                self.cond.wait_for(lambda: self.ready, timeout_s)
+            finally:
+                self.waiting -= 1
+            return self.ready.popleft() if self.ready else None
+
+    @property
+    def idle(self) -> bool:
+        return self.waiting == 0 and not self.ready
+
+
 @dataclass(frozen=True, slots=True)
 class UploadOutcome:
     status: str  # "committed" | "fenced"
     backup_lsn: Lsn | None = None
+    next_segno: int | None = None
+    """A segment the commit claimed for the caller to upload next (chaining)."""
 
 
 class NodeService:
@@ -77,6 +131,7 @@ class NodeService:
         self.lease_ttl_ms = int(settings.lease_ttl_s * 1000)
         self._leases: dict[str, str] = {}  # ttid -> token held by this process
         self._timelines: dict[str, TimelineState] = {}
+        self._handoffs: dict[tuple[str, str], _Handoff] = {}  # (ttid, token) -> waiting tasks
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -218,33 +273,98 @@ class NodeService:
             return "no local timeline"
         return f"dispatched {self._dispatch(ttid, token, st)}"
 
-    def upload(self, ttid: str, segno: int, seg_size: int, token: str) -> UploadOutcome:
-        """Upload one segment and commit it; raises storage errors for retry."""
+    def upload(
+        self,
+        ttid: str,
+        segno: int,
+        seg_size: int,
+        token: str,
+        *,
+        started: bool = False,
+        chain_until: float | None = None,
+    ) -> UploadOutcome:
+        """Upload one segment and commit it; raises storage errors for retry.
+
+        ``started``: the segment was claimed by this process's last commit a
+        moment ago (lease checked and renewed, deadline set), so the
+        ``start_upload`` round trip is skipped. Before ``chain_until``
+        (monotonic), one segment the commit claims is returned as
+        ``next_segno`` for the caller to upload; the others go to the queue."""
         claim_ms = self._claim_timeout_ms(seg_size)
-        if not self.state.start_upload(
+        if not started and not self.state.start_upload(
             ttid, token, self.lease_ttl_ms, segno, int(time.time() * 1000) + claim_ms
         ):
             self._forget(ttid, token)
             return UploadOutcome("fenced")
         parsed = TenantTimelineId.parse(ttid)
         name = xlog_file_name(segno, seg_size)
-        started = time.monotonic()
+        upload_started = time.monotonic()
         result = self.storage.upload_file(
             segment_key(parsed, name), self.disk.segment_path(parsed, segno, seg_size), seg_size
         )
-        UPLOAD_SECONDS.observe(time.monotonic() - started)
+        result_s = time.monotonic() - upload_started
+        UPLOAD_SECONDS.observe(result_s)
         UPLOADED_BYTES.inc(result.size)
+        st = self._timeline(ttid)
         try:
-            backup_lsn = self.state.commit_segment(ttid, token, segno, seg_size)
+            if st is None or st.commit_lsn is None or st.wal_seg_size != seg_size:
+                backup_lsn = self.state.commit_segment(ttid, token, segno, seg_size)
+                claimed: list[int] = []
+            else:
+                # Commit and refill the window in one round trip.
+                backup_lsn, claimed = self.state.commit_and_claim(
+                    ttid,
+                    token,
+                    segno,
+                    seg_size,
+                    parallel_jobs=self.settings.parallel_jobs,
+                    end_segno=st.commit_lsn.segment_number(seg_size),
+                    claim_timeout_ms=claim_ms,
+                    lease_ttl_ms=self.lease_ttl_ms,
+                )
         except CommitRefused:
             log.warning("Timeline %s: commit of %s refused: lease %s is stale", ttid, name, token)
             self._forget(ttid, token)
             return UploadOutcome("fenced")
         BACKED_UP_SEGMENTS.inc()
-        st = self._timeline(ttid)
-        if st is not None:
-            self._dispatch(ttid, token, st)
-        return UploadOutcome("committed", backup_lsn)
+        next_segno = None
+        chaining = chain_until is not None and time.monotonic() < chain_until
+        if claimed and chaining:
+            next_segno, claimed = claimed[0], claimed[1:]
+        self._hand_out(ttid, token, claimed, seg_size)
+        if next_segno is None and chain_until is not None and chaining:
+            # Our commit did not move the window (an earlier segment is still
+            # uploading): the task that commits it will claim the next ones.
+            wait_s = min(
+                chain_until - time.monotonic(),
+                HANDOFF_WAIT_MAX_S,
+                max(HANDOFF_WAIT_MIN_S, 2 * result_s),
+            )
+            if wait_s > 0:
+                next_segno = self._take_handed(ttid, token, wait_s)
+        return UploadOutcome("committed", backup_lsn, next_segno)
+
+    def _hand_out(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
+        """Claimed segments go to this timeline's waiting upload tasks, the
+        rest to the queue as new tasks."""
+        if segnos:
+            with self._lock:
+                handoff = self._handoffs.get((ttid, token))
+            if handoff is not None:
+                segnos = handoff.offer(segnos)
+        for segno in segnos:
+            self.send_upload(ttid, segno, seg_size, token)
+
+    def _take_handed(self, ttid: str, token: str, timeout_s: float) -> int | None:
+        key = (ttid, token)
+        with self._lock:
+            handoff = self._handoffs.setdefault(key, _Handoff())
+        try:
+            return handoff.take(timeout_s)
+        finally:
+            with self._lock:
+                if handoff.idle and self._handoffs.get(key) is handoff:
+                    del self._handoffs[key]
 
     def _timeline(self, ttid: str) -> TimelineState | None:
         st = self._timelines.get(ttid)
@@ -272,6 +392,5 @@ class NodeService:
         if claimed is None:
             self._forget(ttid, token)
             return 0
-        for segno in claimed:
-            self.send_upload(ttid, segno, st.wal_seg_size, token)
+        self._hand_out(ttid, token, claimed, st.wal_seg_size)
         return len(claimed)

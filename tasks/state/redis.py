@@ -59,12 +59,18 @@ def kick_key(ttid: str) -> str:
 
 
 def _load_scripts() -> dict[str, str]:
+    """Every ``NAME.lua`` by stem, with the shared ``_*.lua`` helpers
+    (``_lsn.lua`` first, then the others by name) prepended."""
     lua = resources.files("tasks.state").joinpath("lua")
-    shared = lua.joinpath("_lsn.lua").read_text()
+    entries = sorted(
+        (e for e in lua.iterdir() if e.name.endswith(".lua")),
+        key=lambda e: (e.name != "_lsn.lua", e.name),
+    )
+    shared = "\n".join(e.read_text() for e in entries if e.name.startswith("_"))
     return {
-        entry.name.removesuffix(".lua"): shared + "\n" + entry.read_text()
-        for entry in lua.iterdir()
-        if entry.name.endswith(".lua") and not entry.name.startswith("_")
+        e.name.removesuffix(".lua"): shared + "\n" + e.read_text()
+        for e in entries
+        if not e.name.startswith("_")
     }
 
 
@@ -306,6 +312,42 @@ class RedisState:
                 f"timeline {ttid}: commit of segno {segno} with stale token {token}"
             )
         return Lsn.parse(backup)
+
+    def commit_and_claim(
+        self,
+        ttid: str,
+        token: str,
+        segno: int,
+        seg_size: int,
+        *,
+        parallel_jobs: int,
+        end_segno: int,
+        claim_timeout_ms: int,
+        lease_ttl_ms: int,
+    ) -> tuple[Lsn, list[int]]:
+        """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
+        renew the lease, in one round trip: the new backup_lsn and the segnos
+        now claimed. Raises ``CommitRefused`` when the token is stale."""
+        now_ms = int(time.time() * 1000)
+        ok, backup, *claimed = self._run(
+            "commit_and_claim",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
+            [
+                token,
+                segno,
+                seg_size,
+                parallel_jobs,
+                end_segno,
+                now_ms,
+                now_ms + claim_timeout_ms,
+                lease_ttl_ms,
+            ],
+        )
+        if not int(ok):
+            raise CommitRefused(
+                f"timeline {ttid}: commit of segno {segno} with stale token {token}"
+            )
+        return Lsn.parse(backup), [int(s) for s in claimed]
 
     def kick_allowed(self, ttid: str, ttl_ms: int) -> bool:
         return bool(self.r.set(kick_key(ttid), "1", nx=True, px=ttl_ms))

@@ -9,34 +9,10 @@
 -- The window is [segno(backup_lsn), segno(backup_lsn) + parallel_jobs), as the
 -- reference's FuturesOrdered: a slow segment holds the window, so finished
 -- but uncommitted segments stay bounded. A claim whose deadline passed (its
--- message was lost) is handed out again.
+-- message was lost) is handed out again (see window_claim in _window.lua).
 -- Returns false when fenced, else the list of claimed segnos.
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return false
 end
-local seg_size = tonumber(ARGV[4])
-local backup = redis.call("HGET", KEYS[2], "backup_lsn")
-if not backup then
-  return {}
-end
-local start = lsn_segno(backup, seg_size)
-local now = tonumber(ARGV[5])
-redis.call("ZREMRANGEBYSCORE", KEYS[4], "-inf", "(" .. start)
-for _, member in ipairs(redis.call("ZRANGE", KEYS[3], 0, -1)) do
-  if tonumber(member) < start then
-    redis.call("ZREM", KEYS[3], member)
-  end
-end
-local stop = math.min(tonumber(ARGV[3]), start + tonumber(ARGV[2]))
-local claimed = {}
-for segno = start, stop - 1 do
-  local member = string.format("%d", segno)
-  if not redis.call("ZSCORE", KEYS[4], member) then
-    local deadline = redis.call("ZSCORE", KEYS[3], member)
-    if not deadline or tonumber(deadline) <= now then
-      redis.call("ZADD", KEYS[3], ARGV[6], member)
-      table.insert(claimed, member)
-    end
-  end
-end
-return claimed
+return window_claim(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                    tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
