@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -43,8 +44,12 @@ def xlog_file_name(segno: int, seg_size: int, tli: int = PG_TLI) -> str:
     return f"{tli:08X}{segno // n:08X}{segno % n:08X}"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_xlog_file_name(name: str, seg_size: int) -> tuple[int, int]:
-    """Inverse of ``xlog_file_name``: ``(tli, segno)``; rejects anything else."""
+    """Inverse of ``xlog_file_name``: ``(tli, segno)``; rejects anything else.
+
+    Cached: a node rescans a busy timeline directory ten times a second and
+    parses the same names each time."""
     n = segments_per_xlogid(validate_seg_size(seg_size))
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
         raise InvalidInput(

@@ -22,6 +22,7 @@ WAL the node cannot upload:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,8 +48,11 @@ class ScanResult:
     """Information: complete segments beyond a gap, not counted."""
 
 
+_SEGMENT_LIKE = re.compile(f"[0-9A-F]{{{_SEGMENT_NAME_LEN}}}")
+
+
 def _is_segment_like(name: str) -> bool:
-    return len(name) == _SEGMENT_NAME_LEN and all(c in "0123456789ABCDEF" for c in name)
+    return _SEGMENT_LIKE.fullmatch(name) is not None
 
 
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
