@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     election_interval: float = Field(default=1.0, gt=0)
     backup_enabled: bool = True
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    restore_prefetch: int = Field(default=8, ge=0, le=64)
+    """Segments ``walbackup fetch`` prefetches into its spool (0: none)."""
 
     @field_validator("wal_seg_size")
     @classmethod

@@ -1,27 +1,35 @@
 """``read_object`` front door: fetch a segment from remote storage to a file or stdout.
 
 Written to be usable as PostgreSQL's ``restore_command``: the destination file
-appears only complete (temp file, fsync, rename), never torn.
+appears only complete (temp file, fsync, rename), never torn. PostgreSQL runs
+it once per segment, so the common case — the segment is in the restore spool
+(``tasks.spool``) — imports nothing beyond the standard library; a miss fetches
+directly and starts the prefetcher that fills the spool.
 """
 
 from __future__ import annotations
 
+# Only what loads fast at the top: a spool hit needs nothing else.
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
-from typing import BinaryIO
 
-from tasks.core.ids import TenantTimelineId
-from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
-from tasks.storage.base import RemoteStorage, segment_key
+TYPE_CHECKING = False  # not typing's: importing typing costs a spool hit 3 ms
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from tasks.config import Settings
+    from tasks.core.ids import TenantTimelineId
+    from tasks.storage.base import RemoteStorage
 
 _SEGMENT_RE = re.compile(r"[0-9A-F]{24}(\.partial)?")
 CHUNK = 1 << 20
 
 
 def validate_segment_name(name: str) -> str:
+    from tasks.errors import InvalidInput
+
     if _SEGMENT_RE.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
@@ -34,6 +42,9 @@ def fetch_segment(
 ) -> int:
     """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout);
     returns the byte count. Raises ``NotFound`` when it does not exist."""
+    from tasks.errors import InvalidInput
+    from tasks.storage.base import segment_key
+
     if offset < 0:
         raise InvalidInput(f"offset must be >= 0, got {offset}")
     key = segment_key(ttid, validate_segment_name(segment))
@@ -53,6 +64,8 @@ def _copy(src: BinaryIO, dst: BinaryIO) -> int:
 
 
 def _write_atomically(stream: BinaryIO, dest: Path) -> int:
+    import tempfile
+
     directory = dest.parent if str(dest.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
     try:
@@ -81,7 +94,14 @@ EXIT_OTHER = 4
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
     """``walbackup fetch``: an exit code, and a one-line message on failure."""
+    if offset == 0 and dest != "-":
+        from tasks.spool import try_serve
+
+        if try_serve(ttid, segment, dest):
+            return EXIT_OK
     from tasks.config import load_settings
+    from tasks.core.ids import TenantTimelineId
+    from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
     from tasks.storage import open_storage
 
     try:
@@ -90,8 +110,7 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         storage = open_storage(
             settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
         )
-        fetch_segment(storage, parsed, segment, dest, offset)
-        return EXIT_OK
+        written = fetch_segment(storage, parsed, segment, dest, offset)
     except NotFound:
         return _fail(
             EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
@@ -102,6 +121,29 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         return _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
     except (WalBackupError, OSError) as exc:
         return _fail(EXIT_OTHER, str(exc))
+    if offset == 0 and dest != "-":
+        _start_prefetch(settings, storage, str(parsed), segment, written)
+    return EXIT_OK
+
+
+def _start_prefetch(
+    settings: Settings, storage: RemoteStorage, ttid: str, segment: str, seg_size: int
+) -> None:
+    """After a direct fetch of a complete segment: the prefetcher follows on
+    from it. The spool only saves time, so its trouble never fails a fetch."""
+    from tasks.core.segments import validate_seg_size
+    from tasks.errors import WalBackupError
+    from tasks.spool import note_want, settings_spool_dir, start_prefetcher
+
+    if settings.restore_prefetch <= 0 or segment.endswith(".partial"):
+        return
+    try:
+        validate_seg_size(seg_size)
+        spool = settings_spool_dir(settings, ttid)
+        note_want(spool, segment, seg_size)
+        start_prefetcher(spool.absolute(), ttid, settings.restore_prefetch, storage)
+    except (WalBackupError, OSError):
+        pass
 
 
 def _fail(code: int, message: str) -> int:
@@ -133,3 +175,14 @@ def fetch_main(argv: list[str]) -> int:
     if len(args) != 3:
         return _fail(EXIT_INPUT, _USAGE)
     return run_fetch(args[0], args[1], args[2], offset)
+
+
+def console_main() -> None:
+    """The ``walbackup`` console script. ``fetch`` goes straight to
+    ``fetch_main``: importing the typer CLI would cost PostgreSQL's
+    ``restore_command`` more than serving a spooled segment does."""
+    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
+        sys.exit(fetch_main(sys.argv[2:]))
+    from tasks.cli import main
+
+    main()
