@@ -15,6 +15,7 @@ from tests.servers import env_without_walbackup
 PROBE = """
 import json
 from tasks.app import app
+app.loader.import_default_modules()  # what a worker does at start
 c = app.conf
 print(json.dumps({
     "accept": list(c.accept_content), "serializer": c.task_serializer,
