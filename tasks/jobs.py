@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -69,38 +70,68 @@ def upload_segment(self: Task, ttid: str, segno: int, seg_size: int, token: str)
     commits claim; a failure retries the segment that failed."""
     node = get_node()
     chain_until = time.monotonic() + CHAIN_BUDGET_S
+    pending: deque[int] = deque()  # claimed for this task, not started yet
     started = False
-    try:
-        while True:
-            outcome = node.upload(
-                ttid, segno, seg_size, token, started=started, chain_until=chain_until
-            )
-            if outcome.next_segno is None:
-                return outcome.status
-            segno, started = outcome.next_segno, True
-    except (WalBackupError, redis.RedisError, OSError) as exc:
-        BACKUP_ERRORS.inc()
-        # The attempt count resets on success: a chained segment that fails
-        # is on its first attempt, whatever this task's own retry count.
-        attempt = 1 if started else self.request.retries + 1
-        level = logging.ERROR if isinstance(exc, ChecksumMismatch) else logging.WARNING
-        log.log(
-            level,
-            "Timeline %s: upload of segno %d failed (attempt %d): %s",
-            ttid,
-            segno,
-            attempt,
-            exc,
+    with node.chain():
+        try:
+            while True:
+                outcome = node.upload(
+                    ttid,
+                    segno,
+                    seg_size,
+                    token,
+                    started=started,
+                    chain_until=chain_until,
+                    backlog=len(pending),
+                )
+                if outcome.status != "committed":
+                    return outcome.status  # fenced: the new lease holder claims anew
+                pending.extend(outcome.next_segnos)
+                if not pending:
+                    return outcome.status
+                if time.monotonic() >= chain_until:
+                    node.hand_out(ttid, token, list(pending), seg_size)
+                    return outcome.status
+                segno, started = pending.popleft(), True
+        except (WalBackupError, redis.RedisError, OSError) as exc:
+            if pending:  # claimed for us: someone must upload them
+                with contextlib.suppress(Exception):
+                    node.hand_out(ttid, token, list(pending), seg_size)
+            return _retry_later(self, exc, ttid, segno, seg_size, token, chained=started)
+
+
+def _retry_later(
+    task: Task,
+    exc: Exception,
+    ttid: str,
+    segno: int,
+    seg_size: int,
+    token: str,
+    *,
+    chained: bool,
+) -> str:
+    BACKUP_ERRORS.inc()
+    # The attempt count resets on success: a chained segment that fails is on
+    # its first attempt, whatever this task's own retry count.
+    attempt = 1 if chained else task.request.retries + 1
+    level = logging.ERROR if isinstance(exc, ChecksumMismatch) else logging.WARNING
+    log.log(
+        level,
+        "Timeline %s: upload of segno %d failed (attempt %d): %s",
+        ttid,
+        segno,
+        attempt,
+        exc,
+    )
+    with contextlib.suppress(redis.RedisError):
+        get_state().record_error(ttid, f"segno {segno}: {exc}")
+    # min(5000 ms, 10 ms * 2**attempt); a new task run starts the count again.
+    countdown = backoff_ms(attempt) / 1000
+    if chained:
+        node_id = get_settings().node_id
+        assert node_id is not None
+        upload_segment.apply_async(
+            args=[ttid, segno, seg_size, token], countdown=countdown, queue=node_queue(node_id)
         )
-        with contextlib.suppress(redis.RedisError):
-            get_state().record_error(ttid, f"segno {segno}: {exc}")
-        # min(5000 ms, 10 ms * 2**attempt); a new task run starts the count again.
-        countdown = backoff_ms(attempt) / 1000
-        if started:
-            node_id = get_settings().node_id
-            assert node_id is not None
-            upload_segment.apply_async(
-                args=[ttid, segno, seg_size, token], countdown=countdown, queue=node_queue(node_id)
-            )
-            return "retrying"
-        raise self.retry(countdown=countdown, exc=exc) from exc
+        return "retrying"
+    raise task.retry(countdown=countdown, exc=exc) from exc

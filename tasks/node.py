@@ -16,12 +16,13 @@ The two node tasks (``backup_timeline`` and ``upload_segment``) call
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tasks.config import Settings
@@ -104,8 +105,8 @@ class _Handoff:
 class UploadOutcome:
     status: str  # "committed" | "fenced"
     backup_lsn: Lsn | None = None
-    next_segno: int | None = None
-    """A segment the commit claimed for the caller to upload next (chaining)."""
+    next_segnos: tuple[int, ...] = ()
+    """Segments the commit claimed for the caller to upload next (chaining)."""
 
 
 class NodeService:
@@ -132,6 +133,10 @@ class NodeService:
         self._leases: dict[str, str] = {}  # ttid -> token held by this process
         self._timelines: dict[str, TimelineState] = {}
         self._handoffs: dict[tuple[str, str], _Handoff] = {}  # (ttid, token) -> waiting tasks
+        self._chains = 0  # upload tasks running in this process
+        # The threads app.py gives the pool: with as many upload tasks
+        # running, a segment sent to the queue only waits there.
+        self.upload_slots = settings.parallel_jobs + 4
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -273,6 +278,22 @@ class NodeService:
             return "no local timeline"
         return f"dispatched {self._dispatch(ttid, token, st)}"
 
+    @contextlib.contextmanager
+    def chain(self) -> Iterator[None]:
+        """Counts an upload task running in this process (see ``saturated``)."""
+        with self._lock:
+            self._chains += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._chains -= 1
+
+    @property
+    def saturated(self) -> bool:
+        """Every pool thread runs an upload task."""
+        return self._chains >= self.upload_slots
+
     def upload(
         self,
         ttid: str,
@@ -282,14 +303,18 @@ class NodeService:
         *,
         started: bool = False,
         chain_until: float | None = None,
+        backlog: int = 0,
     ) -> UploadOutcome:
         """Upload one segment and commit it; raises storage errors for retry.
 
         ``started``: the segment was claimed by this process's last commit a
         moment ago (lease checked and renewed, deadline set), so the
         ``start_upload`` round trip is skipped. Before ``chain_until``
-        (monotonic), one segment the commit claims is returned as
-        ``next_segno`` for the caller to upload; the others go to the queue."""
+        (monotonic), segments the commit claims are returned in
+        ``next_segnos`` for the caller, which holds ``backlog`` more, to
+        upload: one, or all of them when every pool thread is busy (sending
+        them to the queue would only make them wait there); the others go to
+        this timeline's waiting upload tasks or to the queue."""
         claim_ms = self._claim_timeout_ms(seg_size)
         if not started and not self.state.start_upload(
             ttid, token, self.lease_ttl_ms, segno, int(time.time() * 1000) + claim_ms
@@ -327,12 +352,13 @@ class NodeService:
             self._forget(ttid, token)
             return UploadOutcome("fenced")
         BACKED_UP_SEGMENTS.inc()
-        next_segno = None
+        keep: list[int] = []
         chaining = chain_until is not None and time.monotonic() < chain_until
         if claimed and chaining:
-            next_segno, claimed = claimed[0], claimed[1:]
-        self._hand_out(ttid, token, claimed, seg_size)
-        if next_segno is None and chain_until is not None and chaining:
+            n = len(claimed) if self.saturated else 1
+            keep, claimed = claimed[:n], claimed[n:]
+        self.hand_out(ttid, token, claimed, seg_size)
+        if chain_until is not None and chaining and not keep and not backlog and not self.saturated:
             # Our commit did not move the window (an earlier segment is still
             # uploading): the task that commits it will claim the next ones.
             wait_s = min(
@@ -341,10 +367,11 @@ class NodeService:
                 max(HANDOFF_WAIT_MIN_S, 2 * result_s),
             )
             if wait_s > 0:
-                next_segno = self._take_handed(ttid, token, wait_s)
-        return UploadOutcome("committed", backup_lsn, next_segno)
+                handed = self._take_handed(ttid, token, wait_s)
+                keep = [] if handed is None else [handed]
+        return UploadOutcome("committed", backup_lsn, tuple(keep))
 
-    def _hand_out(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
+    def hand_out(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
         """Claimed segments go to this timeline's waiting upload tasks, the
         rest to the queue as new tasks."""
         if segnos:
@@ -392,5 +419,5 @@ class NodeService:
         if claimed is None:
             self._forget(ttid, token)
             return 0
-        self._hand_out(ttid, token, claimed, st.wal_seg_size)
+        self.hand_out(ttid, token, claimed, st.wal_seg_size)
         return len(claimed)
