@@ -45,6 +45,11 @@ from tasks.storage.base import RemoteStorage, segment_key
 log = logging.getLogger("walbackup.node")
 
 HEARTBEAT_INTERVAL_S = 1.0
+STATE_WRITES_PER_HEARTBEAT = 256
+"""At most this many timeline state files (each fsynced, ~1 ms) are updated
+with the cluster's backup_lsn per heartbeat round; the rest wait for the next
+rounds. A node catching up 10,000 timelines at once otherwise stopped
+heartbeating for ~10 s (bench/election.py), past heartbeat_timeout."""
 
 # Sends ``upload_segment(ttid, segno, seg_size, token)`` to this node's queue.
 SendUploadFn = Callable[[str, int, int, str], None]
@@ -221,12 +226,18 @@ class NodeService:
         timelines = list(self._timelines.values())
         self._publish(timelines)
         ttids = [str(st.ttid) for st in timelines]
+        writes = 0
         for st, (backup_lsn, offloader) in zip(
             timelines, self.state.backup_and_offloader(ttids), strict=True
         ):
             ttid = str(st.ttid)
-            if backup_lsn is not None and backup_lsn > st.backup_lsn:
+            if (
+                backup_lsn is not None
+                and backup_lsn > st.backup_lsn
+                and writes < STATE_WRITES_PER_HEARTBEAT
+            ):
                 self.disk.record_backup_lsn(st.ttid, backup_lsn)
+                writes += 1
             if st.commit_lsn is not None:
                 lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
                 BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
