@@ -204,7 +204,17 @@ class NodeService:
         self._publish([self._timelines[t] for t in changed_ids])
         if trigger:
             self.state.register(changed_ids)
-            self.elector.elect(changed_ids, force_kick=True)
+            for outcome in self.elector.elect(changed_ids, force_kick=True):
+                offloader = outcome.election.offloader
+                with self._lock:
+                    holding = outcome.ttid in self._leases
+                if holding and offloader != self.node_id:
+                    # Step down now rather than at the next heartbeat, and
+                    # kick the new offloader again: its first kick may have
+                    # found our lease still held.
+                    self._keep_lease(outcome.ttid, offloader)
+                    if offloader is not None:
+                        self.elector.kick(outcome.ttid, offloader)
 
     def _peer(self, st: TimelineState, now: float) -> PeerInfo | None:
         if st.commit_lsn is None or st.local_start_lsn is None:
