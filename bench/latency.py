@@ -96,6 +96,8 @@ def main() -> None:
     steady = raw[1:]
     excl = [max(0.0, v - transfer_ms) for v in steady]
     p50, p99 = percentile(excl, 50), percentile(excl, 99)
+    slowest = sorted(zip(excl, sorted(renamed)[1:], strict=False), reverse=True)[:5]
+    print("slowest (ms, segno):", ", ".join(f"{ms:.0f} @ {segno}" for ms, segno in slowest))
     table(
         f"latency: {len(steady)} segments of 1 MiB at {args.rate}/s, {len(nodes)} nodes, "
         f"offloader node {offloader}",

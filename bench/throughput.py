@@ -25,6 +25,7 @@ from bench.common import (
     cpu_seconds,
     emit,
     log,
+    metrics_histogram,
     private_redis,
     py_spy,
     stage_segments,
@@ -35,10 +36,13 @@ from bench.common import (
 from bench.overhead import move_in
 from tasks.core.ids import TenantTimelineId
 from tests.fixtures_s3 import s3_client
+from tests.servers import free_port
 
 SEG_SIZE = 16 * MIB
 BAR_RATIO = 0.9
 BUCKET = "walbackup-bench-throughput"
+IN_FLIGHT: dict[int, float] = {}
+"""P -> mean uploads in flight in our run (sum of upload durations / wall)."""
 
 
 def moto_pid(moto: Moto) -> int:
@@ -70,7 +74,8 @@ def run_ours(
         settings={"WALBACKUP_PARALLEL_JOBS": str(parallel)},
     ) as c:
         c.state.r.flushall()
-        c.start_node(1)
+        port = free_port()
+        c.start_node(1, {"WALBACKUP_METRICS_PORT": str(port)})
         c.start_beat()
         c.wait_nodes([1])
         watcher = BackupWatcher(redis_url, [ttid], SEG_SIZE, interval_s=0.005)
@@ -84,6 +89,8 @@ def run_ours(
             ok = watcher.wait_all(len(staged), timeout_s=300)
             elapsed = time.perf_counter() - started
         cpu.update({k: cpu_seconds(p) - before[k] for k, p in pids.items()})
+        upload_s, _ = metrics_histogram(port, "upload_duration_seconds")
+        IN_FLIGHT[parallel] = upload_s / elapsed  # mean uploads in flight
         watcher.stop()
         if not ok:
             print(c.tail_logs())
@@ -127,6 +134,28 @@ def run_baseline(
     return elapsed
 
 
+def run_storage_pool(
+    moto: Moto, staged: list[tuple[TenantTimelineId, int, Path]], parallel: int
+) -> float:
+    """walbackup's own S3Storage.upload_file (SHA-256, conditional put) from a
+    plain pool of P threads: the storage layer without the pipeline."""
+    from tasks.storage.s3 import S3Storage
+
+    moto.fresh(BUCKET)
+    storage = S3Storage(BUCKET, endpoint_url=moto.endpoint_url, parallel_jobs=parallel)
+
+    def put(item: tuple[TenantTimelineId, int, Path]) -> None:
+        ttid, _, path = item
+        storage.upload_file(f"{ttid.tenant_id}/{ttid.timeline_id}/{path.name}", path, SEG_SIZE)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(put, staged))
+    elapsed = time.perf_counter() - started
+    storage.close()
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=48)
@@ -137,7 +166,7 @@ def main() -> None:
     ttid = ttid_for(0, "throughput")
     results: dict[int, tuple[float, float]] = {}
     cpu_rows: list[list[object]] = []
-    same_work = 0.0
+    same_work = storage_only = 0.0
     with workspace("throughput") as root, aws_env(), private_redis() as server:
         staging = root / "staging"
         log(f"staging {args.segments} segments of 16 MiB")
@@ -167,6 +196,8 @@ def main() -> None:
                     sha_cpu: dict[str, float] = {}
                     sha_s = run_baseline(moto, staged, parallel, sha_cpu, sha256=True)
                     same_work = args.segments / sha_s
+                    log(f"P={parallel}: S3Storage.upload_file from a plain thread pool")
+                    storage_only = args.segments / run_storage_pool(moto, staged, parallel)
                     cpu_rows += [
                         [parallel, "boto3+sha256", k, v / n * 1000] for k, v in sha_cpu.items()
                     ]
@@ -175,13 +206,18 @@ def main() -> None:
 
     table(
         f"throughput: {args.segments} segments of 16 MiB to moto S3, one node",
-        ["P", "ours seg/s", "boto3 pool seg/s", "ratio", "ours MB/s"],
-        [[p, o, b, o / b, o * 16.777] for p, (o, b) in results.items()],
+        ["P", "ours seg/s", "boto3 pool seg/s", "ratio", "ours MB/s", "ours: uploads in flight"],
+        [[p, o, b, o / b, o * 16.777, IN_FLIGHT.get(p, 0.0)] for p, (o, b) in results.items()],
     )
     print(
         f"  boto3 pool sending SHA-256 checksums (the same work as ours), "
         f"P={max(results)}: {same_work:.3f} seg/s; ours/that = "
         f"{results[max(results)][0] / same_work:.3f}"
+    )
+    print(
+        f"  S3Storage.upload_file from a plain pool of {max(results)} threads (the storage "
+        f"layer without the pipeline): {storage_only:.3f} seg/s; ours/that = "
+        f"{results[max(results)][0] / storage_only:.3f}"
     )
     table(
         "CPU per segment (ms): where the 2 cores go",
@@ -200,6 +236,9 @@ def main() -> None:
         parallel_jobs=top,
         baseline_sha256=round(same_work, 3),
         ratio_vs_sha256=round(ours / same_work, 4),
+        storage_pool=round(storage_only, 3),
+        mean_in_flight=round(IN_FLIGHT.get(top, 0.0), 2),
+        ratio_vs_storage_pool=round(ours / storage_only, 4),
         segments=args.segments,
         by_parallel={
             str(p): {"ours": round(o, 3), "baseline": round(b, 3)} for p, (o, b) in results.items()
