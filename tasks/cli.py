@@ -164,13 +164,12 @@ def demo(
 
 
 def main() -> None:
-    # PostgreSQL runs restore_command once per segment: skip typer and rich.
-    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
-        from tasks.restore import fetch_main
-
-        sys.exit(fetch_main(sys.argv[2:]))
+    """Everything but ``fetch``, which ``tasks.restore.console_main`` serves
+    without importing this module."""
     cli()
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.restore import console_main
+
+    console_main()
