@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from tasks.state.redis import RedisState
 from tests.cluster import Cluster
 from tests.servers import RedisServer
 
@@ -30,6 +31,14 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushdb()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[RedisState]:
+    """walbackup's Redis state on the clean database."""
+    st = RedisState.from_url(redis_url)
+    yield st
+    st.r.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -43,13 +43,6 @@ def seg(segno: int, offset: int = 0) -> Lsn:
 def make_ttid(timeline_int: int | None = None) -> str:
     timeline = secrets.token_hex(16) if timeline_int is None else f"{timeline_int:032x}"
     return f"{secrets.token_hex(16)}/{timeline}"
-
-
-@pytest.fixture
-def state(redis_url: str) -> Iterator[RedisState]:
-    st_ = RedisState.from_url(redis_url)
-    yield st_
-    st_.r.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,13 +39,6 @@ def new_ttid() -> str:
 
 def seg(segno: int, seg_size: int = SEG) -> Lsn:
     return Lsn.from_segment(segno, 0, seg_size)
-
-
-@pytest.fixture
-def state(redis_url: str) -> Iterator[RedisState]:
-    st_ = RedisState.from_url(redis_url)
-    yield st_
-    st_.r.close()
 
 
 @pytest.fixture
