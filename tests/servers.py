@@ -7,18 +7,21 @@ did not create.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import redis
 
 from tasks.embedded import free_port, redis_server_command
 
-__all__ = ["RedisServer", "env_without_walbackup", "free_port"]
+__all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get"]
 
 
 class RedisServer:
@@ -70,3 +73,19 @@ class RedisServer:
 def env_without_walbackup() -> dict[str, str]:
     """The test process's environment minus any WALBACKUP_* a developer set."""
     return {k: v for k, v in os.environ.items() if not k.startswith("WALBACKUP_")}
+
+
+def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    """``(status, body)`` of a GET, with optional basic auth; ``(0, b"")`` when
+    nothing answers."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""

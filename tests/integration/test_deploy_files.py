@@ -11,8 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from tasks.core.segments import xlog_file_name
 from tasks.simulate import simulate
 from tasks.state.redis import RedisState
 from tests.cluster import SEG_SIZE, wait_for
-from tests.servers import env_without_walbackup, free_port
+from tests.servers import env_without_walbackup, free_port, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -51,22 +49,6 @@ def _env_file_vars(text: str) -> dict[str, str]:
 
 def _commented_vars(text: str) -> set[str]:
     return set(re.findall(r"^#\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
-
-
-def _http(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if auth is not None:
-        import base64
-
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def _pids_with_env(name: str, value: str) -> set[int]:
@@ -155,11 +137,11 @@ def test_procfile_cluster_backs_up_and_stops_cleanly(redis_url: str, tmp_path: P
             assert (data / "remote" / rel).read_bytes() == (data / "node1" / rel).read_bytes()
 
         flower = f"http://127.0.0.1:{flower_port}"
-        wait_for(lambda: _http(f"{flower}/healthcheck")[0] == 200, 30, "Flower")
-        assert _http(f"{flower}/api/workers")[0] == 401
-        assert _http(f"{flower}/api/workers", (user, password))[0] == 200
+        wait_for(lambda: http_get(f"{flower}/healthcheck")[0] == 200, 30, "Flower")
+        assert http_get(f"{flower}/api/workers")[0] == 401
+        assert http_get(f"{flower}/api/workers", (user, password))[0] == 200
         for n in NODE_IDS:
-            status, body = _http(f"http://127.0.0.1:{metrics_base + n}/metrics")
+            status, body = http_get(f"http://127.0.0.1:{metrics_base + n}/metrics")
             assert status == 200 and b"backed_up_segments_total" in body
         children = _pids_with_env("WALBACKUP_DATA_DIR", str(data))
         assert len(children) >= 5, "3 nodes, beat and Flower"

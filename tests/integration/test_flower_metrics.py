@@ -3,14 +3,11 @@ node workers and their uploads; each node's Prometheus endpoint counts them."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.simulate import simulate
 from tests.cluster import SEG_SIZE, Cluster, wait_for
-from tests.servers import free_port
+from tests.servers import free_port, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -31,20 +28,6 @@ AUTH = ("walbackup", secrets.token_hex(8))
 
 def new_ttid() -> TenantTimelineId:
     return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
-
-
-def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def api(flower: str, path: str) -> Any:
