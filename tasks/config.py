@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     restore_prefetch: int = Field(default=8, ge=0, le=64)
     """Segments ``walbackup fetch`` prefetches into its spool (0: none)."""
+    agreement_copies: int = Field(default=2, ge=1, le=16)
+    """Copies of a segment, the offloader's included, whose bytes must be equal
+    before it is uploaded; fewer live nodes holding it lower the bar to all of them."""
+    scrub_interval: float = Field(default=30.0, gt=0)
+    """Seconds between two checks by the offloader that the recent archive
+    below backup_lsn is still all there (re-uploading what went missing)."""
 
     @field_validator("wal_seg_size")
     @classmethod

@@ -4,6 +4,10 @@ record the result, and kick the offloader's node queue when it has work.
 One beat tick elects every registered timeline in batches, each batch one
 pipelined read and one pipelined write, so 10,000 timelines cost a few dozen
 round trips rather than tens of thousands.
+
+A timeline without a backup_lsn in Redis (new, or Redis lost its data) gets
+one only once the archive was listed (``tasks.recovery``): the nodes' state
+files alone may lag the lost value, and backup_lsn must never move backwards.
 """
 
 from __future__ import annotations
@@ -11,19 +15,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.client import Pipeline
 
 from tasks.core.election import Election, determine_offloader, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.errors import WalBackupError
+from tasks.logutil import Throttle
 from tasks.state.redis import PeerRecord, RedisState, TimelineRecord, kick_key, tl_key
 
 log = logging.getLogger("walbackup.election")
 
 # Sends the backup task for a timeline to a node's queue.
 KickFn = Callable[[str, int], None]
+# (ttid, timeline start, seg_size) -> end of the contiguous archive from there.
+RecoverFn = Callable[[str, Lsn, int], Lsn]
+
+RECOVERY_BUDGET_S = 0.5
+"""Time one ``elect`` call may spend listing the archive; timelines left over
+wait for the next round."""
+
+
+@dataclass(slots=True)
+class _Recovery:
+    """What one ``elect`` call may still do to recover backup_lsn values."""
+
+    allowed: bool
+    deadline: float = field(default_factory=lambda: time.monotonic() + RECOVERY_BUDGET_S)
+    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +77,7 @@ class Elector:
         default_seg_size: int,
         kick_interval_ms: int,
         backup_enabled: bool = True,
+        recover: RecoverFn | None = None,
     ) -> None:
         self.state = state
         self.kick = kick
@@ -64,6 +86,8 @@ class Elector:
         self.default_seg_size = default_seg_size
         self.kick_interval_ms = kick_interval_ms
         self.backup_enabled = backup_enabled
+        self.recover = recover
+        self._throttle = Throttle(30.0)
 
     def run_round(self, batch_size: int = 1000) -> int:
         """Elect every registered timeline; returns how many were looked at."""
@@ -75,14 +99,21 @@ class Elector:
             done += len(batch)
         return done
 
-    def elect(self, ttids: Sequence[str], *, force_kick: bool = False) -> list[Outcome]:
-        """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers)."""
+    def elect(
+        self, ttids: Sequence[str], *, force_kick: bool = False, recover: bool = True
+    ) -> list[Outcome]:
+        """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers);
+        ``recover``: list the archive of timelines that have no backup_lsn
+        (without it they wait for a call that may)."""
         now = time.time()
         rows = self.state.timelines_with_peers(ttids)
         writes = self.state.r.pipeline(transaction=False)
+        recovery = _Recovery(allowed=recover and self.recover is not None)
         planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
-            election, backup_lsn, wants_kick = self._decide(ttid, record, peers, now, writes)
+            election, backup_lsn, wants_kick = self._decide(
+                ttid, record, peers, now, writes, recovery
+            )
             changed = election.offloader != record.offloader
             if changed:
                 self._log_change(ttid, record, election)
@@ -127,6 +158,7 @@ class Elector:
         peers: list[PeerRecord],
         now: float,
         pipe: Pipeline[str],
+        recovery: _Recovery,
     ) -> tuple[Election, Lsn | None, bool]:
         alive = [r for r in peers if is_alive(r.peer, now, self.heartbeat_timeout_s)]
         seg_size = record.wal_seg_size or (
@@ -137,12 +169,17 @@ class Elector:
             start = timeline_start(alive)
             pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))
             pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)
-        # backup_lsn = max(stored, timeline start, what nodes persisted): the
-        # last one recovers a Redis that lost its data.
+        # backup_lsn = max(stored, timeline start, what nodes persisted, the
+        # contiguous archive): the last two recover a Redis that lost its data.
         candidates = [lsn for lsn in (record.backup_lsn, start) if lsn is not None]
         candidates += [r.peer.backup_lsn for r in peers]
         if not candidates:
             return Election(None, "no connected peers to elect from"), None, False
+        if record.backup_lsn is None and self.recover is not None:
+            archived = self._recover(ttid, start or min(candidates), seg_size, recovery)
+            if archived is None:
+                return Election(record.offloader, "backup_lsn not recovered yet"), None, False
+            candidates.append(archived)
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:
             self.state.raise_backup_lsn(ttid, backup_lsn, client=pipe)
@@ -159,6 +196,25 @@ class Elector:
                 seg_size
             )
         return election, backup_lsn, wants_kick
+
+    def _recover(self, ttid: str, start: Lsn, seg_size: int, recovery: _Recovery) -> Lsn | None:
+        """The end of the contiguous archive from ``start``, or ``None`` when it
+        cannot be had in this call (not allowed, out of time, storage failing)."""
+        assert self.recover is not None
+        if not recovery.allowed or recovery.failed or time.monotonic() > recovery.deadline:
+            return None
+        try:
+            archived = self.recover(ttid, start, seg_size)
+        except WalBackupError as exc:
+            recovery.failed = True  # one slow or failing listing per call is enough
+            if self._throttle.allow(("recover", type(exc))):
+                log.warning(
+                    "Timeline %s: cannot list the archive to recover backup_lsn: %s", ttid, exc
+                )
+            return None
+        if archived > start:
+            log.info("Timeline %s: the archive is contiguous up to %s", ttid, archived)
+        return archived
 
     @staticmethod
     def _log_change(ttid: str, record: TimelineRecord, election: Election) -> None:

@@ -4,12 +4,15 @@
     ├── Permanent                 retrying cannot help
     │   ├── InvalidInput          malformed id, LSN, segment name, URL, setting
     │   ├── SegmentFileError      a local segment file is missing, short or oversized
+    │   │   └── DamagedCopy       this node's copy is unreadable or outvoted by its peers'
     │   ├── ChecksumMismatch      remote bytes differ from ours (split brain)
     │   ├── NotFound              the remote object does not exist
     │   ├── BucketMissing         the configured bucket does not exist
     │   └── AccessDenied          credentials rejected
     └── Retryable                 may succeed later
-        └── StorageUnavailable    endpoint unreachable, timeouts, throttling, 5xx
+        ├── StorageUnavailable    endpoint unreachable, timeouts, throttling, 5xx
+        ├── AgreementPending      a peer holding the segment has not published its checksum
+        └── NoAgreement           the nodes' copies differ and no majority agrees
 
 Only ``tasks/storage/s3.py`` translates botocore errors into this tree.
 """
@@ -53,3 +56,16 @@ class AccessDenied(Permanent):
 
 class StorageUnavailable(Retryable):
     """The storage endpoint is unreachable, throttling or failing."""
+
+
+class DamagedCopy(SegmentFileError):
+    """This node's copy of a segment cannot be archived: unreadable, or its
+    bytes differ from those the other nodes agree on."""
+
+
+class AgreementPending(Retryable):
+    """A live peer holding the segment has not published its checksum yet."""
+
+
+class NoAgreement(Retryable):
+    """The nodes' copies of a segment differ and no majority agrees on one."""

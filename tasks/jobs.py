@@ -8,22 +8,20 @@ walbackup.upload_segment   node.<id>     upload one segment, ordered commit, ref
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
 from typing import Any
 
 import redis
-from celery import Task
+from kombu.exceptions import OperationalError
 
 from tasks.app import app, node_queue
 from tasks.config import get_settings
-from tasks.core.commit import backoff_ms
 from tasks.core.ids import TenantTimelineId
-from tasks.errors import ChecksumMismatch, WalBackupError
-from tasks.metrics import BACKUP_ERRORS
+from tasks.errors import WalBackupError
 from tasks.node import CHAIN_BUDGET_S
+from tasks.retries import UploadRef
 from tasks.runtime import get_elector, get_node, get_state
 
 log = logging.getLogger("walbackup.jobs")
@@ -58,16 +56,25 @@ def backup_timeline(ttid: str) -> str:
     return get_node().backup(ttid)
 
 
-def send_upload(ttid: str, segno: int, seg_size: int, token: str) -> None:
+def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> None:
     node_id = get_settings().node_id
     assert node_id is not None
-    upload_segment.apply_async(args=[ttid, segno, seg_size, token], queue=node_queue(node_id))
+    upload_segment.apply_async(
+        args=[ttid, segno, seg_size, token], kwargs={"attempt": attempt}, queue=node_queue(node_id)
+    )
 
 
-@app.task(name="walbackup.upload_segment", bind=True, max_retries=None)
-def upload_segment(self: Task, ttid: str, segno: int, seg_size: int, token: str) -> str:
+# What a failed upload attempt may raise; anything else is a bug and lets the
+# task fail loudly. kombu's OperationalError is how a lost broker connection
+# surfaces when a message is sent.
+_RETRIED = (WalBackupError, redis.RedisError, OperationalError, OSError)
+
+
+@app.task(name="walbackup.upload_segment")
+def upload_segment(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> str:
     """Upload ``segno``, then, for up to ``CHAIN_BUDGET_S``, the segments its
-    commits claim; a failure retries the segment that failed."""
+    commits claim. ``attempt``: failures of this segment so far. A failure
+    parks the segment in the node until its retry is due (``tasks.retries``)."""
     node = get_node()
     chain_until = time.monotonic() + CHAIN_BUDGET_S
     pending: deque[int] = deque()  # claimed for this task, not started yet
@@ -92,46 +99,10 @@ def upload_segment(self: Task, ttid: str, segno: int, seg_size: int, token: str)
                 if time.monotonic() >= chain_until:
                     node.hand_out(ttid, token, list(pending), seg_size)
                     return outcome.status
-                segno, started = pending.popleft(), True
-        except (WalBackupError, redis.RedisError, OSError) as exc:
-            if pending:  # claimed for us: someone must upload them
-                with contextlib.suppress(Exception):
-                    node.hand_out(ttid, token, list(pending), seg_size)
-            return _retry_later(self, exc, ttid, segno, seg_size, token, chained=started)
-
-
-def _retry_later(
-    task: Task,
-    exc: Exception,
-    ttid: str,
-    segno: int,
-    seg_size: int,
-    token: str,
-    *,
-    chained: bool,
-) -> str:
-    BACKUP_ERRORS.inc()
-    # The attempt count resets on success: a chained segment that fails is on
-    # its first attempt, whatever this task's own retry count.
-    attempt = 1 if chained else task.request.retries + 1
-    level = logging.ERROR if isinstance(exc, ChecksumMismatch) else logging.WARNING
-    log.log(
-        level,
-        "Timeline %s: upload of segno %d failed (attempt %d): %s",
-        ttid,
-        segno,
-        attempt,
-        exc,
-    )
-    with contextlib.suppress(redis.RedisError):
-        get_state().record_error(ttid, f"segno {segno}: {exc}")
-    # min(5000 ms, 10 ms * 2**attempt); a new task run starts the count again.
-    countdown = backoff_ms(attempt) / 1000
-    if chained:
-        node_id = get_settings().node_id
-        assert node_id is not None
-        upload_segment.apply_async(
-            args=[ttid, segno, seg_size, token], countdown=countdown, queue=node_queue(node_id)
-        )
-        return "retrying"
-    raise task.retry(countdown=countdown, exc=exc) from exc
+                # The attempt count resets on success: a chained segment is
+                # on its first attempt.
+                segno, started, attempt = pending.popleft(), True, 0
+        except _RETRIED as exc:
+            for other in pending:  # claimed for us: someone must upload them
+                node.retries.park(UploadRef(ttid, other, seg_size, token), 0, 0.0, 0)
+            return node.failed(UploadRef(ttid, segno, seg_size, token), attempt, exc)

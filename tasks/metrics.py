@@ -19,6 +19,17 @@ UPLOAD_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 UPLOADED_BYTES = Counter("uploaded_bytes", "Bytes of WAL uploaded")
+DAMAGED_SEGMENTS = Gauge(
+    "local_damaged_segments",
+    "Segments at or above backup_lsn whose copy on this node is damaged "
+    "(wrong size, unreadable, or outvoted by the other nodes' copies)",
+    ["timeline"],
+)
+ARCHIVE_PROBLEMS = Counter(
+    "archive_problems",
+    "Segments below backup_lsn found missing, short or changed in the archive by the scrub",
+)
+PARKED_UPLOADS = Gauge("parked_uploads", "Failed uploads waiting for their retry")
 
 
 def serve(port: int) -> None:

@@ -8,7 +8,13 @@ It runs beside the Celery consumer (``NodeStep``) and
 - keeps the upload leases it holds alive, and releases any whose timeline
   elected another node (stepping down within one election interval);
 - copies the cluster's backup_lsn into each timeline's state file, so a Redis
-  that lost its data recovers it from the nodes.
+  that lost its data recovers it from the nodes, and re-registers its
+  timelines with every heartbeat, so such a Redis learns them again;
+- publishes the SHA-256 of its copies of segments still to back up, and marks
+  its damaged copies (``tasks.copies``), so a segment is archived only when the
+  nodes agree on its bytes;
+- holds failed uploads until their retry is due or remote storage is seen to
+  heal (``tasks.retries``, ``tasks.health``).
 
 The two node tasks (``backup_timeline`` and ``upload_segment``) call
 ``NodeService.backup`` and ``NodeService.upload``.
@@ -24,23 +30,44 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from kombu.exceptions import OperationalError
 
 from tasks.config import Settings
-from tasks.core.election import PeerInfo
+from tasks.copies import Copies
+from tasks.core.agreement import Decision, judge
+from tasks.core.commit import backoff_ms
+from tasks.core.election import PeerInfo, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.elector import Elector
+from tasks.errors import (
+    AgreementPending,
+    ChecksumMismatch,
+    DamagedCopy,
+    NoAgreement,
+    SegmentFileError,
+    StorageUnavailable,
+)
+from tasks.health import StorageHealth
+from tasks.logutil import Throttle
 from tasks.metrics import (
     BACKED_UP_SEGMENTS,
+    BACKUP_ERRORS,
     BACKUP_LAG_BYTES,
+    PARKED_UPLOADS,
     UPLOAD_SECONDS,
     UPLOADED_BYTES,
 )
 from tasks.metrics import serve as serve_metrics
+from tasks.retries import RetryPark, UploadRef
+from tasks.scrub import scrub_timeline
 from tasks.state.node import NodeState, TimelineState
-from tasks.state.redis import CommitRefused, RedisState, peer_to_json
-from tasks.storage.base import RemoteStorage, segment_key
+from tasks.state.redis import CommitRefused, PeerRecord, RedisState, peer_to_json
+from tasks.storage.base import RemoteStorage, SegmentDigest, digest_segment_file, segment_key
 
 log = logging.getLogger("walbackup.node")
 
@@ -51,8 +78,17 @@ with the cluster's backup_lsn per heartbeat round; the rest wait for the next
 rounds. A node catching up 10,000 timelines at once otherwise stopped
 heartbeating for ~10 s (bench/election.py), past heartbeat_timeout."""
 
-# Sends ``upload_segment(ttid, segno, seg_size, token)`` to this node's queue.
-SendUploadFn = Callable[[str, int, int, str], None]
+# Sends ``upload_segment(ttid, segno, seg_size, token, attempt)`` to this node's queue.
+SendUploadFn = Callable[[str, int, int, str, int], None]
+
+AGREEMENT_POLL_S = 0.5
+"""How long an upload waits in its thread for the peers' digests before it
+parks and tries again (``AGREEMENT_RETRY_S`` later)."""
+AGREEMENT_RETRY_S = 0.1
+AGREEMENT_WAIT_S = 10.0
+"""After this long, a live peer that still has not published its digest of a
+segment is no longer waited for: the segment is judged on the others."""
+PEERS_CACHE_S = 0.5
 
 
 CHAIN_BUDGET_S = 1.0
@@ -145,6 +181,16 @@ class NodeService:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.copies = Copies(self.node_id, state)
+        self.health = StorageHealth(storage.probe)
+        self.retries = RetryPark()
+        self._backup_known: dict[str, Lsn | None] = {}  # from the last heartbeat round
+        self._peers: dict[str, tuple[float, list[PeerRecord]]] = {}
+        self._pending_since: dict[tuple[str, int], float] = {}
+        self._digest_wake = threading.Event()
+        self._digester: threading.Thread | None = None
+        self._scrubber: threading.Thread | None = None
+        self._throttle = Throttle(30.0)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -161,6 +207,15 @@ class NodeService:
             target=self._run, name=f"walbackup-node-{self.node_id}", daemon=True
         )
         self._thread.start()
+        self._digester = threading.Thread(
+            target=self._digest_loop, name=f"walbackup-digests-{self.node_id}", daemon=True
+        )
+        self._digester.start()
+        self._scrubber = threading.Thread(
+            target=self._scrub_loop, name=f"walbackup-scrub-{self.node_id}", daemon=True
+        )
+        self._scrubber.start()
+        self.health.start()
         log.info(
             "Node %s: serving %s (%d timelines)",
             self.node_id,
@@ -170,8 +225,11 @@ class NodeService:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._digest_wake.set()
+        self.health.stop()
+        for thread in (self._thread, self._digester, self._scrubber):
+            if thread is not None:
+                thread.join(timeout=5)
         with self._lock:
             leases = dict(self._leases)
             self._leases.clear()
@@ -182,12 +240,47 @@ class NodeService:
         next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
         while not self._stop.wait(self._poll_interval()):
             try:
+                self._send_parked()
                 self._refresh(trigger=True)
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
                     self._heartbeat_all()
-            except Exception:  # keep the node alive through Redis restarts and disk hiccups
-                log.exception("Node %s: heartbeat/watch round failed", self.node_id)
+            except Exception as exc:  # keep the node alive through Redis restarts and disk hiccups
+                self._complain("heartbeat/watch round failed", exc)
+
+    def _complain(self, what: str, exc: BaseException, ttid: str = "") -> None:
+        """One WARNING line per kind of trouble every 30 s; the traceback at DEBUG."""
+        if self._throttle.allow((what, ttid, type(exc))):
+            where = f"Timeline {ttid}: node {self.node_id}" if ttid else f"Node {self.node_id}"
+            log.warning("%s: %s: %s: %s", where, what, type(exc).__name__, exc)
+        log.debug("%s", what, exc_info=exc)
+
+    def _scrub_loop(self) -> None:
+        """Check the recent archive of the timelines this node offloads."""
+        while not self._stop.wait(self.settings.scrub_interval):
+            with self._lock:
+                held = list(self._leases)
+            for ttid in held:
+                st = self._timelines.get(ttid)
+                backup_lsn = self._backup_known.get(ttid)
+                if st is None or backup_lsn is None:
+                    continue
+                try:
+                    scrub_timeline(self.storage, self.state, st, backup_lsn)
+                except Exception as exc:
+                    self._complain("archive scrub failed", exc, ttid)
+
+    def _digest_loop(self) -> None:
+        """Publish digests of newly complete segments (woken by the watcher)."""
+        while not self._stop.is_set():
+            self._digest_wake.wait(1.0)
+            self._digest_wake.clear()
+            try:
+                if self.copies.refresh(dict(self._timelines), dict(self._backup_known)):
+                    self._digest_wake.set()  # the budget ran out: go on at once
+            except Exception as exc:
+                self._complain("publishing segment digests failed", exc)
+                self._stop.wait(0.5)
 
     def _poll_interval(self) -> float:
         # Stat'ing thousands of timeline dirs ten times a second is wasteful.
@@ -197,14 +290,19 @@ class NodeService:
 
     def _refresh(self, *, trigger: bool) -> None:
         states, changed = self.disk.scan_changes()
-        self._timelines = {str(t): s for t, s in states.items()}
+        previous, self._timelines = self._timelines, {str(t): s for t, s in states.items()}
+        for gone in previous.keys() - self._timelines.keys():
+            self._drop(gone)
         if not changed:
             return
+        self._digest_wake.set()
         changed_ids = sorted(str(t) for t in changed)
         self._publish([self._timelines[t] for t in changed_ids])
         if trigger:
             self.state.register(changed_ids)
-            for outcome in self.elector.elect(changed_ids, force_kick=True):
+            # Recovering a lost backup_lsn lists remote storage: beat's rounds
+            # do that, never this thread, whose heartbeats must not wait on S3.
+            for outcome in self.elector.elect(changed_ids, force_kick=True, recover=False):
                 offloader = outcome.election.offloader
                 with self._lock:
                     holding = outcome.ttid in self._leases
@@ -216,12 +314,25 @@ class NodeService:
                     if offloader is not None:
                         self.elector.kick(outcome.ttid, offloader)
 
+    def _drop(self, ttid: str) -> None:
+        """The timeline's directory is gone from this node: stop being its peer."""
+        log.warning("Timeline %s: node %s no longer holds it on disk", ttid, self.node_id)
+        self._backup_known.pop(ttid, None)
+        with self._lock:
+            token = self._leases.get(ttid)
+        if token is not None:
+            self._release(ttid, token, "its directory is gone")
+        self.state.drop_peer(ttid, self.node_id)
+
     def _peer(self, st: TimelineState, now: float) -> PeerInfo | None:
         if st.commit_lsn is None or st.local_start_lsn is None:
             return None  # nothing complete on disk: not a candidate yet
-        return PeerInfo(self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now)
+        damaged = self.copies.damaged_lsn(st, self._backup_known.get(str(st.ttid)))
+        return PeerInfo(
+            self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now, damaged
+        )
 
-    def _publish(self, timelines: list[TimelineState]) -> None:
+    def _publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         now = time.time()
         records = []
         for st in timelines:
@@ -230,24 +341,29 @@ class NodeService:
                 records.append(
                     (str(st.ttid), peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn))
                 )
-        self.state.publish_heartbeats(self.node_id, records, now)
+        self.state.publish_heartbeats(self.node_id, records, now, register=register)
 
     def _heartbeat_all(self) -> None:
         timelines = list(self._timelines.values())
-        self._publish(timelines)
         ttids = [str(st.ttid) for st in timelines]
+        known = self.state.backup_and_offloader(ttids)
+        self._backup_known = {t: b for t, (b, _) in zip(ttids, known, strict=True)}
+        self._publish(timelines, register=True)
         writes = 0
-        for st, (backup_lsn, offloader) in zip(
-            timelines, self.state.backup_and_offloader(ttids), strict=True
-        ):
+        for st, (backup_lsn, offloader) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
             if (
                 backup_lsn is not None
                 and backup_lsn > st.backup_lsn
                 and writes < STATE_WRITES_PER_HEARTBEAT
             ):
-                self.disk.record_backup_lsn(st.ttid, backup_lsn)
                 writes += 1
+                try:
+                    self.disk.record_backup_lsn(st.ttid, backup_lsn)
+                except (OSError, SegmentFileError) as exc:
+                    # A full or failing disk must not stop heartbeats and
+                    # lease renewals: Redis still has backup_lsn.
+                    self._complain("cannot record backup_lsn in the state file", exc, ttid)
             if st.commit_lsn is not None:
                 lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
                 BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
@@ -344,17 +460,18 @@ class NodeService:
             return UploadOutcome("fenced")
         parsed = TenantTimelineId.parse(ttid)
         name = xlog_file_name(segno, seg_size)
+        path = self.disk.segment_path(parsed, segno, seg_size)
         upload_started = time.monotonic()
-        result = self.storage.upload_file(
-            segment_key(parsed, name), self.disk.segment_path(parsed, segno, seg_size), seg_size
-        )
+        digest = self._read_copy(ttid, segno, path, seg_size)
+        self._check_agreement(ttid, segno, seg_size, digest, name)
+        result = self.storage.upload_file(segment_key(parsed, name), path, seg_size, digest=digest)
         result_s = time.monotonic() - upload_started
         UPLOAD_SECONDS.observe(result_s)
         UPLOADED_BYTES.inc(result.size)
         st = self._timeline(ttid)
         try:
             if st is None or st.commit_lsn is None or st.wal_seg_size != seg_size:
-                backup_lsn = self.state.commit_segment(ttid, token, segno, seg_size)
+                backup_lsn = self.state.commit_segment(ttid, token, segno, seg_size, result.md5_hex)
                 claimed: list[int] = []
             else:
                 # Commit and refill the window in one round trip.
@@ -367,6 +484,7 @@ class NodeService:
                     end_segno=st.commit_lsn.segment_number(seg_size),
                     claim_timeout_ms=claim_ms,
                     lease_ttl_ms=self.lease_ttl_ms,
+                    md5_hex=result.md5_hex,
                 )
         except CommitRefused:
             log.warning("Timeline %s: commit of %s refused: lease %s is stale", ttid, name, token)
@@ -392,6 +510,134 @@ class NodeService:
                 keep = [] if handed is None else [handed]
         return UploadOutcome("committed", backup_lsn, tuple(keep))
 
+    # -- agreement and damage --------------------------------------------------
+
+    def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
+        """Our copy's digests (one read pass); a copy we cannot read is damaged."""
+        try:
+            return digest_segment_file(path, seg_size)
+        except (SegmentFileError, OSError) as exc:
+            self.copies.mark_damaged(ttid, segno, path, str(exc))
+            raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc
+
+    def _check_agreement(
+        self, ttid: str, segno: int, seg_size: int, digest: SegmentDigest, name: str
+    ) -> None:
+        """Return when enough nodes' copies equal ours (SPEC §4 "Agreement");
+        raise ``DamagedCopy`` when the others outvote ours, ``NoAgreement`` when
+        no bytes have a majority, ``AgreementPending`` while digests are missing."""
+        own = digest.sha256.hex()
+        deadline = time.monotonic() + AGREEMENT_POLL_S
+        first_pending = self._pending_since.setdefault((ttid, segno), time.monotonic())
+        while True:
+            holders = self._holders(ttid, segno, seg_size)
+            published = self.state.digests(ttid, segno, holders)
+            if time.monotonic() - first_pending > AGREEMENT_WAIT_S:
+                holders = [n for n in holders if n in published]
+            verdict = judge(own, holders, published, self.settings.agreement_copies)
+            if verdict.decision is Decision.UPLOAD:
+                self._pending_since.pop((ttid, segno), None)
+                if verdict.differing:
+                    log.error(
+                        "Timeline %s: %s of node(s) %s differs from the copy of node(s) %s; "
+                        "archiving the majority's bytes (sha256 %s)",
+                        ttid,
+                        name,
+                        list(verdict.differing),
+                        [self.node_id, *verdict.agreeing],
+                        own,
+                    )
+                return
+            if verdict.decision is Decision.WAIT and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            break
+        copies = ", ".join(f"node {n}: {published[n][:16]}" for n in sorted(published))
+        if verdict.decision is Decision.OUTVOTED:
+            self._pending_since.pop((ttid, segno), None)
+            reason = (
+                f"sha256 {own[:16]}… differs from the copies of nodes "
+                f"{list(verdict.differing)} ({copies}), which agree"
+            )
+            path = self.disk.segment_path(TenantTimelineId.parse(ttid), segno, seg_size)
+            self.copies.mark_damaged(ttid, segno, path, reason)
+            raise DamagedCopy(f"{name} on node {self.node_id}: {reason}; not uploaded")
+        if verdict.decision is Decision.SPLIT:
+            raise NoAgreement(
+                f"{name}: the nodes' copies differ (node {self.node_id}: {own[:16]}, {copies}) "
+                f"and fewer than {verdict.needed} agree; not uploaded"
+            )
+        raise AgreementPending(f"{name}: waiting for the digests of nodes {list(verdict.pending)}")
+
+    def _holders(self, ttid: str, segno: int, seg_size: int) -> list[int]:
+        """Other live nodes that hold ``segno`` complete or are writing it now
+        (their digest will come), and do not report it damaged."""
+        now = time.time()
+        cached = self._peers.get(ttid)
+        if cached is None or now - cached[0] > PEERS_CACHE_S:
+            cached = (now, self.state.peers(ttid))
+            self._peers[ttid] = cached
+        start = Lsn.from_segment(segno, 0, seg_size)
+        return sorted(
+            p.node_id
+            for p in (r.peer for r in cached[1])
+            if p.node_id != self.node_id
+            and is_alive(p, now, self.settings.heartbeat_timeout)
+            and p.local_start_lsn <= start <= p.commit_lsn
+            and p.damaged_lsn != start
+        )
+
+    # -- failures and retries --------------------------------------------------
+
+    def failed(self, upload: UploadRef, attempt: int, exc: Exception) -> str:
+        """An upload failed after ``attempt`` earlier failures: count it, show
+        it, and park its retry. Returns the task's result."""
+        if isinstance(exc, AgreementPending):
+            self.retries.park(upload, attempt, AGREEMENT_RETRY_S, self.health.recoveries)
+            return "waiting for agreement"
+        attempt += 1
+        BACKUP_ERRORS.inc()
+        loud = isinstance(exc, ChecksumMismatch | DamagedCopy | NoAgreement)
+        log.log(
+            logging.ERROR if loud else logging.WARNING,
+            "Timeline %s: upload of segno %d failed (attempt %d): %s",
+            upload.ttid,
+            upload.segno,
+            attempt,
+            exc,
+        )
+        with contextlib.suppress(redis.RedisError, OperationalError):
+            self.state.record_error(upload.ttid, f"segno {upload.segno}: {exc}")
+        if isinstance(exc, StorageUnavailable):
+            self.health.failed()
+        if isinstance(exc, DamagedCopy):
+            # Our heartbeat now reports the damage: the next election moves
+            # the timeline to a node with a good copy, and our retry (if we
+            # are still the offloader) sees the file afresh.
+            self._heartbeat_soon(upload.ttid)
+        self.retries.park(upload, attempt, backoff_ms(attempt) / 1000, self.health.recoveries)
+        PARKED_UPLOADS.set(len(self.retries))
+        return "retrying"
+
+    def _heartbeat_soon(self, ttid: str) -> None:
+        st = self._timelines.get(ttid)
+        if st is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._publish([st])
+
+    def _send_parked(self) -> None:
+        due = self.retries.take_due(self.health.recoveries)
+        for i, item in enumerate(due):
+            u = item.upload
+            try:
+                self.send_upload(u.ttid, u.segno, u.seg_size, u.token, item.attempt)
+            except (redis.RedisError, OperationalError, OSError) as exc:
+                self.retries.put_back(due[i:])  # the broker is down: keep them
+                self._complain("cannot send parked retries", exc)
+                break
+        if due:
+            PARKED_UPLOADS.set(len(self.retries))
+
     def hand_out(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
         """Claimed segments go to this timeline's waiting upload tasks, the
         rest to the queue as new tasks."""
@@ -401,7 +647,7 @@ class NodeService:
             if handoff is not None:
                 segnos = handoff.offer(segnos)
         for segno in segnos:
-            self.send_upload(ttid, segno, seg_size, token)
+            self.send_upload(ttid, segno, seg_size, token, 0)
 
     def _take_handed(self, ttid: str, token: str, timeout_s: float) -> int | None:
         key = (ttid, token)

@@ -10,8 +10,10 @@ import threading
 from functools import lru_cache
 
 from tasks.config import get_settings
+from tasks.core.lsn import Lsn
 from tasks.elector import Elector
 from tasks.node import NodeService
+from tasks.recovery import remote_backup_end
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
 from tasks.storage.base import RemoteStorage
@@ -27,10 +29,21 @@ def get_state() -> RedisState:
 
 @lru_cache(maxsize=1)
 def get_storage() -> RemoteStorage:
+    """The workers' storage: one attempt per call and short timeouts, so every
+    failure reaches the pipeline, whose own backoff and prober govern retries."""
     s = get_settings()
     return open_storage(
-        s.effective_remote_storage, s3_endpoint_url=s.s3_endpoint_url, parallel_jobs=s.parallel_jobs
+        s.effective_remote_storage,
+        s3_endpoint_url=s.s3_endpoint_url,
+        parallel_jobs=s.parallel_jobs,
+        max_attempts=1,
+        connect_timeout_s=2.0,
+        read_timeout_s=10.0,
     )
+
+
+def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
+    return remote_backup_end(get_storage(), ttid, start, seg_size)
 
 
 def kick_backup(ttid: str, node_id: int) -> None:
@@ -51,6 +64,7 @@ def get_elector() -> Elector:
         default_seg_size=s.wal_seg_size,
         kick_interval_ms=max(2000, int(2 * s.election_interval * 1000)),
         backup_enabled=s.backup_enabled,
+        recover=recover_backup_lsn,
     )
 
 

@@ -47,6 +47,9 @@ def timeline_status(
                             "backup_lsn": str(p.peer.backup_lsn),
                             "last_seen_s": round(now - p.peer.ts, 3),
                             "alive": is_alive(p.peer, now, heartbeat_timeout_s),
+                            "damaged_lsn": str(p.peer.damaged_lsn)
+                            if p.peer.damaged_lsn is not None
+                            else None,
                         }
                         for p in sorted(peers, key=lambda p: p.peer.node_id)
                     ],

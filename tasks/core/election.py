@@ -23,6 +23,9 @@ class PeerInfo:
     local_start_lsn: Lsn
     backup_lsn: Lsn
     ts: float  # unix time of the heartbeat
+    damaged_lsn: Lsn | None = None
+    """Start of the lowest segment at or above backup_lsn whose local copy is
+    damaged (wrong size, unreadable, or outvoted by the other nodes' copies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,18 @@ def determine_offloader(
     capable = [p for p in alive if p.local_start_lsn <= backup_lsn]
     if not capable:
         return Election(None, "no connected peers to elect from")
+    # Not in the reference: a peer holding a damaged copy of a segment still
+    # to upload steps aside while another peer's copies are all good (SPEC §4
+    # "Agreement"); with damage everywhere the reference's rule applies.
+    healthy = [p for p in capable if p.damaged_lsn is None]
+    skipped = ""
+    if healthy and len(healthy) < len(capable):
+        skipped = ", skipping damaged " + ", ".join(
+            f"({p.node_id}, damaged at {p.damaged_lsn})"
+            for p in sorted(capable, key=lambda p: p.node_id)
+            if p.damaged_lsn is not None
+        )
+        capable = healthy
     max_commit = max(p.commit_lsn for p in capable)
     threshold = max_commit.saturating_sub(max_offloader_lag_bytes)
     caught_up = sorted((p for p in capable if p.commit_lsn >= threshold), key=lambda p: p.node_id)
@@ -62,5 +77,6 @@ def determine_offloader(
     )
     return Election(
         offloader,
-        f"elected {offloader} among [{listed}] peers, with {len(caught_up)} of them being caughtup",
+        f"elected {offloader} among [{listed}] peers, with {len(caught_up)} of them being "
+        f"caughtup{skipped}",
     )

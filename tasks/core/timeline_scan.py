@@ -46,6 +46,8 @@ class ScanResult:
     """Files that are wrong: wrong size, foreign timeline, bad name."""
     notes: tuple[str, ...]
     """Information: complete segments beyond a gap, not counted."""
+    damaged: tuple[int, ...] = ()
+    """Segnos of files named as a complete segment but of the wrong size."""
 
 
 _SEGMENT_LIKE = re.compile(f"[0-9A-F]{{{_SEGMENT_NAME_LEN}}}")
@@ -98,7 +100,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
 
     held = complete | wrong_size | {segno for segno, _ in partials}
     if not held:
-        return ScanResult(seg_size, range(0), None, None, partial, tuple(problems), ())
+        return ScanResult(seg_size, range(0), None, None, partial, tuple(problems), (), ())
 
     first = min(held)
     end = first
@@ -119,6 +121,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         partial=partial,
         problems=tuple(problems),
         notes=notes,
+        damaged=tuple(sorted(wrong_size)),
     )
 
 

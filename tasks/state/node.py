@@ -165,6 +165,8 @@ class TimelineState:
     timeline_start_lsn: Lsn | None
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    damaged: tuple[int, ...] = ()
+    """Segnos whose file has a segment's name but the wrong size."""
 
 
 class ScanChanges(NamedTuple):
@@ -405,4 +407,5 @@ def _timeline_state(
         timeline_start_lsn=recorded.timeline_start_lsn if recorded else None,
         problems=scanned.problems,
         notes=scanned.notes,
+        damaged=scanned.damaged,
     )

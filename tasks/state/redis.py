@@ -10,6 +10,9 @@ Every key starts with ``walbackup:`` and is built here. LSNs are stored as
     walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
     walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
     walbackup:done:{ttid}        ZSET   finished segnos not yet committed
+    walbackup:sums:{ttid}        HASH   "SEGNO:NODE" -> SHA-256 hex of that node's copy
+                                        (segments not yet backed up: agreement)
+    walbackup:ledger:{ttid}      HASH   segno -> MD5 hex the upload verified (recent window)
     walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
     walbackup:nodes              HASH   node id -> last heartbeat JSON
 """
@@ -56,6 +59,19 @@ def done_key(ttid: str) -> str:
 
 def kick_key(ttid: str) -> str:
     return f"{PREFIX}kick:{ttid}"
+
+
+def sums_key(ttid: str) -> str:
+    return f"{PREFIX}sums:{ttid}"
+
+
+def ledger_key(ttid: str) -> str:
+    return f"{PREFIX}ledger:{ttid}"
+
+
+def _window_keys(ttid: str) -> list[str]:
+    """KEYS of the commit scripts: lease, timeline, inflight, done, ledger."""
+    return [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid), ledger_key(ttid)]
 
 
 def _load_scripts() -> dict[str, str]:
@@ -111,20 +127,18 @@ class TimelineRecord:
 
 
 def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:
-    return json.dumps(
-        {
-            "node_id": peer.node_id,
-            "commit_lsn": str(peer.commit_lsn),
-            "local_start_lsn": str(peer.local_start_lsn),
-            "backup_lsn": str(peer.backup_lsn),
-            "ts": peer.ts,
-            "wal_seg_size": wal_seg_size,
-            "timeline_start_lsn": str(timeline_start_lsn)
-            if timeline_start_lsn is not None
-            else None,
-        },
-        separators=(",", ":"),
-    )
+    body: dict[str, Any] = {
+        "node_id": peer.node_id,
+        "commit_lsn": str(peer.commit_lsn),
+        "local_start_lsn": str(peer.local_start_lsn),
+        "backup_lsn": str(peer.backup_lsn),
+        "ts": peer.ts,
+        "wal_seg_size": wal_seg_size,
+        "timeline_start_lsn": str(timeline_start_lsn) if timeline_start_lsn is not None else None,
+    }
+    if peer.damaged_lsn is not None:
+        body["damaged_lsn"] = str(peer.damaged_lsn)
+    return json.dumps(body, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +151,7 @@ class PeerRecord:
     def from_json(cls, text: str) -> PeerRecord:
         raw = json.loads(text)
         start = raw.get("timeline_start_lsn")
+        damaged = raw.get("damaged_lsn")
         return cls(
             PeerInfo(
                 node_id=int(raw["node_id"]),
@@ -144,6 +159,7 @@ class PeerRecord:
                 local_start_lsn=Lsn.parse(raw["local_start_lsn"]),
                 backup_lsn=Lsn.parse(raw["backup_lsn"]),
                 ts=float(raw["ts"]),
+                damaged_lsn=Lsn.parse(damaged) if damaged else None,
             ),
             wal_seg_size=int(raw["wal_seg_size"]),
             timeline_start_lsn=Lsn.parse(start) if start else None,
@@ -186,14 +202,61 @@ class RedisState:
     # -- heartbeats ----------------------------------------------------------
 
     def publish_heartbeats(
-        self, node_id: int, records: Sequence[tuple[str, str]], now: float
+        self,
+        node_id: int,
+        records: Sequence[tuple[str, str]],
+        now: float,
+        *,
+        register: bool = False,
     ) -> None:
-        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip."""
+        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip.
+        ``register``: also (re-)register those timelines, so a Redis that lost
+        its data learns them again from the nodes, without new WAL."""
         pipe = self.r.pipeline(transaction=False)
         for ttid, payload in records:
             pipe.hset(peers_key(ttid), str(node_id), payload)
+        if register and records:
+            pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in records}, nx=True)
         pipe.hset(NODES_KEY, str(node_id), json.dumps({"ts": now, "timelines": len(records)}))
         pipe.execute()
+
+    def drop_peer(self, ttid: str, node_id: int) -> None:
+        """The node no longer holds the timeline: its heartbeat goes at once,
+        rather than after ``heartbeat_timeout``."""
+        self.r.hdel(peers_key(ttid), str(node_id))
+
+    # -- segment digests (agreement) -----------------------------------------
+
+    def publish_digests(
+        self,
+        node_id: int,
+        digests: Sequence[tuple[str, int, str]],
+        stale: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """Publish ``(ttid, segno, sha256 hex)`` of this node's copies and
+        drop its ``stale`` ``(ttid, segno)`` entries; one round trip."""
+        if not digests and not stale:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for ttid, segno, hexdigest in digests:
+            pipe.hset(sums_key(ttid), f"{segno}:{node_id}", hexdigest)
+        for ttid, segno in stale:
+            pipe.hdel(sums_key(ttid), f"{segno}:{node_id}")
+        pipe.execute()
+
+    def digests(self, ttid: str, segno: int, node_ids: Sequence[int]) -> dict[int, str]:
+        """The published SHA-256 hex of ``segno`` by each of ``node_ids`` that has one."""
+        if not node_ids:
+            return {}
+        values = self.r.hmget(sums_key(ttid), [f"{segno}:{n}" for n in node_ids])
+        return {n: v for n, v in zip(node_ids, values, strict=True) if v}
+
+    def ledger(self, ttid: str, segnos: Sequence[int]) -> dict[int, str]:
+        """The MD5 hex recorded at commit for each of ``segnos`` still in the ledger."""
+        if not segnos:
+            return {}
+        values = self.r.hmget(ledger_key(ttid), [str(s) for s in segnos])
+        return {s: v for s, v in zip(segnos, values, strict=True) if v}
 
     def peers(self, ttid: str) -> list[PeerRecord]:
         return [PeerRecord.from_json(v) for v in self.r.hgetall(peers_key(ttid)).values()]
@@ -244,9 +307,6 @@ class RedisState:
             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
         )
 
-    def clear_error(self, ttid: str) -> None:
-        self.r.hdel(tl_key(ttid), "last_error")
-
     # -- lease and ordered commit -------------------------------------------
 
     def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
@@ -254,7 +314,7 @@ class RedisState:
         token = self._run(
             "acquire_lease",
             [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
-            [owner, ttl_ms, node_id],
+            [owner, ttl_ms, node_id, int(time.time() * 1000)],
         )
         return str(token) if token else None
 
@@ -299,13 +359,14 @@ class RedisState:
             return None
         return [int(s) for s in claimed]
 
-    def commit_segment(self, ttid: str, token: str, segno: int, seg_size: int) -> Lsn:
-        """Mark ``segno`` finished; returns the new backup_lsn. Raises
+    def commit_segment(
+        self, ttid: str, token: str, segno: int, seg_size: int, md5_hex: str = ""
+    ) -> Lsn:
+        """Mark ``segno`` finished (its verified upload had MD5 ``md5_hex``);
+        returns the new backup_lsn. Clears ``last_error``. Raises
         ``CommitRefused`` when the token is stale."""
         ok, backup = self._run(
-            "commit_segment",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
-            [token, segno, seg_size],
+            "commit_segment", _window_keys(ttid), [token, segno, seg_size, md5_hex]
         )
         if not int(ok):
             raise CommitRefused(
@@ -324,6 +385,7 @@ class RedisState:
         end_segno: int,
         claim_timeout_ms: int,
         lease_ttl_ms: int,
+        md5_hex: str = "",
     ) -> tuple[Lsn, list[int]]:
         """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
         renew the lease, in one round trip: the new backup_lsn and the segnos
@@ -331,7 +393,7 @@ class RedisState:
         now_ms = int(time.time() * 1000)
         ok, backup, *claimed = self._run(
             "commit_and_claim",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
+            _window_keys(ttid),
             [
                 token,
                 segno,
@@ -341,6 +403,7 @@ class RedisState:
                 now_ms,
                 now_ms + claim_timeout_ms,
                 lease_ttl_ms,
+                md5_hex,
             ],
         )
         if not int(ok):
@@ -348,6 +411,3 @@ class RedisState:
                 f"timeline {ttid}: commit of segno {segno} with stale token {token}"
             )
         return Lsn.parse(backup), [int(s) for s in claimed]
-
-    def kick_allowed(self, ttid: str, ttl_ms: int) -> bool:
-        return bool(self.r.set(kick_key(ttid), "1", nx=True, px=ttl_ms))

@@ -250,3 +250,37 @@ def test_alive_peers_property(peers: list[PeerInfo], now: float, timeout: float)
     alive = alive_peers(stamped, now, timeout)
     assert alive == [p for p in stamped if now - p.ts < timeout]
     assert all(now - p.ts < timeout for p in alive)
+
+
+# -- damaged copies (SPEC §4 "Agreement": not in the reference) -----------------
+
+
+def damaged(node_id: int, commit: int, at: int) -> PeerInfo:
+    return PeerInfo(node_id, Lsn(commit), Lsn(0), Lsn(0), 1000.0, damaged_lsn=Lsn(at))
+
+
+@pytest.mark.parametrize("timeline_int", range(6))
+def test_damaged_peer_is_never_elected_while_a_healthy_one_is_capable(timeline_int: int) -> None:
+    peers = [damaged(1, 10 * MiB, 7 * MiB), peer(2, 6 * MiB), peer(3, 10 * MiB)]
+    result = determine_offloader(peers, Lsn(0), timeline_int, LAG)
+    assert result.offloader in (2, 3)
+    assert "skipping damaged (1, damaged at 0/700000)" in result.reason
+
+
+def test_damage_skipping_can_elect_a_lagging_healthy_peer() -> None:
+    # The only healthy copy lags past max_offloader_lag_bytes: it is still
+    # better than uploading a damaged copy (which would never be committed).
+    peers = [damaged(1, 300 * MiB, 7 * MiB), peer(2, 10 * MiB)]
+    assert determine_offloader(peers, Lsn(0), 0, LAG).offloader == 2
+
+
+def test_all_damaged_falls_back_to_the_reference_rule() -> None:
+    peers = [damaged(1, 10 * MiB, 7 * MiB), damaged(2, 10 * MiB, 8 * MiB)]
+    result = determine_offloader(peers, Lsn(0), 1, LAG)
+    assert result.offloader == 2
+    assert "skipping" not in result.reason
+
+
+def test_incapable_healthy_peer_does_not_exclude_a_damaged_capable_one() -> None:
+    peers = [damaged(1, 10 * MiB, 7 * MiB), peer(2, 10 * MiB, local_start=5 * MiB)]
+    assert determine_offloader(peers, Lsn(0), 0, LAG).offloader == 1

@@ -4,10 +4,16 @@
 -- inflight ZSET (segno -> redispatch deadline ms), done ZSET (segno -> segno,
 -- finished above backup_lsn).
 
+-- Segments whose ledger entry (md5 of the verified upload) is kept below
+-- segno(backup_lsn), for the scrubber's recent-window check.
+local LEDGER_KEEP = 4096
+
 -- Record segno as finished and move backup_lsn to the end of the longest run
 -- of finished segments starting at segno(backup_lsn): never backwards, never
--- over a hole. Returns the stored backup_lsn, or false when there is none.
-local function window_commit(timeline, inflight, done, segno_text, seg_size)
+-- over a hole. A commit clears the timeline's last_error and records md5 (the
+-- hex MD5 that the upload verified; "" for none) in the ledger HASH.
+-- Returns the stored backup_lsn, or false when there is none.
+local function window_commit(timeline, inflight, done, ledger, segno_text, seg_size, md5)
   local segno = tonumber(segno_text)
   local backup = redis.call("HGET", timeline, "backup_lsn")
   if not backup then
@@ -15,8 +21,12 @@ local function window_commit(timeline, inflight, done, segno_text, seg_size)
   end
   local start = lsn_segno(backup, seg_size)
   redis.call("ZREM", inflight, segno_text)
+  redis.call("HDEL", timeline, "last_error")
   if segno >= start then
     redis.call("ZADD", done, segno, segno_text)
+    if md5 ~= "" then
+      redis.call("HSET", ledger, segno_text, md5)
+    end
   end
   local next_segno = start
   while redis.call("ZSCORE", done, string.format("%d", next_segno)) do
@@ -26,6 +36,9 @@ local function window_commit(timeline, inflight, done, segno_text, seg_size)
   if next_segno > start then
     backup = lsn_of_segno(next_segno, seg_size)
     redis.call("HSET", timeline, "backup_lsn", backup)
+    for old = math.max(0, start - LEDGER_KEEP), next_segno - LEDGER_KEEP - 1 do
+      redis.call("HDEL", ledger, string.format("%d", old))
+    end
   end
   return backup
 end

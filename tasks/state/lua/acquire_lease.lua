@@ -5,7 +5,7 @@
 -- ARGV[1] owner "NODE.INSTANCE" (INSTANCE is new for every worker process, so a
 --         restarted node waits out its old lease instead of inheriting claims
 --         whose messages died with the old process), ARGV[2] lease ttl ms,
--- ARGV[3] node id
+-- ARGV[3] node id, ARGV[4] now in ms
 -- Returns the token, or false when another owner holds the lease.
 local held = redis.call("GET", KEYS[1])
 if held then
@@ -15,6 +15,9 @@ if held then
   end
   return false
 end
+-- After Redis lost its data the counter starts again from the clock, not from
+-- 1, so a token minted now never equals one a stale holder still carries.
+redis.call("HSETNX", KEYS[2], "epoch", ARGV[4])
 local epoch = redis.call("HINCRBY", KEYS[2], "epoch", 1)
 local token = ARGV[1] .. ":" .. epoch
 redis.call("SET", KEYS[1], token, "PX", ARGV[2])

@@ -4,9 +4,10 @@
 -- KEYS[2] timeline  HASH   field "backup_lsn" ("%X/%X")
 -- KEYS[3] inflight  ZSET   segno -> redispatch deadline (ms)
 -- KEYS[4] done      ZSET   segno -> segno, finished above backup_lsn
+-- KEYS[5] ledger    HASH   segno -> hex MD5 the upload verified (recent window)
 -- ARGV[1] token, ARGV[2] segno, ARGV[3] seg_size, ARGV[4] parallel_jobs,
 -- ARGV[5] end segno (exclusive), ARGV[6] now ms, ARGV[7] deadline ms for newly
--- claimed segments, ARGV[8] lease ttl ms
+-- claimed segments, ARGV[8] lease ttl ms, ARGV[9] md5 hex ("" for none)
 -- The claimed segments count as started (as after start_upload): the caller
 -- uploads them at once, or sends them to its queue.
 -- Returns {0, ""} when fenced, else {1, backup_lsn, claimed segno...}.
@@ -14,7 +15,7 @@ if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return {0, ""}
 end
 local seg_size = tonumber(ARGV[3])
-local backup = window_commit(KEYS[2], KEYS[3], KEYS[4], ARGV[2], seg_size)
+local backup = window_commit(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], seg_size, ARGV[9])
 if not backup then
   return {0, ""}
 end

@@ -1,0 +1,150 @@
+"""This node's copies of the segments still to back up: their SHA-256, published
+for the agreement check (SPEC §4), and the copies found damaged.
+
+A copy is *damaged* when its file has a segment's name but the wrong size (the
+directory scan says so), cannot be read, or was outvoted by the other nodes'
+copies at upload time. A damage mark lasts while the file is unchanged (same
+size, mtime and inode): a repaired or replaced file is judged again. The
+lowest damaged segment at or above backup_lsn goes out in the node's heartbeat
+(``PeerInfo.damaged_lsn``), which keeps the node from being elected offloader
+while another node holds good copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from tasks.core.lsn import Lsn
+from tasks.core.segments import xlog_file_name
+from tasks.metrics import DAMAGED_SEGMENTS
+from tasks.state.node import TimelineState
+from tasks.state.redis import RedisState
+from tasks.storage.base import CHUNK_BYTES
+
+log = logging.getLogger("walbackup.copies")
+
+DIGEST_AHEAD = 64
+"""Segments above backup_lsn whose digest a node publishes: the upload window
+and then some; a node far ahead of the backup does not flood Redis."""
+
+DIGEST_BUDGET_BYTES = 256 << 20
+"""Bytes hashed per ``refresh`` call, so one call never runs for long."""
+
+StatKey = tuple[int, int, int]
+
+
+def stat_key(path: Path) -> StatKey | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class Copies:
+    """Thread-safe."""
+
+    def __init__(self, node_id: int, state: RedisState) -> None:
+        self.node_id = node_id
+        self.state = state
+        self._lock = threading.Lock()
+        self._digests: dict[str, dict[int, tuple[StatKey, str]]] = {}
+        self._damaged: dict[str, dict[int, tuple[StatKey | None, str]]] = {}
+        self._gauged: set[str] = set()
+
+    def mark_damaged(self, ttid: str, segno: int, path: Path, reason: str) -> None:
+        """Record ``reason`` against the copy at ``path``; logs an ERROR the first time."""
+        key = stat_key(path)
+        with self._lock:
+            marks = self._damaged.setdefault(ttid, {})
+            new = marks.get(segno) != (key, reason)
+            marks[segno] = (key, reason)
+        if new:
+            log.error(
+                "Timeline %s: node %s's copy %s is damaged: %s", ttid, self.node_id, path, reason
+            )
+
+    def damaged_lsn(self, st: TimelineState, backup_lsn: Lsn | None) -> Lsn | None:
+        """Start of the lowest damaged copy at or above ``backup_lsn``; sets the
+        timeline's ``local_damaged_segments`` gauge."""
+        ttid = str(st.ttid)
+        floor = backup_lsn.segment_number(st.wal_seg_size) if backup_lsn is not None else 0
+        damaged = {s for s in st.damaged if s >= floor}
+        with self._lock:
+            marks = self._damaged.get(ttid, {})
+            for segno, (key, _) in list(marks.items()):
+                path = st.path / xlog_file_name(segno, st.wal_seg_size)
+                if segno < floor or stat_key(path) != key:
+                    del marks[segno]  # backed up by another node, or the file changed
+                else:
+                    damaged.add(segno)
+            if not marks:
+                self._damaged.pop(ttid, None)
+        if damaged or ttid in self._gauged:
+            DAMAGED_SEGMENTS.labels(timeline=ttid).set(len(damaged))
+            if damaged:
+                self._gauged.add(ttid)
+            else:
+                self._gauged.discard(ttid)
+        return Lsn.from_segment(min(damaged), 0, st.wal_seg_size) if damaged else None
+
+    def refresh(
+        self, timelines: Mapping[str, TimelineState], backup: Mapping[str, Lsn | None]
+    ) -> int:
+        """Hash the complete segments from backup_lsn (or the first held) up to
+        ``DIGEST_AHEAD`` further that have no current digest, publish them,
+        and withdraw digests of segments now backed up or gone. Returns the
+        number of segments hashed."""
+        budget = DIGEST_BUDGET_BYTES
+        fresh: list[tuple[str, int, str]] = []
+        stale: list[tuple[str, int]] = []
+        hashed = 0
+        for ttid, st in timelines.items():
+            if st.commit_lsn is None or st.local_start_lsn is None:
+                continue
+            seg = st.wal_seg_size
+            lsn = backup.get(ttid)
+            lo = max(st.local_start_lsn.segment_number(seg), lsn.segment_number(seg) if lsn else 0)
+            hi = min(st.commit_lsn.segment_number(seg), lo + DIGEST_AHEAD)
+            with self._lock:
+                known = self._digests.setdefault(ttid, {})
+                stale += [(ttid, s) for s in known if s < lo or s >= hi]
+                for s in [s for s in known if s < lo or s >= hi]:
+                    del known[s]
+            for segno in range(lo, hi):
+                if budget <= 0:
+                    break
+                path = st.path / xlog_file_name(segno, seg)
+                key = stat_key(path)
+                with self._lock:
+                    current = known.get(segno)
+                if key is None or (current is not None and current[0] == key):
+                    continue
+                try:
+                    hexdigest = _sha256_file(path)
+                except OSError as exc:
+                    self.mark_damaged(ttid, segno, path, f"unreadable: {exc.strerror or exc}")
+                    continue
+                budget -= key[0]
+                hashed += 1
+                with self._lock:
+                    known[segno] = (key, hexdigest)
+                fresh.append((ttid, segno, hexdigest))
+        with self._lock:
+            for gone in self._digests.keys() - timelines.keys():
+                stale += [(gone, s) for s in self._digests.pop(gone)]
+        self.state.publish_digests(self.node_id, fresh, stale)
+        return hashed
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

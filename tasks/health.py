@@ -1,0 +1,68 @@
+"""Is remote storage back? A prober that turns "it healed" into an event.
+
+After an upload fails with ``StorageUnavailable`` the node calls ``failed()``;
+a daemon thread then probes the storage (``RemoteStorage.probe``: one cheap
+request with short timeouts) every ``interval_s`` until a probe succeeds. A
+success that follows a failed probe is a *recovery* and increments
+``recoveries``, which releases parked retries at once (``tasks.retries``). A
+first probe that succeeds is no recovery: a fault that only hits uploads keeps
+its backoff instead of being retried at the probing rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("walbackup.health")
+
+
+class StorageHealth:
+    def __init__(self, probe: Callable[[], None], interval_s: float = 0.25) -> None:
+        self._probe = probe
+        self.interval_s = interval_s
+        self.recoveries = 0
+        self._degraded = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def failed(self) -> None:
+        self._degraded.set()
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded.is_set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="walbackup-storage-prober", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._degraded.set()  # wake the thread so it sees the stop
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._degraded.wait()
+            probe_failed = False
+            while self._degraded.is_set() and not self._stop.is_set():
+                if self.probe_once():
+                    if probe_failed:
+                        self.recoveries += 1
+                        log.info("remote storage answers again: retrying parked uploads now")
+                    self._degraded.clear()
+                    break
+                probe_failed = True
+                self._stop.wait(self.interval_s)
+
+    def probe_once(self) -> bool:
+        try:
+            self._probe()
+        except Exception as exc:  # any failure means "not yet"
+            log.debug("storage probe failed: %s", exc)
+            return False
+        return True

@@ -1,0 +1,44 @@
+"""Recover a timeline's backup_lsn from the archive itself (SPEC §9).
+
+Every committed segment is in remote storage, so after Redis lost its data the
+longest contiguous run of complete remote segments from the timeline's start
+is a lower bound that is never below the lost backup_lsn: unlike the nodes'
+state files, which may lag it by a heartbeat.
+"""
+
+from __future__ import annotations
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.core.segments import PG_TLI, parse_xlog_file_name
+from tasks.errors import InvalidInput
+from tasks.storage.base import ObjectInfo, RemoteStorage, timeline_prefix
+
+
+def remote_objects(
+    storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int
+) -> dict[int, ObjectInfo]:
+    """segno -> the timeline's remote objects named as complete segments."""
+    prefix = timeline_prefix(ttid)
+    found: dict[int, ObjectInfo] = {}
+    for info in storage.list(prefix):
+        name = info.key[len(prefix) :]
+        if "/" in name:
+            continue
+        try:
+            tli, segno = parse_xlog_file_name(name, seg_size)
+        except InvalidInput:
+            continue  # .partial, .history, anything else
+        if tli == PG_TLI:
+            found[segno] = info
+    return found
+
+
+def remote_backup_end(storage: RemoteStorage, ttid: str, start: Lsn, seg_size: int) -> Lsn:
+    """End of the contiguous run of full-size remote segments from ``start``
+    (``start`` itself when its segment is not there). Raises storage errors."""
+    present = remote_objects(storage, TenantTimelineId.parse(ttid), seg_size)
+    segno = start.segment_number(seg_size)
+    while segno in present and present[segno].size == seg_size:
+        segno += 1
+    return max(start, Lsn.from_segment(segno, 0, seg_size))

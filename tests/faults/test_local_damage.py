@@ -1,0 +1,196 @@
+"""Damage on one node's disk (SPEC §9): a truncated, oversized or divergent
+copy on the offloader, a timeline directory removed mid-backup, and a full
+disk under the state file. Backup goes on from the good copies within
+seconds, and the invariant holds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.segments import PARTIAL_SUFFIX, xlog_file_name
+from tasks.simulate import expected_segment_bytes, simulate
+from tasks.state.node import read_state_file
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    WalWriter,
+    assert_invariant,
+    seg_lsn,
+    ttid_offloaded_by,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def start_cluster(make_cluster: Callable[..., Cluster], workdirs: dict[int, Path]) -> Cluster:
+    cluster = make_cluster()
+    for n in NODES:
+        cluster.start_node(n, {"WALBACKUP_WORKDIR": str(workdirs[n])})
+    cluster.start_beat()
+    cluster.wait_nodes(list(NODES))
+    return cluster
+
+
+def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:
+    return workdir / ttid.tenant_id / ttid.timeline_id
+
+
+def write_segment(workdir: Path, ttid: TenantTimelineId, segno: int, body: bytes) -> Path:
+    """As a WAL writer does: the .partial first, then the rename."""
+    final = timeline_dir(workdir, ttid) / xlog_file_name(segno, SEG_SIZE)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    partial.write_bytes(body)
+    os.replace(partial, final)
+    return final
+
+
+def damaged_bytes(good: bytes, damage: str) -> bytes:
+    if damage == "truncated":
+        return good[: len(good) // 2]
+    if damage == "oversized":
+        return good + b"\0" * 100
+    assert damage == "divergent"  # same size, 100 bytes rewritten
+    return good[:1000] + bytes(b ^ 0xFF for b in good[1000:1100]) + good[1100:]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "oversized", "divergent"])
+def test_damaged_copy_on_the_offloader_never_stalls_backup(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, damage: str
+) -> None:
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs)
+    ttid = ttid_offloaded_by(1)
+    nodes = [workdirs[n] for n in NODES]
+    archive = Archive(ttid, root=tmp_path / "remote")
+    writer = WalWriter(nodes, ttid, next_segno=1)
+    writer.write(4)
+    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+    assert cluster.state.timeline(str(ttid)).offloader == 1
+
+    with BackupSampler(cluster, ttid) as sampler:
+        # Segment 5: good on nodes 2 and 3, damaged on the offloader, node 1.
+        simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
+        bad = write_segment(
+            nodes[0], ttid, 5, damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage)
+        )
+        started = time.monotonic()
+        writer.next_segno = 6
+        writer.write(4)
+        cluster.wait_backup(ttid, seg_lsn(10), timeout=30)
+        took = time.monotonic() - started
+    print(f"\n{damage} copy on the offloader: backup_lsn past it after {took:.2f} s")
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=10, expected_end=10)
+    assert took < 10
+    # Reported: one ERROR line on node 1 naming the file.
+    log = cluster.log_path("node1").read_text()
+    lines = [line for line in log.splitlines() if "ERROR" in line and bad.name in line]
+    assert lines, cluster.tail_logs()
+
+
+def test_timeline_dir_removed_mid_backup(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs)
+    ttid = ttid_offloaded_by(1)
+    nodes = [workdirs[n] for n in NODES]
+    archive = Archive(ttid, root=tmp_path / "remote")
+    writer = WalWriter(nodes, ttid, next_segno=1)
+    writer.write(4)
+    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+
+    with BackupSampler(cluster, ttid) as sampler:
+        writer.rate = 8
+        writer.start()
+        time.sleep(0.5)
+        writer.workdirs = nodes[1:]  # node 1 receives no more WAL for it...
+        time.sleep(0.2)
+        shutil.rmtree(timeline_dir(nodes[0], ttid))  # ...and loses what it had
+        removed = time.monotonic()
+        time.sleep(2)
+        end = writer.stop()
+        cluster.wait_backup(ttid, seg_lsn(end), timeout=30)
+        took = time.monotonic() - removed
+    print(f"\ntimeline dir removed on the offloader: caught up {took:.2f} s later")
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=end, expected_end=end)
+    assert cluster.state.timeline(str(ttid)).offloader in (2, 3)
+    assert "1" not in {str(p.peer.node_id) for p in cluster.state.peers(str(ttid))}
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, size_mib: int) -> Iterator[Path]:
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write a file until the file system is full."""
+    filler = path / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+def test_full_disk_under_the_state_file(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    with tiny_filesystem(tmp_path / "tiny", 16) as tiny:
+        workdirs = {1: tiny, 2: tmp_path / "node2", 3: tmp_path / "node3"}
+        cluster = start_cluster(make_cluster, workdirs)
+        ttid = ttid_offloaded_by(2)
+        nodes = [workdirs[n] for n in NODES]
+        archive = Archive(ttid, root=tmp_path / "remote")
+        writer = WalWriter(nodes, ttid, next_segno=1)
+        writer.write(4)
+        cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+        state_path = timeline_dir(tiny, ttid) / "walbackup.state"
+        wait_for(lambda: state_path.exists(), 10, "node 1's state file")
+        filler = fill(tiny)
+
+        with BackupSampler(cluster, ttid) as sampler:
+            writer.workdirs = nodes[1:]  # node 1's disk is full
+            writer.write(4)
+            cluster.wait_backup(ttid, seg_lsn(9), timeout=30)
+            log = cluster.log_path("node1")
+            wait_for(
+                lambda: "cannot record backup_lsn in the state file" in log.read_text(),
+                10,
+                "node 1 to report its full disk",
+            )
+            # Node 1 keeps heartbeating: it is still a live peer.
+            beats = {p.peer.node_id: p.peer.ts for p in cluster.state.peers(str(ttid))}
+            assert time.time() - beats[1] < 2.0
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=9, expected_end=9)
+        filler.unlink()
+        # With room again, node 1's state file catches up with the cluster.
+        wait_for(
+            lambda: (
+                (state := read_state_file(state_path)) is not None
+                and state.backup_lsn == seg_lsn(9)
+            ),
+            10,
+            "node 1's state file to record backup_lsn again",
+        )
+        cluster.stop()

@@ -1,0 +1,80 @@
+"""Parked retries (``tasks.retries``) and the storage prober (``tasks.health``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tasks.health import StorageHealth
+from tasks.retries import RetryPark, UploadRef
+
+REF = UploadRef("t", 3, 1 << 20, "1.x:1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_retry_waits_for_its_backoff() -> None:
+    clock = Clock()
+    park = RetryPark(clock)
+    park.park(REF, attempt=3, delay_s=0.08, recoveries=0)
+    assert park.take_due(0) == []
+    clock.now += 0.08
+    (item,) = park.take_due(0)
+    assert (item.upload, item.attempt) == (REF, 3)
+    assert len(park) == 0
+
+
+def test_a_storage_recovery_releases_every_retry_at_once() -> None:
+    park = RetryPark(Clock())
+    park.park(REF, 5, 5.0, recoveries=2)
+    park.park(UploadRef("t", 4, 1 << 20, "1.x:1"), 5, 5.0, recoveries=2)
+    assert park.take_due(2) == []
+    assert sorted(p.upload.segno for p in park.take_due(3)) == [3, 4]
+
+
+def test_unsent_retries_go_back_and_are_due() -> None:
+    clock = Clock()
+    park = RetryPark(clock)
+    park.park(REF, 1, 0.0, 0)
+    items = park.take_due(0)
+    park.put_back(items)
+    assert park.take_due(0) == items
+
+
+def wait(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_prober_counts_a_recovery_only_after_a_failed_probe() -> None:
+    healthy = threading.Event()
+    probes: list[bool] = []
+
+    def probe() -> None:
+        probes.append(healthy.is_set())
+        if not healthy.is_set():
+            raise OSError("down")
+
+    health = StorageHealth(probe, interval_s=0.01)
+    health.start()
+    try:
+        health.failed()
+        wait(lambda: len(probes) >= 3)
+        assert health.recoveries == 0 and health.degraded
+        healthy.set()
+        wait(lambda: health.recoveries == 1)
+        assert not health.degraded
+        # An upload-only fault: the first probe succeeds, no recovery counted.
+        health.failed()
+        wait(lambda: not health.degraded)
+        assert health.recoveries == 1
+    finally:
+        health.stop()
