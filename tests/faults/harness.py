@@ -10,6 +10,7 @@ process is still alive; progress resumed (the time it took is printed).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 import time
@@ -188,7 +189,7 @@ def assert_invariant(
     assert not above, f"segments no node completed were uploaded: {sorted(above)}"
     samples = sampler.samples
     assert samples == sorted(samples), "backup_lsn moved backwards: " + ", ".join(
-        f"{a} -> {b}" for a, b in zip(samples, samples[1:], strict=False) if b < a
+        f"{a} -> {b}" for a, b in itertools.pairwise(samples) if b < a
     )
     dead = {name: p.returncode for name, p in cluster.procs.items() if p.poll() is not None}
     assert not dead, f"processes died: {dead}\n{cluster.tail_logs()}"
