@@ -19,6 +19,7 @@ from typing import BinaryIO
 from tasks.errors import InvalidInput, NotFound, StorageUnavailable
 from tasks.fsutil import fsync_dir
 from tasks.storage.base import (
+    SegmentDigest,
     ObjectInfo,
     RemoteStorage,
     UploadResult,
@@ -66,7 +67,11 @@ class LocalStorage(RemoteStorage):
             )
         return self.root / key
 
-    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def upload_file(self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None) -> UploadResult:  # noqa: E501
+        given = digest
         dest = self._path(key)
         with open_segment_file(path, expected_size) as src:
             try:
@@ -84,7 +89,10 @@ class LocalStorage(RemoteStorage):
                 stored, _ = sha256_stream(existing)
             if stored != digest:
                 raise checksum_mismatch(self.url, key, digest.hex(), stored.hex())
-        return UploadResult(key, expected_size, digest.hex(), already_present=not created)
+        return UploadResult(
+            key, expected_size, digest.hex(), already_present=not created,
+            md5_hex=given.md5.hex() if given else "",
+        )
 
     def _makedirs(self, directory: Path) -> None:
         """Create missing directories durably (each new entry's parent fsynced)."""

@@ -45,6 +45,7 @@ from tasks.errors import (
     WalBackupError,
 )
 from tasks.storage.base import (
+    SegmentDigest,
     ObjectInfo,
     RemoteStorage,
     UploadResult,
@@ -199,7 +200,7 @@ class S3Storage(RemoteStorage):
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, action) from exc
 
-    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
+    def upload_file(self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None) -> UploadResult:  # noqa: E501
         full_key = self._full_key(key)
         with open_segment_file(path, expected_size) as src:
             digest, size = sha256_stream(src)
