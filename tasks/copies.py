@@ -12,12 +12,15 @@ while another node holds good copies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+
+import redis
 
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
@@ -56,6 +59,7 @@ class Copies:
         self._digests: dict[str, dict[int, tuple[StatKey, str]]] = {}
         self._damaged: dict[str, dict[int, tuple[StatKey | None, str]]] = {}
         self._gauged: set[str] = set()
+        self._reported: dict[str, set[int]] = {}
 
     def mark_damaged(self, ttid: str, segno: int, path: Path, reason: str) -> None:
         """Record ``reason`` against the copy at ``path``; logs an ERROR the first time."""
@@ -85,6 +89,7 @@ class Copies:
                     damaged.add(segno)
             if not marks:
                 self._damaged.pop(ttid, None)
+        self._report(ttid, damaged, st)
         if damaged or ttid in self._gauged:
             DAMAGED_SEGMENTS.labels(timeline=ttid).set(len(damaged))
             if damaged:
@@ -92,6 +97,23 @@ class Copies:
             else:
                 self._gauged.discard(ttid)
         return Lsn.from_segment(min(damaged), 0, st.wal_seg_size) if damaged else None
+
+    def _report(self, ttid: str, damaged: set[int], st: TimelineState) -> None:
+        """Newly damaged copies become the timeline's ``last_error``."""
+        new = damaged - self._reported.get(ttid, set())
+        if damaged:
+            self._reported[ttid] = damaged
+        else:
+            self._reported.pop(ttid, None)
+        if new:
+            segno = min(new)
+            with self._lock:
+                reason = self._damaged.get(ttid, {}).get(segno, (None, "wrong size"))[1]
+            name = xlog_file_name(segno, st.wal_seg_size)
+            with contextlib.suppress(redis.RedisError):
+                self.state.record_error(
+                    ttid, f"node {self.node_id}: damaged copy of {name}: {reason}"
+                )
 
     def refresh(
         self, timelines: Mapping[str, TimelineState], backup: Mapping[str, Lsn | None]

@@ -367,8 +367,11 @@ class NodeState:
         scanned = scan_entries(entries, seg_size)
         state = _timeline_state(ttid, path, scanned, recorded)
         if cached is None or cached.state.problems != state.problems:
+            damaged = {xlog_file_name(segno, seg_size) for segno in state.damaged}
             for problem in state.problems:
-                log.warning("Timeline %s: %s", ttid, problem)
+                # A segment-named file of the wrong size is a damaged copy of WAL.
+                level = logging.ERROR if problem.split(":")[0] in damaged else logging.WARNING
+                log.log(level, "Timeline %s: damaged copy %s", ttid, path / problem)
         newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
         trusted = now_ns - newest_ns >= _RACY_NS and not state.problems
         self._cache[ttid] = _CacheEntry(dir_st.st_mtime_ns, state_key, trusted, state)

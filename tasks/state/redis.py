@@ -314,7 +314,7 @@ class RedisState:
         token = self._run(
             "acquire_lease",
             [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
-            [owner, ttl_ms, node_id, int(time.time() * 1000)],
+            [owner, ttl_ms, node_id],
         )
         return str(token) if token else None
 

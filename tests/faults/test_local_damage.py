@@ -146,10 +146,13 @@ def tiny_filesystem(path: Path, size_mib: int) -> Iterator[Path]:
 def fill(path: Path) -> Path:
     """Write a file until the file system is full."""
     filler = path / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 65536)
+    finally:
+        os.close(fd)
     return filler
 
 

@@ -79,8 +79,13 @@ def expire_soon(state: RedisState, ttid: str, token: str) -> None:
 
 
 def test_acquire_renew_release(state: RedisState, ttid: str) -> None:
+    before_us = int(time.time() * 1e6)
     token = state.acquire_lease(ttid, A, 1, LONG_TTL)
-    assert token == f"{A}:1"
+    assert token is not None and token.startswith(f"{A}:")
+    epoch = int(token.rsplit(":", 1)[1])
+    # The first epoch is taken from the clock, so epochs minted after Redis
+    # lost its data never repeat a token a stale holder may still carry.
+    assert before_us - 1e6 < epoch <= int(time.time() * 1e6) + 1e6
     assert state.lease_holder_token(ttid) == token
     assert state.timeline(ttid).holder == 1
     # The same owner re-acquiring keeps its token (and epoch).
@@ -100,10 +105,23 @@ def test_acquire_renew_release(state: RedisState, ttid: str) -> None:
     assert not state.renew_lease(ttid, token, LONG_TTL)
     # A new acquisition mints a higher epoch, also for the old owner.
     token_b = state.acquire_lease(ttid, B, 2, LONG_TTL)
-    assert token_b == f"{B}:2"
+    assert token_b == f"{B}:{epoch + 1}"
     assert state.timeline(ttid).holder == 2
     assert state.release_lease(ttid, token_b)
-    assert state.acquire_lease(ttid, A, 1, LONG_TTL) == f"{A}:3"
+    assert state.acquire_lease(ttid, A, 1, LONG_TTL) == f"{A}:{epoch + 2}"
+
+
+def test_epochs_keep_rising_after_redis_lost_its_data(state: RedisState, ttid: str) -> None:
+    token = state.acquire_lease(ttid, A, 1, LONG_TTL)
+    assert token is not None
+    for _ in range(3):
+        assert state.release_lease(ttid, token)
+        token = state.acquire_lease(ttid, A, 1, LONG_TTL)
+        assert token is not None
+    state.r.flushdb()  # our private server
+    fresh = state.acquire_lease(ttid, A, 1, LONG_TTL)
+    assert fresh is not None
+    assert int(fresh.rsplit(":", 1)[1]) > int(token.rsplit(":", 1)[1])
 
 
 def test_renew_extends_the_lease(state: RedisState, ttid: str) -> None:
@@ -190,7 +208,8 @@ def test_forged_token_is_fenced(state: RedisState, ttid: str) -> None:
     start_at(state, ttid, seg(1))
     token = state.acquire_lease(ttid, A, 1, LONG_TTL)
     assert token is not None
-    for forged in [f"{A}:0", f"{A}:2", A, f"{B}:1", ""]:
+    epoch = int(token.rsplit(":", 1)[1])
+    for forged in [f"{A}:0", f"{A}:{epoch + 1}", A, f"{B}:{epoch}", ""]:
         with pytest.raises(CommitRefused):
             state.commit_segment(ttid, forged, 1, SEG)
         assert state.claim_segments(ttid, forged, 1, 100, SEG, LONG_CLAIM) is None

@@ -5,7 +5,7 @@
 -- ARGV[1] owner "NODE.INSTANCE" (INSTANCE is new for every worker process, so a
 --         restarted node waits out its old lease instead of inheriting claims
 --         whose messages died with the old process), ARGV[2] lease ttl ms,
--- ARGV[3] node id, ARGV[4] now in ms
+-- ARGV[3] node id
 -- Returns the token, or false when another owner holds the lease.
 local held = redis.call("GET", KEYS[1])
 if held then
@@ -15,11 +15,13 @@ if held then
   end
   return false
 end
--- After Redis lost its data the counter starts again from the clock, not from
--- 1, so a token minted now never equals one a stale holder still carries.
-redis.call("HSETNX", KEYS[2], "epoch", ARGV[4])
+-- The counter starts from the server's clock in microseconds, not from 1: after
+-- Redis lost its data, a token minted now never equals one a stale holder
+-- still carries (leases are taken far less often than once a microsecond).
+local now = redis.call("TIME")
+redis.call("HSETNX", KEYS[2], "epoch", now[1] .. string.format("%06d", tonumber(now[2])))
 local epoch = redis.call("HINCRBY", KEYS[2], "epoch", 1)
-local token = ARGV[1] .. ":" .. epoch
+local token = ARGV[1] .. ":" .. string.format("%d", epoch)
 redis.call("SET", KEYS[1], token, "PX", ARGV[2])
 redis.call("HSET", KEYS[2], "holder", ARGV[3])
 -- A new holder starts from backup_lsn: uploads claimed under an older token
