@@ -19,9 +19,9 @@ from typing import BinaryIO
 from tasks.errors import InvalidInput, NotFound, StorageUnavailable
 from tasks.fsutil import fsync_dir
 from tasks.storage.base import (
-    SegmentDigest,
     ObjectInfo,
     RemoteStorage,
+    SegmentDigest,
     UploadResult,
     check_read_size,
     checksum_mismatch,

@@ -45,9 +45,9 @@ from tasks.errors import (
     WalBackupError,
 )
 from tasks.storage.base import (
-    SegmentDigest,
     ObjectInfo,
     RemoteStorage,
+    SegmentDigest,
     UploadResult,
     check_read_size,
     checksum_mismatch,

@@ -1,0 +1,85 @@
+"""Redis loses all its data (SPEC §9): nothing is forgotten. The nodes
+register their timelines again with their heartbeats, beat's round recovers
+backup_lsn by listing the archive, and backup_lsn never moves backwards,
+even though the nodes' state files lag it by a heartbeat."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.cluster import BackupSampler, Cluster, wait_for
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    WalWriter,
+    assert_invariant,
+    seg_lsn,
+    ttid_offloaded_by,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def start_cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    cluster = make_cluster()
+    for n in NODES:
+        cluster.start_node(n)
+    cluster.start_beat()
+    cluster.wait_nodes(list(NODES))
+    return cluster
+
+
+def test_idle_cluster_recovers_everything_without_new_wal(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(make_cluster)
+    ttid = ttid_offloaded_by(2)
+    writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1)
+    writer.write(10)
+    cluster.wait_backup(ttid, seg_lsn(11), timeout=30)
+
+    with BackupSampler(cluster, ttid) as sampler:
+        redis.Redis.from_url(cluster.redis_url).flushdb()  # our private server
+        lost = time.monotonic()
+        # No new WAL: the nodes' heartbeats alone bring the timeline back.
+        wait_for(
+            lambda: str(ttid) in cluster.state.registered(), 10, "the timeline to be registered"
+        )
+        cluster.wait_backup(ttid, seg_lsn(11), timeout=10)
+        took = time.monotonic() - lost
+    print(f"\nidle cluster after FLUSHDB: backup_lsn recovered in {took:.2f} s")
+    archive = Archive(ttid, root=tmp_path / "remote")
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=11, expected_end=11)
+    # And backup goes on from there.
+    writer.write(3)
+    cluster.wait_backup(ttid, seg_lsn(14), timeout=20)
+
+
+def test_backup_lsn_never_moves_backwards_across_data_loss(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = start_cluster(make_cluster)
+    ttid = ttid_offloaded_by(1)
+    writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1, rate=8)
+    writer.write(4)
+    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+    with BackupSampler(cluster, ttid) as sampler:
+        writer.start()
+        time.sleep(1.5)
+        # Right after a commit, before any node's state file caught up.
+        before = cluster.backup_lsn(ttid)
+        wait_for(lambda: cluster.backup_lsn(ttid) != before, 10, "a commit", interval=0.005)
+        redis.Redis.from_url(cluster.redis_url).flushdb()
+        lost = time.monotonic()
+        time.sleep(1.5)
+        end = writer.stop()
+        cluster.wait_backup(ttid, seg_lsn(end), timeout=20)
+        took = time.monotonic() - lost
+    print(f"\nFLUSHDB under load: caught up to segno {end} {took:.2f} s later")
+    archive = Archive(ttid, root=tmp_path / "remote")
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=end, expected_end=end)
