@@ -150,3 +150,11 @@ def test_resolve_commit_lsn(
     assert result == expected
     if scanned is not None and result is not None:
         assert result.segment_number(SEG) == scanned.segment_number(SEG)
+
+
+def test_wrong_size_segments_are_listed_as_damaged() -> None:
+    entries = [seg(1), seg(2, SEG // 2), seg(3), seg(4, SEG + 1), seg(5, 10, ".partial")]
+    result = scan_entries(entries, SEG)
+    assert result.damaged == (2, 4)
+    assert result.commit_lsn == lsn(2)  # the damaged copy still ends the run
+    assert scan_entries([seg(1), seg(2, 100, ".partial")], SEG).damaged == ()

@@ -1,0 +1,56 @@
+"""A node's own copies (``tasks.copies``) against a real Redis: digests are
+published for the window above backup_lsn and withdrawn below it, damage
+marks last while the file is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tasks.copies import Copies
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.simulate import expected_segment_bytes, simulate
+from tasks.state.node import NodeState
+from tasks.state.redis import RedisState
+
+pytestmark = pytest.mark.integration
+
+SEG = 1 << 20
+TTID = TenantTimelineId("a" * 32, "b" * 32)
+
+
+def lsn(segno: int) -> Lsn:
+    return Lsn.from_segment(segno, 0, SEG)
+
+
+def test_digests_follow_backup_lsn(state: RedisState, tmp_path: Path) -> None:
+    simulate([tmp_path], [TTID], 6, SEG)
+    timelines = {str(t): s for t, s in NodeState(tmp_path, SEG).scan().items()}
+    copies = Copies(7, state)
+    assert copies.refresh(timelines, {str(TTID): lsn(3)}) == 4  # segnos 3..6
+    digests = state.digests(str(TTID), 4, [7, 8])
+    assert digests == {7: hashlib.sha256(expected_segment_bytes(TTID, 4, SEG)).hexdigest()}
+    assert copies.refresh(timelines, {str(TTID): lsn(3)}) == 0  # nothing new to hash
+    copies.refresh(timelines, {str(TTID): lsn(5)})
+    assert state.digests(str(TTID), 4, [7]) == {}  # backed up: withdrawn
+    assert set(state.digests(str(TTID), 6, [7])) == {7}
+
+
+def test_damage_marks_last_while_the_file_is_unchanged(state: RedisState, tmp_path: Path) -> None:
+    simulate([tmp_path], [TTID], 4, SEG)
+    (st,) = NodeState(tmp_path, SEG).scan().values()
+    path = st.path / "000000010000000000000002"
+    copies = Copies(7, state)
+    assert copies.damaged_lsn(st, lsn(1)) is None
+    copies.mark_damaged(str(TTID), 2, path, "outvoted")
+    assert copies.damaged_lsn(st, lsn(1)) == lsn(2)
+    assert "damaged copy of 000000010000000000000002: outvoted" in state.timeline(
+        str(TTID)
+    ).last_error
+    assert copies.damaged_lsn(st, lsn(3)) is None  # backed up meanwhile: irrelevant
+    copies.mark_damaged(str(TTID), 2, path, "outvoted")
+    path.write_bytes(expected_segment_bytes(TTID, 2, SEG))  # repaired
+    assert copies.damaged_lsn(st, lsn(1)) is None
