@@ -181,7 +181,17 @@ class RedisState:
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+        # Timeouts: a partitioned Redis must not hang a node's heartbeat
+        # thread forever; every call here is a few milliseconds when healthy.
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+            )
+        )
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args), client=client)
