@@ -115,13 +115,27 @@ class Copies:
                     ttid, f"node {self.node_id}: damaged copy of {name}: {reason}"
                 )
 
+    def publish_own(self, ttid: str, segno: int, path: Path, hexdigest: str) -> None:
+        """The offloader's digest, computed by its upload: published for the
+        node that may take over the upload, without hashing the file again."""
+        key = stat_key(path)
+        if key is None:
+            return
+        with self._lock:
+            self._digests.setdefault(ttid, {})[segno] = (key, hexdigest)
+        self.state.publish_digests(self.node_id, [(ttid, segno, hexdigest)])
+
     def refresh(
-        self, timelines: Mapping[str, TimelineState], backup: Mapping[str, Lsn | None]
+        self,
+        timelines: Mapping[str, TimelineState],
+        backup: Mapping[str, Lsn | None],
+        uploading: frozenset[str] = frozenset(),
     ) -> int:
         """Hash the complete segments from backup_lsn (or the first held) up to
         ``DIGEST_AHEAD`` further that have no current digest, publish them,
-        and withdraw digests of segments now backed up or gone. Returns the
-        number of segments hashed."""
+        and withdraw digests of segments now backed up or gone. Timelines in
+        ``uploading`` (this node holds their lease) are hashed by their
+        uploads (``publish_own``). Returns the number of segments hashed."""
         budget = DIGEST_BUDGET_BYTES
         fresh: list[tuple[str, int, str]] = []
         stale: list[tuple[str, int]] = []
@@ -139,7 +153,7 @@ class Copies:
                 for s in [s for s in known if s < lo or s >= hi]:
                     del known[s]
             for segno in range(lo, hi):
-                if budget <= 0:
+                if budget <= 0 or ttid in uploading:
                     break
                 path = st.path / xlog_file_name(segno, seg)
                 key = stat_key(path)

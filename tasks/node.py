@@ -276,7 +276,9 @@ class NodeService:
             self._digest_wake.wait(1.0)
             self._digest_wake.clear()
             try:
-                if self.copies.refresh(dict(self._timelines), dict(self._backup_known)):
+                with self._lock:
+                    uploading = frozenset(self._leases)
+                if self.copies.refresh(dict(self._timelines), dict(self._backup_known), uploading):
                     self._digest_wake.set()  # the budget ran out: go on at once
             except Exception as exc:
                 self._complain("publishing segment digests failed", exc)
@@ -529,8 +531,15 @@ class NodeService:
         own = digest.sha256.hex()
         deadline = time.monotonic() + AGREEMENT_POLL_S
         first_pending = self._pending_since.setdefault((ttid, segno), time.monotonic())
+        published_own = False
         while True:
             holders = self._holders(ttid, segno, seg_size)
+            if holders and not published_own:
+                # For the node that may take over this upload (a lone node
+                # skips the round trip: nobody would read it).
+                path = self.disk.segment_path(TenantTimelineId.parse(ttid), segno, seg_size)
+                self.copies.publish_own(ttid, segno, path, own)
+                published_own = True
             published = self.state.digests(ttid, segno, holders)
             if time.monotonic() - first_pending > AGREEMENT_WAIT_S:
                 holders = [n for n in holders if n in published]
