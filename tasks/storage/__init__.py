@@ -34,7 +34,7 @@ _EXPECTED = "expected s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
 
 
 def open_storage(
-    url: str, *, s3_endpoint_url: str | None = None, parallel_jobs: int = 5, **_: object
+    url: str, *, s3_endpoint_url: str | None = None, parallel_jobs: int = 5
 ) -> RemoteStorage:
     """The backend for ``url``; a malformed or unsupported URL raises
     ``InvalidInput`` before anything is created or contacted."""

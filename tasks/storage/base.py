@@ -41,25 +41,6 @@ class UploadResult:
     size: int
     sha256_hex: str
     already_present: bool  # the same bytes were there before us (412 resolved)
-    md5_hex: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentDigest:
-    sha256: bytes
-    md5: bytes
-    size: int
-
-
-def digest_segment_file(path: Path, expected_size: int) -> SegmentDigest:
-    with open_segment_file(path, expected_size) as f:
-        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
-        for chunk in read_chunks(f):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    check_read_size(path, size, expected_size)
-    return SegmentDigest(sha.digest(), md5.digest(), size)
 
 
 def segment_key(ttid: TenantTimelineId, segment_name: str) -> str:
@@ -150,16 +131,8 @@ class RemoteStorage(ABC):
 
     url: str  # printable form, never with credentials
 
-    def probe(self) -> None:  # noqa: B027 - SHIM
-        """SHIM."""
-
-    def delete(self, key: str) -> None:  # SHIM
-        raise NotImplementedError
-
     @abstractmethod
-    def upload_file(
-        self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None
-    ) -> UploadResult:
+    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
         """Stream ``path`` to ``key`` with a SHA-256 checksum, never overwriting
         different bytes: an existing object with the same bytes is success
         (``already_present``), different bytes raise ``ChecksumMismatch``.

@@ -67,11 +67,7 @@ class LocalStorage(RemoteStorage):
             )
         return self.root / key
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    def upload_file(self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None) -> UploadResult:  # noqa: E501
-        given = digest
+    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
         dest = self._path(key)
         with open_segment_file(path, expected_size) as src:
             try:
@@ -89,10 +85,7 @@ class LocalStorage(RemoteStorage):
                 stored, _ = sha256_stream(existing)
             if stored != digest:
                 raise checksum_mismatch(self.url, key, digest.hex(), stored.hex())
-        return UploadResult(
-            key, expected_size, digest.hex(), already_present=not created,
-            md5_hex=given.md5.hex() if given else "",
-        )
+        return UploadResult(key, expected_size, digest.hex(), already_present=not created)
 
     def _makedirs(self, directory: Path) -> None:
         """Create missing directories durably (each new entry's parent fsynced)."""

@@ -200,7 +200,7 @@ class S3Storage(RemoteStorage):
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, action) from exc
 
-    def upload_file(self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None) -> UploadResult:  # noqa: E501
+    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
         full_key = self._full_key(key)
         with open_segment_file(path, expected_size) as src:
             digest, size = sha256_stream(src)
