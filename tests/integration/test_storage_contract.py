@@ -52,6 +52,10 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -92,7 +96,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RemoteSt
 def test_round_trip_is_byte_identical(storage: RemoteStorage, segment: tuple[Path, bytes]) -> None:
     path, data = segment
     result = storage.upload_file(KEY, path, SEG_SIZE)
-    assert result == UploadResult(KEY, SEG_SIZE, sha(data), already_present=False)
+    assert result == UploadResult(KEY, SEG_SIZE, sha(data), md5(data), already_present=False)
     assert sha(read_all(storage, KEY)) == sha(data)
 
 
@@ -117,7 +121,7 @@ def test_same_bytes_again_is_already_present(
     path, data = segment
     storage.upload_file(KEY, path, SEG_SIZE)
     again = storage.upload_file(KEY, path, SEG_SIZE)
-    assert again == UploadResult(KEY, SEG_SIZE, sha(data), already_present=True)
+    assert again == UploadResult(KEY, SEG_SIZE, sha(data), md5(data), already_present=True)
     assert sha(read_all(storage, KEY)) == sha(data)
 
 
