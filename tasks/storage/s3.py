@@ -443,32 +443,28 @@ class S3Storage(RemoteStorage):
     def _corrupted(
         self, key: str, path: Path, digest: SegmentDigest, stored: str
     ) -> WalBackupError:
-        """The error for an upload whose bytes arrived corrupted: if the local
-        file no longer matches ``digest`` it changed under us
-        (``SegmentFileError``), else the bytes were corrupted on the way
-        (``UploadCorrupted``, retryable). Logged at ERROR either way."""
+        """The error for an upload whose bytes arrived corrupted (``stored``
+        says what the server has): if the local file no longer matches
+        ``digest`` it changed under us (``SegmentFileError``), else the bytes
+        were corrupted on the way (``UploadCorrupted``, retryable). Logged at
+        ERROR either way."""
+        what = (
+            f"{self.url}: upload of {key} arrived corrupted: we sent md5 {digest.md5_hex} "
+            f"(sha256 {digest.sha256_hex}), {stored}"
+        )
         try:
             now = digest_segment_file(path, digest.size)
         except SegmentFileError as exc:
             error: WalBackupError = exc
         else:
-            error = (
-                changed_since_hashed(path, digest, now)
-                if now != digest
-                else UploadCorrupted(
-                    f"{self.url}: upload of {key} arrived corrupted: we sent md5 "
-                    f"{digest.md5_hex} sha256 {digest.sha256_hex}, {stored}; the object "
-                    "is not kept, try again"
-                )
-            )
-        log.error(
-            "%s: upload of %s: sent md5 %s, %s: %s",
-            self.url,
-            key,
-            digest.md5_hex,
-            stored,
-            error,
-        )
+            if now != digest:
+                error = changed_since_hashed(path, digest, now)
+            else:
+                error = UploadCorrupted(f"{what}; the object is not kept: send it again")
+        if isinstance(error, UploadCorrupted):
+            log.error("%s", error)
+        else:
+            log.error("%s; %s", what, error)
         return error
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
