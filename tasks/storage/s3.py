@@ -11,8 +11,8 @@ then verified without trusting any echo of our checksums (a server that does
 not verify, like moto, stores anything and echoes our SHA-256 back):
 
 - after a 2xx, the response ETag must be the MD5 of our bytes (a single-part
-  ETag is the MD5 of the bytes the server received); when it is not MD5-shaped
-  (SSE-KMS, SSE-C, ``…-N``), the object is read back and hashed;
+  ETag is the MD5 of the bytes the server received); when it is not, or not
+  MD5-shaped (SSE-KMS, SSE-C, ``…-N``), the object is read back and hashed;
 - on a mismatch the object is ours (If-None-Match succeeded): it is deleted
   (``If-Match`` its ETag) and ``UploadCorrupted`` raised, so the caller retries;
 - on 412/409 the existing object is compared by its MD5 ETag, or by reading
@@ -207,13 +207,14 @@ class S3Storage(RemoteStorage):
         )
         self._probe_config = Config(
             retries={"mode": "standard", "total_max_attempts": 1},
-            max_pool_connections=1,
+            max_pool_connections=4,
             connect_timeout=probe_timeout_s,
             read_timeout=probe_timeout_s,
             **common,
         )
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[S3Client, int]] = {}
+        self._warned_etag = False
 
     def _client(self) -> S3Client:
         """One client per process, made on first use (clients are thread-safe;
@@ -340,18 +341,34 @@ class S3Storage(RemoteStorage):
         digest: SegmentDigest,
         response: Mapping[str, Any],
     ) -> None:
-        """Our conditional PUT created the object: it must hold our bytes, by
-        its MD5 ETag or else by reading it back. If not, delete it and raise."""
+        """Our conditional PUT created the object: it must hold our bytes. Its
+        ETag equal to our MD5 proves it; otherwise (no MD5-shaped ETag, or
+        another one) the object is read back and hashed, so that an endpoint
+        whose ETags are not MD5s costs a GET instead of failing every upload.
+        If the bytes differ, delete the object and raise."""
         etag = _md5_etag(response)
-        if etag is not None:
-            if etag == digest.md5_hex:
-                return
-            stored = f"etag {etag}"
-        else:
+        if etag == digest.md5_hex:
+            return
+        try:
             read_back, _ = self._read_back(client, key)
-            if read_back == digest:
-                return
-            stored = f"sha256 {read_back.sha256_hex} ({read_back.size} bytes)"
+        except NotFound as exc:
+            raise StorageUnavailable(
+                f"{self.url}: {key} was gone when read back after its upload; try again"
+            ) from exc
+        if read_back == digest:
+            if etag is not None and not self._warned_etag:
+                self._warned_etag = True
+                log.warning(
+                    "%s: %s returns ETags that are not the MD5 of the bytes; uploads are "
+                    "verified by reading them back",
+                    self.url,
+                    self._where,
+                )
+            return
+        stored = (
+            f"etag {response.get('ETag', '?')}, sha256 {read_back.sha256_hex} "
+            f"({read_back.size} bytes)"
+        )
         self._delete_corrupt(client, key, response.get("ETag"))
         raise self._corrupted(key, path, digest, f"{self._where} stored {stored}")
 
