@@ -32,7 +32,8 @@ def fetch(
 ) -> None:
     """Restore one segment from remote storage (restore_command = 'walbackup fetch TTID %f %p').
 
-    Exit codes: 0 written in full, 1 not found, 2 bad input, 3 storage unavailable, 4 other."""
+    Exit codes: 0 written in full, 1 not found, 2 bad input, 3 storage unavailable, 4 other,
+    5 checksum mismatch (the stored object is corrupt; no DEST file is created)."""
     from tasks.restore import run_fetch
 
     raise typer.Exit(run_fetch(ttid, segment, dest, offset))

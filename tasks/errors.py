@@ -3,14 +3,18 @@
     WalBackupError
     ├── Permanent                 retrying cannot help
     │   ├── InvalidInput          malformed id, LSN, segment name, URL, setting
-    │   ├── SegmentFileError      a local segment file is missing, short or oversized
+    │   ├── SegmentFileError      a local segment file is missing, short, oversized,
+    │   │   │                     or changed while we hashed and sent it
     │   │   └── DamagedCopy       this node's copy is unreadable or outvoted by its peers'
-    │   ├── ChecksumMismatch      remote bytes differ from ours (split brain)
+    │   ├── ChecksumMismatch      remote bytes differ from ours (split brain), or
+    │   │                         a stored object fails its own checksum (corrupt)
     │   ├── NotFound              the remote object does not exist
     │   ├── BucketMissing         the configured bucket does not exist
     │   └── AccessDenied          credentials rejected
     └── Retryable                 may succeed later
         ├── StorageUnavailable    endpoint unreachable, timeouts, throttling, 5xx
+        ├── UploadCorrupted       the server received other bytes than we sent
+        │                         (corrupted in transit); nothing is left stored
         ├── AgreementPending      a peer holding the segment has not published its checksum
         └── NoAgreement           the nodes' copies differ and no majority agrees
 
@@ -35,11 +39,14 @@ class InvalidInput(Permanent, ValueError):
 
 
 class SegmentFileError(Permanent):
-    """A local WAL segment file is missing or has the wrong size."""
+    """A local WAL segment file is missing, has the wrong size, or changed
+    between being hashed and being stored."""
 
 
 class ChecksumMismatch(Permanent):
-    """An object already stored remotely holds different bytes than ours."""
+    """Remote bytes are not the ones expected: an object already stored holds
+    different bytes than ours (split brain), or an object read back does not
+    match the checksum stored with it (corrupt in storage)."""
 
 
 class NotFound(Permanent):
@@ -69,3 +76,9 @@ class AgreementPending(Retryable):
 
 class NoAgreement(Retryable):
     """The nodes' copies of a segment differ and no majority agrees on one."""
+
+
+class UploadCorrupted(Retryable):
+    """An upload reached the server with other bytes than the ones we hashed
+    (the server refused them, or stored them and we deleted the object):
+    nothing corrupt is left under the key, and sending again may succeed."""

@@ -84,12 +84,13 @@ def _write_atomically(stream: BinaryIO, dest: Path) -> int:
     return total
 
 
-# Exit codes of ``walbackup fetch``, as barman-cloud assigns them.
+# Exit codes of ``walbackup fetch``: 0-4 as barman-cloud assigns them.
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_INPUT = 2
 EXIT_STORAGE = 3
 EXIT_OTHER = 4
+EXIT_CHECKSUM = 5  # ours: the object read does not match its stored checksum
 
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
@@ -101,7 +102,7 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
             return EXIT_OK
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
-    from tasks.errors import InvalidInput, NotFound, Retryable, WalBackupError
+    from tasks.errors import ChecksumMismatch, InvalidInput, NotFound, Retryable, WalBackupError
     from tasks.storage import open_storage
 
     try:
@@ -117,6 +118,8 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         )
     except InvalidInput as exc:
         return _fail(EXIT_INPUT, str(exc))
+    except ChecksumMismatch as exc:
+        return _fail(EXIT_CHECKSUM, f"checksum mismatch: {exc}")
     except Retryable as exc:
         return _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
     except (WalBackupError, OSError) as exc:

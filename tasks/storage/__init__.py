@@ -14,7 +14,9 @@ from tasks.errors import InvalidInput
 from tasks.storage.base import (
     ObjectInfo,
     RemoteStorage,
+    SegmentDigest,
     UploadResult,
+    digest_segment_file,
     redact_url,
     segment_key,
     timeline_prefix,
@@ -24,20 +26,42 @@ from tasks.storage.local import LocalStorage
 __all__ = [
     "ObjectInfo",
     "RemoteStorage",
+    "SegmentDigest",
     "UploadResult",
+    "digest_segment_file",
     "open_storage",
     "segment_key",
     "timeline_prefix",
 ]
 
+# S3 client defaults (``tasks.storage.s3`` is imported only when used).
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 20.0
+
 _EXPECTED = "expected s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
 
 
 def open_storage(
-    url: str, *, s3_endpoint_url: str | None = None, parallel_jobs: int = 5
+    url: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    parallel_jobs: int = 5,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
 ) -> RemoteStorage:
     """The backend for ``url``; a malformed or unsupported URL raises
-    ``InvalidInput`` before anything is created or contacted."""
+    ``InvalidInput`` before anything is created or contacted.
+
+    S3 only: ``s3_endpoint_url`` is an S3-compatible endpoint (default AWS);
+    ``parallel_jobs`` sizes the connection pool; ``max_attempts`` is how many
+    times in all botocore tries a request before the error reaches us;
+    ``connect_timeout_s`` and ``read_timeout_s`` bound one attempt's connect
+    and each wait for the server's answer. The defaults (3 attempts, 5 s,
+    20 s) suit ``walbackup fetch``. A node worker, whose pipeline retries
+    with its own backoff and must see (and count) every failed attempt,
+    passes ``max_attempts=1, connect_timeout_s=2, read_timeout_s=10``."""
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
@@ -67,6 +91,9 @@ def open_storage(
                 unquote(parts.path).strip("/"),
                 endpoint_url=s3_endpoint_url,
                 parallel_jobs=parallel_jobs,
+                max_attempts=max_attempts,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
             )
         except InvalidInput as exc:
             raise InvalidInput(f"invalid storage URL {shown!r}: {exc}") from None

@@ -3,6 +3,12 @@
 Keys passed to a backend are relative to its root (``TENANT/TIMELINE/SEGMENT``);
 the backend adds its own prefix. Every backend must pass
 ``tests/integration/test_storage_contract.py``.
+
+Verification: an upload is described by a ``SegmentDigest`` (SHA-256, MD5 and
+size of the local bytes, from one read pass, ``digest_segment_file``), either
+passed in by the caller or computed by the backend. A backend reports success
+only once it has checked, independently of anything the server echoes back,
+that the stored object holds exactly those bytes; see each backend for how.
 """
 
 from __future__ import annotations
@@ -40,7 +46,26 @@ class UploadResult:
     key: str
     size: int
     sha256_hex: str
+    md5_hex: str
     already_present: bool  # the same bytes were there before us (412 resolved)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDigest:
+    """What a segment's bytes hash to: the SHA-256 we archive and compare by,
+    the MD5 a single-part S3 upload's ETag is, and the size."""
+
+    sha256: bytes
+    md5: bytes
+    size: int
+
+    @property
+    def sha256_hex(self) -> str:
+        return self.sha256.hex()
+
+    @property
+    def md5_hex(self) -> str:
+        return self.md5.hex()
 
 
 def segment_key(ttid: TenantTimelineId, segment_name: str) -> str:
@@ -95,6 +120,59 @@ def read_chunks(stream: SupportsRead[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+class Hasher:
+    """SHA-256, MD5 and length of the bytes fed to it, in one pass."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._sha256.update(chunk)
+        self._md5.update(chunk)
+        self.size += len(chunk)
+
+    def digest(self) -> SegmentDigest:
+        return SegmentDigest(self._sha256.digest(), self._md5.digest(), self.size)
+
+
+def digest_stream(stream: SupportsRead[bytes]) -> SegmentDigest:
+    """SHA-256, MD5 and length of what is left in ``stream``, in one read pass."""
+    hasher = Hasher()
+    for chunk in read_chunks(stream):
+        hasher.update(chunk)
+    return hasher.digest()
+
+
+def digest_segment_file(path: Path, expected_size: int) -> SegmentDigest:
+    """The digest of a local segment, read once. A file that is not
+    ``expected_size`` bytes (before or while being read) raises
+    ``SegmentFileError``, as ``open_segment_file`` does."""
+    with open_segment_file(path, expected_size) as stream:
+        digest = digest_stream(stream)
+    check_read_size(path, digest.size, expected_size)
+    return digest
+
+
+def check_digest_size(path: Path, digest: SegmentDigest, expected_size: int) -> None:
+    """A digest given by the caller must describe ``expected_size`` bytes."""
+    if digest.size != expected_size:
+        raise SegmentFileError(
+            f"segment file {path}: the digest given covers {digest.size} bytes, expected "
+            f"{expected_size}: not uploaded"
+        )
+
+
+def changed_since_hashed(
+    path: Path, digest: SegmentDigest, read: SegmentDigest
+) -> SegmentFileError:
+    return SegmentFileError(
+        f"segment file {path} changed between being hashed and being stored (sha256 "
+        f"{digest.sha256_hex} when hashed, {read.sha256_hex} now): not uploaded"
+    )
+
+
 def sha256_stream(stream: SupportsRead[bytes]) -> tuple[bytes, int]:
     """SHA-256 digest and length of what is left in ``stream``."""
     digest, size = hashlib.sha256(), 0
@@ -118,11 +196,13 @@ def redact_url(url: str) -> str:
     return _USERINFO.sub("//***@", url, count=1)
 
 
-def checksum_mismatch(url: str, key: str, ours_hex: str, theirs_hex: str) -> ChecksumMismatch:
+def checksum_mismatch(
+    url: str, key: str, ours_hex: str, theirs_hex: str, note: str = ""
+) -> ChecksumMismatch:
     return ChecksumMismatch(
         f"{url}: object {key} already exists with DIFFERENT bytes (stored sha256 "
         f"{theirs_hex}, ours {ours_hex}); not overwritten. Two nodes disagree about "
-        "this WAL segment: a split brain to investigate."
+        f"this WAL segment: a split brain to investigate.{note}"
     )
 
 
@@ -132,12 +212,20 @@ class RemoteStorage(ABC):
     url: str  # printable form, never with credentials
 
     @abstractmethod
-    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
-        """Stream ``path`` to ``key`` with a SHA-256 checksum, never overwriting
-        different bytes: an existing object with the same bytes is success
-        (``already_present``), different bytes raise ``ChecksumMismatch``.
-        A file whose size is not ``expected_size`` raises ``SegmentFileError``
-        and nothing is written."""
+    def upload_file(
+        self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None
+    ) -> UploadResult:
+        """Stream ``path`` to ``key``, never overwriting different bytes: an
+        existing object with the same bytes is success (``already_present``),
+        different bytes raise ``ChecksumMismatch``.
+
+        ``digest`` is what the caller hashed (``digest_segment_file``) and
+        wants archived; without it the backend hashes the file itself. Success
+        means the stored object was verified to hold exactly those bytes. A
+        file whose size is not ``expected_size``, or whose bytes no longer
+        match ``digest``, raises ``SegmentFileError``; bytes that reached the
+        server corrupted raise ``UploadCorrupted`` (retryable). In both cases
+        nothing is left stored under ``key`` by this call."""
 
     @abstractmethod
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
@@ -151,6 +239,16 @@ class RemoteStorage(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; a missing object is not an error."""
+
+    @abstractmethod
+    def probe(self) -> None:
+        """A cheap health check of the storage, quick to fail (about a second
+        against a black-holed endpoint): returns when it is usable, else raises
+        ``StorageUnavailable``, ``BucketMissing`` or ``AccessDenied``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

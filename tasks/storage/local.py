@@ -4,25 +4,33 @@ A write goes to a unique temp file beside the destination, is fsynced, and is
 published with ``os.link``: unlike ``rename``, a link fails when the key
 exists, so publishing is an atomic create-if-absent and concurrent writers of
 one key can neither tear nor replace each other's file.
+
+Verification: the SHA-256 is computed over the bytes as they are copied into
+the temp file; when the caller passed a digest they must equal it (else the
+file changed since it was hashed: ``SegmentFileError``, nothing published).
+An existing object is compared by hashing its bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from tasks.errors import InvalidInput, NotFound, StorageUnavailable
+from tasks.errors import AccessDenied, InvalidInput, NotFound, StorageUnavailable
 from tasks.fsutil import fsync_dir
 from tasks.storage.base import (
+    Hasher,
     ObjectInfo,
     RemoteStorage,
     SegmentDigest,
     UploadResult,
+    changed_since_hashed,
+    check_digest_size,
     check_read_size,
     checksum_mismatch,
     open_segment_file,
@@ -67,14 +75,22 @@ class LocalStorage(RemoteStorage):
             )
         return self.root / key
 
-    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
+    def upload_file(
+        self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None
+    ) -> UploadResult:
         dest = self._path(key)
+        if digest is not None:
+            check_digest_size(path, digest, expected_size)
         with open_segment_file(path, expected_size) as src:
             try:
                 self._makedirs(dest.parent)
                 tmp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
                 try:
-                    digest = self._write_temp(src, tmp, path, expected_size)
+                    copied = self._write_temp(src, tmp, path, expected_size)
+                    if digest is None:
+                        digest = copied
+                    elif copied.sha256 != digest.sha256:
+                        raise changed_since_hashed(path, digest, copied)
                     created = self._publish(tmp, dest)
                 finally:
                     tmp.unlink(missing_ok=True)
@@ -83,9 +99,11 @@ class LocalStorage(RemoteStorage):
         if not created:
             with open(dest, "rb") as existing:
                 stored, _ = sha256_stream(existing)
-            if stored != digest:
-                raise checksum_mismatch(self.url, key, digest.hex(), stored.hex())
-        return UploadResult(key, expected_size, digest.hex(), already_present=not created)
+            if stored != digest.sha256:
+                raise checksum_mismatch(self.url, key, digest.sha256_hex, stored.hex())
+        return UploadResult(
+            key, expected_size, digest.sha256_hex, digest.md5_hex, already_present=not created
+        )
 
     def _makedirs(self, directory: Path) -> None:
         """Create missing directories durably (each new entry's parent fsynced)."""
@@ -97,17 +115,17 @@ class LocalStorage(RemoteStorage):
         fsync_dir(directory.parent)
 
     @staticmethod
-    def _write_temp(src: BinaryIO, tmp: Path, path: Path, expected_size: int) -> bytes:
-        digest, size = hashlib.sha256(), 0
+    def _write_temp(src: BinaryIO, tmp: Path, path: Path, expected_size: int) -> SegmentDigest:
+        """Copy ``src`` to ``tmp`` durably; the digest of the bytes copied."""
+        hasher = Hasher()
         with open(tmp, "xb") as out:
             for chunk in read_chunks(src):
-                digest.update(chunk)
+                hasher.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
-            check_read_size(path, size, expected_size)
+            check_read_size(path, hasher.size, expected_size)
             out.flush()
             os.fsync(out.fileno())
-        return digest.digest()
+        return hasher.digest()
 
     @staticmethod
     def _publish(tmp: Path, dest: Path) -> bool:
@@ -142,6 +160,32 @@ class LocalStorage(RemoteStorage):
         start = self.root / prefix.rpartition("/")[0]
         found = [info for info in _scan(start, self.root) if info.key.startswith(prefix)]
         return iter(sorted(found, key=lambda info: info.key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # no such object (a directory is not one)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self.url}: cannot delete {key}: {exc}") from exc
+        self._prune_empty_dirs(path.parent)
+
+    def probe(self) -> None:
+        """The root is a directory we can create (and remove) a file in."""
+        probe = self.root / f"{TEMP_PREFIX}probe.{uuid.uuid4().hex}"
+        try:
+            with open(probe, "xb"):
+                pass
+            probe.unlink()
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise AccessDenied(
+                    f"{self.url}: cannot write to {self.root}: {exc.strerror}"
+                ) from exc
+            raise StorageUnavailable(
+                f"{self.url}: {self.root} is not usable: {exc.strerror}"
+            ) from exc
 
     def delete_prefix(self, prefix: str) -> int:
         objects = list(self.list(prefix))

@@ -1,9 +1,33 @@
 """``s3://BUCKET/PREFIX`` through boto3, on AWS or any S3-compatible endpoint.
 
 The only module that knows botocore's errors: every call runs under
-``_errors``, which maps them onto ``tasks.errors``. Uploads are conditional
-(``If-None-Match: *``) and carry a SHA-256 checksum; the server's answer is
-checked here, since not every S3-compatible server verifies it.
+``_errors``, which maps them onto ``tasks.errors``.
+
+Uploads are single-part ``PutObject`` calls, conditional (``If-None-Match:
+*``), carrying ``Content-MD5`` and ``x-amz-checksum-sha256`` of the bytes we
+hashed (servers that verify refuse corrupted bytes with ``BadDigest``) and
+that SHA-256 as metadata (``x-amz-meta-walbackup-sha256``). What was stored is
+then verified without trusting any echo of our checksums (a server that does
+not verify, like moto, stores anything and echoes our SHA-256 back):
+
+- after a 2xx, the response ETag must be the MD5 of our bytes (a single-part
+  ETag is the MD5 of the bytes the server received); when it is not, or not
+  MD5-shaped (SSE-KMS, SSE-C, ``…-N``), the object is read back and hashed;
+- on a mismatch the object is ours (If-None-Match succeeded): it is deleted
+  (``If-Match`` its ETag) and ``UploadCorrupted`` raised, so the caller retries;
+- on 412/409 the existing object is compared by its MD5 ETag, or by reading
+  it back and hashing it: same bytes is ``already_present``, a corrupt copy
+  of our own segment (its metadata names our SHA-256) is deleted as above,
+  different bytes are a ``ChecksumMismatch``.
+
+Whole-object reads ask for the stored checksum (``ChecksumMode=ENABLED``): a
+body that does not match it raises ``ChecksumMismatch`` (the stored object is
+corrupt) at its end.
+
+Failures surface quickly: botocore makes at most ``max_attempts`` attempts per
+request (a node worker passes 1 and retries with its own backoff) and waits
+``connect_timeout_s``/``read_timeout_s``; ``probe`` uses a separate client
+with one attempt and ``probe_timeout_s``.
 """
 
 from __future__ import annotations
@@ -15,7 +39,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -41,31 +65,45 @@ from tasks.errors import (
     InvalidInput,
     NotFound,
     Permanent,
+    SegmentFileError,
     StorageUnavailable,
+    UploadCorrupted,
     WalBackupError,
 )
+from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 from tasks.storage.base import (
+    Hasher,
     ObjectInfo,
     RemoteStorage,
     SegmentDigest,
     UploadResult,
+    changed_since_hashed,
+    check_digest_size,
     check_read_size,
     checksum_mismatch,
+    digest_segment_file,
+    digest_stream,
     open_segment_file,
+    read_chunks,
     redact_url,
-    sha256_stream,
     validate_key,
 )
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import HeadObjectOutputTypeDef, ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 DELETE_BATCH = 1000  # the most one DeleteObjects call takes
+
+DEFAULT_PROBE_TIMEOUT_S = 1.0
+
+SHA256_METADATA = "walbackup-sha256"
+"""User metadata (``x-amz-meta-walbackup-sha256``) naming the SHA-256 the writer
+meant to store: tells a corrupt copy of our own segment from someone else's."""
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
@@ -77,11 +115,17 @@ _ACCESS_CODES = frozenset(
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _RETRYABLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-     "ServiceUnavailable", "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"}
+     "ServiceUnavailable", "IncompleteBody"}
 )  # fmt: skip
+# The server computed another checksum over the bytes it received than we sent.
+_CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
+# A server that does not take If-Match on DELETE.
+_UNSUPPORTED_CODES = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest"})
+_KMS_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 # The key exists (412), or another conditional write to it is in flight (409).
 _EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-_UNREACHABLE = (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError)
+_UNREACHABLE = (BotoConnectionError, HTTPClientError, IncompleteReadError)
 _NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
 
 
@@ -103,16 +147,30 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _stored_sha256(head: HeadObjectOutputTypeDef) -> bytes | None:
-    """The object's full-object SHA-256, if the server keeps one (a multipart
-    upload's composite checksum is not a digest of the bytes)."""
-    value = head.get("ChecksumSHA256")
-    if not value or head.get("ChecksumType") == "COMPOSITE" or "-" in value:
+def _md5_etag(response: Mapping[str, Any]) -> str | None:
+    """The MD5 of the object's bytes, lower-case hex, when the ETag of a PUT,
+    HEAD or GET response is one: a single-part object's ETag is, unless it is
+    encrypted with SSE-KMS or SSE-C (multipart ETags end in ``-N``)."""
+    if response.get("ServerSideEncryption") in _KMS_ENCRYPTION or response.get(
+        "SSECustomerAlgorithm"
+    ):
         return None
-    return base64.b64decode(value)
+    match = _MD5_ETAG.fullmatch(str(response.get("ETag", "")))
+    return match.group(1).lower() if match else None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 class S3Storage(RemoteStorage):
+    """S3 storage. ``max_attempts`` is botocore's total attempts per request
+    (1: every failure reaches the caller at once, who retries with its own
+    backoff); ``connect_timeout_s``/``read_timeout_s`` bound how long one
+    attempt waits to connect and, once connected, for each read of the
+    answer; ``probe_timeout_s`` is both timeouts of ``probe`` (one attempt).
+    ``parallel_jobs`` sizes the connection pool."""
+
     def __init__(
         self,
         bucket: str,
@@ -120,45 +178,66 @@ class S3Storage(RemoteStorage):
         *,
         endpoint_url: str | None = None,
         parallel_jobs: int = 5,
-        max_attempts: int = 5,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 60.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
     ) -> None:
+        if max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be >= 1, got {max_attempts}")
         self.bucket = validate_bucket_name(bucket)
         self.prefix = validate_key(prefix) if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._root = f"{prefix}/" if prefix else ""
         self._endpoint_url = endpoint_url
         self._where = redact_url(endpoint_url) if endpoint_url else "AWS S3"
-        config_args: dict[str, Any] = {
-            "retries": {"mode": "standard", "max_attempts": max_attempts},
-            "max_pool_connections": max(10, parallel_jobs * 2),
-            "connect_timeout": connect_timeout_s,
-            "read_timeout": read_timeout_s,
+        common: dict[str, Any] = {
+            # Checksums of responses are validated where we ask for them
+            # (ChecksumMode on reads), not on the read-backs we hash ourselves.
+            "response_checksum_validation": "when_required",
         }
         if endpoint_url:
-            config_args["s3"] = {"addressing_style": "path"}
-        self._config = Config(**config_args)
+            common["s3"] = {"addressing_style": "path"}
+        self._config = Config(
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            max_pool_connections=max(10, parallel_jobs * 2),
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            **common,
+        )
+        self._probe_config = Config(
+            retries={"mode": "standard", "total_max_attempts": 1},
+            max_pool_connections=4,
+            connect_timeout=probe_timeout_s,
+            read_timeout=probe_timeout_s,
+            **common,
+        )
         self._lock = threading.Lock()
-        self._s3: S3Client | None = None
-        self._s3_pid = 0
-        self._warned_unverified = False
+        self._clients: dict[str, tuple[S3Client, int]] = {}
+        self._warned_etag = False
 
     def _client(self) -> S3Client:
         """One client per process, made on first use (clients are thread-safe;
         sessions are not, and neither survives a fork)."""
+        return self._cached_client("main", self._config)
+
+    def _probe_client(self) -> S3Client:
+        return self._cached_client("probe", self._probe_config)
+
+    def _cached_client(self, name: str, config: Config) -> S3Client:
         pid = os.getpid()
         with self._lock:
-            if self._s3 is None or self._s3_pid != pid:
+            cached = self._clients.get(name)
+            if cached is None or cached[1] != pid:
                 session = boto3.session.Session()
-                self._s3 = session.client(
+                client = session.client(
                     "s3",
                     region_name=session.region_name or DEFAULT_REGION,
                     endpoint_url=self._endpoint_url,
-                    config=self._config,
+                    config=config,
                 )
-                self._s3_pid = pid
-            return self._s3
+                cached = self._clients[name] = (client, pid)
+            return cached[0]
 
     def _full_key(self, key: str) -> str:
         return self._root + validate_key(key)
@@ -174,6 +253,11 @@ class S3Storage(RemoteStorage):
             )
         if code in _NOT_FOUND_CODES or status == 404:
             return NotFound(f"{where}: no such object")
+        if code in _CORRUPT_CODES:
+            return UploadCorrupted(
+                f"{where}: {code}: the server received other bytes than we sent "
+                f"(corrupted in transit) {message}".rstrip()
+            )
         if code in _RETRYABLE_CODES or status >= 500 or status == 429:
             return StorageUnavailable(f"{where}: {code or status} {message}".rstrip())
         return Permanent(f"{where}: {code or status} {message}".rstrip())
@@ -182,6 +266,11 @@ class S3Storage(RemoteStorage):
         if isinstance(exc, ClientError):
             message = exc.response.get("Error", {}).get("Message", "")
             return self._classify(_error_code(exc), _status(exc), action, message)
+        if isinstance(exc, FlexibleChecksumError):
+            return ChecksumMismatch(
+                f"{self.url}: {action}: checksum mismatch: the stored object is corrupt (the "
+                f"bytes {self._where} returned do not match the checksum stored with them)"
+            )
         if isinstance(exc, _UNREACHABLE):
             return StorageUnavailable(
                 f"{self.url}: {action}: cannot reach {self._where} ({type(exc).__name__})"
@@ -200,13 +289,17 @@ class S3Storage(RemoteStorage):
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, action) from exc
 
-    def upload_file(self, key: str, path: Path, expected_size: int) -> UploadResult:
+    def upload_file(
+        self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None
+    ) -> UploadResult:
         full_key = self._full_key(key)
+        if digest is not None:
+            check_digest_size(path, digest, expected_size)
         with open_segment_file(path, expected_size) as src:
-            digest, size = sha256_stream(src)
-            check_read_size(path, size, expected_size)
-            src.seek(0)
-            checksum = base64.b64encode(digest).decode()
+            if digest is None:
+                digest = digest_stream(src)
+                check_read_size(path, digest.size, expected_size)
+                src.seek(0)
             with self._errors(f"upload {key}"):
                 client = self._client()
                 try:
@@ -214,56 +307,182 @@ class S3Storage(RemoteStorage):
                         Bucket=self.bucket,
                         Key=full_key,
                         Body=src,
-                        ContentLength=size,
+                        ContentLength=expected_size,
+                        ContentMD5=_b64(digest.md5),
                         ChecksumAlgorithm="SHA256",
-                        ChecksumSHA256=checksum,
+                        ChecksumSHA256=_b64(digest.sha256),
+                        Metadata={SHA256_METADATA: digest.sha256_hex},
                         IfNoneMatch="*",
                     )
                 except ClientError as exc:
                     code = _error_code(exc)
+                    if code in _CORRUPT_CODES:
+                        raise self._corrupted(
+                            key, path, digest, f"{self._where} refused the bytes it got ({code})"
+                        ) from exc
                     if code not in _EXISTS_CODES:
                         raise
                     self._check_existing(
-                        client, key, full_key, digest, in_flight=code != "PreconditionFailed"
+                        client, key, path, digest, in_flight=code != "PreconditionFailed"
                     )
-                    return UploadResult(key, size, digest.hex(), already_present=True)
-        stored = response.get("ChecksumSHA256")
-        if stored is None:
-            if not self._warned_unverified:
-                self._warned_unverified = True
+                    return UploadResult(
+                        key, expected_size, digest.sha256_hex, digest.md5_hex, already_present=True
+                    )
+                self._verify_created(client, key, path, digest, response)
+        return UploadResult(
+            key, expected_size, digest.sha256_hex, digest.md5_hex, already_present=False
+        )
+
+    def _verify_created(
+        self,
+        client: S3Client,
+        key: str,
+        path: Path,
+        digest: SegmentDigest,
+        response: Mapping[str, Any],
+    ) -> None:
+        """Our conditional PUT created the object: it must hold our bytes. Its
+        ETag equal to our MD5 proves it; otherwise (no MD5-shaped ETag, or
+        another one) the object is read back and hashed, so that an endpoint
+        whose ETags are not MD5s costs a GET instead of failing every upload.
+        If the bytes differ, delete the object and raise."""
+        etag = _md5_etag(response)
+        if etag == digest.md5_hex:
+            return
+        try:
+            read_back, _ = self._read_back(client, key)
+        except NotFound as exc:
+            raise StorageUnavailable(
+                f"{self.url}: {key} was gone when read back after its upload; try again"
+            ) from exc
+        if read_back == digest:
+            if etag is not None and not self._warned_etag:
+                self._warned_etag = True
                 log.warning(
-                    "%s: %s returns no SHA-256 checksum on upload; stored bytes go unverified",
+                    "%s: %s returns ETags that are not the MD5 of the bytes; uploads are "
+                    "verified by reading them back",
                     self.url,
                     self._where,
                 )
-        elif stored != checksum:
-            raise ChecksumMismatch(
-                f"{self.url}: {self._where} stored {key} with sha256 "
-                f"{base64.b64decode(stored).hex()}, but we sent {digest.hex()}: the stored "
-                "object is not our segment"
-            )
-        return UploadResult(key, size, digest.hex(), already_present=False)
+            return
+        stored = (
+            f"etag {response.get('ETag', '?')}, sha256 {read_back.sha256_hex} "
+            f"({read_back.size} bytes)"
+        )
+        self._delete_corrupt(client, key, response.get("ETag"))
+        raise self._corrupted(key, path, digest, f"{self._where} stored {stored}")
 
     def _check_existing(
-        self, client: S3Client, key: str, full_key: str, digest: bytes, in_flight: bool
+        self, client: S3Client, key: str, path: Path, digest: SegmentDigest, in_flight: bool
     ) -> None:
-        """The key exists (or is being written): same bytes is success,
-        different bytes a ``ChecksumMismatch``."""
+        """The key exists (or is being written): same bytes is success, a
+        corrupt copy of our own segment is deleted (``UploadCorrupted``),
+        different bytes are a ``ChecksumMismatch``. Never decided by a
+        checksum the server merely echoes."""
+        full_key = self._full_key(key)
         try:
-            head = client.head_object(Bucket=self.bucket, Key=full_key, ChecksumMode="ENABLED")
+            head = client.head_object(Bucket=self.bucket, Key=full_key)
         except ClientError as exc:
             if in_flight and _status(exc) == 404:
                 raise StorageUnavailable(
                     f"{self.url}: another upload of {key} is in flight; try again"
                 ) from exc
             raise
-        stored = _stored_sha256(head)
-        if stored is None:
-            body = client.get_object(Bucket=self.bucket, Key=full_key)["Body"]
-            with body:
-                stored, _ = sha256_stream(body)
-        if stored != digest:
-            raise checksum_mismatch(self.url, key, digest.hex(), stored.hex())
+        if head.get("ContentLength") == digest.size and _md5_etag(head) == digest.md5_hex:
+            return
+        try:
+            stored, response = self._read_back(client, key)
+        except NotFound as exc:
+            raise StorageUnavailable(
+                f"{self.url}: {key} was deleted while we compared it; try again"
+            ) from exc
+        if stored == digest:
+            return
+        meant = response.get("Metadata", {}).get(SHA256_METADATA)
+        if meant == digest.sha256_hex:
+            # Someone (we, most likely, with the reply lost) wrote our segment
+            # and the server stored other bytes: not a split brain, a corrupt copy.
+            self._delete_corrupt(client, key, response.get("ETag"))
+            raise self._corrupted(
+                key,
+                path,
+                digest,
+                f"an earlier upload of it left sha256 {stored.sha256_hex} stored",
+            )
+        note = ""
+        if meant is not None and meant != stored.sha256_hex:
+            note = f" The stored object is corrupt too: its writer meant sha256 {meant}."
+        raise checksum_mismatch(self.url, key, digest.sha256_hex, stored.sha256_hex, note)
+
+    def _read_back(self, client: S3Client, key: str) -> tuple[SegmentDigest, Mapping[str, Any]]:
+        """Hash the object as stored (no checksum the server sends is trusted)."""
+        full_key = self._full_key(key)
+        with self._errors(f"read back {key}"):
+            response = client.get_object(Bucket=self.bucket, Key=full_key)
+            hasher = Hasher()
+            with response["Body"] as body:
+                for chunk in read_chunks(body):
+                    hasher.update(chunk)
+        return hasher.digest(), cast(Mapping[str, Any], response)
+
+    def _delete_corrupt(self, client: S3Client, key: str, etag: str | None) -> None:
+        """Delete the corrupt object we found under ``key``, only if it is still
+        that object (``If-Match`` its ETag). Failing is logged, not raised: the
+        next upload attempt finds the corrupt copy again and retries this."""
+        full_key = self._full_key(key)
+        try:
+            try:
+                if etag:
+                    client.delete_object(Bucket=self.bucket, Key=full_key, IfMatch=etag)
+                else:
+                    client.delete_object(Bucket=self.bucket, Key=full_key)
+            except ClientError as exc:
+                if _error_code(exc) in _UNSUPPORTED_CODES or _status(exc) == 501:
+                    # No conditional delete here: after our If-None-Match
+                    # create nobody else can have replaced the object.
+                    client.delete_object(Bucket=self.bucket, Key=full_key)
+                elif _status(exc) in (404, 412):
+                    log.warning(
+                        "%s: corrupt object %s was deleted or replaced meanwhile; left alone",
+                        self.url,
+                        key,
+                    )
+                else:
+                    raise
+        except (BotoCoreError, ClientError) as exc:
+            log.error(
+                "%s: could not delete corrupt object %s (%s); the next upload attempt retries",
+                self.url,
+                key,
+                self._translate(exc, f"delete {key}"),
+            )
+
+    def _corrupted(
+        self, key: str, path: Path, digest: SegmentDigest, stored: str
+    ) -> WalBackupError:
+        """The error for an upload whose bytes arrived corrupted (``stored``
+        says what the server has): if the local file no longer matches
+        ``digest`` it changed under us (``SegmentFileError``), else the bytes
+        were corrupted on the way (``UploadCorrupted``, retryable). Logged at
+        ERROR either way."""
+        what = (
+            f"{self.url}: upload of {key} arrived corrupted: we sent md5 {digest.md5_hex} "
+            f"(sha256 {digest.sha256_hex}), {stored}"
+        )
+        try:
+            now = digest_segment_file(path, digest.size)
+        except SegmentFileError as exc:
+            error: WalBackupError = exc
+        else:
+            if now != digest:
+                error = changed_since_hashed(path, digest, now)
+            else:
+                error = UploadCorrupted(f"{what}; the object is not kept: send it again")
+        if isinstance(error, UploadCorrupted):
+            log.error("%s", error)
+        else:
+            log.error("%s; %s", what, error)
+        return error
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         full_key = self._full_key(key)
@@ -274,11 +493,14 @@ class S3Storage(RemoteStorage):
             client = self._client()
             try:
                 if offset:
+                    # A full-object checksum says nothing about a range.
                     response = client.get_object(
                         Bucket=self.bucket, Key=full_key, Range=f"bytes={offset}-"
                     )
                 else:
-                    response = client.get_object(Bucket=self.bucket, Key=full_key)
+                    response = client.get_object(
+                        Bucket=self.bucket, Key=full_key, ChecksumMode="ENABLED"
+                    )
             except ClientError as exc:
                 if _error_code(exc) != "InvalidRange":
                     raise
@@ -301,6 +523,17 @@ class S3Storage(RemoteStorage):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root + prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"])
+
+    def delete(self, key: str) -> None:
+        full_key = self._full_key(key)
+        with self._errors(f"delete {key}"):
+            self._client().delete_object(Bucket=self.bucket, Key=full_key)
+
+    def probe(self) -> None:
+        """One ``ListObjectsV2`` (one key at most) through a client with a
+        single attempt and ``probe_timeout_s`` timeouts."""
+        with self._errors("probe"):
+            self._probe_client().list_objects_v2(Bucket=self.bucket, Prefix=self._root, MaxKeys=1)
 
     def delete_prefix(self, prefix: str) -> int:
         objects = self.list(prefix)
@@ -330,9 +563,10 @@ class S3Storage(RemoteStorage):
 
     def close(self) -> None:
         with self._lock:
-            if self._s3 is not None:
-                self._s3.close()
-                self._s3 = None
+            clients, self._clients = self._clients, {}
+        for client, pid in clients.values():
+            if pid == os.getpid():
+                client.close()
 
 
 class _ObjectStream(io.BufferedIOBase):

@@ -27,7 +27,9 @@ from tasks.errors import (
 from tasks.storage import (
     ObjectInfo,
     RemoteStorage,
+    SegmentDigest,
     UploadResult,
+    digest_segment_file,
     open_storage,
     segment_key,
     timeline_prefix,
@@ -50,6 +52,10 @@ BAD_KEYS = ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "", "a/
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -92,7 +98,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RemoteSt
 def test_round_trip_is_byte_identical(storage: RemoteStorage, segment: tuple[Path, bytes]) -> None:
     path, data = segment
     result = storage.upload_file(KEY, path, SEG_SIZE)
-    assert result == UploadResult(KEY, SEG_SIZE, sha(data), already_present=False)
+    assert result == UploadResult(KEY, SEG_SIZE, sha(data), md5(data), already_present=False)
     assert sha(read_all(storage, KEY)) == sha(data)
 
 
@@ -117,7 +123,7 @@ def test_same_bytes_again_is_already_present(
     path, data = segment
     storage.upload_file(KEY, path, SEG_SIZE)
     again = storage.upload_file(KEY, path, SEG_SIZE)
-    assert again == UploadResult(KEY, SEG_SIZE, sha(data), already_present=True)
+    assert again == UploadResult(KEY, SEG_SIZE, sha(data), md5(data), already_present=True)
     assert sha(read_all(storage, KEY)) == sha(data)
 
 
@@ -186,6 +192,66 @@ def test_delete_prefix_removes_only_that_timeline(storage: RemoteStorage, tmp_pa
     with pytest.raises(NotFound):
         storage.open_read(KEY)
     assert storage.delete_prefix(timeline_prefix(TIMELINE)) == 0
+
+
+def test_upload_with_the_callers_digest(
+    storage: RemoteStorage, segment: tuple[Path, bytes]
+) -> None:
+    path, data = segment
+    digest = digest_segment_file(path, SEG_SIZE)
+    result = storage.upload_file(KEY, path, SEG_SIZE, digest=digest)
+    assert result == UploadResult(KEY, SEG_SIZE, sha(data), md5(data), already_present=False)
+    again = storage.upload_file(KEY, path, SEG_SIZE, digest=digest)
+    assert again.already_present
+    assert read_all(storage, KEY) == data
+
+
+def test_file_changed_since_hashed_is_refused_and_nothing_kept(
+    storage: RemoteStorage, tmp_path: Path
+) -> None:
+    """The caller hashed other bytes than the file now holds (same size)."""
+    hashed, now = os.urandom(MIB), os.urandom(MIB)
+    digest = digest_segment_file(write(tmp_path / "seg", hashed), MIB)
+    path = write(tmp_path / "seg", now)
+    with pytest.raises(SegmentFileError, match="changed between being hashed and being stored"):
+        storage.upload_file(KEY, path, MIB, digest=digest)
+    assert stored_files(storage) == []
+    assert storage.upload_file(KEY, path, MIB).sha256_hex == sha(now)
+
+
+def test_digest_of_another_size_is_refused(storage: RemoteStorage, tmp_path: Path) -> None:
+    path = write(tmp_path / "seg", b"x" * 100)
+    digest = SegmentDigest(hashlib.sha256(b"x" * 99).digest(), hashlib.md5(b"x" * 99).digest(), 99)
+    with pytest.raises(SegmentFileError, match="covers 99 bytes, expected 100"):
+        storage.upload_file(KEY, path, 100, digest=digest)
+    assert stored_files(storage) == []
+
+
+def test_delete_one_object(storage: RemoteStorage, tmp_path: Path) -> None:
+    uploaded = upload_timelines(storage, tmp_path)
+    victim = segment_key(TIMELINE, "000000010000000000000002")
+    storage.delete(victim)
+    with pytest.raises(NotFound):
+        storage.open_read(victim)
+    assert [i.key for i in storage.list("")] == sorted(k for k in uploaded if k != victim)
+    storage.delete(victim)  # gone already: not an error
+    storage.delete(segment_key(STRANGER, "0000000100000000000000FF"))  # never there
+    storage.delete(timeline_prefix(SIBLING).rstrip("/"))  # a "directory" is no object
+    assert len(list(storage.list(timeline_prefix(SIBLING)))) == 3
+    with pytest.raises(InvalidInput):
+        storage.delete("../x")
+
+
+def test_probe_passes_on_healthy_storage(storage: RemoteStorage) -> None:
+    storage.probe()
+    assert stored_files(storage) == []  # leaves nothing behind
+
+
+def test_probe_of_a_vanished_directory_is_storage_unavailable(tmp_path: Path) -> None:
+    storage = open_storage((tmp_path / "remote").as_uri())
+    (tmp_path / "remote").rmdir()
+    with pytest.raises(StorageUnavailable, match="not usable"):
+        storage.probe()
 
 
 def test_missing_key_is_not_found(storage: RemoteStorage) -> None:
@@ -336,6 +402,8 @@ def test_missing_bucket_is_bucket_missing(request: pytest.FixtureRequest, tmp_pa
         lambda: storage.open_read(KEY),
         lambda: list(storage.list("")),
         lambda: storage.delete_prefix(""),
+        lambda: storage.delete(KEY),
+        storage.probe,
     ]
     for call in calls:
         with pytest.raises(BucketMissing) as caught:
@@ -357,6 +425,8 @@ def test_unreachable_endpoint_is_storage_unavailable(tmp_path: Path) -> None:
         storage.upload_file(KEY, write(tmp_path / "seg", b"x" * 100), 100)
     with pytest.raises(StorageUnavailable):
         storage.open_read(KEY)
+    with pytest.raises(StorageUnavailable, match="probe"):
+        storage.probe()
 
 
 @pytest.mark.timeout(60)
