@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 class ObjectInfo:
     key: str  # relative to the backend root
     size: int
+    etag: str | None = None
+    """S3's ETag without quotes (the MD5 of a single-part upload's bytes);
+    ``None`` where the backend has none."""
 
 
 @dataclass(frozen=True, slots=True)

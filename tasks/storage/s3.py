@@ -522,7 +522,8 @@ class S3Storage(RemoteStorage):
             paginator = self._client().get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root + prefix):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"])
+                    etag = obj.get("ETag", "").strip('"') or None
+                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag)
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)

@@ -52,7 +52,7 @@ def s3_cluster(
     redis_server = RedisServer()
     redis_server.start()
     moto_server.start()
-    proxy = S3FaultProxy(moto_server.endpoint_url, root / "proxy.log")
+    proxy = S3FaultProxy(moto_server.endpoint_url, log_path=root / "proxy.log")
     proxy.start()
     bucket = f"walbackup-faults-{int(time.time() * 1000)}"
     client = s3_client(moto_server.endpoint_url)
