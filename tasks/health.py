@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("walbackup.health")
@@ -23,6 +24,8 @@ class StorageHealth:
         self._probe = probe
         self.interval_s = interval_s
         self.recoveries = 0
+        self.recovered_at = 0.0
+        """``time.monotonic()`` of the last recovery."""
         self._degraded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,6 +55,7 @@ class StorageHealth:
             while self._degraded.is_set() and not self._stop.is_set():
                 if self.probe_once():
                     if probe_failed:
+                        self.recovered_at = time.monotonic()
                         self.recoveries += 1
                         log.info("remote storage answers again: retrying parked uploads now")
                     self._degraded.clear()

@@ -89,6 +89,10 @@ AGREEMENT_WAIT_S = 10.0
 """After this long, a live peer that still has not published its digest of a
 segment is no longer waited for: the segment is judged on the others."""
 PEERS_CACHE_S = 0.5
+SLOW_UPLOAD_S = 2.0
+"""An upload still waiting after this long makes the node probe storage: if
+the endpoint is down and comes back, the upload is sent again (``_hedge``)
+rather than waiting out a connection the outage may have killed silently."""
 
 
 CHAIN_BUDGET_S = 1.0
@@ -187,6 +191,9 @@ class NodeService:
         self._backup_known: dict[str, Lsn | None] = {}  # from the last heartbeat round
         self._peers: dict[str, tuple[float, list[PeerRecord]]] = {}
         self._pending_since: dict[tuple[str, int], float] = {}
+        self._uploading: dict[UploadRef, float] = {}  # -> time.monotonic() it started
+        self._hedged_for = 0  # health.recoveries already acted on
+        self._suspected: set[UploadRef] = set()  # slow uploads that started a probe
         self._digest_wake = threading.Event()
         self._digester: threading.Thread | None = None
         self._scrubber: threading.Thread | None = None
@@ -466,7 +473,16 @@ class NodeService:
         upload_started = time.monotonic()
         digest = self._read_copy(ttid, segno, path, seg_size)
         self._check_agreement(ttid, segno, seg_size, digest, name)
-        result = self.storage.upload_file(segment_key(parsed, name), path, seg_size, digest=digest)
+        ref = UploadRef(ttid, segno, seg_size, token)
+        with self._lock:
+            self._uploading[ref] = time.monotonic()
+        try:
+            result = self.storage.upload_file(
+                segment_key(parsed, name), path, seg_size, digest=digest
+            )
+        finally:
+            with self._lock:
+                self._uploading.pop(ref, None)
         result_s = time.monotonic() - upload_started
         UPLOAD_SECONDS.observe(result_s)
         UPLOADED_BYTES.inc(result.size)
@@ -634,7 +650,35 @@ class NodeService:
             with contextlib.suppress(redis.RedisError):
                 self._publish([st])
 
+    def _hedge(self) -> None:
+        """Storage just recovered: uploads that started before may sit on
+        connections the outage killed silently, until their read timeout.
+        Send each once more; the conditional write makes the second harmless."""
+        now = time.monotonic()
+        with self._lock:
+            slow = {u for u, t in self._uploading.items() if now - t > SLOW_UPLOAD_S}
+            self._suspected &= self._uploading.keys()
+            new = slow - self._suspected
+            self._suspected |= new
+        if new:
+            self.health.failed()  # only a probe that fails, then passes, hedges
+        recoveries = self.health.recoveries
+        if recoveries == self._hedged_for:
+            return
+        self._hedged_for = recoveries
+        with self._lock:
+            stuck = [u for u, t in self._uploading.items() if t < self.health.recovered_at]
+        for u in stuck:
+            log.info(
+                "Timeline %s: storage answers again; uploading segno %d once more beside "
+                "the attempt still waiting",
+                u.ttid,
+                u.segno,
+            )
+            self.send_upload(u.ttid, u.segno, u.seg_size, u.token, 0)
+
     def _send_parked(self) -> None:
+        self._hedge()
         due = self.retries.take_due(self.health.recoveries)
         for i, item in enumerate(due):
             u = item.upload

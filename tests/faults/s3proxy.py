@@ -32,6 +32,9 @@ Modes (``MODES``):
   Continue``) until the fault changes; then forward it as usual — a healed
   partition lets held connections continue, so a write the client gave up on
   may land late;
+- ``blackhole_drop``: the same, but a partition that silently lost the held
+  connections: after the fault changes they stay silent until the client
+  gives up (its read timeout) and closes them;
 - ``latency``: wait ``ms`` milliseconds, then forward;
 - ``flip_byte``: flip the middle byte of the request body (requests with a
   body only; a ``Transfer-Encoding: chunked`` body is flipped as framed),
@@ -72,6 +75,7 @@ MODES = frozenset(
         "error500_after_forward",
         "reset_mid_body",
         "blackhole",
+        "blackhole_drop",
         "latency",
         "flip_byte",
     }
@@ -101,6 +105,7 @@ class Fault:
     methods: frozenset[str] | None = None  # None: every method
     remaining: int | None = None  # None: every matching request
     ms: int = 0
+    generation: int = 0  # of the fault in force when a request picked it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,7 +144,7 @@ class ProxyState:
             if fault.remaining is not None:
                 fault.remaining -= 1
             self.faulted[method] += 1
-            return Fault(fault.mode, fault.methods, None, fault.ms)
+            return Fault(fault.mode, fault.methods, None, fault.ms, self.generation)
 
     def set(self, fault: Fault) -> None:
         with self.cond:
@@ -147,11 +152,12 @@ class ProxyState:
             self.generation += 1
             self.cond.notify_all()
 
-    def hold(self) -> None:
-        """Block until the fault changes (a black hole that heals)."""
+    def hold(self, generation: int) -> None:
+        """Block until the fault in force when the request arrived (its
+        ``generation``) changes: a black hole that heals, also while the
+        request's body was still on its way."""
         with self.cond:
             self.held += 1
-            generation = self.generation
             while self.generation == generation:
                 self.cond.wait()
             self.held -= 1
@@ -329,13 +335,18 @@ class Connection:
             self.reset()
             return False
 
-        if expect and mode != "blackhole":
+        if expect and not mode.startswith("blackhole"):
             self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         # A black hole says nothing: boto3 sends the body after waiting 1 s.
         body = self.read_chunked() if chunked else self.read_exactly(length)
 
-        if mode == "blackhole":
-            self.state.hold()
+        if mode.startswith("blackhole"):
+            self.state.hold(fault.generation)
+            if mode == "blackhole_drop":
+                with contextlib.suppress(OSError):
+                    while self.sock.recv(65536):  # until the client closes
+                        pass
+                return False
         elif mode in ("error500", "slowdown503"):
             self.send_error(mode, method, path, keep_alive)
             return keep_alive

@@ -93,6 +93,7 @@ FAULTS = [
     ("flip_byte", {"methods": ["PUT"]}, 3.0, True, None),
     ("latency", {"ms": 300}, 3.0, False, None),
     ("blackhole", {}, 12.0, True, 2.0),
+    ("blackhole_drop", {}, 4.0, False, 2.0),
 ]
 
 
