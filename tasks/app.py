@@ -30,7 +30,13 @@ _queues = [Queue(SHARED_QUEUE)]
 if settings.node_id is not None:
     _queues.append(Queue(node_queue(settings.node_id)))
 
-app = Celery("walbackup", broker=settings.effective_broker_url, include=["tasks.jobs"])
+# amqp: Celery's broker plumbing, with the Redis transport of tasks.broker.
+app = Celery(
+    "walbackup",
+    broker=settings.effective_broker_url,
+    include=["tasks.jobs"],
+    amqp="tasks.broker:AMQP",
+)
 app.conf.update(
     # JSON only: anyone who can write to Redis could run code through pickle.
     task_serializer="json",
@@ -43,7 +49,22 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # A Redis restart is survived in-process (SPEC §9): reconnect forever
+    # (kombu's default gives up after 100 attempts, ~50 minutes, and the
+    # worker exits), through the Redis transport of tasks/broker.py (the
+    # `amqp` class above), which turns kombu's crash on a channel closed by a
+    # lost connection into a logged connection error.
+    broker_connection_retry=True,
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    # Off (Celery 5's default, made explicit): cancelling acks-late tasks on a
+    # connection loss needs a pool that can kill a running task, and the
+    # threads pool a node runs cannot (it only logs "Failed to cancel").
+    # Their messages are redelivered anyway (restored when the channel
+    # closes, or after visibility_timeout), so such a task may run twice:
+    # every walbackup task is idempotent, and an upload whose lease changed
+    # meanwhile is fenced at its commit.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options={
         # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
         # so a running upload is never delivered twice.
