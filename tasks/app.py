@@ -79,9 +79,11 @@ app.conf.update(
     task_create_missing_queues=True,
     worker_concurrency=settings.parallel_jobs + 4,
     # Beat: schedule and its lock in Redis, so a second beat waits instead of
-    # doubling the work (RedBeat).
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
+    # doubling the work (RedBeat, through beat/scheduler.py, which survives
+    # Redis restarts). RedBeat's Redis URL is set by that scheduler, in beat
+    # only: a setting here would show the Redis password in every worker's
+    # `inspect conf` and in Flower (Celery masks broker_url, not redbeat_*).
+    beat_scheduler="beat.scheduler:WalBackupScheduler",
     redbeat_key_prefix="walbackup:redbeat:",
     beat_max_loop_interval=1,
     redbeat_lock_timeout=10,
