@@ -65,6 +65,16 @@ app.conf.update(
     # every walbackup task is idempotent, and an upload whose lease changed
     # meanwhile is fenced at its commit.
     worker_cancel_long_running_tasks_on_connection_loss=False,
+    # A message published while Redis restarts waits for it (~30 s) instead
+    # of failing after Celery's default 3 quick attempts (~0.6 s): a claimed
+    # segment's upload task or an upload's retry lost that way stalls its
+    # timeline until the claim times out (minutes).
+    task_publish_retry_policy={
+        "max_retries": 30,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
     broker_transport_options={
         # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
         # so a running upload is never delivered twice.
