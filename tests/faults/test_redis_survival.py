@@ -188,6 +188,7 @@ def test_redis_disruption_is_survived(fault: Fault, cluster: tuple[Cluster, Redi
         elections_before = log_text(c, "beat").count(ELECT)
         fault.inject(server)
         back = time.monotonic()
+        at_return = c.backup_lsn(ttid)
         assert_all_alive(c)
         # New WAL after Redis returned.
         time.sleep(1)
@@ -212,8 +213,8 @@ def test_redis_disruption_is_survived(fault: Fault, cluster: tuple[Cluster, Redi
         "beat to send elections again",
     )
     print(
-        f"\n{fault.name}: backup_lsn at the end of the WAL written after Redis "
-        f"returned ({end}) {resumed_s:.1f}s after it returned"
+        f"\n{fault.name}: backup_lsn from {at_return} when Redis returned to the end "
+        f"of the WAL written since ({end}) in {resumed_s:.1f}s (1 s of it writing)"
     )
 
     assert_all_alive(c)
