@@ -69,7 +69,9 @@ log = logging.getLogger("walbackup.broker")
 
 class BrokerConnectionLost(redis.exceptions.ConnectionError):
     """The channel closed with its broker connection: what it delivered can
-    no longer be acked or rejected through it; Redis delivers it again."""
+    no longer be acked or rejected through it. Such a message is delivered
+    again: given back when the channel closed, or from Redis's unacked index
+    after ``visibility_timeout`` (unless Redis lost its data)."""
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -77,7 +79,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         if self.channel.closed:
             raise BrokerConnectionLost(
                 f"cannot {action} message {delivery_tag}: its channel closed with the "
-                "broker connection; Redis delivers it again"
+                "broker connection (the message is delivered again)"
             )
 
     def ack(self, delivery_tag: Any) -> None:
