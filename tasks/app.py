@@ -30,7 +30,13 @@ _queues = [Queue(SHARED_QUEUE)]
 if settings.node_id is not None:
     _queues.append(Queue(node_queue(settings.node_id)))
 
-app = Celery("walbackup", broker=settings.effective_broker_url, include=["tasks.jobs"])
+# amqp: Celery's broker plumbing, with the Redis transport of tasks.broker.
+app = Celery(
+    "walbackup",
+    broker=settings.effective_broker_url,
+    include=["tasks.jobs"],
+    amqp="tasks.broker:AMQP",
+)
 app.conf.update(
     # JSON only: anyone who can write to Redis could run code through pickle.
     task_serializer="json",
@@ -43,7 +49,32 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # A Redis restart is survived in-process (SPEC §9): reconnect forever
+    # (kombu's default gives up after 100 attempts, ~50 minutes, and the
+    # worker exits), through the Redis transport of tasks/broker.py (the
+    # `amqp` class above), which turns kombu's crash on a channel closed by a
+    # lost connection into a logged connection error.
+    broker_connection_retry=True,
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    # Off (Celery 5's default, made explicit): cancelling acks-late tasks on a
+    # connection loss needs a pool that can kill a running task, and the
+    # threads pool a node runs cannot (it only logs "Failed to cancel").
+    # Their messages are redelivered anyway (restored when the channel
+    # closes, or after visibility_timeout), so such a task may run twice:
+    # every walbackup task is idempotent, and an upload whose lease changed
+    # meanwhile is fenced at its commit.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    # A message published while Redis restarts waits for it (~30 s) instead
+    # of failing after Celery's default 3 quick attempts (~0.6 s): a claimed
+    # segment's upload task or an upload's retry lost that way stalls its
+    # timeline until the claim times out (minutes).
+    task_publish_retry_policy={
+        "max_retries": 30,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
     broker_transport_options={
         # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
         # so a running upload is never delivered twice.
@@ -58,9 +89,11 @@ app.conf.update(
     task_create_missing_queues=True,
     worker_concurrency=settings.parallel_jobs + 4,
     # Beat: schedule and its lock in Redis, so a second beat waits instead of
-    # doubling the work (RedBeat).
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=settings.redis_url,
+    # doubling the work (RedBeat, through beat/scheduler.py, which survives
+    # Redis restarts). RedBeat's Redis URL is set by that scheduler, in beat
+    # only: a setting here would show the Redis password in every worker's
+    # `inspect conf` and in Flower (Celery masks broker_url, not redbeat_*).
+    beat_scheduler="beat.scheduler:WalBackupScheduler",
     redbeat_key_prefix="walbackup:redbeat:",
     beat_max_loop_interval=1,
     redbeat_lock_timeout=10,

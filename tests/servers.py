@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,38 +26,83 @@ __all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get"]
 
 
 class RedisServer:
-    """A throwaway redis-server process; ``stop``/``start`` keep the port."""
+    """A throwaway redis-server process; ``stop``/``start`` keep the port.
 
-    def __init__(self) -> None:
+    ``appendonly``: persist to an AOF in ``dir`` (so a ``kill`` + ``start``
+    comes back with the data); ``password``: ``--requirepass`` (and in
+    ``url``). ``kill``/``pause``/``resume`` inject faults; ``start`` again
+    restarts on the same port and directory.
+    """
+
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="walbackup-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = appendonly
+        self.password = password
+        self.extra_args = extra_args
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        args = [*redis_server_command(self.port, self.dir), "--maxclients", "2000"]
+        if self.appendonly:
+            # Later options win: this overrides the embedded "--appendonly no".
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        return [*args, *self.extra_args]
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis(port=self.port, password=self.password)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*redis_server_command(self.port, self.dir), "--maxclients", "2000"],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = self.client()
         deadline = time.monotonic() + 10
         while True:
             try:
                 client.ping()
                 return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
             finally:
                 client.close()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; an AOF keeps what was fsynced."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot exit
             self.proc.terminate()
             try:
                 self.proc.wait(5)

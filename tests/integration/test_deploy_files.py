@@ -238,6 +238,79 @@ def test_compose_file_describes_the_cluster() -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_compose_services_are_supervised() -> None:
+    """Nothing should die on a Redis restart, but a supervisor is still the rule."""
+    services = _compose()["services"]
+    for name, service in services.items():
+        if name != "createbucket":  # one shot
+            assert service.get("restart") == "unless-stopped", name
+
+
+# -- systemd units ------------------------------------------------------------
+
+SYSTEMD = REPO / "docker" / "systemd"
+UNITS = ("walbackup-node@.service", "walbackup-beat.service", "walbackup-flower.service")
+
+
+def _unit(name: str) -> dict[str, list[tuple[str, str]]]:
+    """Section -> (key, value) lines of a unit file (keys may repeat)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in (SYSTEMD / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), [])
+        else:
+            key, _, value = line.partition("=")
+            current.append((key, value))
+    return sections
+
+
+def _values(section: list[tuple[str, str]], key: str) -> list[str]:
+    return [v for k, v in section if k == key]
+
+
+def test_systemd_units_restart_always() -> None:
+    commands = {}
+    for name in UNITS:
+        unit = _unit(name)
+        service = unit["Service"]
+        assert _values(service, "Restart") == ["always"], name
+        assert _values(unit["Unit"], "StartLimitIntervalSec") == ["0"], name  # never give up
+        assert _values(service, "User") == ["walbackup"], name
+        assert "/etc/walbackup/walbackup.env" in _values(service, "EnvironmentFile"), name
+        assert _values(unit["Install"], "WantedBy") == ["multi-user.target"], name
+        (commands[name],) = _values(service, "ExecStart")
+    assert commands["walbackup-beat.service"].endswith("celery -A tasks beat --loglevel=INFO")
+    assert "/celery -A tasks flower --address=127.0.0.1 " in commands["walbackup-flower.service"]
+    # The node template: the instance is the node id; %%h is Celery's %h.
+    node = _unit("walbackup-node@.service")["Service"]
+    assert "WALBACKUP_NODE_ID=%i" in _values(node, "Environment")
+    assert any(v.startswith("WALBACKUP_WORKDIR=") for v in _values(node, "Environment"))
+    assert commands["walbackup-node@.service"].endswith(
+        "celery -A tasks worker -n node%i@%%h --loglevel=INFO"
+    )
+    assert _values(node, "KillSignal") == ["SIGTERM"]  # Celery's warm shutdown
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` accepts the units (celery pointed at this venv)."""
+    paths = []
+    for name in UNITS:
+        text = (SYSTEMD / name).read_text()
+        text = text.replace("/opt/walbackup/venv/bin/celery", str(BIN / "celery"))
+        path = tmp_path / name.replace("@.", "@1.")  # an instance of the template
+        path.write_text(text)
+        paths.append(str(path))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
 def _docker_compose_available() -> bool:
     if shutil.which("docker") is None:
         return False

@@ -128,13 +128,17 @@ def test_redis_data_loss_recovers_backup_lsn_from_nodes(
     time.sleep(2.5)  # every node copies backup_lsn to its state file each second
 
     redis.Redis.from_url(cluster.redis_url).flushdb()  # our private server
-    # RedBeat's lock went with the data: its beat exits, and a supervisor
-    # starts it again.
-    cluster.kill("beat", signal.SIGTERM)
-    cluster.start_beat()
+    # RedBeat's lock and schedule went with the data: beat takes the lock
+    # again and re-creates its schedule (beat/scheduler.py), without a restart.
     with BackupSampler(cluster, ttid) as sampler:
         simulate(workdirs, [ttid], segments=5, seg_size=SEG_SIZE, start_segno=11)
         cluster.wait_backup(ttid, Lsn.from_segment(16, 0, SEG_SIZE), timeout=60)
+    assert cluster.procs["beat"].poll() is None, cluster.tail_logs()
+    wait_for(
+        lambda: "re-creating them" in cluster.log_path("beat").read_text(),
+        10,
+        "beat to re-create its schedule entries",
+    )
     samples = sampler.samples
     assert samples and min(samples) >= done, "backup_lsn restarted below what was backed up"
     assert samples == sorted(samples)

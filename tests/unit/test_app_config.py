@@ -62,3 +62,39 @@ def test_node_worker_config(tmp_path: Path) -> None:
 
 def test_worker_without_node_id_serves_shared_queue_only() -> None:
     assert probe({})["queues"] == ["walbackup"]
+
+
+BROKER_PROBE = """
+import json
+from tasks.app import app
+conn = app.connection_for_write()
+print(json.dumps({
+    "conf": repr(app.conf.table(with_defaults=True)),
+    "humanized": app.conf.humanize(with_defaults=True),
+    "transport": type(conn.transport).__module__ + "." + type(conn.transport).__name__,
+    "uri": conn.as_uri(),
+    "max_retries": app.conf.broker_connection_max_retries,
+    "beat_scheduler": app.conf.beat_scheduler,
+}))
+"""
+
+
+def test_broker_survives_restarts_and_hides_the_password() -> None:
+    password = "pw" + "0123456789abcdef" * 2
+    out = subprocess.run(
+        [sys.executable, "-c", BROKER_PROBE],
+        env=env_without_walbackup()
+        | {"WALBACKUP_REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    conf = json.loads(out.stdout)
+    # The transport of tasks/broker.py, behind an unchanged redis:// URL.
+    assert conf["transport"] == "tasks.broker.Transport"
+    assert conf["uri"] == "redis://:**@127.0.0.1:6379/0"
+    assert conf["max_retries"] is None  # reconnect forever
+    assert conf["beat_scheduler"] == "beat.scheduler:WalBackupScheduler"
+    # What `celery inspect conf` and `celery report` show (Flower too).
+    assert password not in conf["conf"] and password not in conf["humanized"]

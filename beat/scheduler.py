@@ -1,0 +1,222 @@
+"""Beat's scheduler: RedBeat, made to survive Redis restarts and data loss
+(``beat_scheduler`` in ``tasks.app``).
+
+RedBeat keeps the schedule and a lock in Redis; one beat holds the lock and
+ticks, any other waits for it. Stock RedBeat (2.4) lets beat die on every
+Redis disruption: ``RedBeatScheduler.tick`` extends the lock first, and a
+``ConnectionError``/``TimeoutError`` (Redis down or frozen) or a
+``LockNotOwnedError`` (the lock expired during a freeze, or went with a
+FLUSHDB or an empty restart) ends the process; and once Redis lost its data,
+the schedule entries are gone, so a surviving beat would send nothing.
+
+This scheduler, per tick:
+
+- takes the lock (without blocking) when it holds none, else stands by: a
+  lock lost to a disruption is taken again, and a second beat still never
+  ticks at the same time (RedBeat's own blocking ``beat_init`` handler is
+  not used);
+- re-creates the schedule entries when Redis lost them;
+- on a Redis or broker outage logs one line per kind of failure (again every
+  ``REPORT_EVERY_S`` while it lasts, with a count) instead of a traceback per
+  tick, and tries again after ``RETRY_S``.
+
+It also sets RedBeat's Redis URL itself, in the beat process only: in the app
+configuration it would show the Redis password in every worker's
+``inspect conf`` (Celery masks ``broker_url``, not ``redbeat_redis_url``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery.beat import SchedulingError
+from celery.signals import beat_init
+from kombu.exceptions import OperationalError
+from redbeat.schedulers import (
+    LUA_EXTEND_TO_SCRIPT,
+    RedBeatScheduler,
+    acquire_distributed_beat_lock,
+    get_redis,
+)
+from redis.exceptions import LockError
+
+log = logging.getLogger("celery.beat")
+
+RETRY_S = 1.0
+"""Sleep after a failed tick."""
+
+REPORT_EVERY_S = 30.0
+"""A failure that lasts is logged again at most this often."""
+
+REDIS_OPTIONS: dict[str, Any] = {
+    # A frozen or black-holed Redis fails a command within seconds instead of
+    # blocking beat until TCP gives up.
+    "socket_timeout": 5,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+}
+
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # includes BusyLoadingError (Redis loading its AOF)
+    redis.TimeoutError,
+    OperationalError,  # kombu: the broker could not be reached to publish
+)
+
+
+class OutageLog:
+    """One log line per kind of failure, then at most one per ``every``
+    seconds while it lasts; one line when ticks succeed again."""
+
+    def __init__(self, every: float = REPORT_EVERY_S) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}  # failures not reported yet
+        self._total = 0
+        self._started: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        now = time.monotonic()
+        self._total += 1
+        if self._started is None:
+            self._started = now
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self._since[kind] = self._since.get(kind, 0) + 1
+            return
+        more = self._since.pop(kind, 0)
+        self._last[kind] = now
+        log.warning(
+            "beat: tick failed: %s: %s (%s; retrying every %gs)",
+            kind,
+            exc,
+            f"{more} more since the last report" if more else "first of its kind",
+            RETRY_S,
+        )
+
+    def recovered(self) -> None:
+        if self._started is None:
+            return
+        log.warning(
+            "beat: ticking again after %d failed tick(s) over %.1fs",
+            self._total,
+            time.monotonic() - self._started,
+        )
+        self._last.clear()
+        self._since.clear()
+        self._total = 0
+        self._started = None
+
+
+class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        from tasks.config import get_settings
+
+        # Before RedBeat reads its configuration (ensure_conf in __init__).
+        app.conf.redbeat_redis_url = get_settings().redis_url
+        app.conf.redbeat_redis_options = dict(REDIS_OPTIONS)
+        # RedBeat takes its lock in a beat_init handler, blocking until it
+        # is free; a Redis outage meanwhile leaves beat without a lock (the
+        # error is logged and ignored). Here every tick takes it if free.
+        beat_init.disconnect(acquire_distributed_beat_lock)
+        self.outages = OutageLog()
+        self.lock: Any = None
+        self._standing_by = False
+        super().__init__(app, *args, **kwargs)
+
+    # -- schedule entries ------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        """Store the static entries; with Redis unreachable at start, the
+        first tick that reaches it does."""
+        try:
+            super().setup_schedule()
+        except OUTAGE_ERRORS as exc:
+            self.outages.failed(exc)
+
+    def _restore_entries(self) -> None:
+        """Re-create the static entries if Redis lost them (one round trip)."""
+        conf = self.app.redbeat_conf
+        keys = [self.Entry.generate_key(self.app, name) for name in conf.schedule]
+        if not keys:
+            return
+        with get_redis(self.app).pipeline() as pipe:
+            for key in keys:
+                pipe.zscore(conf.schedule_key, key)
+            scores = pipe.execute()
+        if any(score is None for score in scores):
+            log.warning("beat: schedule entries missing in Redis (data lost?): re-creating them")
+            super().setup_schedule()
+
+    # -- the lock --------------------------------------------------------------
+
+    def _new_lock(self) -> Any:
+        # As RedBeat's acquire_distributed_beat_lock makes it.
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        return lock
+
+    def _hold_lock(self) -> bool:
+        """Whether this beat holds the lock now, taking it if it is free."""
+        if self.lock is not None:
+            return True
+        lock = self._new_lock()
+        if not lock.acquire(blocking=False):
+            if not self._standing_by:
+                log.info("beat: another beat holds the lock; standing by")
+                self._standing_by = True
+            return False
+        self.lock = lock
+        self._standing_by = False
+        log.info("beat: Acquired lock")
+        return True
+
+    # -- ticks -----------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            if self.lock_key and not self._hold_lock():
+                self.outages.recovered()
+                return float(self.max_interval)
+            interval = float(super().tick(*args, **kwargs))  # extends the lock first
+            self._restore_entries()  # sent from the next tick on: they are due
+        except LockError as exc:
+            # Expired during a freeze, or lost with Redis's data: nothing was
+            # sent; take it again (or stand by) from the next tick on.
+            log.warning("beat: lost the lock (%s); taking it again if free", exc)
+            self.lock = None
+            return RETRY_S
+        except OUTAGE_ERRORS as exc:
+            self.outages.failed(exc)
+            return RETRY_S
+        self.outages.recovered()
+        return interval
+
+    def maybe_due(self, entry: Any, **kwargs: Any) -> Any:
+        """RedBeat's, except that an outage while sending goes to ``tick``
+        (one line) instead of a traceback per entry and tick."""
+        is_due, next_time_to_run = entry.is_due()
+        if is_due:
+            log.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+            try:
+                self.apply_async(entry, **kwargs)
+            except OUTAGE_ERRORS:
+                raise  # from storing the entry's next run in Redis
+            except SchedulingError as exc:
+                if isinstance(exc.__context__, OUTAGE_ERRORS):
+                    raise exc.__context__ from None  # from publishing
+                log.exception("Scheduler: Message Error: %s", exc)
+            except Exception as exc:
+                log.exception("Scheduler: Message Error: %s", exc)
+        return next_time_to_run
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (LockError, redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            log.warning("beat: could not release the lock at exit: %s", exc)
+            self.lock = None

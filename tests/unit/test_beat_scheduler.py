@@ -1,0 +1,36 @@
+"""beat/scheduler.py's outage log: one line per kind of failure, rate-limited."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+
+from beat import scheduler
+from beat.scheduler import OutageLog
+
+
+def test_one_line_per_kind_then_one_per_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    outages = OutageLog(every=30)
+    with caplog.at_level(logging.INFO, logger="celery.beat"):
+        for _ in range(20):  # a tick a second
+            outages.failed(redis.ConnectionError("Error 111 connecting"))
+            now[0] += 1
+        outages.failed(redis.TimeoutError("Timeout reading from socket"))
+        for _ in range(15):
+            outages.failed(redis.ConnectionError("Error 111 connecting"))
+            now[0] += 1
+        outages.recovered()
+        outages.recovered()  # nothing more to say
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("beat: tick failed: ConnectionError: Error 111 connecting")
+    assert "first of its kind" in lines[0]
+    assert lines[1].startswith("beat: tick failed: TimeoutError")
+    assert "29 more since the last report" in lines[2]  # 30 s later
+    assert lines[3] == "beat: ticking again after 36 failed tick(s) over 35.0s"
