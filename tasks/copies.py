@@ -60,6 +60,7 @@ class Copies:
         self._damaged: dict[str, dict[int, tuple[StatKey | None, str]]] = {}
         self._gauged: set[str] = set()
         self._reported: dict[str, set[int]] = {}
+        self._republish = False
 
     def mark_damaged(self, ttid: str, segno: int, path: Path, reason: str) -> None:
         """Record ``reason`` against the copy at ``path``; logs an ERROR the first time."""
@@ -115,6 +116,11 @@ class Copies:
                     ttid, f"node {self.node_id}: damaged copy of {name}: {reason}"
                 )
 
+    def republish(self) -> None:
+        """Redis may have lost the published digests: the next ``refresh``
+        publishes every current one again."""
+        self._republish = True
+
     def publish_own(self, ttid: str, segno: int, path: Path, hexdigest: str) -> None:
         """The offloader's digest, computed by its upload: published for the
         node that may take over the upload, without hashing the file again."""
@@ -140,6 +146,14 @@ class Copies:
         fresh: list[tuple[str, int, str]] = []
         stale: list[tuple[str, int]] = []
         hashed = 0
+        republish, self._republish = self._republish, False
+        if republish:
+            with self._lock:
+                fresh = [
+                    (ttid, segno, hexdigest)
+                    for ttid, known in self._digests.items()
+                    for segno, (_, hexdigest) in known.items()
+                ]
         for ttid, st in timelines.items():
             if st.commit_lsn is None or st.local_start_lsn is None:
                 continue

@@ -194,6 +194,7 @@ class NodeService:
         self._uploading: dict[UploadRef, float] = {}  # -> time.monotonic() it started
         self._hedged_for = 0  # health.recoveries already acted on
         self._suspected: set[UploadRef] = set()  # slow uploads that started a probe
+        self._redis_failed = False  # a heartbeat round failed since the last success
         self._digest_wake = threading.Event()
         self._digester: threading.Thread | None = None
         self._scrubber: threading.Thread | None = None
@@ -252,7 +253,14 @@ class NodeService:
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
                     self._heartbeat_all()
+                    if self._redis_failed:
+                        self._redis_failed = False
+                        self.copies.republish()
+                        self._digest_wake.set()
+                        self._resend_orphans()
             except Exception as exc:  # keep the node alive through Redis restarts and disk hiccups
+                if isinstance(exc, redis.RedisError | OperationalError):
+                    self._redis_failed = True
                 self._complain("heartbeat/watch round failed", exc)
 
     def _complain(self, what: str, exc: BaseException, ttid: str = "") -> None:
@@ -356,7 +364,14 @@ class NodeService:
         timelines = list(self._timelines.values())
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.backup_and_offloader(ttids)
-        self._backup_known = {t: b for t, (b, _) in zip(ttids, known, strict=True)}
+        previous, self._backup_known = (
+            self._backup_known,
+            {t: b for t, (b, _) in zip(ttids, known, strict=True)},
+        )
+        if any(previous.get(t) is not None and b is None for t, b in self._backup_known.items()):
+            # backup_lsn vanished: Redis lost its data, our digests with it.
+            self.copies.republish()
+            self._digest_wake.set()
         self._publish(timelines, register=True)
         writes = 0
         for st, (backup_lsn, offloader) in zip(timelines, known, strict=True):
@@ -643,6 +658,30 @@ class NodeService:
         self.retries.park(upload, attempt, backoff_ms(attempt) / 1000, self.health.recoveries)
         PARKED_UPLOADS.set(len(self.retries))
         return "retrying"
+
+    def _resend_orphans(self) -> None:
+        """After a Redis disruption: segments claimed under our leases that no
+        upload of ours holds. Redis may have run the claiming script, or handed
+        out an upload message, and died before its reply arrived; without
+        this they would wait out the claim timeout (minutes). A claimed
+        segment whose message is still queued is uploaded twice: harmless."""
+        with self._lock:
+            leases = dict(self._leases)
+            busy = set(self._uploading)
+        busy |= self.retries.uploads()
+        for ttid, token in leases.items():
+            st = self._timelines.get(ttid)
+            if st is None:
+                continue
+            for segno in self.state.claimed(ttid):
+                ref = UploadRef(ttid, segno, st.wal_seg_size, token)
+                if ref not in busy:
+                    log.info(
+                        "Timeline %s: after a Redis disruption, sending claimed segno %d again",
+                        ttid,
+                        segno,
+                    )
+                    self.send_upload(ttid, segno, st.wal_seg_size, token, 0)
 
     def _heartbeat_soon(self, ttid: str) -> None:
         st = self._timelines.get(ttid)

@@ -69,6 +69,10 @@ class RetryPark:
             for item in items:
                 heapq.heappush(self._heap, item)
 
+    def uploads(self) -> set[UploadRef]:
+        with self._lock:
+            return {p.upload for p in self._heap}
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._heap)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.state.redis import RedisState
@@ -169,7 +171,10 @@ class BackupSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            lsn = self.cluster.backup_lsn(self.ttid)
+            try:
+                lsn = self.cluster.backup_lsn(self.ttid)
+            except redis.RedisError:  # Redis down or frozen by the test: no sample
+                lsn = None
             if lsn is not None:
                 self.samples.append(lsn)
             time.sleep(0.02)

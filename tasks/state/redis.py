@@ -345,6 +345,10 @@ class RedisState:
     def release_lease(self, ttid: str, token: str) -> bool:
         return bool(self._run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))
 
+    def claimed(self, ttid: str) -> list[int]:
+        """The segnos claimed for upload (the inflight ZSET)."""
+        return [int(m) for m in self.r.zrange(inflight_key(ttid), 0, -1)]
+
     def lease_holder_token(self, ttid: str) -> str | None:
         value = self.r.get(lease_key(ttid))
         return str(value) if value else None

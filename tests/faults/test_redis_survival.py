@@ -26,7 +26,8 @@ from celery import Celery
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.simulate import SegmentWritten, simulate
-from tests.cluster import SEG_SIZE, Cluster, wait_for
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
+from tests.faults.harness import Archive, assert_invariant
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,11 @@ class WalWriter:
         self._stop.set()
         self._thread.join()
         return Lsn.from_segment(min(self.done.values()) + 1, 0, SEG_SIZE)
+
+    @property
+    def written_end(self) -> int:
+        """The first segno no node completed."""
+        return max(self.done.values()) + 1
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ def test_redis_disruption_is_survived(fault: Fault, cluster: tuple[Cluster, Redi
     ttid = new_ttid()
     writer = WalWriter(c, ttid)
     writer.start()
+    sampler = BackupSampler(c, ttid).__enter__()
     try:
         # Uploads under way before the fault.
         wait_for(lambda: (c.backup_lsn(ttid) or 0) > 0, 20, "the first uploads")
@@ -195,11 +202,18 @@ def test_redis_disruption_is_survived(fault: Fault, cluster: tuple[Cluster, Redi
     finally:
         end = writer.stop()
 
-    # backup resume after data loss: see node/elector recovery (the empty
-    # restart loses the timeline's registration and backup_lsn; the nodes'
-    # heartbeats and state files bring them back).
+    # After an empty restart the nodes' heartbeats register the timeline
+    # again and beat's round recovers backup_lsn from the archive.
     c.wait_backup(ttid, end, timeout=max(1.0, back + RESUME_BAR_S - time.monotonic()))
     resumed_s = time.monotonic() - back
+    sampler.__exit__(None, None, None)
+    assert_invariant(
+        c,
+        Archive(ttid, root=c.root / "remote"),
+        sampler,
+        first_segno=1,
+        written_end=writer.written_end,
+    )
 
     client = client_for(c)
     try:
