@@ -75,17 +75,25 @@ class Cluster:
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def spawn(
+        self, name: str, args: list[str], env: dict[str, str], prefix: list[str] | None = None
+    ) -> None:
+        """``prefix``: a command that runs the worker, e.g. ``setpriv ...``."""
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", *args],
+            [*(prefix or []), sys.executable, "-m", "celery", "-A", "tasks", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    def start_node(self, node_id: int, extra_env: dict[str, str] | None = None) -> None:
+    def start_node(
+        self,
+        node_id: int,
+        extra_env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         env = dict(self.env)
         env.update(
             {"WALBACKUP_NODE_ID": str(node_id), "WALBACKUP_WORKDIR": str(self.workdir(node_id))}
@@ -102,6 +110,7 @@ class Cluster:
                 "--without-gossip",
             ],
             env,
+            prefix,
         )
 
     def wait_nodes(self, node_ids: list[int], timeout: float = 30) -> None:

@@ -32,10 +32,19 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.integration
 
 
-def start_cluster(make_cluster: Callable[..., Cluster], workdirs: dict[int, Path]) -> Cluster:
+# Runs a node as root without the capabilities that let root read any file,
+# so that a file with mode 000 is unreadable to it, as to any other user.
+WITHOUT_DAC_BYPASS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def start_cluster(
+    make_cluster: Callable[..., Cluster],
+    workdirs: dict[int, Path],
+    prefix: dict[int, list[str]] | None = None,
+) -> Cluster:
     cluster = make_cluster()
     for n in NODES:
-        cluster.start_node(n, {"WALBACKUP_WORKDIR": str(workdirs[n])})
+        cluster.start_node(n, {"WALBACKUP_WORKDIR": str(workdirs[n])}, (prefix or {}).get(n))
     cluster.start_beat()
     cluster.wait_nodes(list(NODES))
     return cluster
@@ -45,16 +54,21 @@ def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:
     return workdir / ttid.tenant_id / ttid.timeline_id
 
 
-def write_segment(workdir: Path, ttid: TenantTimelineId, segno: int, body: bytes) -> Path:
+def write_segment(
+    workdir: Path, ttid: TenantTimelineId, segno: int, body: bytes, mode: int = 0o644
+) -> Path:
     """As a WAL writer does: the .partial first, then the rename."""
     final = timeline_dir(workdir, ttid) / xlog_file_name(segno, SEG_SIZE)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.write_bytes(body)
+    partial.chmod(mode)
     os.replace(partial, final)
     return final
 
 
 def damaged_bytes(good: bytes, damage: str) -> bytes:
+    if damage == "unreadable":
+        return good  # the right bytes, mode 000 (see write_segment)
     if damage == "truncated":
         return good[: len(good) // 2]
     if damage == "oversized":
@@ -63,12 +77,15 @@ def damaged_bytes(good: bytes, damage: str) -> bytes:
     return good[:1000] + bytes(b ^ 0xFF for b in good[1000:1100]) + good[1100:]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "oversized", "divergent"])
+@pytest.mark.parametrize("damage", ["truncated", "oversized", "divergent", "unreadable"])
 def test_damaged_copy_on_the_offloader_never_stalls_backup(
     make_cluster: Callable[..., Cluster], tmp_path: Path, damage: str
 ) -> None:
+    if damage == "unreadable" and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run a node that cannot bypass file modes")
     workdirs = {n: tmp_path / f"node{n}" for n in NODES}
-    cluster = start_cluster(make_cluster, workdirs)
+    prefix = {1: WITHOUT_DAC_BYPASS} if damage == "unreadable" else {}
+    cluster = start_cluster(make_cluster, workdirs, prefix)
     ttid = ttid_offloaded_by(1)
     nodes = [workdirs[n] for n in NODES]
     archive = Archive(ttid, root=tmp_path / "remote")
@@ -81,7 +98,11 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
         # Segment 5: good on nodes 2 and 3, damaged on the offloader, node 1.
         simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
         bad = write_segment(
-            nodes[0], ttid, 5, damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage)
+            nodes[0],
+            ttid,
+            5,
+            damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage),
+            0o000 if damage == "unreadable" else 0o644,
         )
         started = time.monotonic()
         writer.next_segno = 6
