@@ -548,7 +548,7 @@ class NodeService:
     def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
         """Our copy's digests (one read pass); a copy we cannot read is damaged."""
         try:
-            return digest_segment_file(path, seg_size)
+            return digest_segment_file(path, seg_size, self.storage.needs_md5)
         except (SegmentFileError, OSError) as exc:
             self.copies.mark_damaged(ttid, segno, path, str(exc))
             raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc

@@ -97,7 +97,7 @@ def _heal(
     """Upload our copy again if it is the one verified at first archiving."""
     path = st.path / xlog_file_name(segno, st.wal_seg_size)
     try:
-        digest = digest_segment_file(path, st.wal_seg_size)
+        digest = digest_segment_file(path, st.wal_seg_size, storage.needs_md5)
     except (SegmentFileError, OSError):
         return False
     if expected_md5 is None or digest.md5.hex() != expected_md5:

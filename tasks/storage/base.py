@@ -56,7 +56,8 @@ class UploadResult:
 @dataclass(frozen=True, slots=True)
 class SegmentDigest:
     """What a segment's bytes hash to: the SHA-256 we archive and compare by,
-    the MD5 a single-part S3 upload's ETag is, and the size."""
+    the MD5 a single-part S3 upload's ETag is (``b""`` when not computed), and
+    the size."""
 
     sha256: bytes
     md5: bytes
@@ -124,36 +125,40 @@ def read_chunks(stream: SupportsRead[bytes]) -> Iterator[bytes]:
 
 
 class Hasher:
-    """SHA-256, MD5 and length of the bytes fed to it, in one pass."""
+    """SHA-256, MD5 (unless ``md5`` is false: ``b""``) and length of the bytes
+    fed to it, in one pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, md5: bool = True) -> None:
         self._sha256 = hashlib.sha256()
-        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.size = 0
 
     def update(self, chunk: bytes) -> None:
         self._sha256.update(chunk)
-        self._md5.update(chunk)
+        if self._md5 is not None:
+            self._md5.update(chunk)
         self.size += len(chunk)
 
     def digest(self) -> SegmentDigest:
-        return SegmentDigest(self._sha256.digest(), self._md5.digest(), self.size)
+        md5 = self._md5.digest() if self._md5 is not None else b""
+        return SegmentDigest(self._sha256.digest(), md5, self.size)
 
 
-def digest_stream(stream: SupportsRead[bytes]) -> SegmentDigest:
+def digest_stream(stream: SupportsRead[bytes], md5: bool = True) -> SegmentDigest:
     """SHA-256, MD5 and length of what is left in ``stream``, in one read pass."""
-    hasher = Hasher()
+    hasher = Hasher(md5)
     for chunk in read_chunks(stream):
         hasher.update(chunk)
     return hasher.digest()
 
 
-def digest_segment_file(path: Path, expected_size: int) -> SegmentDigest:
+def digest_segment_file(path: Path, expected_size: int, md5: bool = True) -> SegmentDigest:
     """The digest of a local segment, read once. A file that is not
     ``expected_size`` bytes (before or while being read) raises
-    ``SegmentFileError``, as ``open_segment_file`` does."""
+    ``SegmentFileError``, as ``open_segment_file`` does. ``md5``: also the
+    MD5 (what S3's ETag is; ``RemoteStorage.needs_md5``)."""
     with open_segment_file(path, expected_size) as stream:
-        digest = digest_stream(stream)
+        digest = digest_stream(stream, md5)
     check_read_size(path, digest.size, expected_size)
     return digest
 
@@ -213,6 +218,9 @@ class RemoteStorage(ABC):
     """Object storage holding the WAL of many timelines."""
 
     url: str  # printable form, never with credentials
+    needs_md5: bool = True
+    """Whether ``upload_file``'s ``digest`` must carry the MD5 (S3 checks the
+    ETag against it; a backend without ETags skips that hashing)."""
 
     @abstractmethod
     def upload_file(
