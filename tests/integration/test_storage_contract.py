@@ -100,7 +100,9 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RemoteSt
 def test_round_trip_is_byte_identical(storage: RemoteStorage, segment: tuple[Path, bytes]) -> None:
     path, data = segment
     result = storage.upload_file(KEY, path, SEG_SIZE)
-    assert result == UploadResult(KEY, SEG_SIZE, sha(data), md5(data, storage), already_present=False)
+    assert result == UploadResult(
+        KEY, SEG_SIZE, sha(data), md5(data, storage), already_present=False
+    )
     assert sha(read_all(storage, KEY)) == sha(data)
 
 
