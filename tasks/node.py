@@ -486,8 +486,13 @@ class NodeService:
         name = xlog_file_name(segno, seg_size)
         path = self.disk.segment_path(parsed, segno, seg_size)
         upload_started = time.monotonic()
-        digest = self._read_copy(ttid, segno, path, seg_size)
-        self._check_agreement(ttid, segno, seg_size, digest, name)
+        # With no other live node holding the segment there is nothing to
+        # agree with: the backend hashes the bytes as it sends them, in the
+        # one read pass an upload needs anyway.
+        digest = None
+        if self._holders(ttid, segno, seg_size):
+            digest = self._read_copy(ttid, segno, path, seg_size)
+            self._check_agreement(ttid, segno, seg_size, digest, name)
         ref = UploadRef(ttid, segno, seg_size, token)
         with self._lock:
             self._uploading[ref] = time.monotonic()
@@ -637,6 +642,12 @@ class NodeService:
             return "waiting for agreement"
         attempt += 1
         BACKUP_ERRORS.inc()
+        if isinstance(exc, SegmentFileError) and not isinstance(exc, DamagedCopy):
+            # Our copy failed the backend's own checks (size, open, changed).
+            path = self.disk.segment_path(
+                TenantTimelineId.parse(upload.ttid), upload.segno, upload.seg_size
+            )
+            self.copies.mark_damaged(upload.ttid, upload.segno, path, str(exc))
         loud = isinstance(exc, ChecksumMismatch | DamagedCopy | NoAgreement)
         log.log(
             logging.ERROR if loud else logging.WARNING,

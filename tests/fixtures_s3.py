@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import free_port
+from tests.servers import free_port, terminate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -88,14 +88,8 @@ class MotoServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
 
 def s3_client(endpoint_url: str) -> S3Client:

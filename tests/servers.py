@@ -22,7 +22,7 @@ import redis
 
 from tasks.embedded import free_port, redis_server_command
 
-__all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get"]
+__all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get", "terminate"]
 
 
 class RedisServer:
@@ -103,17 +103,22 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a paused server cannot exit
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
         self.proc = None
 
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def env_without_walbackup() -> dict[str, str]:

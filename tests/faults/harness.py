@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,6 +137,34 @@ class WalWriter:
         self._stop.set()
         self._thread.join()
         return self.next_segno
+
+
+def start_cluster(
+    make_cluster: Callable[..., Cluster],
+    workdirs: dict[int, Path] | None = None,
+    prefix: dict[int, list[str]] | None = None,
+) -> Cluster:
+    """Nodes 1-3 (``workdirs``: other WORKDIRs than the cluster's; ``prefix``:
+    a command to run a node under) and beat, every node heartbeating."""
+    cluster = make_cluster()
+    for n in NODES:
+        env = {"WALBACKUP_WORKDIR": str(workdirs[n])} if workdirs else {}
+        cluster.start_node(n, env, (prefix or {}).get(n))
+    cluster.start_beat()
+    cluster.wait_nodes(list(NODES))
+    return cluster
+
+
+def backed_up_timeline(
+    cluster: Cluster, workdirs: list[Path], offloader: int, segments: int = 4
+) -> tuple[TenantTimelineId, WalWriter]:
+    """A new timeline that ``offloader`` backs up, with ``segments`` segments
+    (from segno 1) written and backed up; its writer goes on from there."""
+    ttid = ttid_offloaded_by(offloader)
+    writer = WalWriter(workdirs, ttid, next_segno=1)
+    writer.write(segments)
+    cluster.wait_backup(ttid, seg_lsn(segments + 1), timeout=30)
+    return ttid, writer
 
 
 def scrape(port: int, name: str) -> float:

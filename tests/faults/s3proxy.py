@@ -590,15 +590,12 @@ class S3FaultProxy:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        # Imported here: the proxy process itself needs the standard library only.
+        from tests.servers import terminate
+
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     def __enter__(self) -> S3FaultProxy:
         self.start()

@@ -23,10 +23,10 @@ from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
     NODES,
     Archive,
-    WalWriter,
     assert_invariant,
+    backed_up_timeline,
     seg_lsn,
-    ttid_offloaded_by,
+    start_cluster,
 )
 
 pytestmark = pytest.mark.integration
@@ -35,19 +35,6 @@ pytestmark = pytest.mark.integration
 # Runs a node as root without the capabilities that let root read any file,
 # so that a file with mode 000 is unreadable to it, as to any other user.
 WITHOUT_DAC_BYPASS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
-
-
-def start_cluster(
-    make_cluster: Callable[..., Cluster],
-    workdirs: dict[int, Path],
-    prefix: dict[int, list[str]] | None = None,
-) -> Cluster:
-    cluster = make_cluster()
-    for n in NODES:
-        cluster.start_node(n, {"WALBACKUP_WORKDIR": str(workdirs[n])}, (prefix or {}).get(n))
-    cluster.start_beat()
-    cluster.wait_nodes(list(NODES))
-    return cluster
 
 
 def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:
@@ -86,12 +73,9 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     workdirs = {n: tmp_path / f"node{n}" for n in NODES}
     prefix = {1: WITHOUT_DAC_BYPASS} if damage == "unreadable" else {}
     cluster = start_cluster(make_cluster, workdirs, prefix)
-    ttid = ttid_offloaded_by(1)
     nodes = [workdirs[n] for n in NODES]
+    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
     archive = Archive(ttid, root=tmp_path / "remote")
-    writer = WalWriter(nodes, ttid, next_segno=1)
-    writer.write(4)
-    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
     assert cluster.state.timeline(str(ttid)).offloader == 1
 
     with BackupSampler(cluster, ttid) as sampler:
@@ -123,12 +107,9 @@ def test_timeline_dir_removed_mid_backup(
 ) -> None:
     workdirs = {n: tmp_path / f"node{n}" for n in NODES}
     cluster = start_cluster(make_cluster, workdirs)
-    ttid = ttid_offloaded_by(1)
     nodes = [workdirs[n] for n in NODES]
+    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
     archive = Archive(ttid, root=tmp_path / "remote")
-    writer = WalWriter(nodes, ttid, next_segno=1)
-    writer.write(4)
-    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
 
     with BackupSampler(cluster, ttid) as sampler:
         writer.rate = 8
@@ -183,12 +164,9 @@ def test_full_disk_under_the_state_file(
     with tiny_filesystem(tmp_path / "tiny", 16) as tiny:
         workdirs = {1: tiny, 2: tmp_path / "node2", 3: tmp_path / "node3"}
         cluster = start_cluster(make_cluster, workdirs)
-        ttid = ttid_offloaded_by(2)
         nodes = [workdirs[n] for n in NODES]
+        ttid, writer = backed_up_timeline(cluster, nodes, offloader=2)
         archive = Archive(ttid, root=tmp_path / "remote")
-        writer = WalWriter(nodes, ttid, next_segno=1)
-        writer.write(4)
-        cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
         state_path = timeline_dir(tiny, ttid) / "walbackup.state"
         wait_for(lambda: state_path.exists(), 10, "node 1's state file")
         filler = fill(tiny)

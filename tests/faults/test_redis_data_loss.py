@@ -16,32 +16,22 @@ from tests.cluster import BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
     NODES,
     Archive,
-    WalWriter,
     assert_invariant,
+    backed_up_timeline,
     seg_lsn,
-    ttid_offloaded_by,
+    start_cluster,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def start_cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
-    cluster = make_cluster()
-    for n in NODES:
-        cluster.start_node(n)
-    cluster.start_beat()
-    cluster.wait_nodes(list(NODES))
-    return cluster
 
 
 def test_idle_cluster_recovers_everything_without_new_wal(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
     cluster = start_cluster(make_cluster)
-    ttid = ttid_offloaded_by(2)
-    writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1)
-    writer.write(10)
-    cluster.wait_backup(ttid, seg_lsn(11), timeout=30)
+    ttid, writer = backed_up_timeline(
+        cluster, [cluster.workdir(n) for n in NODES], offloader=2, segments=10
+    )
 
     with BackupSampler(cluster, ttid) as sampler:
         redis.Redis.from_url(cluster.redis_url).flushdb()  # our private server
@@ -64,10 +54,8 @@ def test_backup_lsn_never_moves_backwards_across_data_loss(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
     cluster = start_cluster(make_cluster)
-    ttid = ttid_offloaded_by(1)
-    writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1, rate=8)
-    writer.write(4)
-    cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+    ttid, writer = backed_up_timeline(cluster, [cluster.workdir(n) for n in NODES], offloader=1)
+    writer.rate = 8
     with BackupSampler(cluster, ttid) as sampler:
         writer.start()
         time.sleep(1.5)

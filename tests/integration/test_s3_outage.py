@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -15,20 +14,11 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.simulate import simulate
 from tests.cluster import SEG_SIZE, Cluster, wait_for
+from tests.faults.harness import scrape
 from tests.fixtures_s3 import MotoServer, make_bucket, s3_client
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name + " ") or line.startswith(name + "{")
-    )
 
 
 def test_s3_outage_counts_errors_backs_off_and_resumes(
