@@ -103,6 +103,5 @@ def upload_segment(ttid: str, segno: int, seg_size: int, token: str, attempt: in
                 # on its first attempt.
                 segno, started, attempt = pending.popleft(), True, 0
         except _RETRIED as exc:
-            for other in pending:  # claimed for us: someone must upload them
-                node.retries.park(UploadRef(ttid, other, seg_size, token), 0, 0.0, 0)
+            node.park_claimed(ttid, token, list(pending), seg_size)
             return node.failed(UploadRef(ttid, segno, seg_size, token), attempt, exc)

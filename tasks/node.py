@@ -566,6 +566,8 @@ class NodeService:
         no bytes have a majority, ``AgreementPending`` while digests are missing."""
         own = digest.sha256.hex()
         deadline = time.monotonic() + AGREEMENT_POLL_S
+        if len(self._pending_since) > 10_000:  # entries of uploads that were fenced
+            self._pending_since.clear()
         first_pending = self._pending_since.setdefault((ttid, segno), time.monotonic())
         published_own = False
         while True:
@@ -633,6 +635,13 @@ class NodeService:
         )
 
     # -- failures and retries --------------------------------------------------
+
+    def park_claimed(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
+        """Segments claimed for a task that failed before starting them: sent
+        again by the node thread (as soon as the broker takes messages)."""
+        for segno in segnos:
+            self.retries.park(UploadRef(ttid, segno, seg_size, token), 0, 0.0, 0)
+        PARKED_UPLOADS.set(len(self.retries))
 
     def failed(self, upload: UploadRef, attempt: int, exc: Exception) -> str:
         """An upload failed after ``attempt`` earlier failures: count it, show
