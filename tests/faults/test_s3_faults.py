@@ -89,7 +89,7 @@ FAULTS = [
     ("error500", {}, 3.0, True, 2.0),
     ("slowdown503", {}, 3.0, True, 2.0),
     ("error500_after_forward", {"methods": ["PUT"]}, 3.0, True, None),
-    ("reset_mid_body", {"methods": ["PUT"]}, 3.0, True, None),
+    ("reset_mid_body", {}, 3.0, True, 2.0),
     ("flip_byte", {"methods": ["PUT"]}, 3.0, True, None),
     ("latency", {"ms": 300}, 3.0, False, None),
     ("blackhole", {}, 12.0, True, 2.0),
