@@ -89,6 +89,7 @@ def status(
     for row in rows:
         peers = ", ".join(
             f"{p['node_id']}: {p['commit_lsn']}{'' if p['alive'] else ' (dead)'}"
+            + (f" (damaged at {p['damaged_lsn']})" if p["damaged_lsn"] else "")
             for p in row["peers"]
         )
         table.add_row(
