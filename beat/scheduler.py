@@ -43,6 +43,8 @@ from redbeat.schedulers import (
 )
 from redis.exceptions import LockError
 
+from tasks.logutil import Throttle
+
 log = logging.getLogger("celery.beat")
 
 RETRY_S = 1.0
@@ -72,7 +74,7 @@ class OutageLog:
 
     def __init__(self, every: float = REPORT_EVERY_S) -> None:
         self.every = every
-        self._last: dict[str, float] = {}
+        self._throttle = Throttle(every)
         self._since: dict[str, int] = {}  # failures not reported yet
         self._total = 0
         self._started: float | None = None
@@ -83,12 +85,10 @@ class OutageLog:
         self._total += 1
         if self._started is None:
             self._started = now
-        last = self._last.get(kind)
-        if last is not None and now - last < self.every:
+        if not self._throttle.allow(kind):
             self._since[kind] = self._since.get(kind, 0) + 1
             return
         more = self._since.pop(kind, 0)
-        self._last[kind] = now
         log.warning(
             "beat: tick failed: %s: %s (%s; retrying every %gs)",
             kind,
@@ -105,7 +105,7 @@ class OutageLog:
             self._total,
             time.monotonic() - self._started,
         )
-        self._last.clear()
+        self._throttle.reset()
         self._since.clear()
         self._total = 0
         self._started = None

@@ -10,14 +10,14 @@ from collections.abc import Callable, Hashable
 class Throttle:
     """``allow(key)`` is true at most once per ``interval_s`` for each key."""
 
-    def __init__(self, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, interval_s: float = 30.0, clock: Callable[[], float] | None = None):
         self.interval_s = interval_s
         self._clock = clock
         self._last: dict[Hashable, float] = {}
         self._lock = threading.Lock()
 
     def allow(self, key: Hashable) -> bool:
-        now = self._clock()
+        now = self._clock() if self._clock is not None else time.monotonic()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.interval_s:
@@ -26,3 +26,8 @@ class Throttle:
                 self._last.clear()
             self._last[key] = now
             return True
+
+    def reset(self) -> None:
+        """Every key may speak again at once."""
+        with self._lock:
+            self._last.clear()

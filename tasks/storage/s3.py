@@ -349,12 +349,7 @@ class S3Storage(RemoteStorage):
         etag = _md5_etag(response)
         if etag == digest.md5_hex:
             return
-        try:
-            read_back, _ = self._read_back(client, key)
-        except NotFound as exc:
-            raise StorageUnavailable(
-                f"{self.url}: {key} was gone when read back after its upload; try again"
-            ) from exc
+        read_back, _ = self._read_back(client, key, "was gone when read back after its upload")
         if read_back == digest:
             if etag is not None and not self._warned_etag:
                 self._warned_etag = True
@@ -390,12 +385,7 @@ class S3Storage(RemoteStorage):
             raise
         if head.get("ContentLength") == digest.size and _md5_etag(head) == digest.md5_hex:
             return
-        try:
-            stored, response = self._read_back(client, key)
-        except NotFound as exc:
-            raise StorageUnavailable(
-                f"{self.url}: {key} was deleted while we compared it; try again"
-            ) from exc
+        stored, response = self._read_back(client, key, "was deleted while we compared it")
         if stored == digest:
             return
         meant = response.get("Metadata", {}).get(SHA256_METADATA)
@@ -414,15 +404,21 @@ class S3Storage(RemoteStorage):
             note = f" The stored object is corrupt too: its writer meant sha256 {meant}."
         raise checksum_mismatch(self.url, key, digest.sha256_hex, stored.sha256_hex, note)
 
-    def _read_back(self, client: S3Client, key: str) -> tuple[SegmentDigest, Mapping[str, Any]]:
-        """Hash the object as stored (no checksum the server sends is trusted)."""
+    def _read_back(
+        self, client: S3Client, key: str, gone: str
+    ) -> tuple[SegmentDigest, Mapping[str, Any]]:
+        """Hash the object as stored (no checksum the server sends is trusted).
+        An object that vanished meanwhile is retryable: ``gone`` says when."""
         full_key = self._full_key(key)
-        with self._errors(f"read back {key}"):
-            response = client.get_object(Bucket=self.bucket, Key=full_key)
-            hasher = Hasher()
-            with response["Body"] as body:
-                for chunk in read_chunks(body):
-                    hasher.update(chunk)
+        try:
+            with self._errors(f"read back {key}"):
+                response = client.get_object(Bucket=self.bucket, Key=full_key)
+                hasher = Hasher()
+                with response["Body"] as body:
+                    for chunk in read_chunks(body):
+                        hasher.update(chunk)
+        except NotFound as exc:
+            raise StorageUnavailable(f"{self.url}: {key} {gone}; try again") from exc
         return hasher.digest(), cast(Mapping[str, Any], response)
 
     def _delete_corrupt(self, client: S3Client, key: str, etag: str | None) -> None:
