@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.core.segments import PG_TLI, parse_xlog_file_name
+from tasks.core.segments import PG_TLI, parse_xlog_file_name, xlog_file_name
 from tasks.errors import InvalidInput
 from tasks.storage.base import ObjectInfo, RemoteStorage, timeline_prefix
 
 
 def remote_objects(
-    storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int
+    storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int, from_segno: int = 0
 ) -> dict[int, ObjectInfo]:
-    """segno -> the timeline's remote objects named as complete segments."""
+    """segno -> the timeline's remote objects named as complete segments,
+    from ``from_segno`` on (segment names sort by segno: the listing starts
+    there instead of at the timeline's first object)."""
     prefix = timeline_prefix(ttid)
+    after = prefix + xlog_file_name(from_segno - 1, seg_size) if from_segno > 0 else ""
     found: dict[int, ObjectInfo] = {}
-    for info in storage.list(prefix):
+    for info in storage.list(prefix, start_after=after):
         name = info.key[len(prefix) :]
         if "/" in name:
             continue
@@ -37,8 +40,8 @@ def remote_objects(
 def remote_backup_end(storage: RemoteStorage, ttid: str, start: Lsn, seg_size: int) -> Lsn:
     """End of the contiguous run of full-size remote segments from ``start``
     (``start`` itself when its segment is not there). Raises storage errors."""
-    present = remote_objects(storage, TenantTimelineId.parse(ttid), seg_size)
     segno = start.segment_number(seg_size)
+    present = remote_objects(storage, TenantTimelineId.parse(ttid), seg_size, segno)
     while segno in present and present[segno].size == seg_size:
         segno += 1
     return max(start, Lsn.from_segment(segno, 0, seg_size))

@@ -50,7 +50,7 @@ def scrub_timeline(
     if start >= end:
         return []
     ttid = str(st.ttid)
-    objects = remote_objects(storage, st.ttid, seg_size)
+    objects = remote_objects(storage, st.ttid, seg_size, start)
     ledger = state.ledger(ttid, range(start, end))
     problems = []
     for segno in range(start, end):

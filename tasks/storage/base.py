@@ -244,8 +244,9 @@ class RemoteStorage(ABC):
         Raises ``NotFound`` when there is no such object. Caller closes it."""
 
     @abstractmethod
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Objects whose key starts with ``prefix``, in key order."""
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, in key order; with
+        ``start_after``, only keys after that one (S3's ``StartAfter``)."""
 
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:

@@ -58,6 +58,7 @@ def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
 
 class LocalStorage(RemoteStorage):
     needs_md5 = False  # verified by the SHA-256 of the bytes copied
+
     def __init__(self, root: Path) -> None:
         if not root.is_absolute():
             raise InvalidInput(f"storage directory {str(root)!r} is not an absolute path")
@@ -155,11 +156,15 @@ class LocalStorage(RemoteStorage):
         stream.seek(offset)
         return stream
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         validate_key(prefix, prefix=True)
         # Only the deepest directory the prefix names can hold matches.
         start = self.root / prefix.rpartition("/")[0]
-        found = [info for info in _scan(start, self.root) if info.key.startswith(prefix)]
+        found = [
+            info
+            for info in _scan(start, self.root)
+            if info.key.startswith(prefix) and info.key > start_after
+        ]
         return iter(sorted(found, key=lambda info: info.key))
 
     def delete(self, key: str) -> None:

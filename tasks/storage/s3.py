@@ -509,14 +509,18 @@ class S3Storage(RemoteStorage):
                 return io.BytesIO()
         return cast(BinaryIO, _ObjectStream(response["Body"], self, action))
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         validate_key(prefix, prefix=True)
-        return self._list(prefix)
+        return self._list(prefix, start_after)
 
-    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def _list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         with self._errors(f"list {prefix!r}"):
             paginator = self._client().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._root + prefix):
+            # Every key below the root sorts after the root itself.
+            pages = paginator.paginate(
+                Bucket=self.bucket, Prefix=self._root + prefix, StartAfter=self._root + start_after
+            )
+            for page in pages:
                 for obj in page.get("Contents", []):
                     etag = obj.get("ETag", "").strip('"') or None
                     yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag)

@@ -191,6 +191,12 @@ def test_list_by_prefix(storage: RemoteStorage, tmp_path: Path) -> None:
         segment_key(TIMELINE, "000000010000000000000002")
     ]
     assert list(storage.list(timeline_prefix(TenantTimelineId("c" * 32, "1" * 32)))) == []
+    # From a key on (what the scrub lists): only the keys after it.
+    second = segment_key(TIMELINE, "000000010000000000000002")
+    assert [i.key for i in storage.list(prefix, start_after=second)] == [
+        k for k, _ in everything if k.startswith(prefix) and k > second
+    ]
+    assert listed(prefix) == [(k, n) for k, n in everything if k.startswith(prefix)]
 
 
 def test_delete_prefix_removes_only_that_timeline(storage: RemoteStorage, tmp_path: Path) -> None:
