@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ELECT_ALL = "walbackup.elect_all"
-SHARED_QUEUE = "walbackup"
+from tasks.names import ELECT_ALL, SHARED_QUEUE
 
 
 def build_schedule(election_interval_s: float) -> dict[str, dict[str, Any]]:

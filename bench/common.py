@@ -30,7 +30,7 @@ import redis
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import iter_segment_blocks
+from tasks.dev.simulate import iter_segment_blocks
 from tests.cluster import Cluster
 from tests.fixtures_s3 import AWS_ENV, AWS_ENV_CLEARED, MotoServer, make_bucket
 from tests.servers import RedisServer, free_port

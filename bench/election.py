@@ -32,13 +32,14 @@ from bench.common import (
     ttid_for,
     workspace,
 )
+from tasks.backup.elector import Elector
+from tasks.backup.node import NodeService
 from tasks.config import load_settings
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.elector import Elector
-from tasks.node import NodeService
-from tasks.state.redis import RedisState, peer_to_json
+from tasks.state.records import peer_to_json
+from tasks.state.redis import RedisState
 from tasks.storage.local import LocalStorage
 
 SEG_SIZE = 16 * MIB

@@ -30,7 +30,7 @@ from bench.common import (
     ttid_for,
     workspace,
 )
-from tasks.simulate import SegmentWritten, simulate
+from tasks.dev.simulate import SegmentWritten, simulate
 from tests.servers import free_port
 
 SEG_SIZE = MIB

@@ -31,7 +31,7 @@ from bench.common import (
 )
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import expected_segment_bytes
+from tasks.dev.simulate import expected_segment_bytes
 from tests.fixtures_s3 import s3_client
 from tests.servers import env_without_walbackup
 
@@ -196,7 +196,7 @@ def _baseline(
 
 def _wait_prefetcher_gone(data_dir: Path, timeout_s: float = 15) -> bool:
     """True if a prefetcher still holds a spool lock after ``timeout_s``."""
-    from tasks.spool import LOCK_NAME, prefetcher_running
+    from tasks.restore.spool import LOCK_NAME, prefetcher_running
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

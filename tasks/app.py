@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, ClassVar
+from typing import Any
 
-from celery import Celery, bootsteps, signals
+from celery import Celery, signals
 from kombu.entity import Queue
 
-from beat.schedule import SHARED_QUEUE, build_schedule
+from beat.schedule import build_schedule
 from tasks.config import get_settings
+from tasks.names import SHARED_QUEUE, node_queue
+from tasks.state.keys import REDBEAT_PREFIX
 
 log = logging.getLogger("walbackup.app")
 
 settings = get_settings()
-
-
-def node_queue(node_id: int) -> str:
-    return f"node.{node_id}"
 
 
 _queues = [Queue(SHARED_QUEUE)]
@@ -94,7 +92,7 @@ app.conf.update(
     # only: a setting here would show the Redis password in every worker's
     # `inspect conf` and in Flower (Celery masks broker_url, not redbeat_*).
     beat_scheduler="beat.scheduler:WalBackupScheduler",
-    redbeat_key_prefix="walbackup:redbeat:",
+    redbeat_key_prefix=REDBEAT_PREFIX,
     beat_max_loop_interval=1,
     redbeat_lock_timeout=10,
     beat_schedule=build_schedule(settings.election_interval),
@@ -110,24 +108,6 @@ def _default_to_threads_pool(sender: Any = None, **_: Any) -> None:
         sender.pool_cls = "threads"
 
 
-class NodeStep(bootsteps.StartStopStep):
-    """Runs the node service beside the consumer of a node worker."""
-
-    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.enabled = settings.node_id is not None
-
-    def start(self, parent: Any) -> None:
-        from tasks.runtime import get_node
-
-        get_node().start()
-
-    def stop(self, parent: Any) -> None:
-        from tasks.runtime import get_node
-
-        get_node().stop()
-
-
-app.steps["worker"].add(NodeStep)
+# By name: the step (and through it the node service) is imported only when a
+# worker starts, never by a client that merely imports the app.
+app.steps["worker"].add("tasks.steps:NodeStep")

@@ -82,3 +82,7 @@ class UploadCorrupted(Retryable):
     """An upload reached the server with other bytes than the ones we hashed
     (the server refused them, or stored them and we deleted the object):
     nothing corrupt is left under the key, and sending again may succeed."""
+
+
+class BrokerUnavailable(Retryable):
+    """Celery's broker could not take a task message (Redis down or restarting)."""

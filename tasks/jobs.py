@@ -14,22 +14,20 @@ from collections import deque
 from typing import Any
 
 import redis
-from kombu.exceptions import OperationalError
 
-from tasks.app import app, node_queue
+from tasks import names
+from tasks.app import app
+from tasks.backup.node import CHAIN_BUDGET_S
+from tasks.backup.retries import UploadRef
 from tasks.config import get_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import WalBackupError
-from tasks.node import CHAIN_BUDGET_S
-from tasks.retries import UploadRef
-from tasks.runtime import get_elector, get_node, get_state
+from tasks.wiring import get_elector, get_node, get_state
 
 log = logging.getLogger("walbackup.jobs")
 
-ROUND_LOCK_KEY = "walbackup:round"
 
-
-@app.task(name="walbackup.trigger")
+@app.task(name=names.TRIGGER)
 def trigger(ttids: list[str]) -> dict[str, Any]:
     """Register timelines as needing backup and elect them at once."""
     ids = [str(TenantTimelineId.parse(t)) for t in ttids]
@@ -38,43 +36,33 @@ def trigger(ttids: list[str]) -> dict[str, Any]:
     return {o.ttid: o.election.offloader for o in outcomes}
 
 
-@app.task(name="walbackup.elect_all")
+@app.task(name=names.ELECT_ALL)
 def elect_all() -> int:
     """One election round over every registered timeline.
 
     A round lock shorter than the interval keeps a second beat (or a backlog
     of ticks) from running rounds back to back."""
     interval_ms = int(get_settings().election_interval * 1000)
-    state = get_state()
-    if not state.r.set(ROUND_LOCK_KEY, "1", nx=True, px=max(100, interval_ms * 9 // 10)):
+    if not get_state().take_round_lock(max(100, interval_ms * 9 // 10)):
         return 0
     return get_elector().run_round()
 
 
-@app.task(name="walbackup.backup_timeline")
+@app.task(name=names.BACKUP_TIMELINE)
 def backup_timeline(ttid: str) -> str:
     return get_node().backup(ttid)
 
 
-def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> None:
-    node_id = get_settings().node_id
-    assert node_id is not None
-    upload_segment.apply_async(
-        args=[ttid, segno, seg_size, token], kwargs={"attempt": attempt}, queue=node_queue(node_id)
-    )
-
-
 # What a failed upload attempt may raise; anything else is a bug and lets the
-# task fail loudly. kombu's OperationalError is how a lost broker connection
-# surfaces when a message is sent.
-_RETRIED = (WalBackupError, redis.RedisError, OperationalError, OSError)
+# task fail loudly. A lost broker surfaces as BrokerUnavailable (tasks.wiring).
+_RETRIED = (WalBackupError, redis.RedisError, OSError)
 
 
-@app.task(name="walbackup.upload_segment")
+@app.task(name=names.UPLOAD_SEGMENT)
 def upload_segment(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> str:
     """Upload ``segno``, then, for up to ``CHAIN_BUDGET_S``, the segments its
     commits claim. ``attempt``: failures of this segment so far. A failure
-    parks the segment in the node until its retry is due (``tasks.retries``)."""
+    parks the segment in the node until its retry is due (``tasks.backup.retries``)."""
     node = get_node()
     chain_until = time.monotonic() + CHAIN_BUDGET_S
     pending: deque[int] = deque()  # claimed for this task, not started yet

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from tasks.embedded import free_port, redis_server_command
+from tasks.dev.embedded import free_port, redis_server_command
 
 __all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get", "terminate"]
 

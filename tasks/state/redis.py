@@ -1,20 +1,7 @@
-"""Coordination state in Redis: keys, Lua scripts, and the reads/writes on them.
+"""Coordination state in Redis: typed reads and writes on the keys of ``tasks.state.keys``.
 
-Every key starts with ``walbackup:`` and is built here. LSNs are stored as
-``%X/%X`` text so the Lua scripts can do exact segment arithmetic.
-
-    walbackup:timelines          ZSET   registered timeline ids -> registration time
-    walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
-                                        offloader, reason, epoch, holder, last_error
-    walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
-    walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
-    walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
-    walbackup:done:{ttid}        ZSET   finished segnos not yet committed
-    walbackup:sums:{ttid}        HASH   "SEGNO:NODE" -> SHA-256 hex of that node's copy
-                                        (segments not yet backed up: agreement)
-    walbackup:ledger:{ttid}      HASH   segno -> MD5 hex the upload verified (recent window)
-    walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
-    walbackup:nodes              HASH   node id -> last heartbeat JSON
+Nothing else touches the Redis client: writes that callers batch take ``pipe``
+(from ``pipeline()``) and run when the caller executes it.
 """
 
 from __future__ import annotations
@@ -22,148 +9,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 
-from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
-
-PREFIX = "walbackup:"
-TIMELINES_KEY = f"{PREFIX}timelines"
-NODES_KEY = f"{PREFIX}nodes"
-
-
-def tl_key(ttid: str) -> str:
-    return f"{PREFIX}tl:{ttid}"
-
-
-def peers_key(ttid: str) -> str:
-    return f"{PREFIX}peers:{ttid}"
-
-
-def lease_key(ttid: str) -> str:
-    return f"{PREFIX}lease:{ttid}"
-
-
-def inflight_key(ttid: str) -> str:
-    return f"{PREFIX}inflight:{ttid}"
-
-
-def done_key(ttid: str) -> str:
-    return f"{PREFIX}done:{ttid}"
-
-
-def kick_key(ttid: str) -> str:
-    return f"{PREFIX}kick:{ttid}"
-
-
-def sums_key(ttid: str) -> str:
-    return f"{PREFIX}sums:{ttid}"
-
-
-def ledger_key(ttid: str) -> str:
-    return f"{PREFIX}ledger:{ttid}"
-
-
-def _window_keys(ttid: str) -> list[str]:
-    """KEYS of the commit scripts: lease, timeline, inflight, done, ledger."""
-    return [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid), ledger_key(ttid)]
-
-
-def _load_scripts() -> dict[str, str]:
-    """Every ``NAME.lua`` by stem, with the shared ``_*.lua`` helpers
-    (``_lsn.lua`` first, then the others by name) prepended."""
-    lua = resources.files("tasks.state").joinpath("lua")
-    entries = sorted(
-        (e for e in lua.iterdir() if e.name.endswith(".lua")),
-        key=lambda e: (e.name != "_lsn.lua", e.name),
-    )
-    shared = "\n".join(e.read_text() for e in entries if e.name.startswith("_"))
-    return {
-        e.name.removesuffix(".lua"): shared + "\n" + e.read_text()
-        for e in entries
-        if not e.name.startswith("_")
-    }
-
-
-_SCRIPT_SOURCES = _load_scripts()
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineRecord:
-    """The cluster-wide state of one timeline, as stored in Redis."""
-
-    backup_lsn: Lsn | None
-    timeline_start_lsn: Lsn | None
-    wal_seg_size: int | None
-    offloader: int | None
-    reason: str
-    holder: int | None
-    last_error: str
-
-    @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
-        def lsn(field: str) -> Lsn | None:
-            value = raw.get(field)
-            return Lsn.parse(value) if value else None
-
-        def num(field: str) -> int | None:
-            value = raw.get(field)
-            return int(value) if value else None
-
-        return cls(
-            backup_lsn=lsn("backup_lsn"),
-            timeline_start_lsn=lsn("timeline_start_lsn"),
-            wal_seg_size=num("wal_seg_size"),
-            offloader=num("offloader"),
-            reason=raw.get("reason", ""),
-            holder=num("holder"),
-            last_error=raw.get("last_error", ""),
-        )
-
-
-def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:
-    body: dict[str, Any] = {
-        "node_id": peer.node_id,
-        "commit_lsn": str(peer.commit_lsn),
-        "local_start_lsn": str(peer.local_start_lsn),
-        "backup_lsn": str(peer.backup_lsn),
-        "ts": peer.ts,
-        "wal_seg_size": wal_seg_size,
-        "timeline_start_lsn": str(timeline_start_lsn) if timeline_start_lsn is not None else None,
-    }
-    if peer.damaged_lsn is not None:
-        body["damaged_lsn"] = str(peer.damaged_lsn)
-    return json.dumps(body, separators=(",", ":"))
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    peer: PeerInfo
-    wal_seg_size: int
-    timeline_start_lsn: Lsn | None
-
-    @classmethod
-    def from_json(cls, text: str) -> PeerRecord:
-        raw = json.loads(text)
-        start = raw.get("timeline_start_lsn")
-        damaged = raw.get("damaged_lsn")
-        return cls(
-            PeerInfo(
-                node_id=int(raw["node_id"]),
-                commit_lsn=Lsn.parse(raw["commit_lsn"]),
-                local_start_lsn=Lsn.parse(raw["local_start_lsn"]),
-                backup_lsn=Lsn.parse(raw["backup_lsn"]),
-                ts=float(raw["ts"]),
-                damaged_lsn=Lsn.parse(damaged) if damaged else None,
-            ),
-            wal_seg_size=int(raw["wal_seg_size"]),
-            timeline_start_lsn=Lsn.parse(start) if start else None,
-        )
+from tasks.state.keys import (
+    NODES_KEY,
+    ROUND_LOCK_KEY,
+    TIMELINES_KEY,
+    done_key,
+    inflight_key,
+    kick_key,
+    lease_key,
+    ledger_key,
+    peers_key,
+    sums_key,
+    tl_key,
+    window_keys,
+)
+from tasks.state.lua import SCRIPT_SOURCES
+from tasks.state.records import PeerRecord, TimelineRecord
 
 
 class CommitRefused(Exception):
@@ -176,7 +44,7 @@ class RedisState:
     def __init__(self, client: redis.Redis[str]) -> None:
         self.r = client
         self._scripts: dict[str, Script] = {
-            name: client.register_script(source) for name, source in _SCRIPT_SOURCES.items()
+            name: client.register_script(source) for name, source in SCRIPT_SOURCES.items()
         }
 
     @classmethod
@@ -195,6 +63,14 @@ class RedisState:
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         return self._scripts[name](keys=list(keys), args=list(args), client=client)
+
+    def pipeline(self) -> Pipeline[str]:
+        """A non-transactional pipeline for the ``pipe=`` writes below."""
+        return self.r.pipeline(transaction=False)
+
+    def take_round_lock(self, ttl_ms: int) -> bool:
+        """Beat's election round lock: ``False`` while another round holds it."""
+        return bool(self.r.set(ROUND_LOCK_KEY, "1", nx=True, px=ttl_ms))
 
     # -- registration -------------------------------------------------------
 
@@ -307,8 +183,31 @@ class RedisState:
             )
         return out
 
-    def raise_backup_lsn(self, ttid: str, lsn: Lsn, client: Any = None) -> Any:
-        return self._run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], client=client)
+    def raise_backup_lsn(self, ttid: str, lsn: Lsn, pipe: Pipeline[str] | None = None) -> Any:
+        return self._run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], client=pipe)
+
+    def seed_timeline(self, ttid: str, start: Lsn, seg_size: int, pipe: Pipeline[str]) -> None:
+        """Record the timeline's start and segment size unless already known."""
+        pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))
+        pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)
+
+    def record_election(
+        self, ttid: str, offloader: int | None, reason: str, now: float, pipe: Pipeline[str]
+    ) -> None:
+        pipe.hset(
+            tl_key(ttid),
+            mapping={
+                "offloader": "" if offloader is None else offloader,
+                "reason": reason,
+                "elected_at": now,
+            },
+        )
+
+    def arm_kick(self, ttid: str, ttl_ms: int, *, force: bool, pipe: Pipeline[str]) -> None:
+        """Start the kick rate-limit timer of ``ttid``. Without ``force`` it
+        starts only if none runs, and the pipeline's result says whether it did
+        (the kick is allowed)."""
+        pipe.set(kick_key(ttid), "1", nx=not force, px=ttl_ms)
 
     def record_error(self, ttid: str, message: str) -> None:
         self.r.hset(
@@ -380,7 +279,7 @@ class RedisState:
         returns the new backup_lsn. Clears ``last_error``. Raises
         ``CommitRefused`` when the token is stale."""
         ok, backup = self._run(
-            "commit_segment", _window_keys(ttid), [token, segno, seg_size, md5_hex]
+            "commit_segment", window_keys(ttid), [token, segno, seg_size, md5_hex]
         )
         if not int(ok):
             raise CommitRefused(
@@ -407,7 +306,7 @@ class RedisState:
         now_ms = int(time.time() * 1000)
         ok, backup, *claimed = self._run(
             "commit_and_claim",
-            _window_keys(ttid),
+            window_keys(ttid),
             [
                 token,
                 segno,

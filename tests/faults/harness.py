@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import parse_xlog_file_name, xlog_file_name
-from tasks.simulate import expected_segment_bytes, simulate
+from tasks.dev.simulate import expected_segment_bytes, simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from celery import Celery
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.simulate import SegmentWritten, simulate
+from tasks.dev.simulate import SegmentWritten, simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import Archive, assert_invariant
 from tests.servers import RedisServer

@@ -21,7 +21,7 @@ import redis
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.simulate import simulate
+from tasks.dev.simulate import simulate
 from tests.cluster import SEG_SIZE, Cluster, wait_for
 from tests.servers import RedisServer, free_port, http_get
 

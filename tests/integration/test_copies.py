@@ -1,4 +1,4 @@
-"""A node's own copies (``tasks.copies``) against a real Redis: digests are
+"""A node's own copies (``tasks.backup.copies``) against a real Redis: digests are
 published for the window above backup_lsn and withdrawn below it, damage
 marks last while the file is unchanged."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.copies import Copies
+from tasks.backup.copies import Copies
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.simulate import expected_segment_bytes, simulate
+from tasks.dev.simulate import expected_segment_bytes, simulate
 from tasks.state.node import NodeState
 from tasks.state.redis import RedisState
 
@@ -47,9 +47,9 @@ def test_damage_marks_last_while_the_file_is_unchanged(state: RedisState, tmp_pa
     assert copies.damaged_lsn(st, lsn(1)) is None
     copies.mark_damaged(str(TTID), 2, path, "outvoted")
     assert copies.damaged_lsn(st, lsn(1)) == lsn(2)
-    assert "damaged copy of 000000010000000000000002: outvoted" in state.timeline(
-        str(TTID)
-    ).last_error
+    assert (
+        "damaged copy of 000000010000000000000002: outvoted" in state.timeline(str(TTID)).last_error
+    )
     assert copies.damaged_lsn(st, lsn(3)) is None  # backed up meanwhile: irrelevant
     copies.mark_damaged(str(TTID), 2, path, "outvoted")
     path.write_bytes(expected_segment_bytes(TTID, 2, SEG))  # repaired

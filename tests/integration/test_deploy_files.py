@@ -24,7 +24,7 @@ from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import simulate
+from tasks.dev.simulate import simulate
 from tasks.state.redis import RedisState
 from tests.cluster import SEG_SIZE, wait_for
 from tests.servers import env_without_walbackup, free_port, http_get

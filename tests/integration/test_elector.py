@@ -11,18 +11,13 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from tasks.backup.elector import Elector, Outcome
 from tasks.core.election import PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.elector import Elector, Outcome
-from tasks.state.redis import (
-    PeerRecord,
-    RedisState,
-    TimelineRecord,
-    kick_key,
-    peer_to_json,
-    tl_key,
-)
+from tasks.state.keys import kick_key, tl_key
+from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
+from tasks.state.redis import RedisState
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from celery import Celery
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import simulate
+from tasks.dev.simulate import simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from tasks.core.election import determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import simulate
+from tasks.dev.simulate import simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from tasks.core.commit import advance
 from tasks.core.lsn import Lsn
-from tasks.state.redis import (
-    CommitRefused,
-    RedisState,
-    done_key,
-    inflight_key,
-    lease_key,
-    tl_key,
-)
+from tasks.state.keys import done_key, inflight_key, lease_key, tl_key
+from tasks.state.redis import CommitRefused, RedisState
 
 pytestmark = pytest.mark.integration
 
@@ -413,8 +407,8 @@ def test_raise_backup_lsn_random(state: RedisState, ttid: str) -> None:
 
 def test_raise_backup_lsn_through_a_pipeline(state: RedisState, ttid: str) -> None:
     pipe = state.r.pipeline(transaction=False)
-    state.raise_backup_lsn(ttid, Lsn.parse("0/3000000"), client=pipe)
-    state.raise_backup_lsn(ttid, Lsn.parse("0/2000000"), client=pipe)
+    state.raise_backup_lsn(ttid, Lsn.parse("0/3000000"), pipe=pipe)
+    state.raise_backup_lsn(ttid, Lsn.parse("0/2000000"), pipe=pipe)
     assert pipe.execute() == ["0/3000000", "0/3000000"]
 
 

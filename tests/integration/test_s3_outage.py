@@ -12,7 +12,7 @@ import pytest
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.simulate import simulate
+from tasks.dev.simulate import simulate
 from tests.cluster import SEG_SIZE, Cluster, wait_for
 from tests.faults.harness import scrape
 from tests.fixtures_s3 import MotoServer, make_bucket, s3_client

@@ -11,7 +11,8 @@ import pytest
 
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
-from tasks.state.redis import RedisState, peer_to_json
+from tasks.state.records import peer_to_json
+from tasks.state.redis import RedisState
 from tests.servers import env_without_walbackup
 
 pytestmark = pytest.mark.integration

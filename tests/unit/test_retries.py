@@ -1,12 +1,12 @@
-"""Parked retries (``tasks.retries``) and the storage prober (``tasks.health``)."""
+"""Parked retries (``tasks.backup.retries``) and the storage prober (``tasks.backup.health``)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from tasks.health import StorageHealth
-from tasks.retries import RetryPark, UploadRef
+from tasks.backup.health import StorageHealth
+from tasks.backup.retries import RetryPark, UploadRef
 
 REF = UploadRef("t", 3, 1 << 20, "1.x:1")
 

@@ -1,4 +1,4 @@
-"""tasks.simulate: the deterministic WAL writer."""
+"""tasks.dev.simulate: the deterministic WAL writer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.errors import InvalidInput
-from tasks.simulate import (
+from tasks.dev.simulate import (
     BLOCK_SIZE,
     SegmentWritten,
     expected_segment_bytes,
@@ -21,6 +20,7 @@ from tasks.simulate import (
     segment_matches,
     simulate,
 )
+from tasks.errors import InvalidInput
 from tasks.state.node import NodeState
 
 SEG = 1 << 20

@@ -7,7 +7,7 @@ keeps a spool per timeline:
 
 - a *hit* (``try_serve``) verifies the spooled segment and moves it to DEST,
   importing nothing but the standard library;
-- a *miss* fetches the segment directly (``tasks.restore``), records it as
+- a *miss* fetches the segment directly (``tasks.restore.fetch``), records it as
   the consumer's position (the ``.want`` file) and starts, unless one runs, a
   detached *prefetcher* (forked from that fetch, with boto3 already loaded)
   that downloads the next ``restore_prefetch`` segments into the spool; a
@@ -549,7 +549,7 @@ class Prefetcher:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m tasks.spool TTID DEPTH``: run a prefetcher in the foreground
+    """``python -m tasks.restore.spool TTID DEPTH``: run a prefetcher in the foreground
     (``walbackup fetch`` forks one instead; this is for debugging)."""
     from tasks.config import load_settings
     from tasks.storage import open_storage

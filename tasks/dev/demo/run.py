@@ -40,16 +40,16 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tasks.backup.status import timeline_status
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
-from tasks.embedded import free_port, redis_server_command
+from tasks.dev.embedded import free_port, redis_server_command
+from tasks.dev.simulate import SegmentWritten, simulate
 from tasks.errors import InvalidInput, NotFound
-from tasks.simulate import SegmentWritten, simulate
 from tasks.state.node import NodeState
 from tasks.state.redis import RedisState
-from tasks.status import timeline_status
 from tasks.storage import open_storage, segment_key
 
 NODE_IDS = (1, 2, 3)

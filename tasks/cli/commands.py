@@ -1,7 +1,7 @@
-"""The ``walbackup`` command line.
+"""The ``walbackup`` commands (typer): fetch, trigger, status, simulate, demo.
 
-Imports are local to each command: ``fetch`` runs once per segment as
-PostgreSQL's ``restore_command``, so it must not pay for Celery or rich.
+Imports are local to each command, so each pays only for what it uses; the
+fast path of ``fetch`` does not come through here (``tasks.cli.main``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def fetch(
 
     Exit codes: 0 written in full, 1 not found, 2 bad input, 3 storage unavailable, 4 other,
     5 checksum mismatch (the stored object is corrupt; no DEST file is created)."""
-    from tasks.restore import run_fetch
+    from tasks.restore.fetch import run_fetch
 
     raise typer.Exit(run_fetch(ttid, segment, dest, offset))
 
@@ -65,11 +65,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per timeline: each peer's commit_lsn, backup_lsn, offloader and reason, lag."""
+    from tasks.backup.status import timeline_status
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
     from tasks.errors import InvalidInput
     from tasks.state.redis import RedisState
-    from tasks.status import timeline_status
 
     try:
         settings = load_settings()
@@ -121,8 +121,8 @@ def simulate(
     import secrets
 
     from tasks.core.ids import TenantTimelineId
+    from tasks.dev.simulate import simulate as run
     from tasks.errors import InvalidInput
-    from tasks.simulate import simulate as run
 
     try:
         ids = [TenantTimelineId.parse(t) for t in ttids or []] or [
@@ -149,7 +149,7 @@ def demo(
     seg_size: Annotated[int, typer.Option(help="wal_seg_size in bytes")] = 1 << 20,
 ) -> None:
     """Run Redis, 3 nodes, beat and Flower locally on simulated WAL; check the backup at the end."""
-    from tasks.demo import run_demo
+    from tasks.dev.demo.run import run_demo
     from tasks.errors import InvalidInput
 
     try:
@@ -163,15 +163,3 @@ def demo(
     except InvalidInput as exc:
         _fail(EXIT_INPUT, str(exc))
     raise typer.Exit(code)
-
-
-def main() -> None:
-    """Everything but ``fetch``, which ``tasks.restore.console_main`` serves
-    without importing this module."""
-    cli()
-
-
-if __name__ == "__main__":
-    from tasks.restore import console_main
-
-    console_main()

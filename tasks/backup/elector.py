@@ -6,7 +6,7 @@ pipelined read and one pipelined write, so 10,000 timelines cost a few dozen
 round trips rather than tens of thousands.
 
 A timeline without a backup_lsn in Redis (new, or Redis lost its data) gets
-one only once the archive was listed (``tasks.recovery``): the nodes' state
+one only once the archive was listed (``tasks.backup.recovery``): the nodes' state
 files alone may lag the lost value, and backup_lsn must never move backwards.
 """
 
@@ -24,7 +24,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import WalBackupError
 from tasks.logutil import Throttle
-from tasks.state.redis import PeerRecord, RedisState, TimelineRecord, kick_key, tl_key
+from tasks.state.records import PeerRecord, TimelineRecord
+from tasks.state.redis import RedisState
 
 log = logging.getLogger("walbackup.election")
 
@@ -56,14 +57,13 @@ class Outcome:
     kicked: bool
 
 
-def timeline_start(peers: Sequence[PeerRecord]) -> Lsn | None:
+def timeline_start(peers: Sequence[PeerRecord]) -> Lsn:
     """An explicit ``timeline_start_lsn`` a writer recorded, else the start of
-    the lowest segment any node holds now (SPEC §3)."""
+    the lowest segment any of ``peers`` (at least one) holds now (SPEC §3)."""
     explicit = [p.timeline_start_lsn for p in peers if p.timeline_start_lsn is not None]
     if explicit:
         return min(explicit)
-    starts = [p.peer.local_start_lsn for p in peers]
-    return min(starts) if starts else None
+    return min(p.peer.local_start_lsn for p in peers)
 
 
 class Elector:
@@ -107,7 +107,7 @@ class Elector:
         (without it they wait for a call that may)."""
         now = time.time()
         rows = self.state.timelines_with_peers(ttids)
-        writes = self.state.r.pipeline(transaction=False)
+        writes = self.state.pipeline()
         recovery = _Recovery(allowed=recover and self.recover is not None)
         planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
@@ -117,22 +117,17 @@ class Elector:
             changed = election.offloader != record.offloader
             if changed:
                 self._log_change(ttid, record, election)
-                writes.hset(
-                    tl_key(ttid),
-                    mapping={
-                        "offloader": "" if election.offloader is None else election.offloader,
-                        "reason": election.reason,
-                        "elected_at": now,
-                    },
+                self.state.record_election(
+                    ttid, election.offloader, election.reason, now, pipe=writes
                 )
             planned.append((ttid, election, backup_lsn, changed, wants_kick))
         # Kicks forced by a trigger or a new offloader go out now and start the
         # rate-limit timer; the others go out only when the timer has run out.
         rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
         for ttid, *_ in (p for p in planned if p[4] and (force_kick or p[3])):
-            writes.set(kick_key(ttid), "1", px=self.kick_interval_ms)
+            self.state.arm_kick(ttid, self.kick_interval_ms, force=True, pipe=writes)
         for ttid, *_ in rate_limited:
-            writes.set(kick_key(ttid), "1", nx=True, px=self.kick_interval_ms)
+            self.state.arm_kick(ttid, self.kick_interval_ms, force=False, pipe=writes)
         results = writes.execute()
         allowed = (
             {
@@ -167,8 +162,7 @@ class Elector:
         start = record.timeline_start_lsn
         if start is None and alive:
             start = timeline_start(alive)
-            pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))
-            pipe.hsetnx(tl_key(ttid), "wal_seg_size", seg_size)
+            self.state.seed_timeline(ttid, start, seg_size, pipe=pipe)
         # backup_lsn = max(stored, timeline start, what nodes persisted, the
         # contiguous archive): the last two recover a Redis that lost its data.
         candidates = [lsn for lsn in (record.backup_lsn, start) if lsn is not None]
@@ -182,7 +176,7 @@ class Elector:
             candidates.append(archived)
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:
-            self.state.raise_backup_lsn(ttid, backup_lsn, client=pipe)
+            self.state.raise_backup_lsn(ttid, backup_lsn, pipe=pipe)
         election = determine_offloader(
             [r.peer for r in alive],
             backup_lsn,

@@ -4,7 +4,7 @@ After an upload fails with ``StorageUnavailable`` the node calls ``failed()``;
 a daemon thread then probes the storage (``RemoteStorage.probe``: one cheap
 request with short timeouts) every ``interval_s`` until a probe succeeds. A
 success that follows a failed probe is a *recovery* and increments
-``recoveries``, which releases parked retries at once (``tasks.retries``). A
+``recoveries``, which releases parked retries at once (``tasks.backup.retries``). A
 first probe that succeeds is no recovery: a fault that only hits uploads keeps
 its backoff instead of being retried at the probing rate.
 """

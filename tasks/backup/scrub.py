@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from tasks.backup.recovery import remote_objects
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import SegmentFileError
 from tasks.metrics import ARCHIVE_PROBLEMS
-from tasks.recovery import remote_objects
 from tasks.state.node import TimelineState
 from tasks.state.redis import RedisState
 from tasks.storage.base import RemoteStorage, digest_segment_file, segment_key

@@ -1,19 +1,27 @@
-"""Per-process singletons: Redis state, remote storage, elector, node service.
+"""Builds a process's parts from the settings: Redis state, storage, elector, node service.
 
-Created on first use inside the worker process (never at import, never before
-a fork), from the settings.
+Each is created on first use inside the worker process (never at import, never
+before a fork). Tasks are sent by name (``tasks.names``), so nothing here
+imports the task module.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
+from kombu.exceptions import OperationalError
+
+from tasks.app import app
+from tasks.backup.elector import Elector
+from tasks.backup.node import NodeService
+from tasks.backup.recovery import remote_backup_end
 from tasks.config import get_settings
 from tasks.core.lsn import Lsn
-from tasks.elector import Elector
-from tasks.node import NodeService
-from tasks.recovery import remote_backup_end
+from tasks.errors import BrokerUnavailable
+from tasks.names import BACKUP_TIMELINE, UPLOAD_SEGMENT, node_queue
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
 from tasks.storage.base import RemoteStorage
@@ -48,9 +56,31 @@ def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
 
 def kick_backup(ttid: str, node_id: int) -> None:
     """Send ``backup_timeline`` for ``ttid`` to the node's own queue."""
-    from tasks.app import app, node_queue
+    with _broker_errors():
+        app.send_task(BACKUP_TIMELINE, args=[ttid], queue=node_queue(node_id))
 
-    app.send_task("walbackup.backup_timeline", args=[ttid], queue=node_queue(node_id))
+
+def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> None:
+    """Send ``upload_segment`` to this node's own queue."""
+    node_id = get_settings().node_id
+    assert node_id is not None, "only a node (WALBACKUP_NODE_ID set) uploads"
+    with _broker_errors():
+        app.send_task(
+            UPLOAD_SEGMENT,
+            args=[ttid, segno, seg_size, token],
+            kwargs={"attempt": attempt},
+            queue=node_queue(node_id),
+        )
+
+
+@contextmanager
+def _broker_errors() -> Iterator[None]:
+    """kombu's OperationalError (the broker lost, after the publish retry
+    policy gave up) as walbackup's own retryable error."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise BrokerUnavailable(f"cannot send a task message: {exc}") from exc
 
 
 @lru_cache(maxsize=1)
@@ -72,8 +102,6 @@ def get_node() -> NodeService:
     global _node
     with _lock:
         if _node is None:
-            from tasks.jobs import send_upload
-
             _node = NodeService(
                 get_settings(), get_state(), get_storage(), get_elector(), send_upload
             )

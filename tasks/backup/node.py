@@ -11,10 +11,10 @@ It runs beside the Celery consumer (``NodeStep``) and
   that lost its data recovers it from the nodes, and re-registers its
   timelines with every heartbeat, so such a Redis learns them again;
 - publishes the SHA-256 of its copies of segments still to back up, and marks
-  its damaged copies (``tasks.copies``), so a segment is archived only when the
+  its damaged copies (``tasks.backup.copies``), so a segment is archived only when the
   nodes agree on its bytes;
 - holds failed uploads until their retry is due or remote storage is seen to
-  heal (``tasks.retries``, ``tasks.health``).
+  heal (``tasks.backup.retries``, ``tasks.backup.health``).
 
 The two node tasks (``backup_timeline`` and ``upload_segment``) call
 ``NodeService.backup`` and ``NodeService.upload``.
@@ -33,26 +33,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from kombu.exceptions import OperationalError
 
+from tasks.backup.copies import Copies
+from tasks.backup.elector import Elector
+from tasks.backup.health import StorageHealth
+from tasks.backup.retries import RetryPark, UploadRef
+from tasks.backup.scrub import scrub_timeline
 from tasks.config import Settings
-from tasks.copies import Copies
 from tasks.core.agreement import Decision, judge
 from tasks.core.commit import backoff_ms
 from tasks.core.election import PeerInfo, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.elector import Elector
 from tasks.errors import (
     AgreementPending,
+    BrokerUnavailable,
     ChecksumMismatch,
     DamagedCopy,
     NoAgreement,
     SegmentFileError,
     StorageUnavailable,
 )
-from tasks.health import StorageHealth
 from tasks.logutil import Throttle
 from tasks.metrics import (
     BACKED_UP_SEGMENTS,
@@ -63,10 +65,9 @@ from tasks.metrics import (
     UPLOADED_BYTES,
 )
 from tasks.metrics import serve as serve_metrics
-from tasks.retries import RetryPark, UploadRef
-from tasks.scrub import scrub_timeline
 from tasks.state.node import NodeState, TimelineState
-from tasks.state.redis import CommitRefused, PeerRecord, RedisState, peer_to_json
+from tasks.state.records import PeerRecord, peer_to_json
+from tasks.state.redis import CommitRefused, RedisState
 from tasks.storage.base import RemoteStorage, SegmentDigest, digest_segment_file, segment_key
 
 log = logging.getLogger("walbackup.node")
@@ -259,7 +260,7 @@ class NodeService:
                         self._digest_wake.set()
                         self._resend_orphans()
             except Exception as exc:  # keep the node alive through Redis restarts and disk hiccups
-                if isinstance(exc, redis.RedisError | OperationalError):
+                if isinstance(exc, redis.RedisError | BrokerUnavailable):
                     self._redis_failed = True
                 self._complain("heartbeat/watch round failed", exc)
 
@@ -666,7 +667,7 @@ class NodeService:
             attempt,
             exc,
         )
-        with contextlib.suppress(redis.RedisError, OperationalError):
+        with contextlib.suppress(redis.RedisError, BrokerUnavailable):
             self.state.record_error(upload.ttid, f"segno {upload.segno}: {exc}")
         if isinstance(exc, StorageUnavailable):
             self.health.failed()
@@ -743,7 +744,7 @@ class NodeService:
             u = item.upload
             try:
                 self.send_upload(u.ttid, u.segno, u.seg_size, u.token, item.attempt)
-            except (redis.RedisError, OperationalError, OSError) as exc:
+            except (redis.RedisError, BrokerUnavailable, OSError) as exc:
                 self.retries.put_back(due[i:])  # the broker is down: keep them
                 self._complain("cannot send parked retries", exc)
                 break

@@ -3,7 +3,7 @@
 Written to be usable as PostgreSQL's ``restore_command``: the destination file
 appears only complete (temp file, fsync, rename), never torn. PostgreSQL runs
 it once per segment, so the common case — the segment is in the restore spool
-(``tasks.spool``) — imports nothing beyond the standard library; a miss fetches
+(``tasks.restore.spool``) — imports nothing beyond the standard library; a miss fetches
 directly and starts the prefetcher that fills the spool.
 """
 
@@ -96,7 +96,7 @@ EXIT_CHECKSUM = 5  # ours: the object read does not match its stored checksum
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
     """``walbackup fetch``: an exit code, and a one-line message on failure."""
     if offset == 0 and dest != "-":
-        from tasks.spool import try_serve
+        from tasks.restore.spool import try_serve
 
         if try_serve(ttid, segment, dest):
             return EXIT_OK
@@ -113,17 +113,17 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         )
         written = fetch_segment(storage, parsed, segment, dest, offset)
     except NotFound:
-        return _fail(
+        return fail(
             EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
         )
     except InvalidInput as exc:
-        return _fail(EXIT_INPUT, str(exc))
+        return fail(EXIT_INPUT, str(exc))
     except ChecksumMismatch as exc:
-        return _fail(EXIT_CHECKSUM, f"checksum mismatch: {exc}")
+        return fail(EXIT_CHECKSUM, f"checksum mismatch: {exc}")
     except Retryable as exc:
-        return _fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
+        return fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
     except (WalBackupError, OSError) as exc:
-        return _fail(EXIT_OTHER, str(exc))
+        return fail(EXIT_OTHER, str(exc))
     if offset == 0 and dest != "-":
         _start_prefetch(settings, storage, str(parsed), segment, written)
     return EXIT_OK
@@ -136,7 +136,7 @@ def _start_prefetch(
     from it. The spool only saves time, so its trouble never fails a fetch."""
     from tasks.core.segments import validate_seg_size
     from tasks.errors import WalBackupError
-    from tasks.spool import note_want, settings_spool_dir, start_prefetcher
+    from tasks.restore.spool import note_want, settings_spool_dir, start_prefetcher
 
     if settings.restore_prefetch <= 0 or segment.endswith(".partial"):
         return
@@ -149,43 +149,6 @@ def _start_prefetch(
         pass
 
 
-def _fail(code: int, message: str) -> int:
+def fail(code: int, message: str) -> int:
     print(f"walbackup: {message}", file=sys.stderr)
     return code
-
-
-_USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
-
-
-def fetch_main(argv: list[str]) -> int:
-    """Argument parsing for the fast path of ``walbackup fetch``."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(_USAGE)
-        return EXIT_OK
-    args: list[str] = []
-    offset = 0
-    rest = iter(argv)
-    try:
-        for arg in rest:
-            if arg == "--offset":
-                offset = int(next(rest))
-            elif arg.startswith("--offset="):
-                offset = int(arg.split("=", 1)[1])
-            else:
-                args.append(arg)
-    except (StopIteration, ValueError):
-        return _fail(EXIT_INPUT, f"--offset needs an integer; {_USAGE}")
-    if len(args) != 3:
-        return _fail(EXIT_INPUT, _USAGE)
-    return run_fetch(args[0], args[1], args[2], offset)
-
-
-def console_main() -> None:
-    """The ``walbackup`` console script. ``fetch`` goes straight to
-    ``fetch_main``: importing the typer CLI would cost PostgreSQL's
-    ``restore_command`` more than serving a spooled segment does."""
-    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
-        sys.exit(fetch_main(sys.argv[2:]))
-    from tasks.cli import main
-
-    main()

@@ -1,0 +1,1 @@
+"""The backup pipeline: the node service, its leases and uploads, the elector, status."""

@@ -1,0 +1,1 @@
+"""The ``walbackup`` command line: ``main`` (entry, fast ``fetch``) and ``commands`` (typer)."""

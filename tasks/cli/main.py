@@ -1,0 +1,46 @@
+"""The ``walbackup`` console entry: ``fetch`` is parsed here, everything else by typer.
+
+PostgreSQL runs ``walbackup fetch`` once per segment as its ``restore_command``:
+that path imports only the standard library and ``tasks.restore.fetch``, never
+typer, rich or Celery (``tasks.cli.commands``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tasks.restore.fetch import EXIT_INPUT, EXIT_OK, fail, run_fetch
+
+_USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
+
+
+def fetch_main(argv: list[str]) -> int:
+    """Argument parsing for the fast path of ``walbackup fetch``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(_USAGE)
+        return EXIT_OK
+    args: list[str] = []
+    offset = 0
+    rest = iter(argv)
+    try:
+        for arg in rest:
+            if arg == "--offset":
+                offset = int(next(rest))
+            elif arg.startswith("--offset="):
+                offset = int(arg.split("=", 1)[1])
+            else:
+                args.append(arg)
+    except (StopIteration, ValueError):
+        return fail(EXIT_INPUT, f"--offset needs an integer; {_USAGE}")
+    if len(args) != 3:
+        return fail(EXIT_INPUT, _USAGE)
+    return run_fetch(args[0], args[1], args[2], offset)
+
+
+def main() -> None:
+    """The ``walbackup`` console script."""
+    if len(sys.argv) > 1 and sys.argv[1] == "fetch":
+        sys.exit(fetch_main(sys.argv[2:]))
+    from tasks.cli.commands import cli
+
+    cli()

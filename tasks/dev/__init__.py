@@ -1,0 +1,1 @@
+"""For trying and testing walbackup: the WAL simulator, embedded servers, the demo."""

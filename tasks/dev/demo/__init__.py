@@ -1,0 +1,1 @@
+"""``walbackup demo``: a whole cluster on this machine, on simulated WAL."""

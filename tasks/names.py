@@ -1,0 +1,15 @@
+"""Task and queue names: the contract between beat, the CLI, the workers and Flower."""
+
+from __future__ import annotations
+
+TRIGGER = "walbackup.trigger"
+ELECT_ALL = "walbackup.elect_all"
+BACKUP_TIMELINE = "walbackup.backup_timeline"
+UPLOAD_SEGMENT = "walbackup.upload_segment"
+
+SHARED_QUEUE = "walbackup"
+
+
+def node_queue(node_id: int) -> str:
+    """A node's own queue: its ``backup_timeline`` and ``upload_segment`` tasks."""
+    return f"node.{node_id}"

@@ -1,0 +1,83 @@
+"""What walbackup stores per timeline and per peer in Redis, parsed into types."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.core.election import PeerInfo
+from tasks.core.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRecord:
+    """The cluster-wide state of one timeline, as stored in Redis."""
+
+    backup_lsn: Lsn | None
+    timeline_start_lsn: Lsn | None
+    wal_seg_size: int | None
+    offloader: int | None
+    reason: str
+    holder: int | None
+    last_error: str
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
+        def lsn(field: str) -> Lsn | None:
+            value = raw.get(field)
+            return Lsn.parse(value) if value else None
+
+        def num(field: str) -> int | None:
+            value = raw.get(field)
+            return int(value) if value else None
+
+        return cls(
+            backup_lsn=lsn("backup_lsn"),
+            timeline_start_lsn=lsn("timeline_start_lsn"),
+            wal_seg_size=num("wal_seg_size"),
+            offloader=num("offloader"),
+            reason=raw.get("reason", ""),
+            holder=num("holder"),
+            last_error=raw.get("last_error", ""),
+        )
+
+
+def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:
+    body: dict[str, Any] = {
+        "node_id": peer.node_id,
+        "commit_lsn": str(peer.commit_lsn),
+        "local_start_lsn": str(peer.local_start_lsn),
+        "backup_lsn": str(peer.backup_lsn),
+        "ts": peer.ts,
+        "wal_seg_size": wal_seg_size,
+        "timeline_start_lsn": str(timeline_start_lsn) if timeline_start_lsn is not None else None,
+    }
+    if peer.damaged_lsn is not None:
+        body["damaged_lsn"] = str(peer.damaged_lsn)
+    return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    peer: PeerInfo
+    wal_seg_size: int
+    timeline_start_lsn: Lsn | None
+
+    @classmethod
+    def from_json(cls, text: str) -> PeerRecord:
+        raw = json.loads(text)
+        start = raw.get("timeline_start_lsn")
+        damaged = raw.get("damaged_lsn")
+        return cls(
+            PeerInfo(
+                node_id=int(raw["node_id"]),
+                commit_lsn=Lsn.parse(raw["commit_lsn"]),
+                local_start_lsn=Lsn.parse(raw["local_start_lsn"]),
+                backup_lsn=Lsn.parse(raw["backup_lsn"]),
+                ts=float(raw["ts"]),
+                damaged_lsn=Lsn.parse(damaged) if damaged else None,
+            ),
+            wal_seg_size=int(raw["wal_seg_size"]),
+            timeline_start_lsn=Lsn.parse(start) if start else None,
+        )

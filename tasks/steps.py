@@ -1,0 +1,28 @@
+"""The worker bootstep that runs the node service beside a node worker's consumer."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from celery import bootsteps
+
+from tasks.config import get_settings
+from tasks.wiring import get_node
+
+
+class NodeStep(bootsteps.StartStopStep):
+    """Starts the node service (heartbeats, WORKDIR watcher, lease upkeep,
+    metrics) in a worker started with ``WALBACKUP_NODE_ID``; a worker without
+    one only runs the shared queue's tasks."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.enabled = get_settings().node_id is not None
+
+    def start(self, parent: Any) -> None:
+        get_node().start()
+
+    def stop(self, parent: Any) -> None:
+        get_node().stop()

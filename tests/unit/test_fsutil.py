@@ -1,0 +1,46 @@
+"""tasks.fsutil: a file appears complete or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.fsutil import atomic_write, temp_path, write_atomically
+
+
+def test_write_atomically_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "state"
+    dest.write_bytes(b"old")
+    write_atomically(dest, b"new")
+    assert dest.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "seg"
+    dest.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(dest) as out:
+        out.write(b"half")
+        raise RuntimeError("disk trouble")
+    assert dest.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["seg"]
+
+
+def test_an_explicit_temp_is_used_and_must_not_exist(tmp_path: Path) -> None:
+    dest, tmp = tmp_path / "seg", tmp_path / ".tmp.seg"
+    with atomic_write(dest, tmp=tmp, durable=False) as out:
+        assert tmp.exists() and not dest.exists()
+        out.write(b"x")
+    assert dest.read_bytes() == b"x" and not tmp.exists()
+    tmp.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError), atomic_write(dest, tmp=tmp):
+        pass
+    assert dest.read_bytes() == b"x"
+    assert tmp.read_bytes() == b"someone else's"
+
+
+def test_temp_paths_are_hidden_unique_and_beside_dest(tmp_path: Path) -> None:
+    a, b = temp_path(tmp_path / "f"), temp_path(tmp_path / "f")
+    assert a != b and a.parent == b.parent == tmp_path
+    assert a.name.startswith(".f.") and a.name.endswith(".tmp")
