@@ -25,8 +25,8 @@ import redis
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import DAMAGED_SEGMENTS
-from tasks.state.node import TimelineState
 from tasks.state.redis import RedisState
+from tasks.state.workdir import TimelineState
 from tasks.storage.base import CHUNK_BYTES
 
 log = logging.getLogger("walbackup.copies")

@@ -65,9 +65,9 @@ from tasks.metrics import (
     UPLOADED_BYTES,
 )
 from tasks.metrics import serve as serve_metrics
-from tasks.state.node import NodeState, TimelineState
 from tasks.state.records import PeerRecord, peer_to_json
 from tasks.state.redis import CommitRefused, RedisState
+from tasks.state.workdir import TimelineState, Workdir
 from tasks.storage.base import RemoteStorage, SegmentDigest, digest_segment_file, segment_key
 
 log = logging.getLogger("walbackup.node")
@@ -174,7 +174,7 @@ class NodeService:
         # A new owner per process: a restarted node never reuses the lease of
         # its previous life, whose in-flight claims died with it.
         self.owner = f"{self.node_id}.{secrets.token_hex(4)}"
-        self.disk = NodeState(settings.workdir, settings.wal_seg_size)
+        self.disk = Workdir(settings.workdir, settings.wal_seg_size)
         self.lease_ttl_ms = int(settings.lease_ttl_s * 1000)
         self._leases: dict[str, str] = {}  # ttid -> token held by this process
         self._timelines: dict[str, TimelineState] = {}

@@ -21,8 +21,8 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import SegmentFileError
 from tasks.metrics import ARCHIVE_PROBLEMS
-from tasks.state.node import TimelineState
 from tasks.state.redis import RedisState
+from tasks.state.workdir import TimelineState
 from tasks.storage.base import RemoteStorage, digest_segment_file, segment_key
 
 log = logging.getLogger("walbackup.scrub")

@@ -18,7 +18,7 @@ import pytest
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import PARTIAL_SUFFIX, xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate
-from tasks.state.node import read_state_file
+from tasks.state.state_file import read_state_file
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
     NODES,

@@ -13,8 +13,8 @@ from tasks.backup.copies import Copies
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.dev.simulate import expected_segment_bytes, simulate
-from tasks.state.node import NodeState
 from tasks.state.redis import RedisState
+from tasks.state.workdir import Workdir
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def lsn(segno: int) -> Lsn:
 
 def test_digests_follow_backup_lsn(state: RedisState, tmp_path: Path) -> None:
     simulate([tmp_path], [TTID], 6, SEG)
-    timelines = {str(t): s for t, s in NodeState(tmp_path, SEG).scan().items()}
+    timelines = {str(t): s for t, s in Workdir(tmp_path, SEG).scan().items()}
     copies = Copies(7, state)
     assert copies.refresh(timelines, {str(TTID): lsn(3)}) == 4  # segnos 3..6
     digests = state.digests(str(TTID), 4, [7, 8])
@@ -41,7 +41,7 @@ def test_digests_follow_backup_lsn(state: RedisState, tmp_path: Path) -> None:
 
 def test_damage_marks_last_while_the_file_is_unchanged(state: RedisState, tmp_path: Path) -> None:
     simulate([tmp_path], [TTID], 4, SEG)
-    (st,) = NodeState(tmp_path, SEG).scan().values()
+    (st,) = Workdir(tmp_path, SEG).scan().values()
     path = st.path / "000000010000000000000002"
     copies = Copies(7, state)
     assert copies.damaged_lsn(st, lsn(1)) is None

@@ -21,7 +21,7 @@ from tasks.dev.simulate import (
     simulate,
 )
 from tasks.errors import InvalidInput
-from tasks.state.node import NodeState
+from tasks.state.workdir import Workdir
 
 SEG = 1 << 20
 T1 = TenantTimelineId("0123456789abcdef0123456789abcdef", "00000000000000000000000000000001")
@@ -74,7 +74,7 @@ def test_start_segno_and_node_state_agree(tmp_path: Path) -> None:
     assert [(s.segno, s.path.name) for s in seen] == [
         (segno, xlog_file_name(segno, SEG)) for segno in (5, 6, 7)
     ]
-    tli = NodeState(tmp_path, SEG).scan()[T1]
+    tli = Workdir(tmp_path, SEG).scan()[T1]
     assert (tli.local_start_lsn, tli.commit_lsn) == (Lsn(5 * SEG), Lsn(8 * SEG))
 
 
@@ -129,14 +129,14 @@ def test_stop_leaves_partial(tmp_path: Path) -> None:
     partial = xlog_file_name(2, 4 * SEG) + ".partial"
     assert names == [xlog_file_name(1, 4 * SEG), partial]
     assert (tl_dir(tmp_path, T1) / partial).stat().st_size < 4 * SEG
-    assert NodeState(tmp_path, 4 * SEG).scan()[T1].commit_lsn == Lsn(2 * 4 * SEG)
+    assert Workdir(tmp_path, 4 * SEG).scan()[T1].commit_lsn == Lsn(2 * 4 * SEG)
 
 
 def test_lag(tmp_path: Path) -> None:
     workdirs = [tmp_path / "a", tmp_path / "b"]
     simulate(workdirs, [T1], segments=5, seg_size=SEG, lag={1: 2})
-    lead = NodeState(workdirs[0], SEG).scan()[T1]
-    behind = NodeState(workdirs[1], SEG).scan()[T1]
+    lead = Workdir(workdirs[0], SEG).scan()[T1]
+    behind = Workdir(workdirs[1], SEG).scan()[T1]
     assert lead.commit_lsn == Lsn(6 * SEG)
     assert behind.commit_lsn == Lsn(4 * SEG)
     name = xlog_file_name(3, SEG)

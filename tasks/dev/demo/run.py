@@ -48,8 +48,8 @@ from tasks.core.segments import validate_seg_size, xlog_file_name
 from tasks.dev.embedded import free_port, redis_server_command
 from tasks.dev.simulate import SegmentWritten, simulate
 from tasks.errors import InvalidInput, NotFound
-from tasks.state.node import NodeState
 from tasks.state.redis import RedisState
+from tasks.state.workdir import Workdir
 from tasks.storage import open_storage, segment_key
 
 NODE_IDS = (1, 2, 3)
@@ -438,7 +438,7 @@ class Demo:
     def verify(self, writer: Writer) -> Verdict:
         """Every complete segment node 1 holds, compared with the remote copy."""
         storage = open_storage(self.remote_url)
-        disk = NodeState(self.workdir(NODE_IDS[0]), self.seg_size)
+        disk = Workdir(self.workdir(NODE_IDS[0]), self.seg_size)
         checked = 0
         missing: list[str] = []
         different: list[str] = []

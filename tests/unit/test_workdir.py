@@ -1,4 +1,4 @@
-"""tasks.state.node: timeline discovery, cached rescans and the state file."""
+"""tasks.state.workdir and state_file: timeline discovery, cached rescans, the state file."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, SegmentFileError
-from tasks.state import node
-from tasks.state.node import (
+from tasks.state import state_file
+from tasks.state import workdir as workdir_module
+from tasks.state.state_file import (
     STATE_FILE_NAME,
-    NodeState,
     TimelineStateFile,
     read_state_file,
     write_state_file,
 )
+from tasks.state.workdir import Workdir
 
 SEG = 1 << 20
 TENANT = "0123456789abcdef0123456789abcdef"
@@ -54,8 +55,8 @@ def age_dir(path: Path) -> None:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> NodeState:
-    return NodeState(tmp_path, SEG)
+def state(tmp_path: Path) -> Workdir:
+    return Workdir(tmp_path, SEG)
 
 
 # -- state file --------------------------------------------------------------
@@ -130,13 +131,13 @@ def test_state_file_with_bad_values_rejected(tmp_path: Path) -> None:
         "wal_seg_size": 3 << 20,
         "backup_lsn": "0/0",
     }
-    body["sha256"] = node._body_digest(body)
+    body["sha256"] = state_file._body_digest(body)
     path.write_text(json.dumps(body))
     with pytest.raises(InvalidInput, match="wal_seg_size"):
         read_state_file(path)
 
 
-def test_corrupt_state_file_is_never_overwritten(state: NodeState, tmp_path: Path) -> None:
+def test_corrupt_state_file_is_never_overwritten(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID) / STATE_FILE_NAME
     path.write_bytes(b"garbage")
     with pytest.raises(InvalidInput, match=str(path)):
@@ -147,7 +148,7 @@ def test_corrupt_state_file_is_never_overwritten(state: NodeState, tmp_path: Pat
 # -- backup_lsn --------------------------------------------------------------
 
 
-def test_record_backup_lsn_is_monotonic(state: NodeState, tmp_path: Path) -> None:
+def test_record_backup_lsn_is_monotonic(state: Workdir, tmp_path: Path) -> None:
     make_timeline(tmp_path, TTID)
     assert state.record_backup_lsn(TTID, Lsn(0x300000)) == Lsn(0x300000)
     assert state.record_backup_lsn(TTID, Lsn(0x100000)) == Lsn(0x300000)
@@ -157,19 +158,19 @@ def test_record_backup_lsn_is_monotonic(state: NodeState, tmp_path: Path) -> Non
     assert stored.wal_seg_size == SEG  # the default, for a dir without a state file
 
 
-def test_record_backup_lsn_keeps_other_fields(state: NodeState, tmp_path: Path) -> None:
+def test_record_backup_lsn_keeps_other_fields(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     write_state_file(path / STATE_FILE_NAME, TimelineStateFile(2 * SEG, Lsn(0), Lsn(2 * SEG)))
     state.record_backup_lsn(TTID, Lsn(4 * SEG))
     assert state.read_state(TTID) == TimelineStateFile(2 * SEG, Lsn(4 * SEG), Lsn(2 * SEG))
 
 
-def test_record_backup_lsn_without_timeline_dir(state: NodeState) -> None:
+def test_record_backup_lsn_without_timeline_dir(state: Workdir) -> None:
     with pytest.raises(SegmentFileError, match="does not exist"):
         state.record_backup_lsn(TTID, Lsn(1))
 
 
-def test_record_backup_lsn_threads(state: NodeState, tmp_path: Path) -> None:
+def test_record_backup_lsn_threads(state: Workdir, tmp_path: Path) -> None:
     make_timeline(tmp_path, TTID)
     values = [Lsn(i * 0x1000) for i in range(1, 201)]
 
@@ -187,7 +188,7 @@ def test_record_backup_lsn_threads(state: NodeState, tmp_path: Path) -> None:
 
 
 def _record_many(workdir: str, start: int) -> None:
-    state = NodeState(Path(workdir), SEG)
+    state = Workdir(Path(workdir), SEG)
     for i in range(start, 400, 4):
         state.record_backup_lsn(TTID, Lsn(i * 0x1000))
 
@@ -201,21 +202,21 @@ def test_record_backup_lsn_processes(tmp_path: Path) -> None:
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    stored = NodeState(tmp_path, SEG).read_state(TTID)
+    stored = Workdir(tmp_path, SEG).read_state(TTID)
     assert stored is not None and stored.backup_lsn == Lsn(399 * 0x1000)
 
 
 # -- discovery and scanning --------------------------------------------------
 
 
-def test_paths(state: NodeState, tmp_path: Path) -> None:
+def test_paths(state: Workdir, tmp_path: Path) -> None:
     assert state.timeline_dir(TTID) == tmp_path / TTID.tenant_id / TTID.timeline_id
     assert state.segment_path(TTID, 1, 16 << 20) == (
         tmp_path / TTID.tenant_id / TTID.timeline_id / "000000010000000000000001"
     )
 
 
-def test_discovery_ignores_invalid_names(state: NodeState, tmp_path: Path) -> None:
+def test_discovery_ignores_invalid_names(state: Workdir, tmp_path: Path) -> None:
     make_timeline(tmp_path, TTID)
     (tmp_path / TENANT / ("A" * 32)).mkdir()  # upper case
     (tmp_path / TENANT / ("a" * 31)).mkdir()
@@ -231,10 +232,10 @@ def test_discovery_ignores_invalid_names(state: NodeState, tmp_path: Path) -> No
 
 def test_missing_workdir(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="workdir"):
-        NodeState(tmp_path / "nope", SEG).scan()
+        Workdir(tmp_path / "nope", SEG).scan()
 
 
-def test_pg_receivewal_dir(state: NodeState, tmp_path: Path) -> None:
+def test_pg_receivewal_dir(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     for segno in (1, 2, 3):
         write_segment(path, segno)
@@ -245,7 +246,7 @@ def test_pg_receivewal_dir(state: NodeState, tmp_path: Path) -> None:
     assert tli.wal_seg_size == SEG and tli.problems == ()
 
 
-def test_state_file_seg_size_and_commit_lsn(state: NodeState, tmp_path: Path) -> None:
+def test_state_file_seg_size_and_commit_lsn(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     big = 2 * SEG
     (path / xlog_file_name(1, big)).write_bytes(b"\0" * big)
@@ -262,7 +263,7 @@ def test_state_file_seg_size_and_commit_lsn(state: NodeState, tmp_path: Path) ->
     assert f"expected wal_seg_size {big}" in problem
 
 
-def test_rescan_picks_up_completed_segment(state: NodeState, tmp_path: Path) -> None:
+def test_rescan_picks_up_completed_segment(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     write_segment(path, 1)
     partial = write_segment(path, 2, SEG, partial=True)
@@ -278,7 +279,7 @@ def test_rescan_picks_up_completed_segment(state: NodeState, tmp_path: Path) -> 
 
 
 def test_unchanged_old_dir_is_not_relisted(
-    state: NodeState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_timeline(tmp_path, TTID)
     write_segment(path, 1)
@@ -287,13 +288,13 @@ def test_unchanged_old_dir_is_not_relisted(
     state.scan()
 
     listed: list[Path] = []
-    real_list = node._list_files
+    real_list = workdir_module._list_files
 
     def counting_list(p: Path) -> list[tuple[str, int]]:
         listed.append(p)
         return real_list(p)
 
-    monkeypatch.setattr(node, "_list_files", counting_list)
+    monkeypatch.setattr(workdir_module, "_list_files", counting_list)
     for _ in range(3):
         assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)
     assert listed == []
@@ -303,7 +304,7 @@ def test_unchanged_old_dir_is_not_relisted(
     assert listed == [path]
 
 
-def test_change_within_same_mtime_tick_is_seen(state: NodeState, tmp_path: Path) -> None:
+def test_change_within_same_mtime_tick_is_seen(state: Workdir, tmp_path: Path) -> None:
     # Two renames within one mtime tick leave the directory's mtime unchanged;
     # a listing taken that recently must not be trusted.
     path = make_timeline(tmp_path, TTID)
@@ -315,7 +316,7 @@ def test_change_within_same_mtime_tick_is_seen(state: NodeState, tmp_path: Path)
     assert state.scan()[TTID].commit_lsn == Lsn(3 * SEG)
 
 
-def test_state_file_change_is_seen(state: NodeState, tmp_path: Path) -> None:
+def test_state_file_change_is_seen(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     write_segment(path, 1)
     age_dir(path)
@@ -325,7 +326,7 @@ def test_state_file_change_is_seen(state: NodeState, tmp_path: Path) -> None:
     assert state.scan()[TTID].backup_lsn == Lsn(2 * SEG)
 
 
-def test_corrupt_timeline_left_out_of_scan(state: NodeState, tmp_path: Path) -> None:
+def test_corrupt_timeline_left_out_of_scan(state: Workdir, tmp_path: Path) -> None:
     good = make_timeline(tmp_path, TTID)
     write_segment(good, 1)
     bad = make_timeline(tmp_path, OTHER)
@@ -344,7 +345,7 @@ def test_corrupt_timeline_left_out_of_scan(state: NodeState, tmp_path: Path) -> 
     assert state.failures == {}
 
 
-def test_removed_timeline_disappears(state: NodeState, tmp_path: Path) -> None:
+def test_removed_timeline_disappears(state: Workdir, tmp_path: Path) -> None:
     path = make_timeline(tmp_path, TTID)
     write_segment(path, 1)
     assert set(state.scan()) == {TTID}

@@ -1,11 +1,8 @@
-"""A node's timelines on local disk: discovery, scanning and the state file (SPEC §3).
+"""A node's WORKDIR: its timelines on local disk, discovered and scanned (SPEC §3).
 
 Layout: ``WORKDIR/TENANT_ID/TIMELINE_ID/`` holds the segment files (see
 ``tasks.core.timeline_scan``) and, once walbackup has written one, the state
-file ``walbackup.state``: JSON with a magic string, a version, ``wal_seg_size``,
-``backup_lsn`` and optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``),
-sealed by the SHA-256 of the rest. A directory written by ``pg_receivewal -D``
-has no state file and works as is, with the configured ``wal_seg_size``.
+file (``tasks.state.state_file``).
 
 Rescanning is cheap: a timeline directory is listed again only when its mtime
 (any create, rename or delete inside changes it) or its state file changed, or
@@ -16,137 +13,34 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from tasks.core.ids import TenantTimelineId, validate_hex_id
 from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
 from tasks.core.timeline_scan import ScanResult, resolve_commit_lsn, scan_entries
 from tasks.errors import InvalidInput, SegmentFileError
-from tasks.fsutil import fsync_dir
+from tasks.state.state_file import (
+    STATE_FILE_NAME,
+    TimelineStateFile,
+    read_state_file,
+    write_state_file,
+)
 
 log = logging.getLogger(__name__)
-
-STATE_FILE_NAME = "walbackup.state"
-STATE_MAGIC = "walbackup-timeline-state"
-STATE_VERSION = 1
-
-_LSN_ZERO = Lsn(0)
 
 _RACY_NS = 2_000_000_000
 """A listing taken less than this after the directory's mtime is not trusted
 for the next scan: mtime has clock-tick (or coarser) granularity, so a second
 change within the same tick would leave it unchanged (git's "racy" problem)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineStateFile:
-    """The contents of ``walbackup.state``."""
-
-    wal_seg_size: int
-    backup_lsn: Lsn = _LSN_ZERO
-    timeline_start_lsn: Lsn | None = None
-    commit_lsn: Lsn | None = None
-
-    def __post_init__(self) -> None:
-        validate_seg_size(self.wal_seg_size)
-
-    def to_bytes(self) -> bytes:
-        body: dict[str, Any] = {
-            "magic": STATE_MAGIC,
-            "version": STATE_VERSION,
-            "wal_seg_size": self.wal_seg_size,
-            "backup_lsn": str(self.backup_lsn),
-        }
-        if self.timeline_start_lsn is not None:
-            body["timeline_start_lsn"] = str(self.timeline_start_lsn)
-        if self.commit_lsn is not None:
-            body["commit_lsn"] = str(self.commit_lsn)
-        body["sha256"] = _body_digest(body)
-        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, path: Path) -> TimelineStateFile:
-        """Parse and verify a state file; ``path`` is only for error messages."""
-
-        def bad(reason: str) -> InvalidInput:
-            return InvalidInput(f"timeline state file {path}: {reason}")
-
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise bad(f"not valid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise bad("not a JSON object")
-        if body.get("magic") != STATE_MAGIC:
-            raise bad(f"magic is {body.get('magic')!r}, expected {STATE_MAGIC!r}")
-        if body.get("version") != STATE_VERSION:
-            raise bad(f"unsupported version {body.get('version')!r}, expected {STATE_VERSION}")
-        digest = body.pop("sha256", None)
-        if digest != _body_digest(body):
-            raise bad("checksum mismatch: the file is corrupt")
-        try:
-            return cls(
-                wal_seg_size=body["wal_seg_size"],
-                backup_lsn=Lsn.parse(body["backup_lsn"]),
-                timeline_start_lsn=_optional_lsn(body.get("timeline_start_lsn")),
-                commit_lsn=_optional_lsn(body.get("commit_lsn")),
-            )
-        except KeyError as exc:
-            raise bad(f"missing field {exc}") from None
-        except InvalidInput as exc:
-            raise bad(str(exc)) from None
-
-
-def _body_digest(body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _optional_lsn(value: object) -> Lsn | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"malformed LSN {value!r}: expected %X/%X")
-    return Lsn.parse(value)
-
-
-def read_state_file(path: Path) -> TimelineStateFile | None:
-    """The state file at ``path``, ``None`` if there is none; raises
-    ``InvalidInput`` naming the path if it is corrupt."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    return TimelineStateFile.from_bytes(data, path)
-
-
-def write_state_file(path: Path, state: TimelineStateFile) -> None:
-    """Replace the state file atomically and durably: temp file in the same
-    directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(state.to_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +86,7 @@ def _is_hex_id(name: str) -> bool:
     return True
 
 
-class NodeState:
+class Workdir:
     """The timelines under one node's WORKDIR.
 
     Thread-safe. Writes to a timeline's state file are serialised within the
@@ -406,7 +300,7 @@ def _timeline_state(
         commit_lsn=resolve_commit_lsn(
             scanned.commit_lsn, recorded.commit_lsn if recorded else None, scanned.seg_size
         ),
-        backup_lsn=recorded.backup_lsn if recorded else _LSN_ZERO,
+        backup_lsn=recorded.backup_lsn if recorded else Lsn(0),
         timeline_start_lsn=recorded.timeline_start_lsn if recorded else None,
         problems=scanned.problems,
         notes=scanned.notes,
