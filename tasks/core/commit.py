@@ -1,9 +1,14 @@
-"""The ordered-commit rule, in pure form.
+"""The ordered-commit rule, in pure form: the model of ``state/lua/_window.lua``.
 
 Uploads finish in any order; ``backup_lsn`` may only move to the end of the
 longest contiguous run of finished segments starting at ``segno(backup_lsn)``,
-and never backwards. ``state/lua/commit_segment.lua`` applies the same rule
-atomically in Redis; ``tests/unit/test_commit.py`` checks both agree.
+and never backwards. ``window_commit`` in ``state/lua/_window.lua`` (run by
+``commit_segment.lua`` and ``commit_and_claim.lua``) applies the same rule
+atomically in Redis; ``test_commit_matches_python_advance_in_any_order`` in
+``tests/integration/test_redis_state.py`` checks that both agree, and
+``tests/unit/test_commit.py`` tests ``advance`` itself.
+
+Also here: ``backoff_ms``, the delay between a failed upload's attempts.
 """
 
 from __future__ import annotations
