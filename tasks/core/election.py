@@ -39,12 +39,6 @@ def is_alive(peer: PeerInfo, now: float, heartbeat_timeout_s: float) -> bool:
     return now - peer.ts < heartbeat_timeout_s
 
 
-def alive_peers(
-    peers: Iterable[PeerInfo], now: float, heartbeat_timeout_s: float
-) -> list[PeerInfo]:
-    return [p for p in peers if is_alive(p, now, heartbeat_timeout_s)]
-
-
 def determine_offloader(
     alive: Iterable[PeerInfo],
     backup_lsn: Lsn,

@@ -69,9 +69,3 @@ class Lsn(int):
 
     def segment_number(self, seg_size: int) -> int:
         return int(self) // seg_size
-
-    def segment_offset(self, seg_size: int) -> int:
-        return int(self) % seg_size
-
-    def segment_start(self, seg_size: int) -> Lsn:
-        return Lsn(int(self) - int(self) % seg_size)

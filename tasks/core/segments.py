@@ -1,12 +1,10 @@
-"""WAL segment naming and ranges (PostgreSQL's ``XLogFileName``), no I/O."""
+"""WAL segment naming (PostgreSQL's ``XLogFileName``) and segment sizes, no I/O."""
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 
-from tasks.core.lsn import Lsn
 from tasks.errors import InvalidInput
 
 PG_TLI = 1
@@ -15,7 +13,10 @@ MAX_SEG_SIZE = 1 << 30
 DEFAULT_SEG_SIZE = 16 << 20
 PARTIAL_SUFFIX = ".partial"
 
-_NAME_RE = re.compile(r"[0-9A-F]{24}")
+SEGMENT_NAME_RE = re.compile(r"[0-9A-F]{24}")
+"""The shape of every segment file name (``fullmatch``): 24 upper-case hex
+characters, 8 each for timeline, log and segment. The one copy in ``core``;
+``parse_xlog_file_name`` says whether a name is valid for a segment size."""
 
 
 def validate_seg_size(seg_size: int) -> int:
@@ -51,7 +52,7 @@ def parse_xlog_file_name(name: str, seg_size: int) -> tuple[int, int]:
     Cached: a node rescans a busy timeline directory ten times a second and
     parses the same names each time."""
     n = segments_per_xlogid(validate_seg_size(seg_size))
-    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+    if not isinstance(name, str) or SEGMENT_NAME_RE.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
         )
@@ -59,32 +60,3 @@ def parse_xlog_file_name(name: str, seg_size: int) -> tuple[int, int]:
     if tli == 0 or seg >= n:
         raise InvalidInput(f"invalid WAL segment name {name!r} for wal_seg_size {seg_size}")
     return tli, log * n + seg
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    segno: int
-    start_lsn: Lsn
-    end_lsn: Lsn
-
-    @property
-    def size(self) -> int:
-        return self.end_lsn - self.start_lsn
-
-    def object_name(self) -> str:
-        return xlog_file_name(self.segno, self.size)
-
-
-def segment(segno: int, seg_size: int) -> Segment:
-    return Segment(
-        segno,
-        Lsn.from_segment(segno, 0, seg_size),
-        Lsn.from_segment(segno + 1, 0, seg_size),
-    )
-
-
-def get_segments(start: Lsn, end: Lsn, seg_size: int) -> list[Segment]:
-    """Segments ``[segno(start), segno(end))``: the complete segments that lie
-    at or after the segment holding ``start`` and end at or before ``end``."""
-    first, last = start.segment_number(seg_size), end.segment_number(seg_size)
-    return [segment(s, seg_size) for s in range(first, last)]

@@ -22,15 +22,17 @@ WAL the node cannot upload:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tasks.core.lsn import Lsn
-from tasks.core.segments import PARTIAL_SUFFIX, PG_TLI, parse_xlog_file_name
+from tasks.core.segments import (
+    PARTIAL_SUFFIX,
+    PG_TLI,
+    SEGMENT_NAME_RE,
+    parse_xlog_file_name,
+)
 from tasks.errors import InvalidInput
-
-_SEGMENT_NAME_LEN = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +52,6 @@ class ScanResult:
     """Segnos of files named as a complete segment but of the wrong size."""
 
 
-_SEGMENT_LIKE = re.compile(f"[0-9A-F]{{{_SEGMENT_NAME_LEN}}}")
-
-
-def _is_segment_like(name: str) -> bool:
-    return _SEGMENT_LIKE.fullmatch(name) is not None
-
-
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
     """Derive a timeline's WAL extent from its directory listing.
 
@@ -71,7 +66,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     for name, size in sorted(entries):
         is_partial = name.endswith(PARTIAL_SUFFIX)
         base = name[: -len(PARTIAL_SUFFIX)] if is_partial else name
-        if not _is_segment_like(base):
+        if SEGMENT_NAME_RE.fullmatch(base) is None:
             continue
         try:
             tli, segno = parse_xlog_file_name(base, seg_size)

@@ -1,4 +1,4 @@
-"""SPEC §2 formats: LSNs, ids, segment names and ranges, and the purity of tasks.core."""
+"""SPEC §2 formats: LSNs, ids, segment names, and the purity of tasks.core."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import LSN_MAX, Lsn
 from tasks.core.segments import (
-    DEFAULT_SEG_SIZE,
-    get_segments,
+    SEGMENT_NAME_RE,
     parse_xlog_file_name,
     segments_per_xlogid,
     validate_seg_size,
@@ -139,6 +138,7 @@ def test_xlog_file_name_round_trip(seg_size: int, data: st.DataObject) -> None:
     segno = data.draw(st.integers(min_value=0, max_value=max_segno))
     name = xlog_file_name(segno, seg_size)
     assert len(name) == 24 and name.startswith("00000001")
+    assert SEGMENT_NAME_RE.fullmatch(name)
     assert parse_xlog_file_name(name, seg_size) == (1, segno)
 
 
@@ -168,34 +168,6 @@ def test_valid_seg_sizes(seg_size: int) -> None:
 def test_invalid_seg_sizes(seg_size: int) -> None:
     with pytest.raises(InvalidInput, match="wal_seg_size"):
         validate_seg_size(seg_size)
-
-
-# -- segment ranges ----------------------------------------------------------
-
-
-def _segnos(start: int, end: int, seg_size: int = DEFAULT_SEG_SIZE) -> list[int]:
-    return [s.segno for s in get_segments(Lsn(start), Lsn(end), seg_size)]
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "segnos"),
-    [
-        (0x1000000, 0x4000000, [1, 2, 3]),  # segment-aligned
-        (0x1800000, 0x4000000, [1, 2, 3]),  # start mid-segment: its segment still counts
-        (0x1000000, 0x3800000, [1, 2]),  # end mid-segment: the partial segment does not
-        (0x1800000, 0x1C00000, []),  # both inside one segment
-        (0x2000000, 0x2000000, []),  # empty range
-        (0x4000000, 0x2000000, []),  # reversed range
-    ],
-)
-def test_get_segments(start: int, end: int, segnos: list[int]) -> None:
-    assert _segnos(start, end) == segnos
-
-
-def test_get_segments_bounds() -> None:
-    (seg,) = get_segments(Lsn(0x1000000), Lsn(0x2000000), DEFAULT_SEG_SIZE)
-    assert (seg.start_lsn, seg.end_lsn, seg.size) == (0x1000000, 0x2000000, DEFAULT_SEG_SIZE)
-    assert seg.object_name() == "000000010000000000000001"
 
 
 # -- purity ------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """SPEC §4 election: ``determine_offloader`` as the reference's pure function,
-and ``alive_peers``' heartbeat-timeout boundary."""
+and ``is_alive``'s heartbeat-timeout boundary."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.core.election import Election, PeerInfo, alive_peers, determine_offloader
+from tasks.core.election import Election, PeerInfo, determine_offloader, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import LSN_MAX, Lsn
 
@@ -154,7 +154,11 @@ def test_accepts_any_iterable_once() -> None:
     assert determine_offloader(iter(peers), Lsn(0), 1, LAG).offloader == 2
 
 
-# -- alive_peers -----------------------------------------------------------------
+# -- is_alive --------------------------------------------------------------------
+
+
+def alive_peers(peers: list[PeerInfo], now: float, timeout: float) -> list[PeerInfo]:
+    return [p for p in peers if is_alive(p, now, timeout)]
 
 
 def test_alive_peers_boundary() -> None:
