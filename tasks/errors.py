@@ -18,7 +18,7 @@
         ├── AgreementPending      a peer holding the segment has not published its checksum
         └── NoAgreement           the nodes' copies differ and no majority agrees
 
-Only ``tasks/storage/s3.py`` translates botocore errors into this tree.
+Only ``tasks/storage/s3_errors.py`` translates botocore errors into this tree.
 """
 
 

@@ -1,8 +1,8 @@
 """Remote storage: ``open_storage(url)`` picks the backend for a URL.
 
 ``file:///PATH`` is a local directory (``local.py``); ``s3://BUCKET[/PREFIX]``
-is S3 or an S3-compatible endpoint through boto3 (``s3.py``, imported only
-when used).
+is S3 or an S3-compatible endpoint through boto3 (``s3.py``, with
+``s3_upload.py`` and ``s3_errors.py``; imported only when used).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import xlog_file_name
 from tasks.errors import ChecksumMismatch, StorageUnavailable, UploadCorrupted
 from tasks.storage import digest_segment_file, open_storage, segment_key
-from tasks.storage.s3 import SHA256_METADATA, S3Storage
+from tasks.storage.s3 import S3Storage
+from tasks.storage.s3_upload import SHA256_METADATA
 from tests.faults.s3proxy import S3FaultProxy
 from tests.fixtures_s3 import AWS_ENV, MotoServer
 from tests.servers import env_without_walbackup
@@ -142,7 +143,8 @@ def test_flipped_byte_is_upload_corrupted_and_not_kept(
 ) -> None:
     path, data = segment
     proxy.set("flip_byte", methods=["PUT"], count=1)
-    with caplog.at_level(logging.ERROR, logger="tasks.storage.s3"), pytest.raises(UploadCorrupted):
+    logger = "tasks.storage.s3_upload"
+    with caplog.at_level(logging.ERROR, logger=logger), pytest.raises(UploadCorrupted):
         storage.upload_file(KEY, path, SEG)
     assert moto.get(KEY) is None  # the corrupt object was deleted
     md5 = hashlib.md5(data).hexdigest()
