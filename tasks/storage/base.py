@@ -103,9 +103,17 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
     raise InvalidInput(f"invalid storage {what} {key!r}: {problem}")
 
 
-def open_segment_file(path: Path, expected_size: int) -> BinaryIO:
+def open_segment_file(
+    path: Path, expected_size: int, digest: SegmentDigest | None = None
+) -> BinaryIO:
     """Open a local segment for upload, refusing it before a byte is sent when
-    its size is not ``expected_size``."""
+    its size is not ``expected_size``, or when ``digest`` (what the caller
+    hashed, if anything) covers another size."""
+    if digest is not None and digest.size != expected_size:
+        raise SegmentFileError(
+            f"segment file {path}: the digest given covers {digest.size} bytes, expected "
+            f"{expected_size}: not uploaded"
+        )
     try:
         stream = open(path, "rb")  # noqa: SIM115 - returned to the caller
     except OSError as exc:
@@ -163,15 +171,6 @@ def digest_segment_file(path: Path, expected_size: int, md5: bool = True) -> Seg
     return digest
 
 
-def check_digest_size(path: Path, digest: SegmentDigest, expected_size: int) -> None:
-    """A digest given by the caller must describe ``expected_size`` bytes."""
-    if digest.size != expected_size:
-        raise SegmentFileError(
-            f"segment file {path}: the digest given covers {digest.size} bytes, expected "
-            f"{expected_size}: not uploaded"
-        )
-
-
 def changed_since_hashed(
     path: Path, digest: SegmentDigest, read: SegmentDigest
 ) -> SegmentFileError:
@@ -179,15 +178,6 @@ def changed_since_hashed(
         f"segment file {path} changed between being hashed and being stored (sha256 "
         f"{digest.sha256_hex} when hashed, {read.sha256_hex} now): not uploaded"
     )
-
-
-def sha256_stream(stream: SupportsRead[bytes]) -> tuple[bytes, int]:
-    """SHA-256 digest and length of what is left in ``stream``."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in read_chunks(stream):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.digest(), size
 
 
 def check_read_size(path: Path, read_bytes: int, expected_size: int) -> None:

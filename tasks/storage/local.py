@@ -30,12 +30,11 @@ from tasks.storage.base import (
     SegmentDigest,
     UploadResult,
     changed_since_hashed,
-    check_digest_size,
     check_read_size,
     checksum_mismatch,
+    digest_stream,
     open_segment_file,
     read_chunks,
-    sha256_stream,
     validate_key,
 )
 
@@ -81,9 +80,7 @@ class LocalStorage(RemoteStorage):
         self, key: str, path: Path, expected_size: int, digest: SegmentDigest | None = None
     ) -> UploadResult:
         dest = self._path(key)
-        if digest is not None:
-            check_digest_size(path, digest, expected_size)
-        with open_segment_file(path, expected_size) as src:
+        with open_segment_file(path, expected_size, digest) as src:
             try:
                 self._makedirs(dest.parent)
                 tmp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
@@ -100,9 +97,9 @@ class LocalStorage(RemoteStorage):
                 raise StorageUnavailable(f"{self.url}: cannot store {key}: {exc}") from exc
         if not created:
             with open(dest, "rb") as existing:
-                stored, _ = sha256_stream(existing)
-            if stored != digest.sha256:
-                raise checksum_mismatch(self.url, key, digest.sha256_hex, stored.hex())
+                stored = digest_stream(existing, md5=False)
+            if stored.sha256 != digest.sha256:
+                raise checksum_mismatch(self.url, key, digest.sha256_hex, stored.sha256_hex)
         return UploadResult(
             key, expected_size, digest.sha256_hex, digest.md5_hex, already_present=not created
         )

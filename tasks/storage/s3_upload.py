@@ -37,17 +37,14 @@ from tasks.errors import (
     WalBackupError,
 )
 from tasks.storage.base import (
-    Hasher,
     SegmentDigest,
     UploadResult,
     changed_since_hashed,
-    check_digest_size,
     check_read_size,
     checksum_mismatch,
     digest_segment_file,
     digest_stream,
     open_segment_file,
-    read_chunks,
 )
 from tasks.storage.s3_errors import (
     CORRUPT_CODES,
@@ -109,9 +106,7 @@ class S3Uploads:
     ) -> UploadResult:
         """``RemoteStorage.upload_file``, as the module docstring tells."""
         full_key = self._full_key(key)
-        if digest is not None:
-            check_digest_size(path, digest, expected_size)
-        with open_segment_file(path, expected_size) as src:
+        with open_segment_file(path, expected_size, digest) as src:
             if digest is None:
                 digest = digest_stream(src)
                 check_read_size(path, digest.size, expected_size)
@@ -230,13 +225,11 @@ class S3Uploads:
         try:
             with self._errors(f"read back {key}"):
                 response = client.get_object(Bucket=self._bucket, Key=self._full_key(key))
-                hasher = Hasher()
                 with response["Body"] as body:
-                    for chunk in read_chunks(body):
-                        hasher.update(chunk)
+                    stored = digest_stream(body)
         except NotFound as exc:
             raise StorageUnavailable(f"{self._errors.url}: {key} {gone}; try again") from exc
-        return hasher.digest(), cast(Mapping[str, Any], response)
+        return stored, cast(Mapping[str, Any], response)
 
     def _delete_corrupt(self, client: S3Client, key: str, etag: str | None) -> None:
         """Delete the corrupt object we found under ``key``, only if it is still
