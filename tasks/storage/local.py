@@ -3,7 +3,9 @@
 A write goes to a unique temp file beside the destination, is fsynced, and is
 published with ``os.link``: unlike ``rename``, a link fails when the key
 exists, so publishing is an atomic create-if-absent and concurrent writers of
-one key can neither tear nor replace each other's file.
+one key can neither tear nor replace each other's file. (Hence not
+``fsutil.atomic_write``, whose rename replaces; its ``fsync_dir`` makes each
+link and new directory durable.)
 
 Verification: the SHA-256 is computed over the bytes as they are copied into
 the temp file; when the caller passed a digest they must equal it (else the
