@@ -1,7 +1,8 @@
 """Coordination state in Redis: typed reads and writes on the keys of ``tasks.state.keys``.
 
 Nothing else touches the Redis client: writes that callers batch take ``pipe``
-(from ``pipeline()``) and run when the caller executes it.
+(from ``pipeline()``) and run when the caller executes it. The lease and the
+upload window are ``window.LeaseWindow``'s, which ``RedisState`` extends.
 """
 
 from __future__ import annotations
@@ -13,39 +14,30 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
-from redis.commands.core import Script
 
 from tasks.core.lsn import Lsn
 from tasks.state.keys import (
     NODES_KEY,
     ROUND_LOCK_KEY,
     TIMELINES_KEY,
-    done_key,
-    inflight_key,
     kick_key,
-    lease_key,
     ledger_key,
     peers_key,
     sums_key,
     tl_key,
-    window_keys,
 )
-from tasks.state.lua import SCRIPT_SOURCES
+from tasks.state.lua import Scripts
 from tasks.state.records import PeerRecord, TimelineRecord
+from tasks.state.window import CommitRefused, LeaseWindow
+
+__all__ = ["CommitRefused", "RedisState"]
 
 
-class CommitRefused(Exception):
-    """Internal signal: the caller's lease token is stale (fenced)."""
-
-
-class RedisState:
+class RedisState(LeaseWindow):
     """Typed access to walbackup's Redis keys, with the Lua scripts registered."""
 
     def __init__(self, client: redis.Redis[str]) -> None:
-        self.r = client
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(source) for name, source in SCRIPT_SOURCES.items()
-        }
+        super().__init__(client, Scripts(client))
 
     @classmethod
     def from_url(cls, url: str) -> RedisState:
@@ -60,9 +52,6 @@ class RedisState:
                 socket_connect_timeout=5,
             )
         )
-
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
-        return self._scripts[name](keys=list(keys), args=list(args), client=client)
 
     def pipeline(self) -> Pipeline[str]:
         """A non-transactional pipeline for the ``pipe=`` writes below."""
@@ -184,7 +173,7 @@ class RedisState:
         return out
 
     def raise_backup_lsn(self, ttid: str, lsn: Lsn, pipe: Pipeline[str] | None = None) -> Any:
-        return self._run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], client=pipe)
+        return self._scripts.run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], pipe)
 
     def seed_timeline(self, ttid: str, start: Lsn, seg_size: int, pipe: Pipeline[str]) -> None:
         """Record the timeline's start and segment size unless already known."""
@@ -215,112 +204,3 @@ class RedisState:
             "last_error",
             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
         )
-
-    # -- lease and ordered commit -------------------------------------------
-
-    def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
-        """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""
-        token = self._run(
-            "acquire_lease",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
-            [owner, ttl_ms, node_id],
-        )
-        return str(token) if token else None
-
-    def start_upload(
-        self, ttid: str, token: str, ttl_ms: int, segno: int, deadline_ms: int
-    ) -> bool:
-        return bool(
-            self._run(
-                "start_upload",
-                [lease_key(ttid), inflight_key(ttid)],
-                [token, ttl_ms, segno, deadline_ms],
-            )
-        )
-
-    def renew_lease(self, ttid: str, token: str, ttl_ms: int) -> bool:
-        return bool(self._run("renew_lease", [lease_key(ttid)], [token, ttl_ms]))
-
-    def release_lease(self, ttid: str, token: str) -> bool:
-        return bool(self._run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))
-
-    def claimed(self, ttid: str) -> list[int]:
-        """The segnos claimed for upload (the inflight ZSET)."""
-        return [int(m) for m in self.r.zrange(inflight_key(ttid), 0, -1)]
-
-    def lease_holder_token(self, ttid: str) -> str | None:
-        value = self.r.get(lease_key(ttid))
-        return str(value) if value else None
-
-    def claim_segments(
-        self,
-        ttid: str,
-        token: str,
-        parallel_jobs: int,
-        end_segno: int,
-        seg_size: int,
-        claim_timeout_ms: int,
-    ) -> list[int] | None:
-        """Segnos to upload now, or ``None`` when ``token`` is stale."""
-        now_ms = int(time.time() * 1000)
-        claimed = self._run(
-            "claim_segments",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
-            [token, parallel_jobs, end_segno, seg_size, now_ms, now_ms + claim_timeout_ms],
-        )
-        if claimed is None:
-            return None
-        return [int(s) for s in claimed]
-
-    def commit_segment(
-        self, ttid: str, token: str, segno: int, seg_size: int, md5_hex: str = ""
-    ) -> Lsn:
-        """Mark ``segno`` finished (its verified upload had MD5 ``md5_hex``);
-        returns the new backup_lsn. Clears ``last_error``. Raises
-        ``CommitRefused`` when the token is stale."""
-        ok, backup = self._run(
-            "commit_segment", window_keys(ttid), [token, segno, seg_size, md5_hex]
-        )
-        if not int(ok):
-            raise CommitRefused(
-                f"timeline {ttid}: commit of segno {segno} with stale token {token}"
-            )
-        return Lsn.parse(backup)
-
-    def commit_and_claim(
-        self,
-        ttid: str,
-        token: str,
-        segno: int,
-        seg_size: int,
-        *,
-        parallel_jobs: int,
-        end_segno: int,
-        claim_timeout_ms: int,
-        lease_ttl_ms: int,
-        md5_hex: str = "",
-    ) -> tuple[Lsn, list[int]]:
-        """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
-        renew the lease, in one round trip: the new backup_lsn and the segnos
-        now claimed. Raises ``CommitRefused`` when the token is stale."""
-        now_ms = int(time.time() * 1000)
-        ok, backup, *claimed = self._run(
-            "commit_and_claim",
-            window_keys(ttid),
-            [
-                token,
-                segno,
-                seg_size,
-                parallel_jobs,
-                end_segno,
-                now_ms,
-                now_ms + claim_timeout_ms,
-                lease_ttl_ms,
-                md5_hex,
-            ],
-        )
-        if not int(ok):
-            raise CommitRefused(
-                f"timeline {ttid}: commit of segno {segno} with stale token {token}"
-            )
-        return Lsn.parse(backup), [int(s) for s in claimed]

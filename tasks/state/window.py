@@ -1,0 +1,139 @@
+"""The upload lease and the ordered-commit window of each timeline, through their Lua scripts.
+
+The lease (``walbackup:lease:{ttid}``, a ``NODE.INSTANCE:EPOCH`` token) says
+which node instance uploads a timeline and fences every other: each script
+checks the caller's token. The window claims segments for upload (the
+inflight ZSET), records finished ones (the done ZSET and the ledger) and
+moves ``backup_lsn`` in order: ``window_commit`` in ``lua/_window.lua``,
+whose model is ``tasks.core.commit.advance``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from tasks.core.lsn import Lsn
+from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
+from tasks.state.lua import Scripts
+
+
+class CommitRefused(Exception):
+    """Internal signal: the caller's lease token is stale (fenced)."""
+
+
+class LeaseWindow:
+    """The lease and window operations on one Redis client (``RedisState``
+    is one of these, with the rest of walbackup's keys)."""
+
+    def __init__(self, client: redis.Redis[str], scripts: Scripts) -> None:
+        self.r = client
+        self._scripts = scripts
+
+    def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
+        """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""
+        token = self._scripts.run(
+            "acquire_lease",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
+            [owner, ttl_ms, node_id],
+        )
+        return str(token) if token else None
+
+    def start_upload(
+        self, ttid: str, token: str, ttl_ms: int, segno: int, deadline_ms: int
+    ) -> bool:
+        return bool(
+            self._scripts.run(
+                "start_upload",
+                [lease_key(ttid), inflight_key(ttid)],
+                [token, ttl_ms, segno, deadline_ms],
+            )
+        )
+
+    def renew_lease(self, ttid: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._scripts.run("renew_lease", [lease_key(ttid)], [token, ttl_ms]))
+
+    def release_lease(self, ttid: str, token: str) -> bool:
+        return bool(self._scripts.run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))
+
+    def claimed(self, ttid: str) -> list[int]:
+        """The segnos claimed for upload (the inflight ZSET)."""
+        return [int(m) for m in self.r.zrange(inflight_key(ttid), 0, -1)]
+
+    def lease_holder_token(self, ttid: str) -> str | None:
+        value = self.r.get(lease_key(ttid))
+        return str(value) if value else None
+
+    def claim_segments(
+        self,
+        ttid: str,
+        token: str,
+        parallel_jobs: int,
+        end_segno: int,
+        seg_size: int,
+        claim_timeout_ms: int,
+    ) -> list[int] | None:
+        """Segnos to upload now, or ``None`` when ``token`` is stale."""
+        now_ms = int(time.time() * 1000)
+        claimed = self._scripts.run(
+            "claim_segments",
+            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
+            [token, parallel_jobs, end_segno, seg_size, now_ms, now_ms + claim_timeout_ms],
+        )
+        if claimed is None:
+            return None
+        return [int(s) for s in claimed]
+
+    def commit_segment(
+        self, ttid: str, token: str, segno: int, seg_size: int, md5_hex: str = ""
+    ) -> Lsn:
+        """Mark ``segno`` finished (its verified upload had MD5 ``md5_hex``);
+        returns the new backup_lsn. Clears ``last_error``. Raises
+        ``CommitRefused`` when the token is stale."""
+        ok, backup = self._scripts.run(
+            "commit_segment", window_keys(ttid), [token, segno, seg_size, md5_hex]
+        )
+        if not int(ok):
+            raise _refused(ttid, segno, token)
+        return Lsn.parse(backup)
+
+    def commit_and_claim(
+        self,
+        ttid: str,
+        token: str,
+        segno: int,
+        seg_size: int,
+        *,
+        parallel_jobs: int,
+        end_segno: int,
+        claim_timeout_ms: int,
+        lease_ttl_ms: int,
+        md5_hex: str = "",
+    ) -> tuple[Lsn, list[int]]:
+        """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
+        renew the lease, in one round trip: the new backup_lsn and the segnos
+        now claimed. Raises ``CommitRefused`` when the token is stale."""
+        now_ms = int(time.time() * 1000)
+        ok, backup, *claimed = self._scripts.run(
+            "commit_and_claim",
+            window_keys(ttid),
+            [
+                token,
+                segno,
+                seg_size,
+                parallel_jobs,
+                end_segno,
+                now_ms,
+                now_ms + claim_timeout_ms,
+                lease_ttl_ms,
+                md5_hex,
+            ],
+        )
+        if not int(ok):
+            raise _refused(ttid, segno, token)
+        return Lsn.parse(backup), [int(s) for s in claimed]
+
+
+def _refused(ttid: str, segno: int, token: str) -> CommitRefused:
+    return CommitRefused(f"timeline {ttid}: commit of segno {segno} with stale token {token}")
