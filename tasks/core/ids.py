@@ -14,8 +14,13 @@ from tasks.errors import InvalidInput
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
+def is_hex_id(value: object) -> bool:
+    """Whether ``value`` is a tenant or timeline id: 32 lowercase hex characters."""
+    return isinstance(value, str) and _HEX32.fullmatch(value) is not None
+
+
 def validate_hex_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or _HEX32.fullmatch(value) is None:
+    if not is_hex_id(value):
         raise InvalidInput(f"invalid {what} {value!r}: expected 32 lowercase hex characters")
     return value
 

@@ -2,7 +2,8 @@
 
 Layout: ``WORKDIR/TENANT_ID/TIMELINE_ID/`` holds the segment files (see
 ``tasks.core.timeline_scan``) and, once walbackup has written one, the state
-file (``tasks.state.state_file``).
+file (``tasks.state.state_file``); ``tasks.state.listing`` reads the
+directories.
 
 Rescanning is cheap: a timeline directory is listed again only when its mtime
 (any create, rename or delete inside changes it) or its state file changed, or
@@ -23,11 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks.core.ids import TenantTimelineId, validate_hex_id
+from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
 from tasks.core.timeline_scan import ScanResult, resolve_commit_lsn, scan_entries
 from tasks.errors import InvalidInput, SegmentFileError
+from tasks.state.listing import list_files, timeline_dirs
 from tasks.state.state_file import (
     STATE_FILE_NAME,
     TimelineStateFile,
@@ -76,14 +78,6 @@ class _CacheEntry:
     state_key: tuple[int, int, int] | None
     trusted: bool
     state: TimelineState
-
-
-def _is_hex_id(name: str) -> bool:
-    try:
-        validate_hex_id(name, "id")
-    except InvalidInput:
-        return False
-    return True
 
 
 class Workdir:
@@ -167,23 +161,7 @@ class Workdir:
     def discover(self) -> dict[TenantTimelineId, Path]:
         """``WORKDIR/TENANT/TIMELINE`` directories with valid ids; symlinks
         and every other name are ignored."""
-        found: dict[TenantTimelineId, Path] = {}
-        try:
-            tenants = list(os.scandir(self.workdir))
-        except (FileNotFoundError, NotADirectoryError):
-            raise InvalidInput(f"workdir {self.workdir} is not a directory") from None
-        for tenant in tenants:
-            if not (tenant.is_dir(follow_symlinks=False) and _is_hex_id(tenant.name)):
-                continue
-            try:
-                timelines = list(os.scandir(tenant.path))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for timeline in timelines:
-                if timeline.is_dir(follow_symlinks=False) and _is_hex_id(timeline.name):
-                    ttid = TenantTimelineId(tenant.name, timeline.name)
-                    found[ttid] = Path(timeline.path)
-        return found
+        return timeline_dirs(self.workdir)
 
     def scan(self) -> dict[TenantTimelineId, TimelineState]:
         return self.scan_changes().states
@@ -254,7 +232,7 @@ class Workdir:
         recorded = read_state_file(state_path)
         seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
         try:
-            entries = _list_files(path)
+            entries = list_files(path)
         except FileNotFoundError:
             self._cache.pop(ttid, None)
             return None
@@ -270,20 +248,6 @@ class Workdir:
         trusted = now_ns - newest_ns >= _RACY_NS and not state.problems
         self._cache[ttid] = _CacheEntry(dir_st.st_mtime_ns, state_key, trusted, state)
         return state
-
-
-def _list_files(path: Path) -> list[tuple[str, int]]:
-    """``(name, size)`` of the regular files in ``path``, symlinks excluded
-    (a link named like a segment must never be uploaded as one)."""
-    entries: list[tuple[str, int]] = []
-    with os.scandir(path) as it:
-        for entry in it:
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    entries.append((entry.name, entry.stat(follow_symlinks=False).st_size))
-            except FileNotFoundError:
-                continue  # renamed or removed meanwhile; the next scan sees it
-    return entries
 
 
 def _timeline_state(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.core.ids import TenantTimelineId
+from tasks.core.ids import TenantTimelineId, is_hex_id
 from tasks.core.lsn import LSN_MAX, Lsn
 from tasks.core.segments import (
     SEGMENT_NAME_RE,
@@ -85,6 +85,7 @@ def test_lsn_checked_sub_matches_int(a: int, b: int) -> None:
 @given(HEX32, HEX32)
 def test_ttid_round_trip(tenant: str, timeline: str) -> None:
     ttid = TenantTimelineId(tenant, timeline)
+    assert is_hex_id(tenant) and is_hex_id(timeline)
     assert str(ttid) == f"{tenant}/{timeline}"
     assert TenantTimelineId.parse(str(ttid)) == ttid
 
@@ -109,6 +110,7 @@ def test_ttid_round_trip(tenant: str, timeline: str) -> None:
 def test_ttid_rejects_malformed(text: str) -> None:
     with pytest.raises(InvalidInput):
         TenantTimelineId.parse(text)
+    assert not is_hex_id(text)
 
 
 # -- segment names -----------------------------------------------------------

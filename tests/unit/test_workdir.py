@@ -288,13 +288,13 @@ def test_unchanged_old_dir_is_not_relisted(
     state.scan()
 
     listed: list[Path] = []
-    real_list = workdir_module._list_files
+    real_list = workdir_module.list_files
 
     def counting_list(p: Path) -> list[tuple[str, int]]:
         listed.append(p)
         return real_list(p)
 
-    monkeypatch.setattr(workdir_module, "_list_files", counting_list)
+    monkeypatch.setattr(workdir_module, "list_files", counting_list)
     for _ in range(3):
         assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)
     assert listed == []
