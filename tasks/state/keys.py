@@ -18,6 +18,8 @@ walbackup:redbeat:*          -      RedBeat's schedule and beat lock
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 PREFIX = "walbackup:"
 TIMELINES_KEY = f"{PREFIX}timelines"
 NODES_KEY = f"{PREFIX}nodes"
@@ -25,36 +27,24 @@ ROUND_LOCK_KEY = f"{PREFIX}round"
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"
 
 
-def tl_key(ttid: str) -> str:
-    return f"{PREFIX}tl:{ttid}"
+def _per_timeline(kind: str) -> Callable[[str], str]:
+    """The builder of ``walbackup:KIND:{ttid}``, named ``KIND_key``."""
+
+    def key(ttid: str) -> str:
+        return f"{PREFIX}{kind}:{ttid}"
+
+    key.__name__ = key.__qualname__ = f"{kind}_key"
+    return key
 
 
-def peers_key(ttid: str) -> str:
-    return f"{PREFIX}peers:{ttid}"
-
-
-def lease_key(ttid: str) -> str:
-    return f"{PREFIX}lease:{ttid}"
-
-
-def inflight_key(ttid: str) -> str:
-    return f"{PREFIX}inflight:{ttid}"
-
-
-def done_key(ttid: str) -> str:
-    return f"{PREFIX}done:{ttid}"
-
-
-def kick_key(ttid: str) -> str:
-    return f"{PREFIX}kick:{ttid}"
-
-
-def sums_key(ttid: str) -> str:
-    return f"{PREFIX}sums:{ttid}"
-
-
-def ledger_key(ttid: str) -> str:
-    return f"{PREFIX}ledger:{ttid}"
+tl_key = _per_timeline("tl")
+peers_key = _per_timeline("peers")
+lease_key = _per_timeline("lease")
+inflight_key = _per_timeline("inflight")
+done_key = _per_timeline("done")
+kick_key = _per_timeline("kick")
+sums_key = _per_timeline("sums")
+ledger_key = _per_timeline("ledger")
 
 
 def window_keys(ttid: str) -> list[str]:
