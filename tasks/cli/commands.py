@@ -52,8 +52,9 @@ def trigger(
     except InvalidInput as exc:
         _fail(EXIT_INPUT, str(exc))
     from tasks.app import app
+    from tasks.names import SHARED_QUEUE, TRIGGER
 
-    app.send_task("walbackup.trigger", args=[ids], queue="walbackup")
+    app.send_task(TRIGGER, args=[ids], queue=SHARED_QUEUE)
     print(f"triggered {len(ids)} timeline(s)")
 
 
@@ -65,7 +66,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per timeline: each peer's commit_lsn, backup_lsn, offloader and reason, lag."""
-    from tasks.backup.status import timeline_status
+    from tasks.backup.status import status_json, timeline_status
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
     from tasks.errors import InvalidInput
@@ -78,7 +79,7 @@ def status(
         _fail(EXIT_INPUT, str(exc))
     rows = timeline_status(RedisState.from_url(settings.redis_url), ids, settings.heartbeat_timeout)
     if as_json:
-        print(json.dumps({"timelines": rows}, indent=2))
+        print(json.dumps(status_json(rows), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -88,19 +89,24 @@ def status(
     )
     for row in rows:
         peers = ", ".join(
-            f"{p['node_id']}: {p['commit_lsn']}{'' if p['alive'] else ' (dead)'}"
-            + (f" (damaged at {p['damaged_lsn']})" if p["damaged_lsn"] else "")
-            for p in row["peers"]
+            f"{p.node_id}: {p.commit_lsn}{'' if p.alive else ' (dead)'}"
+            + (f" (damaged at {p.damaged_lsn})" if p.damaged_lsn is not None else "")
+            for p in row.peers
         )
         table.add_row(
-            row["timeline"],
-            row["backup_lsn"] or "-",
-            row["commit_lsn"] or "-",
-            str(row["lag_bytes"] if row["lag_bytes"] is not None else "-"),
-            str(row["offloader"] or "-"),
+            row.timeline,
+            _text(row.backup_lsn),
+            _text(row.commit_lsn),
+            _text(row.lag_bytes),
+            str(row.offloader or "-"),
             peers,
         )
     Console().print(table)
+
+
+def _text(value: object | None) -> str:
+    """A table cell: ``-`` for unknown."""
+    return "-" if value is None else str(value)
 
 
 @cli.command()

@@ -40,7 +40,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tasks.backup.status import timeline_status
+from tasks.backup.status import TimelineStatus, timeline_status
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
@@ -377,14 +377,14 @@ class Demo:
 
     # -- progress ----------------------------------------------------------------
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[TimelineStatus]:
         assert self.state is not None
         try:
             return timeline_status(self.state, [str(t) for t in self.ttids], self.heartbeat_timeout)
         except redis.RedisError:
             return []
 
-    def render(self, rows: list[dict[str, Any]], writer: Writer) -> Group:
+    def render(self, rows: list[TimelineStatus], writer: Writer) -> Group:
         elapsed = time.monotonic() - self.started
         head = Text.assemble(
             ("walbackup demo", "bold"),
@@ -398,15 +398,15 @@ class Demo:
         total_done = total_written = 0
         for ttid, row in zip(self.ttids, rows, strict=False):
             written = writer.complete_segments(str(ttid))
-            done = min(written, self._segments_below(row["backup_lsn"]))
+            done = min(written, self._segments_below(row.backup_lsn))
             total_done += done
             total_written += written
             table.add_row(
                 _short(ttid),
-                row["commit_lsn"] or "-",
-                row["backup_lsn"] or "-",
-                _human_bytes(row["lag_bytes"]),
-                str(row["offloader"] or "-"),
+                "-" if row.commit_lsn is None else str(row.commit_lsn),
+                "-" if row.backup_lsn is None else str(row.backup_lsn),
+                _human_bytes(row.lag_bytes),
+                str(row.offloader or "-"),
                 f"{done}/{written}",
             )
         bar = ProgressBar(total=max(total_written, 1), completed=total_done, width=40)
@@ -422,14 +422,14 @@ class Demo:
             parts.append(Text(f"WAL writer failed: {writer.error}", style="red"))
         return Group(*parts)
 
-    def _segments_below(self, backup_lsn: str | None) -> int:
+    def _segments_below(self, backup_lsn: Lsn | None) -> int:
         if backup_lsn is None:
             return 0
-        return max(0, Lsn.parse(backup_lsn).segment_number(self.seg_size) - FIRST_SEGNO)
+        return max(0, backup_lsn.segment_number(self.seg_size) - FIRST_SEGNO)
 
-    def drained(self, rows: list[dict[str, Any]], writer: Writer) -> bool:
+    def drained(self, rows: list[TimelineStatus], writer: Writer) -> bool:
         return len(rows) == len(self.ttids) and all(
-            self._segments_below(row["backup_lsn"]) >= writer.complete_segments(str(ttid))
+            self._segments_below(row.backup_lsn) >= writer.complete_segments(str(ttid))
             for ttid, row in zip(self.ttids, rows, strict=True)
         )
 
