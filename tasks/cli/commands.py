@@ -4,23 +4,24 @@ Imports are local to each command, so each pays only for what it uses; the
 fast path of ``fetch`` does not come through here (``tasks.cli.main``).
 """
 
+# The docstring above is also ``walbackup --help``'s text.
+
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-EXIT_INPUT = 2
 
+def _bad_input(message: str) -> NoReturn:
+    """Print ``walbackup: MESSAGE`` on stderr and exit as ``fetch`` does on bad input (2)."""
+    from tasks.restore.fetch import EXIT_INPUT, fail
 
-def _fail(code: int, message: str) -> None:
-    print(f"walbackup: {message}", file=sys.stderr)
-    raise typer.Exit(code)
+    raise typer.Exit(fail(EXIT_INPUT, message))
 
 
 @cli.command()
@@ -50,7 +51,7 @@ def trigger(
     try:
         ids = [str(TenantTimelineId.parse(t)) for t in ttids]
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     from tasks.app import app
     from tasks.names import SHARED_QUEUE, TRIGGER
 
@@ -76,7 +77,7 @@ def status(
         settings = load_settings()
         ids = [str(TenantTimelineId.parse(t)) for t in ttids or []]
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     rows = timeline_status(RedisState.from_url(settings.redis_url), ids, settings.heartbeat_timeout)
     if as_json:
         print(json.dumps(status_json(rows), indent=2))
@@ -138,7 +139,7 @@ def simulate(
             print(t)
         done = run(list(workdirs), ids, segments, seg_size, rate=rate, start_segno=start_segno)
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     print(f"wrote {done} segment files")
 
 
@@ -167,5 +168,5 @@ def demo(
             seg_size=seg_size,
         )
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     raise typer.Exit(code)
