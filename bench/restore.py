@@ -1,7 +1,8 @@
 """Restore (SPEC §8): ``walbackup fetch TTID %f %p`` as PostgreSQL's
 ``restore_command`` — one process per segment, serially, each into
 ``pg_wal/RECOVERYXLOG`` — over 64 segments of 16 MiB on a moto S3 server, in
-segments/s. The restore spool (``tasks/spool.py``) prefetches the next ones.
+segments/s. The restore spool (``tasks/restore/spool.py``, filled by
+``tasks/restore/prefetch.py``) prefetches the next ones.
 
 Baseline: a plain ``python -c`` boto3 GET per segment (what a one-line
 restore_command script costs).

@@ -4,23 +4,24 @@ Imports are local to each command, so each pays only for what it uses; the
 fast path of ``fetch`` does not come through here (``tasks.cli.main``).
 """
 
+# The docstring above is also ``walbackup --help``'s text.
+
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-EXIT_INPUT = 2
 
+def _bad_input(message: str) -> NoReturn:
+    """Print ``walbackup: MESSAGE`` on stderr and exit as ``fetch`` does on bad input (2)."""
+    from tasks.restore.fetch import EXIT_INPUT, fail
 
-def _fail(code: int, message: str) -> None:
-    print(f"walbackup: {message}", file=sys.stderr)
-    raise typer.Exit(code)
+    raise typer.Exit(fail(EXIT_INPUT, message))
 
 
 @cli.command()
@@ -50,10 +51,11 @@ def trigger(
     try:
         ids = [str(TenantTimelineId.parse(t)) for t in ttids]
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     from tasks.app import app
+    from tasks.names import SHARED_QUEUE, TRIGGER
 
-    app.send_task("walbackup.trigger", args=[ids], queue="walbackup")
+    app.send_task(TRIGGER, args=[ids], queue=SHARED_QUEUE)
     print(f"triggered {len(ids)} timeline(s)")
 
 
@@ -65,7 +67,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per timeline: each peer's commit_lsn, backup_lsn, offloader and reason, lag."""
-    from tasks.backup.status import timeline_status
+    from tasks.backup.status import status_json, timeline_status
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
     from tasks.errors import InvalidInput
@@ -75,10 +77,10 @@ def status(
         settings = load_settings()
         ids = [str(TenantTimelineId.parse(t)) for t in ttids or []]
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     rows = timeline_status(RedisState.from_url(settings.redis_url), ids, settings.heartbeat_timeout)
     if as_json:
-        print(json.dumps({"timelines": rows}, indent=2))
+        print(json.dumps(status_json(rows), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -88,19 +90,24 @@ def status(
     )
     for row in rows:
         peers = ", ".join(
-            f"{p['node_id']}: {p['commit_lsn']}{'' if p['alive'] else ' (dead)'}"
-            + (f" (damaged at {p['damaged_lsn']})" if p["damaged_lsn"] else "")
-            for p in row["peers"]
+            f"{p.node_id}: {p.commit_lsn}{'' if p.alive else ' (dead)'}"
+            + (f" (damaged at {p.damaged_lsn})" if p.damaged_lsn is not None else "")
+            for p in row.peers
         )
         table.add_row(
-            row["timeline"],
-            row["backup_lsn"] or "-",
-            row["commit_lsn"] or "-",
-            str(row["lag_bytes"] if row["lag_bytes"] is not None else "-"),
-            str(row["offloader"] or "-"),
+            row.timeline,
+            _text(row.backup_lsn),
+            _text(row.commit_lsn),
+            _text(row.lag_bytes),
+            str(row.offloader or "-"),
             peers,
         )
     Console().print(table)
+
+
+def _text(value: object | None) -> str:
+    """A table cell: ``-`` for unknown."""
+    return "-" if value is None else str(value)
 
 
 @cli.command()
@@ -132,7 +139,7 @@ def simulate(
             print(t)
         done = run(list(workdirs), ids, segments, seg_size, rate=rate, start_segno=start_segno)
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     print(f"wrote {done} segment files")
 
 
@@ -161,5 +168,5 @@ def demo(
             seg_size=seg_size,
         )
     except InvalidInput as exc:
-        _fail(EXIT_INPUT, str(exc))
+        _bad_input(str(exc))
     raise typer.Exit(code)

@@ -1,8 +1,10 @@
 """The ``walbackup`` console entry: ``fetch`` is parsed here, everything else by typer.
 
 PostgreSQL runs ``walbackup fetch`` once per segment as its ``restore_command``:
-that path imports only the standard library and ``tasks.restore.fetch``, never
-typer, rich or Celery (``tasks.cli.commands``).
+that path imports only the standard library and stdlib-only modules of ours
+(``tasks.restore.fetch``, ``.spool``, ``.formats``, ``tasks.fsutil``), never
+typer, rich or Celery (``tasks.cli.commands``); a spool miss loads the rest.
+``tests/unit/test_restore_fast_path.py`` checks this.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
-"""``read_object`` front door: fetch a segment from remote storage to a file or stdout.
+"""``walbackup fetch``: a segment from remote storage to a file or stdout (``read_object``).
 
 Written to be usable as PostgreSQL's ``restore_command``: the destination file
-appears only complete (temp file, fsync, rename), never torn. PostgreSQL runs
-it once per segment, so the common case — the segment is in the restore spool
-(``tasks.restore.spool``) — imports nothing beyond the standard library; a miss fetches
-directly and starts the prefetcher that fills the spool.
+appears only complete (``tasks.fsutil.atomic_write``: temp file, fsync,
+rename, directory fsync), never torn. PostgreSQL runs it once per segment, so
+the common case — the segment is in the restore spool (``tasks.restore.spool``)
+— loads nothing beyond the standard library and our stdlib-only modules; a
+miss loads the settings and the storage client, fetches directly, and starts
+the prefetcher that fills the spool (``tasks.restore.prefetch``).
 """
 
 from __future__ import annotations
 
 # Only what loads fast at the top: a spool hit needs nothing else.
-import os
-import re
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's: importing typing costs a spool hit 3 ms
+from tasks.fsutil import atomic_write
+from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, PARTIAL_SUFFIX
+
 if TYPE_CHECKING:
     from typing import BinaryIO
 
@@ -23,14 +25,12 @@ if TYPE_CHECKING:
     from tasks.core.ids import TenantTimelineId
     from tasks.storage.base import RemoteStorage
 
-_SEGMENT_RE = re.compile(r"[0-9A-F]{24}(\.partial)?")
-CHUNK = 1 << 20
-
 
 def validate_segment_name(name: str) -> str:
+    """``name`` if it is a segment name, with or without ``.partial``; else ``InvalidInput``."""
     from tasks.errors import InvalidInput
 
-    if _SEGMENT_RE.fullmatch(name) is None:
+    if FETCHABLE_RE.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
         )
@@ -51,46 +51,28 @@ def fetch_segment(
     with storage.open_read(key, offset) as stream:
         if dest == "-":
             return _copy(stream, sys.stdout.buffer)
-        return _write_atomically(stream, Path(dest))
+        with atomic_write(dest) as out:
+            return _copy(stream, out)
 
 
 def _copy(src: BinaryIO, dst: BinaryIO) -> int:
     total = 0
-    while chunk := src.read(CHUNK):
+    while chunk := src.read(CHUNK_BYTES):
         dst.write(chunk)
         total += len(chunk)
     dst.flush()
     return total
 
 
-def _write_atomically(stream: BinaryIO, dest: Path) -> int:
-    import tempfile
-
-    directory = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            total = _copy(stream, out)
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return total
-
-
-# Exit codes of ``walbackup fetch``: 0-4 as barman-cloud assigns them.
+# Exit codes of ``walbackup fetch``, our own: barman-cloud's 2 is a network
+# error and 3 a CLI error, the other way round. PostgreSQL only tells 0
+# (restored) from the rest.
 EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_INPUT = 2
-EXIT_STORAGE = 3
+EXIT_NOT_FOUND = 1  # the remote has no such segment
+EXIT_INPUT = 2  # a bad timeline id, segment name, offset or setting
+EXIT_STORAGE = 3  # remote storage unavailable (retryable)
 EXIT_OTHER = 4
-EXIT_CHECKSUM = 5  # ours: the object read does not match its stored checksum
+EXIT_CHECKSUM = 5  # the object read does not match its stored checksum
 
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
@@ -136,9 +118,10 @@ def _start_prefetch(
     from it. The spool only saves time, so its trouble never fails a fetch."""
     from tasks.core.segments import validate_seg_size
     from tasks.errors import WalBackupError
-    from tasks.restore.spool import note_want, settings_spool_dir, start_prefetcher
+    from tasks.restore.prefetch import start_prefetcher
+    from tasks.restore.spool import note_want, settings_spool_dir
 
-    if settings.restore_prefetch <= 0 or segment.endswith(".partial"):
+    if settings.restore_prefetch <= 0 or segment.endswith(PARTIAL_SUFFIX):
         return
     try:
         validate_seg_size(seg_size)
@@ -150,5 +133,6 @@ def _start_prefetch(
 
 
 def fail(code: int, message: str) -> int:
+    """Print ``walbackup: MESSAGE`` on stderr; returns ``code``."""
     print(f"walbackup: {message}", file=sys.stderr)
     return code

@@ -1,4 +1,4 @@
-"""The restore spool behind `walbackup fetch` (tasks/spool.py): serial fetches
+"""The restore spool behind `walbackup fetch` (tasks/restore/spool.py, prefetch.py): serial fetches
 as PostgreSQL makes them come back byte-identical, the prefetcher goes away by
 itself, a missing segment is still "not found", and a bad spool file is never
 served."""

@@ -1,0 +1,297 @@
+"""Restore spool, the producer's side: the forked prefetcher that fills a spool.
+
+After a direct fetch (a spool miss), ``start_prefetcher`` forks a detached
+``Prefetcher`` from that fetch, with boto3 already loaded. It follows the
+consumer's position (the ``.want`` file, ``tasks.restore.spool.note_want``, and
+the spooled files that disappear as they are served) and keeps the next
+``depth`` segments downloaded into the spool: that is the spool's size cap.
+Segments behind the consumer are deleted.
+
+It holds ``flock`` on ``.prefetch.lock`` for its lifetime (so at most one runs
+per spool, and a dead one holds nothing), stops scheduling at the first
+segment the remote does not have, and exits — deleting whatever it left —
+once everything it spooled was served after such an end, or when the consumer
+has been idle for ``IDLE_EXIT_S``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import uuid
+import zlib
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.segments import parse_xlog_file_name, validate_seg_size, xlog_file_name
+from tasks.errors import NotFound, SegmentFileError
+from tasks.restore.spool import (
+    DOWNLOAD_PREFIX,
+    SPOOLED_RE,
+    TMP_PREFIX,
+    prefetch_lock,
+    prefetcher_running,
+    read_want,
+    settings_spool_dir,
+    spooled_name,
+)
+from tasks.storage.base import CHUNK_BYTES, RemoteStorage, segment_key
+
+IDLE_EXIT_S = 5.0
+"""The prefetcher exits after this long without a segment served or asked for."""
+POLL_S = 0.01
+MAX_DOWNLOADS = 4
+"""Concurrent downloads of one prefetcher."""
+RETRY_S = 1.0
+"""A download that failed for storage trouble is tried again after this long."""
+
+
+def start_prefetcher(spool: Path, ttid: str, depth: int, storage: RemoteStorage) -> bool:
+    """Start a detached prefetcher for ``spool`` unless one runs; True if started.
+
+    The caller just fetched a segment, so it has the storage client and its
+    imports loaded: a forked child (detached by a double fork into its own
+    session, standard streams on /dev/null) starts prefetching at once, where
+    a new interpreter would spend most of a second importing boto3."""
+    if depth <= 0 or prefetcher_running(spool):
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the middle process exits at once
+        return True
+    # Middle process, then the prefetcher: never return into the caller's code.
+    code = 0
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        code = Prefetcher(storage, ttid, spool, depth).run()
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class Prefetcher:
+    """Keeps the ``depth`` segments after the consumer's position spooled."""
+
+    def __init__(
+        self,
+        storage: RemoteStorage,
+        ttid: str,
+        spool: Path,
+        depth: int,
+        *,
+        idle_exit_s: float = IDLE_EXIT_S,
+    ) -> None:
+        self.storage = storage
+        self.ttid = TenantTimelineId.parse(ttid)
+        self.spool = spool
+        self.depth = depth
+        self.idle_exit_s = idle_exit_s
+        self.spooled: dict[int, Path] = {}
+        self.tli = 1
+        self.seg_size = 0
+        self.progress = -1  # segno the consumer last took or fetched
+        self.next_fetch = 0
+        self.end_at: int | None = None  # first segno the remote lacks
+        self.todo: deque[int] = deque()  # failed downloads to try again
+        self.retry_at = 0.0
+
+    def run(self) -> int:
+        with prefetch_lock(self.spool) as mine:
+            if not mine:
+                return 0
+            try:
+                self._clean(everything=True)
+                self._loop()
+            finally:
+                self._clean(everything=True)
+        return 0
+
+    def _clean(self, *, everything: bool) -> None:
+        """Delete spooled segments the consumer is past, or, with
+        ``everything``, all spooled segments and temp files (never ``.want``
+        or the lock)."""
+        for entry in os.scandir(self.spool):
+            if entry.name.startswith(TMP_PREFIX):
+                if everything:
+                    Path(entry.path).unlink(missing_ok=True)
+                continue
+            match = SPOOLED_RE.fullmatch(entry.name)
+            if match is not None and (everything or self._behind(match.group(1))):
+                Path(entry.path).unlink(missing_ok=True)
+        if everything:
+            self.spooled.clear()
+
+    def _behind(self, name: str) -> bool:
+        """A spooled name not after the consumer's position, or of another
+        timeline or segment size: the consumer will not ask for it."""
+        try:
+            tli, segno = parse_xlog_file_name(name, self.seg_size)
+        except ValueError:
+            return True
+        return tli != self.tli or segno <= self.progress
+
+    def _retarget(self, want: tuple[str, int, float]) -> bool:
+        name, seg_size, _ = want
+        try:
+            validate_seg_size(seg_size)
+            tli, segno = parse_xlog_file_name(name, seg_size)
+        except ValueError:
+            return False
+        restart = (tli, seg_size) != (self.tli, self.seg_size) or segno < self.progress
+        self.tli, self.seg_size = tli, seg_size
+        self.progress = segno
+        self.next_fetch = segno + 1 if restart else max(self.next_fetch, segno + 1)
+        self.end_at = None
+        self.todo.clear()
+        self.spooled = {s: p for s, p in self.spooled.items() if not restart and s > segno}
+        self._clean(everything=False)
+        return True
+
+    def _loop(self) -> None:
+        seen_want: float | None = None
+        active = time.monotonic()
+        downloads: dict[Future[Path], tuple[int, int, int]] = {}
+        with ThreadPoolExecutor(max_workers=min(self.depth, MAX_DOWNLOADS)) as pool:
+            try:
+                while True:
+                    now = time.monotonic()
+                    want = read_want(self.spool)
+                    if want is not None and want[2] != seen_want:
+                        seen_want = want[2]
+                        if self._retarget(want):
+                            active = now
+                    if self.seg_size == 0:
+                        return  # nothing to follow
+                    served = [s for s, p in self.spooled.items() if not p.exists()]
+                    if served:
+                        active = now
+                        self.progress = max(self.progress, *served)
+                        for s in served:
+                            del self.spooled[s]
+                        for s in [s for s in self.spooled if s <= self.progress]:
+                            self.spooled.pop(s).unlink(missing_ok=True)
+                    for fut in [f for f in downloads if f.done()]:
+                        self._finished(downloads.pop(fut), fut)
+                    self._schedule(pool, downloads)
+                    if (
+                        self.end_at is not None
+                        and not downloads
+                        and not self.spooled
+                        and not self.todo
+                    ):
+                        return  # the end of the archive, everything served
+                    if now - active > self.idle_exit_s:
+                        return
+                    if downloads:
+                        wait(downloads, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                    else:
+                        time.sleep(POLL_S)
+            finally:
+                for fut in downloads:
+                    fut.cancel()
+
+    def _finished(self, target: tuple[int, int, int], fut: Future[Path]) -> None:
+        segno, tli, seg_size = target
+        if (tli, seg_size) != (self.tli, self.seg_size):
+            with contextlib.suppress(Exception):
+                fut.result().unlink(missing_ok=True)
+            return
+        try:
+            path = fut.result()
+        except NotFound:
+            self.end_at = segno if self.end_at is None else min(self.end_at, segno)
+            return
+        except Exception:  # storage trouble: try again a little later
+            self.todo.append(segno)
+            self.retry_at = time.monotonic() + RETRY_S
+            return
+        if segno <= self.progress:
+            path.unlink(missing_ok=True)  # the consumer got it elsewhere meanwhile
+        else:
+            self.spooled[segno] = path
+
+    def _schedule(
+        self, pool: ThreadPoolExecutor, downloads: dict[Future[Path], tuple[int, int, int]]
+    ) -> None:
+        limit = min(self.depth, MAX_DOWNLOADS)
+        ahead = self.progress + self.depth
+        while len(downloads) < limit:
+            if self.todo and time.monotonic() >= self.retry_at:
+                segno = self.todo.popleft()
+                if segno <= self.progress:
+                    continue
+            elif self.next_fetch <= ahead and (
+                self.end_at is None or self.next_fetch < self.end_at
+            ):
+                segno = self.next_fetch
+                self.next_fetch += 1
+            else:
+                return
+            target = (segno, self.tli, self.seg_size)
+            downloads[pool.submit(self._download, *target)] = target
+
+    def _download(self, segno: int, tli: int, seg_size: int) -> Path:
+        """Download one segment into the spool; its published name carries
+        the CRC-32 of its bytes, so it is known only at the end: hence a plain
+        temp file and rename (``tasks.fsutil.atomic_write`` needs the name
+        first). The spool is a cache: no directory fsync."""
+        name = xlog_file_name(segno, seg_size, tli)
+        tmp = self.spool / f"{DOWNLOAD_PREFIX}{name}.{uuid.uuid4().hex}"
+        try:
+            crc, size = 0, 0
+            with (
+                self.storage.open_read(segment_key(self.ttid, name)) as src,
+                open(tmp, "xb") as out,
+            ):
+                while chunk := src.read(CHUNK_BYTES):
+                    crc = zlib.crc32(chunk, crc)
+                    out.write(chunk)
+                    size += len(chunk)
+                if size != seg_size:
+                    raise SegmentFileError(
+                        f"remote segment {name} has {size} bytes, expected {seg_size}"
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            final = self.spool / spooled_name(name, size, crc)
+            os.rename(tmp, final)
+            return final
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tasks.restore.prefetch TTID DEPTH``: run a prefetcher in the
+    foreground (``walbackup fetch`` forks one instead; this is for debugging)."""
+    from tasks.config import load_settings
+    from tasks.storage import open_storage
+
+    ttid, depth = argv[0], int(argv[1])
+    settings = load_settings()
+    storage = open_storage(
+        settings.effective_remote_storage,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        parallel_jobs=MAX_DOWNLOADS,
+    )
+    try:
+        return Prefetcher(storage, ttid, settings_spool_dir(settings, ttid), depth).run()
+    finally:
+        storage.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
