@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
-"""A complete segment's file name: ``tasks.core.segments._NAME_RE``."""
+"""A complete segment's file name: ``tasks.core.segments.SEGMENT_NAME_RE``."""
 
 PARTIAL_SUFFIX = ".partial"
 """``tasks.core.segments.PARTIAL_SUFFIX``."""

@@ -117,7 +117,7 @@ NAME_TEXT = st.builds(
 
 
 def _core_accepts_name(name: str) -> bool:
-    return segments._NAME_RE.fullmatch(name) is not None
+    return segments.SEGMENT_NAME_RE.fullmatch(name) is not None
 
 
 def _core_accepts_ttid(text: str) -> bool:
@@ -129,7 +129,7 @@ def _core_accepts_ttid(text: str) -> bool:
 
 
 def test_the_copied_constants_equal_the_core_ones() -> None:
-    assert formats.SEGMENT_RE.pattern == segments._NAME_RE.pattern
+    assert formats.SEGMENT_RE.pattern == segments.SEGMENT_NAME_RE.pattern
     assert formats.TTID_RE.pattern == f"{ids._HEX32.pattern}/{ids._HEX32.pattern}"
     assert formats.PARTIAL_SUFFIX == segments.PARTIAL_SUFFIX
     assert formats.CHUNK_BYTES == base.CHUNK_BYTES
