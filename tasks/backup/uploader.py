@@ -132,6 +132,8 @@ class Uploader:
         this timeline's waiting upload tasks or to the queue."""
         claim_ms = claim_timeout_ms(seg_size)
         ttl_ms = self.leases.ttl_ms
+        # Fencing, twice: here before any byte is sent, and in the commit's
+        # Lua, which refuses a token that went stale during the upload.
         if not started and not self.state.start_upload(
             ttid, token, ttl_ms, segno, int(time.time() * 1000) + claim_ms
         ):
@@ -142,6 +144,8 @@ class Uploader:
         path = self.disk.segment_path(parsed, segno, seg_size)
         upload_started = time.monotonic()
         digest = self.agreement.verify(ttid, segno, seg_size, path, name)
+        # Tracked while the upload runs: the node thread re-sends it if
+        # storage heals meanwhile (``Retrying._hedge``).
         with self.in_flight.track(UploadRef(ttid, segno, seg_size, token)):
             result = self.storage.upload_file(
                 segment_key(parsed, name), path, seg_size, digest=digest
@@ -149,6 +153,8 @@ class Uploader:
         result_s = time.monotonic() - upload_started
         UPLOAD_SECONDS.observe(result_s)
         UPLOADED_BYTES.inc(result.size)
+        # Only a verified upload is committed; backup_lsn moves only over a
+        # run of finished segments (ordered commit, in the Lua).
         st = self.timeline(ttid)
         try:
             if st is None or st.commit_lsn is None or st.wal_seg_size != seg_size:
