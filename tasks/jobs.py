@@ -17,8 +17,8 @@ import redis
 
 from tasks import names
 from tasks.app import app
-from tasks.backup.node import CHAIN_BUDGET_S
 from tasks.backup.retries import UploadRef
+from tasks.backup.uploader import CHAIN_BUDGET_S
 from tasks.config import get_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import WalBackupError

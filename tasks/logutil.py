@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -31,3 +32,19 @@ class Throttle:
         """Every key may speak again at once."""
         with self._lock:
             self._last.clear()
+
+
+class Complaints:
+    """A node's warnings about recurring trouble: one WARNING line per kind
+    (what, timeline, exception type) every ``interval_s``; the traceback at DEBUG."""
+
+    def __init__(self, logger: logging.Logger, node_id: int, interval_s: float = 30.0) -> None:
+        self._log = logger
+        self.node_id = node_id
+        self._throttle = Throttle(interval_s)
+
+    def __call__(self, what: str, exc: BaseException, ttid: str = "") -> None:
+        if self._throttle.allow((what, ttid, type(exc))):
+            where = f"Timeline {ttid}: node {self.node_id}" if ttid else f"Node {self.node_id}"
+            self._log.warning("%s: %s: %s: %s", where, what, type(exc).__name__, exc)
+        self._log.debug("%s", what, exc_info=exc)

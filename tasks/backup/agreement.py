@@ -1,0 +1,153 @@
+"""Do the nodes' copies of a segment agree? Checked before uploading a segment others hold.
+
+SPEC §4 "Agreement": a segment is archived only when enough live nodes'
+copies have the offloader's bytes. Each node publishes the SHA-256 of its
+copies (``tasks.backup.copies``); the offloader hashes its own in the read
+pass the upload needs anyway, and judges (``tasks.core.agreement.judge``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tasks.backup.copies import Copies
+from tasks.config import Settings
+from tasks.core.agreement import Decision, judge
+from tasks.core.election import is_alive
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.errors import AgreementPending, DamagedCopy, NoAgreement, SegmentFileError
+from tasks.state.records import PeerRecord
+from tasks.state.redis import RedisState
+from tasks.state.workdir import Workdir
+from tasks.storage.base import SegmentDigest, digest_segment_file
+
+log = logging.getLogger("walbackup.node")
+
+AGREEMENT_POLL_S = 0.5
+"""How long an upload waits in its thread for the peers' digests before it
+parks and tries again (``tasks.backup.retrying.AGREEMENT_RETRY_S`` later)."""
+AGREEMENT_WAIT_S = 10.0
+"""After this long, a live peer that still has not published its digest of a
+segment is no longer waited for: the segment is judged on the others."""
+PEERS_CACHE_S = 0.5
+
+
+class Agreement:
+    """Called from the upload threads. ``_peers`` and ``_pending_since`` are
+    plain dicts shared by them without a lock: each entry is replaced whole,
+    and a lost update only costs a Redis read or restarts a wait."""
+
+    def __init__(
+        self, settings: Settings, state: RedisState, disk: Workdir, copies: Copies, needs_md5: bool
+    ) -> None:
+        assert settings.node_id is not None
+        self.node_id = settings.node_id
+        self.settings = settings
+        self.state = state
+        self.disk = disk
+        self.copies = copies
+        self.needs_md5 = needs_md5
+        """Whether the storage wants the MD5 too (``RemoteStorage.needs_md5``)."""
+        self._peers: dict[str, tuple[float, list[PeerRecord]]] = {}
+        self._pending_since: dict[tuple[str, int], float] = {}
+
+    def verify(
+        self, ttid: str, segno: int, seg_size: int, path: Path, name: str
+    ) -> SegmentDigest | None:
+        """Our copy's digests once enough copies agree, for the upload to send;
+        ``None`` when no other live node holds the segment (nothing to agree
+        with: the backend hashes the bytes as it sends them). Raises as
+        ``_check`` does, and ``DamagedCopy`` when our copy cannot be read."""
+        if not self.holders(ttid, segno, seg_size):
+            return None
+        digest = self._read_copy(ttid, segno, path, seg_size)
+        self._check(ttid, segno, seg_size, digest, name)
+        return digest
+
+    def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
+        """Our copy's digests (one read pass); a copy we cannot read is damaged."""
+        try:
+            return digest_segment_file(path, seg_size, self.needs_md5)
+        except (SegmentFileError, OSError) as exc:
+            self.copies.mark_damaged(ttid, segno, path, str(exc))
+            raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc
+
+    def _check(
+        self, ttid: str, segno: int, seg_size: int, digest: SegmentDigest, name: str
+    ) -> None:
+        """Return when enough nodes' copies equal ours (SPEC §4 "Agreement");
+        raise ``DamagedCopy`` when the others outvote ours, ``NoAgreement`` when
+        no bytes have a majority, ``AgreementPending`` while digests are missing."""
+        own = digest.sha256.hex()
+        deadline = time.monotonic() + AGREEMENT_POLL_S
+        if len(self._pending_since) > 10_000:  # entries of uploads that were fenced
+            self._pending_since.clear()
+        first_pending = self._pending_since.setdefault((ttid, segno), time.monotonic())
+        published_own = False
+        while True:
+            holders = self.holders(ttid, segno, seg_size)
+            if holders and not published_own:
+                # For the node that may take over this upload (a lone node
+                # skips the round trip: nobody would read it).
+                path = self.disk.segment_path(TenantTimelineId.parse(ttid), segno, seg_size)
+                self.copies.publish_own(ttid, segno, path, own)
+                published_own = True
+            published = self.state.digests(ttid, segno, holders)
+            if time.monotonic() - first_pending > AGREEMENT_WAIT_S:
+                holders = [n for n in holders if n in published]
+            verdict = judge(own, holders, published, self.settings.agreement_copies)
+            if verdict.decision is Decision.UPLOAD:
+                self._pending_since.pop((ttid, segno), None)
+                if verdict.differing:
+                    log.error(
+                        "Timeline %s: %s of node(s) %s differs from the copy of node(s) %s; "
+                        "archiving the majority's bytes (sha256 %s)",
+                        ttid,
+                        name,
+                        list(verdict.differing),
+                        [self.node_id, *verdict.agreeing],
+                        own,
+                    )
+                return
+            if verdict.decision is Decision.WAIT and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            break
+        copies = ", ".join(f"node {n}: {published[n][:16]}" for n in sorted(published))
+        if verdict.decision is Decision.OUTVOTED:
+            self._pending_since.pop((ttid, segno), None)
+            reason = (
+                f"sha256 {own[:16]}… differs from the copies of nodes "
+                f"{list(verdict.differing)} ({copies}), which agree"
+            )
+            path = self.disk.segment_path(TenantTimelineId.parse(ttid), segno, seg_size)
+            self.copies.mark_damaged(ttid, segno, path, reason)
+            raise DamagedCopy(f"{name} on node {self.node_id}: {reason}; not uploaded")
+        if verdict.decision is Decision.SPLIT:
+            raise NoAgreement(
+                f"{name}: the nodes' copies differ (node {self.node_id}: {own[:16]}, {copies}) "
+                f"and fewer than {verdict.needed} agree; not uploaded"
+            )
+        raise AgreementPending(f"{name}: waiting for the digests of nodes {list(verdict.pending)}")
+
+    def holders(self, ttid: str, segno: int, seg_size: int) -> list[int]:
+        """Other live nodes that hold ``segno`` complete or are writing it now
+        (their digest will come), and do not report it damaged. The peers are
+        read from Redis at most every ``PEERS_CACHE_S`` per timeline."""
+        now = time.time()
+        cached = self._peers.get(ttid)
+        if cached is None or now - cached[0] > PEERS_CACHE_S:
+            cached = (now, self.state.peers(ttid))
+            self._peers[ttid] = cached
+        start = Lsn.from_segment(segno, 0, seg_size)
+        return sorted(
+            p.node_id
+            for p in (r.peer for r in cached[1])
+            if p.node_id != self.node_id
+            and is_alive(p, now, self.settings.heartbeat_timeout)
+            and p.local_start_lsn <= start <= p.commit_lsn
+            and p.damaged_lsn != start
+        )

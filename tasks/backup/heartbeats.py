@@ -1,0 +1,127 @@
+"""Heartbeats: this node's PeerInfo out to Redis; backup_lsn and offloader back.
+
+Every ``HEARTBEAT_INTERVAL_S`` the node thread calls ``round``: one PeerInfo
+per timeline (SPEC §4), published with the timeline's registration, so a Redis
+that lost its data learns the timelines again. What comes back per timeline:
+
+- backup_lsn, copied into the timeline's state file, so a Redis that lost its
+  data recovers it from the nodes (at most ``STATE_WRITES_PER_HEARTBEAT`` a
+  round), and kept in ``backup_known`` for the digester and the scrubber;
+- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import redis
+
+from tasks.backup.copies import Copies
+from tasks.core.election import PeerInfo
+from tasks.core.lsn import Lsn
+from tasks.errors import SegmentFileError
+from tasks.logutil import Complaints
+from tasks.metrics import BACKUP_LAG_BYTES
+from tasks.state.records import peer_to_json
+from tasks.state.redis import RedisState
+from tasks.state.workdir import TimelineState, Workdir
+
+HEARTBEAT_INTERVAL_S = 1.0
+STATE_WRITES_PER_HEARTBEAT = 256
+"""At most this many timeline state files (each fsynced, ~1 ms) are updated
+with the cluster's backup_lsn per heartbeat round; the rest wait for the next
+rounds. A node catching up 10,000 timelines at once otherwise stopped
+heartbeating for ~10 s (bench/election.py), past heartbeat_timeout."""
+
+
+class Heartbeats:
+    """``round`` runs in the node thread only; ``publish`` also in upload
+    threads (``publish_soon``). ``backup_known`` is replaced whole each round,
+    so readers in other threads see one round's dict or the next."""
+
+    def __init__(
+        self,
+        node_id: int,
+        state: RedisState,
+        disk: Workdir,
+        copies: Copies,
+        *,
+        keep_lease: Callable[[str, int | None], None],
+        data_lost: Callable[[], None],
+        complain: Complaints,
+    ) -> None:
+        self.node_id = node_id
+        self.state = state
+        self.disk = disk
+        self.copies = copies
+        self.keep_lease = keep_lease
+        self.data_lost = data_lost
+        """Called when a timeline's backup_lsn vanished from Redis."""
+        self.complain = complain
+        self.backup_known: dict[str, Lsn | None] = {}
+        """The cluster's backup_lsn per timeline, as of the last round."""
+
+    def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
+        """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
+        now = time.time()
+        records = []
+        for st in timelines:
+            peer = self._peer(st, now)
+            if peer is not None:
+                records.append(
+                    (str(st.ttid), peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn))
+                )
+        self.state.publish_heartbeats(self.node_id, records, now, register=register)
+
+    def publish_soon(self, st: TimelineState | None) -> None:
+        """Now rather than at the next round; a Redis error waits for the round."""
+        if st is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.publish([st])
+
+    def _peer(self, st: TimelineState, now: float) -> PeerInfo | None:
+        if st.commit_lsn is None or st.local_start_lsn is None:
+            return None  # nothing complete on disk: not a candidate yet
+        damaged = self.copies.damaged_lsn(st, self.backup_known.get(str(st.ttid)))
+        return PeerInfo(
+            self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now, damaged
+        )
+
+    def forget(self, ttid: str) -> None:
+        """The timeline is gone from this node."""
+        self.backup_known.pop(ttid, None)
+
+    def round(self, timelines: list[TimelineState]) -> None:
+        """Learn backup_lsn and offloader, publish, then per timeline: state
+        file, lag gauge, lease upkeep."""
+        ttids = [str(st.ttid) for st in timelines]
+        known = self.state.backup_and_offloader(ttids)
+        previous, self.backup_known = (
+            self.backup_known,
+            {t: b for t, (b, _) in zip(ttids, known, strict=True)},
+        )
+        if any(previous.get(t) is not None and b is None for t, b in self.backup_known.items()):
+            # backup_lsn vanished: Redis lost its data, our digests with it.
+            self.data_lost()
+        self.publish(timelines, register=True)
+        writes = 0
+        for st, (backup_lsn, offloader) in zip(timelines, known, strict=True):
+            ttid = str(st.ttid)
+            if (
+                backup_lsn is not None
+                and backup_lsn > st.backup_lsn
+                and writes < STATE_WRITES_PER_HEARTBEAT
+            ):
+                writes += 1
+                try:
+                    self.disk.record_backup_lsn(st.ttid, backup_lsn)
+                except (OSError, SegmentFileError) as exc:
+                    # A full or failing disk must not stop heartbeats and
+                    # lease renewals: Redis still has backup_lsn.
+                    self.complain("cannot record backup_lsn in the state file", exc, ttid)
+            if st.commit_lsn is not None:
+                lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
+                BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
+            self.keep_lease(ttid, offloader)

@@ -1,0 +1,136 @@
+"""Upload leases of this process: taking one (and the first window), keeping, giving up.
+
+A timeline's lease (SPEC §4) is held under a token ``owner:EPOCH``; every
+write of the upload pipeline carries the token and Redis refuses a stale one
+(fencing). This process remembers the token it holds per timeline. It forgets
+it when Redis says it is stale, and releases it when another node is elected,
+when the timeline's directory goes, or when the node stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+
+from tasks.backup.handoff import UploadTasks
+from tasks.config import Settings
+from tasks.state.redis import RedisState
+from tasks.state.workdir import TimelineState
+
+log = logging.getLogger("walbackup.node")
+
+
+def claim_timeout_ms(seg_size: int) -> int:
+    """Long enough for a slow upload of the segment; a claim older than this
+    is presumed lost (its message vanished) and handed out again."""
+    return max(120_000, seg_size // (1 << 20) * 2000)
+
+
+class Leases:
+    """Thread-safe: ``_lock`` guards ``_held``; Redis calls are made outside it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: RedisState,
+        tasks: UploadTasks,
+        timeline: Callable[[str], TimelineState | None],
+    ) -> None:
+        assert settings.node_id is not None
+        self.node_id = settings.node_id
+        self.settings = settings
+        self.state = state
+        self.tasks = tasks
+        self.timeline = timeline
+        # A new owner per process: a restarted node never reuses the lease of
+        # its previous life, whose in-flight claims died with it.
+        self.owner = f"{self.node_id}.{secrets.token_hex(4)}"
+        self.ttl_ms = int(settings.lease_ttl_s * 1000)
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # ttid -> token held by this process
+
+    def token(self, ttid: str) -> str | None:
+        with self._lock:
+            return self._held.get(ttid)
+
+    def held(self) -> dict[str, str]:
+        """A snapshot: ttid -> token."""
+        with self._lock:
+            return dict(self._held)
+
+    # -- taking a lease and starting the window ------------------------------
+
+    def backup(self, ttid: str) -> str:
+        """Start or refill the upload window of ``ttid`` if this node is its
+        offloader (the ``backup_timeline`` task); returns the task's result."""
+        if not self.settings.backup_enabled:
+            return "backup disabled"
+        record = self.state.timeline(ttid)
+        if record.offloader != self.node_id:
+            token = self.token(ttid)
+            if token is not None:
+                self.release(ttid, token, f"node {record.offloader} elected")
+            return "not offloader"
+        token = self.state.acquire_lease(ttid, self.owner, self.node_id, self.ttl_ms)
+        if token is None:
+            return "lease busy"
+        with self._lock:
+            if self._held.get(ttid) != token:
+                log.info("Timeline %s: node %s took the lease %s", ttid, self.node_id, token)
+            self._held[ttid] = token
+        st = self.timeline(ttid)
+        if st is None:
+            return "no local timeline"
+        return f"dispatched {self._dispatch(ttid, token, st)}"
+
+    def _dispatch(self, ttid: str, token: str, st: TimelineState) -> int:
+        """Claim the window's free segments and hand them out; how many."""
+        if st.commit_lsn is None:
+            return 0
+        claimed = self.state.claim_segments(
+            ttid,
+            token,
+            self.settings.parallel_jobs,
+            st.commit_lsn.segment_number(st.wal_seg_size),
+            st.wal_seg_size,
+            claim_timeout_ms(st.wal_seg_size),
+        )
+        if claimed is None:  # fenced between acquire and claim
+            self.forget(ttid, token)
+            return 0
+        self.tasks.hand_out(ttid, token, claimed, st.wal_seg_size)
+        return len(claimed)
+
+    # -- keeping and giving up -------------------------------------------------
+
+    def keep(self, ttid: str, offloader: int | None) -> None:
+        """Heartbeat upkeep: renew the lease while this node is the offloader,
+        release it as soon as another is."""
+        token = self.token(ttid)
+        if token is None:
+            return
+        if offloader != self.node_id:
+            self.release(ttid, token, f"node {offloader} elected")
+        elif not self.state.renew_lease(ttid, token, self.ttl_ms):
+            log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
+            self.forget(ttid, token)
+
+    def release(self, ttid: str, token: str, why: str) -> None:
+        self.forget(ttid, token)
+        if self.state.release_lease(ttid, token):
+            log.info("Timeline %s: node %s stepping down from backup (%s)", ttid, self.node_id, why)
+
+    def release_all(self, why: str) -> None:
+        with self._lock:
+            held, self._held = self._held, {}
+        for ttid, token in held.items():
+            self.release(ttid, token, why)
+
+    def forget(self, ttid: str, token: str) -> None:
+        """Redis refused ``token`` (a newer lease exists): stop using it. A
+        newer token of ours, taken meanwhile, is kept."""
+        with self._lock:
+            if self._held.get(ttid) == token:
+                del self._held[ttid]
