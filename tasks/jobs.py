@@ -50,7 +50,7 @@ def elect_all() -> int:
 
 @app.task(name=names.BACKUP_TIMELINE)
 def backup_timeline(ttid: str) -> str:
-    return get_node().backup(ttid)
+    return str(get_node().backup(ttid))
 
 
 # What a failed upload attempt may raise; anything else is a bug and lets the

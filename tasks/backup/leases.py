@@ -13,6 +13,8 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 from tasks.backup.handoff import UploadTasks
 from tasks.config import Settings
@@ -26,6 +28,25 @@ def claim_timeout_ms(seg_size: int) -> int:
     """Long enough for a slow upload of the segment; a claim older than this
     is presumed lost (its message vanished) and handed out again."""
     return max(120_000, seg_size // (1 << 20) * 2000)
+
+
+class Skipped(StrEnum):
+    """Why ``backup_timeline`` started no upload."""
+
+    DISABLED = "backup disabled"
+    NOT_OFFLOADER = "not offloader"
+    LEASE_BUSY = "lease busy"
+    NO_LOCAL_TIMELINE = "no local timeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """``backup_timeline`` holds the lease and sent ``count`` new uploads."""
+
+    count: int
+
+    def __str__(self) -> str:
+        return f"dispatched {self.count}"
 
 
 class Leases:
@@ -62,28 +83,28 @@ class Leases:
 
     # -- taking a lease and starting the window ------------------------------
 
-    def backup(self, ttid: str) -> str:
+    def backup(self, ttid: str) -> Skipped | Dispatched:
         """Start or refill the upload window of ``ttid`` if this node is its
-        offloader (the ``backup_timeline`` task); returns the task's result."""
+        offloader (the ``backup_timeline`` task)."""
         if not self.settings.backup_enabled:
-            return "backup disabled"
+            return Skipped.DISABLED
         record = self.state.timeline(ttid)
         if record.offloader != self.node_id:
             token = self.token(ttid)
             if token is not None:
                 self.release(ttid, token, f"node {record.offloader} elected")
-            return "not offloader"
+            return Skipped.NOT_OFFLOADER
         token = self.state.acquire_lease(ttid, self.owner, self.node_id, self.ttl_ms)
         if token is None:
-            return "lease busy"
+            return Skipped.LEASE_BUSY
         with self._lock:
             if self._held.get(ttid) != token:
                 log.info("Timeline %s: node %s took the lease %s", ttid, self.node_id, token)
             self._held[ttid] = token
         st = self.timeline(ttid)
         if st is None:
-            return "no local timeline"
-        return f"dispatched {self._dispatch(ttid, token, st)}"
+            return Skipped.NO_LOCAL_TIMELINE
+        return Dispatched(self._dispatch(ttid, token, st))
 
     def _dispatch(self, ttid: str, token: str, st: TimelineState) -> int:
         """Claim the window's free segments and hand them out; how many."""

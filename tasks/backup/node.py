@@ -36,7 +36,7 @@ from tasks.backup.elector import Elector
 from tasks.backup.handoff import SendUploadFn, UploadTasks
 from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, Heartbeats
-from tasks.backup.leases import Leases
+from tasks.backup.leases import Dispatched, Leases, Skipped
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
 from tasks.backup.scrub import scrub_timeline
@@ -122,7 +122,7 @@ class NodeService:
 
     # -- what the node tasks call (tasks.jobs) ---------------------------------
 
-    def backup(self, ttid: str) -> str:
+    def backup(self, ttid: str) -> Skipped | Dispatched:
         """``backup_timeline``: take the lease and fill the upload window."""
         return self.leases.backup(ttid)
 

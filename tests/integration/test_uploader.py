@@ -23,6 +23,7 @@ import pytest
 import tasks.backup.uploader as uploader_module
 import tasks.jobs as jobs
 from tasks.backup.elector import Elector
+from tasks.backup.leases import Dispatched
 from tasks.backup.node import NodeService
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.config import load_settings
@@ -116,7 +117,7 @@ class Harness:
 
     def start_window(self) -> str:
         """``backup_timeline``: take the lease, claim and send the first window."""
-        assert self.node.backup(self.ttid).startswith("dispatched ")
+        assert isinstance(self.node.backup(self.ttid), Dispatched)
         token = self.node.leases.token(self.ttid)
         assert token is not None
         return token
@@ -155,7 +156,7 @@ def test_backup_claims_the_window_and_sends_it(harness: Harness) -> None:
     token = harness.start_window()
     assert harness.sent == [(harness.ttid, s, SEG, token, 0) for s in (1, 2, 3)]
     assert sorted(harness.state.claimed(harness.ttid)) == [1, 2, 3]
-    assert harness.node.backup(harness.ttid) == "dispatched 0"  # window full
+    assert harness.node.backup(harness.ttid) == Dispatched(0)  # window full
 
 
 def test_a_task_chains_the_segments_its_commits_claim_until_its_budget(
