@@ -40,7 +40,7 @@ from tasks.backup.leases import Dispatched, Leases, Skipped
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
 from tasks.backup.scrub import scrub_timeline
-from tasks.backup.uploader import Uploader, UploadOutcome
+from tasks.backup.uploader import Uploader
 from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import BrokerUnavailable
@@ -119,6 +119,8 @@ class NodeService:
             in_flight=in_flight,
             timeline=self._timeline,
         )
+        # upload_segment's step: upload one segment, commit it, chain.
+        self.upload = self.uploader.upload
 
     # -- what the node tasks call (tasks.jobs) ---------------------------------
 
@@ -129,22 +131,6 @@ class NodeService:
     def chain(self) -> contextlib.AbstractContextManager[None]:
         """Around an ``upload_segment`` task: counts it (``UploadTasks.saturated``)."""
         return self.tasks.running()
-
-    def upload(
-        self,
-        ttid: str,
-        segno: int,
-        seg_size: int,
-        token: str,
-        *,
-        started: bool = False,
-        chain_until: float | None = None,
-        backlog: int = 0,
-    ) -> UploadOutcome:
-        """``Uploader.upload``: upload one segment, commit it, chain."""
-        return self.uploader.upload(
-            ttid, segno, seg_size, token, started=started, chain_until=chain_until, backlog=backlog
-        )
 
     def hand_out(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
         self.tasks.hand_out(ttid, token, segnos, seg_size)
