@@ -4,8 +4,6 @@ Imports are local to each command, so each pays only for what it uses; the
 fast path of ``fetch`` does not come through here (``tasks.cli.main``).
 """
 
-# The docstring above is also ``walbackup --help``'s text.
-
 from __future__ import annotations
 
 import json
@@ -14,7 +12,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+HELP = """walbackup: PostgreSQL WAL from a cluster of nodes to object storage, on Celery.
+
+Workers run as `celery -A tasks worker`; these commands trigger backups, show
+their status, read WAL back (`fetch`, PostgreSQL's restore_command) and run a
+local demo."""
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
 
 def _bad_input(message: str) -> NoReturn:

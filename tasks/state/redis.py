@@ -53,6 +53,10 @@ class RedisState(LeaseWindow):
             )
         )
 
+    def close(self) -> None:
+        """Close the connection pool (a process that is done with Redis)."""
+        self.r.close()
+
     def pipeline(self) -> Pipeline[str]:
         """A non-transactional pipeline for the ``pipe=`` writes below."""
         return self.r.pipeline(transaction=False)

@@ -261,7 +261,7 @@ class Cluster:
         """Stop every child (Redis last) and close the Redis connection."""
         self.children.stop_all()
         if self.state is not None:
-            self.state.r.close()
+            self.state.close()
 
 
 def _pings(client: redis.Redis[bytes]) -> bool:
