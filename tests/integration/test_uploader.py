@@ -128,6 +128,17 @@ class Harness:
     def sent_segnos(self) -> list[int]:
         return [s[1] for s in self.sent]
 
+    def finish_ahead_of_one(self, token: str) -> None:
+        """Segments 2 and 3 uploaded and finished: backup_lsn waits for 1."""
+        self.sent.clear()
+        for segno in (2, 3):
+            self.node.upload(self.ttid, segno, SEG, token)
+
+    def occupy_pool(self, stack: ExitStack, leave: int = 0) -> None:
+        """Every pool thread but ``leave`` inside an ``upload_segment`` task."""
+        for _ in range(self.node.tasks.slots - leave):
+            stack.enter_context(self.node.chain())
+
 
 def seg(segno: int) -> Lsn:
     return Lsn.from_segment(segno, 0, SEG)
@@ -208,12 +219,9 @@ def test_one_claimed_segment_is_kept_the_others_are_sent(harness: Harness) -> No
 def test_past_its_budget_a_commit_sends_everything_it_claims(harness: Harness) -> None:
     """Even with every pool thread busy: the task is done chaining."""
     token = harness.start_window()
-    harness.sent.clear()
-    for segno in (2, 3):
-        harness.node.upload(harness.ttid, segno, SEG, token)
+    harness.finish_ahead_of_one(token)
     with ExitStack() as stack:
-        for _ in range(harness.node.tasks.slots):
-            stack.enter_context(harness.node.chain())
+        harness.occupy_pool(stack)
         # The upload itself takes UPLOAD_S: the budget runs out meanwhile.
         until = harness.clock.now + UPLOAD_S / 2
         outcome = harness.node.upload(harness.ttid, 1, SEG, token, chain_until=until)
@@ -225,12 +233,9 @@ def test_a_saturated_pool_keeps_every_claimed_segment(harness: Harness) -> None:
     """With every pool thread running an upload task, a queued task would only
     wait: the committing task keeps all it claims."""
     token = harness.start_window()
-    harness.sent.clear()
-    for segno in (2, 3):
-        harness.node.upload(harness.ttid, segno, SEG, token)
+    harness.finish_ahead_of_one(token)
     with ExitStack() as stack:
-        for _ in range(harness.node.tasks.slots):
-            stack.enter_context(harness.node.chain())
+        harness.occupy_pool(stack)
         assert harness.node.tasks.saturated
         outcome = harness.node.upload(
             harness.ttid, 1, SEG, token, chain_until=harness.clock.now + 100
@@ -296,13 +301,10 @@ def test_a_failed_upload_parks_its_retry_and_the_segments_it_held(
     park = RetryPark(harness.clock.monotonic)
     monkeypatch.setattr(harness.node.retrying, "retries", park)
     token = harness.start_window()
-    for segno in (2, 3):
-        harness.node.upload(harness.ttid, segno, SEG, token)
+    harness.finish_ahead_of_one(token)
     harness.storage.failing = {4}
-    harness.sent.clear()
     with ExitStack() as stack:
-        for _ in range(harness.node.tasks.slots - 1):  # the task itself is the last
-            stack.enter_context(harness.node.chain())
+        harness.occupy_pool(stack, leave=1)  # the task itself is the last
         assert jobs.upload_segment(harness.ttid, 1, SEG, token) == "retrying"
     assert harness.storage.uploaded == [2, 3, 1]
     assert harness.backup_lsn() == seg(4)
