@@ -13,9 +13,11 @@ from typing import Any
 
 from celery import Celery, signals
 from kombu.entity import Queue
+from kombu.exceptions import OperationalError
 
 from beat.schedule import build_schedule
 from tasks.config import get_settings
+from tasks.errors import BrokerUnavailable
 from tasks.names import SHARED_QUEUE, node_queue
 from tasks.state.keys import REDBEAT_PREFIX
 
@@ -106,6 +108,25 @@ def _default_to_threads_pool(sender: Any = None, **_: Any) -> None:
     ``worker_init`` fires before the pool class is resolved."""
     if not any(arg in ("-P", "--pool") or arg.startswith("--pool=") for arg in sys.argv):
         sender.pool_cls = "threads"
+
+
+def send(
+    name: str,
+    args: list[Any],
+    queue: str,
+    kwargs: dict[str, Any] | None = None,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """Publish task ``name`` to ``queue``. A broker still unreachable once the
+    publish retry policy gave up raises ``BrokerUnavailable`` (walbackup's own,
+    retryable), not kombu's ``OperationalError``."""
+    options: dict[str, Any] = {"kwargs": kwargs or {}, "queue": queue}
+    if retry_policy is not None:
+        options["retry_policy"] = retry_policy
+    try:
+        app.send_task(name, args=args, **options)
+    except OperationalError as exc:
+        raise BrokerUnavailable(f"cannot send {name}: {exc}") from exc
 
 
 # By name: the step (and through it the node service) is imported only when a

@@ -8,6 +8,7 @@ fail at start with a message naming the variable.
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,16 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning validation errors into one clear message."""
+    """Read the settings, turning every configuration mistake (a bad value, a
+    missing or malformed ``WALBACKUP_CONFIG_FILE``) into one clear message."""
+    toml_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    if toml_file and not Path(toml_file).is_file():
+        raise InvalidInput(f"{ENV_PREFIX}CONFIG_FILE: {toml_file} does not exist or is not a file")
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        problem = f"{ENV_PREFIX}CONFIG_FILE: {toml_file} is not valid TOML: {exc}"
+        raise InvalidInput(problem) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

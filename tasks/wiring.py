@@ -8,19 +8,14 @@ imports the task module.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
-from kombu.exceptions import OperationalError
-
-from tasks.app import app
+from tasks.app import send
 from tasks.backup.elector import Elector
 from tasks.backup.node import NodeService
 from tasks.backup.recovery import remote_backup_end
 from tasks.config import get_settings
 from tasks.core.lsn import Lsn
-from tasks.errors import BrokerUnavailable
 from tasks.names import BACKUP_TIMELINE, UPLOAD_SEGMENT, node_queue
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
@@ -56,31 +51,14 @@ def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
 
 def kick_backup(ttid: str, node_id: int) -> None:
     """Send ``backup_timeline`` for ``ttid`` to the node's own queue."""
-    with _broker_errors():
-        app.send_task(BACKUP_TIMELINE, args=[ttid], queue=node_queue(node_id))
+    send(BACKUP_TIMELINE, [ttid], node_queue(node_id))
 
 
 def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int = 0) -> None:
     """Send ``upload_segment`` to this node's own queue."""
     node_id = get_settings().node_id
     assert node_id is not None, "only a node (WALBACKUP_NODE_ID set) uploads"
-    with _broker_errors():
-        app.send_task(
-            UPLOAD_SEGMENT,
-            args=[ttid, segno, seg_size, token],
-            kwargs={"attempt": attempt},
-            queue=node_queue(node_id),
-        )
-
-
-@contextmanager
-def _broker_errors() -> Iterator[None]:
-    """kombu's OperationalError (the broker lost, after the publish retry
-    policy gave up) as walbackup's own retryable error."""
-    try:
-        yield
-    except OperationalError as exc:
-        raise BrokerUnavailable(f"cannot send a task message: {exc}") from exc
+    send(UPLOAD_SEGMENT, [ttid, segno, seg_size, token], node_queue(node_id), {"attempt": attempt})
 
 
 @lru_cache(maxsize=1)

@@ -27,8 +27,12 @@ ROUND_LOCK_KEY = f"{PREFIX}round"
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"
 
 
+_KINDS: list[str] = []
+
+
 def _per_timeline(kind: str) -> Callable[[str], str]:
     """The builder of ``walbackup:KIND:{ttid}``, named ``KIND_key``."""
+    _KINDS.append(kind)
 
     def key(ttid: str) -> str:
         return f"{PREFIX}{kind}:{ttid}"
@@ -50,3 +54,8 @@ ledger_key = _per_timeline("ledger")
 def window_keys(ttid: str) -> list[str]:
     """KEYS of the commit scripts: lease, timeline, inflight, done, ledger."""
     return [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid), ledger_key(ttid)]
+
+
+def timeline_keys(ttid: str) -> list[str]:
+    """Every per-timeline key of ``ttid`` (what ``walbackup forget`` deletes)."""
+    return [f"{PREFIX}{kind}:{ttid}" for kind in _KINDS]

@@ -24,6 +24,7 @@ from tasks.state.keys import (
     ledger_key,
     peers_key,
     sums_key,
+    timeline_keys,
     tl_key,
 )
 from tasks.state.lua import Scripts
@@ -71,6 +72,22 @@ class RedisState(LeaseWindow):
         stamp = time.time() if now is None else now
         mapping: dict[str | bytes, float] = {t: stamp for t in ttids}
         return int(self.r.zadd(TIMELINES_KEY, mapping, nx=True)) if mapping else 0
+
+    def known(self, ttids: Sequence[str]) -> list[bool]:
+        """Per timeline: registered, or held by some node (a heartbeat)."""
+        pipe = self.pipeline()
+        for ttid in ttids:
+            pipe.zscore(TIMELINES_KEY, ttid)
+            pipe.exists(peers_key(ttid))
+        raw = pipe.execute()
+        return [raw[i] is not None or bool(raw[i + 1]) for i in range(0, len(raw), 2)]
+
+    def forget(self, ttid: str) -> None:
+        """Unregister ``ttid`` and delete its coordination state (one transaction)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(TIMELINES_KEY, ttid)
+        pipe.delete(*timeline_keys(ttid))
+        pipe.execute()
 
     def registered(self, start: int = 0, stop: int = -1) -> list[str]:
         return list(self.r.zrange(TIMELINES_KEY, start, stop))

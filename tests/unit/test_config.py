@@ -99,3 +99,19 @@ def test_toml_file_adds_keys_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert load_settings().effective_remote_storage == "file:///srv/wal"
     monkeypatch.setenv("WALBACKUP_PARALLEL_JOBS", "2")
     assert load_settings().parallel_jobs == 2
+
+
+def test_a_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(tmp_path / "nope.toml"))
+    with pytest.raises(InvalidInput, match=r"WALBACKUP_CONFIG_FILE: .*nope.toml does not exist"):
+        load_settings()
+
+
+def test_a_toml_syntax_error_is_one_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "walbackup.toml"
+    config.write_text("parallel_jobs = = 7\n")
+    monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
+    with pytest.raises(InvalidInput, match=r"walbackup.toml is not valid TOML: .*line 1"):
+        load_settings()

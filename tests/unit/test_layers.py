@@ -47,13 +47,13 @@ ALLOWED: dict[str, set[str]] = {
     "backup": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage"},
     "restore": LEAVES | {"core", "config", "storage"},
     "broker": set(),
-    "app": {"config", "names", "state", "beat"},
+    "app": {"config", "errors", "names", "state", "beat"},
     "wiring": LEAVES | {"core", "config", "state", "storage", "backup", "app"},
     "steps": {"config", "wiring"},
     "jobs": LEAVES | {"core", "config", "backup", "app", "wiring"},
     "beat": {"names", "config", "logutil"},
     "dev": LEAVES | {"core", "config", "state", "storage", "backup"},
-    "cli": LEAVES | {"core", "config", "state", "backup", "restore", "app", "dev"},
+    "cli": LEAVES | {"core", "config", "state", "storage", "backup", "restore", "app", "dev"},
 }
 CELERY_LIBS = {"celery", "kombu", "redbeat", "flower"}
 CELERY_UNITS = {"app", "broker", "wiring", "steps", "jobs", "beat"}

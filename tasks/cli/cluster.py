@@ -1,0 +1,156 @@
+"""The commands that act on the cluster through Redis: ``trigger``, ``status``, ``forget``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from tasks.cli.failing import EXIT_INPUT, fail, one_line_errors
+from tasks.config import Settings, load_settings
+from tasks.core.ids import TenantTimelineId
+from tasks.errors import InvalidInput
+from tasks.state.redis import RedisState
+from tasks.storage.base import redact_url
+
+TtidsArg = Annotated[list[str], typer.Argument(help="TENANT_ID/TIMELINE_ID ...", metavar="TTID")]
+
+# A CLI command should not sit for Celery's ~30 s publish retries (meant for
+# workers riding out a Redis restart): a few quick tries, then one line.
+_PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+
+def _setup(ttids: list[str] | None) -> tuple[Settings, list[str]]:
+    try:
+        return load_settings(), [str(TenantTimelineId.parse(t)) for t in ttids or []]
+    except InvalidInput as exc:
+        fail(EXIT_INPUT, str(exc))
+
+
+def trigger(
+    ttids: TtidsArg,
+    create: Annotated[
+        bool, typer.Option("--create", help="also register timelines no node holds yet")
+    ] = False,
+) -> None:
+    """Back up timelines now: register them and run their election at once.
+
+    A timeline no node has reported is refused unless --create is given (a
+    mistyped id would otherwise stay registered).
+
+    Example: walbackup trigger 9f1c…e2/4b7a…01
+    """
+    settings, ids = _setup(ttids)  # before tasks.app, which reads the settings at import
+    from tasks.app import send
+    from tasks.names import SHARED_QUEUE, TRIGGER
+
+    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
+        state = RedisState.from_url(settings.redis_url)
+        unknown = [t for t, known in zip(ids, state.known(ids), strict=True) if not known]
+        state.close()
+    if unknown and not create:
+        fail(
+            EXIT_INPUT,
+            f"no node holds timeline {', '.join(unknown)}: check the id, "
+            "or pass --create to register it anyway",
+        )
+    with one_line_errors(f"the broker at {redact_url(settings.effective_broker_url)}"):
+        send(TRIGGER, [ids], SHARED_QUEUE, retry_policy=_PUBLISH_RETRY)
+    print(f"triggered {len(ids)} timeline(s)")
+
+
+def forget(
+    ttids: TtidsArg,
+    force: Annotated[
+        bool, typer.Option("--force", help="even while a live node still holds it")
+    ] = False,
+) -> None:
+    """Stop tracking timelines: remove their registration and coordination state.
+
+    The archive and the nodes' WAL are not touched. A timeline a live node
+    still holds is refused without --force (its node registers it again on its
+    next heartbeat anyway).
+
+    Example: walbackup forget 9f1c…e2/4b7a…01
+    """
+    from tasks.core.election import is_alive
+
+    settings, ids = _setup(ttids)
+    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
+        state = RedisState.from_url(settings.redis_url)
+        now = time.time()
+        for ttid in ids:
+            holders = [
+                p.peer.node_id
+                for p in state.peers(ttid)
+                if is_alive(p.peer, now, settings.heartbeat_timeout)
+            ]
+            if holders and not force:
+                fail(EXIT_INPUT, f"timeline {ttid} is held by live node(s) {holders}; see --force")
+            state.forget(ttid)
+            print(f"forgot {ttid}")
+        state.close()
+
+
+def status(
+    ttids: Annotated[
+        list[str] | None,
+        typer.Argument(help="timelines (default: all registered)", metavar="TTID"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show each timeline's backup: backup_lsn, lag, offloader, errors, and every node's view.
+
+    Example: walbackup status --json
+    """
+    from tasks.backup.status import status_json, timeline_status
+
+    settings, ids = _setup(ttids)
+    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
+        state = RedisState.from_url(settings.redis_url)
+        rows = timeline_status(state, ids, settings.heartbeat_timeout)
+        state.close()
+    if as_json:
+        print(json.dumps(status_json(rows), indent=2))
+        return
+    if not rows:
+        print("no timelines registered")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "timeline",
+        "backup_lsn",
+        "commit_lsn",
+        "lag bytes",
+        "offloader",
+        "peers (node: commit)",
+        "last error / reason",
+    )
+    for row in rows:
+        peers = ", ".join(
+            f"{p.node_id}: {p.commit_lsn}{'' if p.alive else ' (dead)'}"
+            + (f" (damaged at {p.damaged_lsn})" if p.damaged_lsn is not None else "")
+            for p in row.peers
+        )
+        table.add_row(
+            row.timeline,
+            _text(row.backup_lsn),
+            _text(row.commit_lsn),
+            _text(row.lag_bytes),
+            str(row.offloader or "-"),
+            peers,
+            row.last_error or row.reason or "-",
+        )
+    # Off a terminal (a pipe, a log), rich would cut lines at 80 columns and
+    # with them the ids: print the table at its natural width.
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
+def _text(value: object | None) -> str:
+    """A table cell: ``-`` for unknown."""
+    return "-" if value is None else str(value)
