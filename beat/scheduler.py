@@ -118,6 +118,9 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         # Before RedBeat reads its configuration (ensure_conf in __init__).
         app.conf.redbeat_redis_url = get_settings().redis_url
         app.conf.redbeat_redis_options = dict(REDIS_OPTIONS)
+        # Beat only sends the election round, every second: no "task-sent"
+        # events for it (Flower would list every round as a task).
+        app.conf.task_send_sent_event = False
         # RedBeat takes its lock in a beat_init handler, blocking until it
         # is free; a Redis outage meanwhile leaves beat without a lock (the
         # error is logged and ignored). Here every tick takes it if free.

@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 from beat.schedule import build_schedule
 from tasks.config import get_settings
 from tasks.errors import BrokerUnavailable
-from tasks.names import SHARED_QUEUE, node_queue
+from tasks.names import ELECT_ALL, SHARED_QUEUE, node_queue
 from tasks.state.keys import REDBEAT_PREFIX
 
 log = logging.getLogger("walbackup.app")
@@ -127,6 +127,25 @@ def send(
         app.send_task(name, args=args, **options)
     except OperationalError as exc:
         raise BrokerUnavailable(f"cannot send {name}: {exc}") from exc
+
+
+class _QuietElectionRound(logging.Filter):
+    """Beat's election round runs every ``election_interval`` (1 s): its
+    "received" and "succeeded" lines would bury the uploads in a worker's log,
+    so they are logged at DEBUG (failures still at their own level)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if record.levelno != logging.INFO or not isinstance(data, dict):
+            return True
+        if data.get("name") != ELECT_ALL:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+for _name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_QuietElectionRound())
 
 
 # By name: the step (and through it the node service) is imported only when a

@@ -36,7 +36,8 @@ def trigger(ttids: list[str]) -> dict[str, Any]:
     return {o.ttid: o.election.offloader for o in outcomes}
 
 
-@app.task(name=names.ELECT_ALL)
+# No task events: a round a second would bury the uploads in Flower's task list.
+@app.task(name=names.ELECT_ALL, send_events=False)
 def elect_all() -> int:
     """One election round over every registered timeline.
 

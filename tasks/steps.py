@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from celery import bootsteps
 
 from tasks.config import get_settings
 from tasks.wiring import get_node
+
+log = logging.getLogger("walbackup.node")
 
 
 class NodeStep(bootsteps.StartStopStep):
@@ -19,7 +22,14 @@ class NodeStep(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.enabled = get_settings().node_id is not None
+        settings = get_settings()
+        self.enabled = settings.node_id is not None
+        if not self.enabled and settings.workdir is not None:
+            log.warning(
+                "WALBACKUP_WORKDIR is set but WALBACKUP_NODE_ID is not: this worker runs "
+                "only the shared queue and backs nothing up from %s",
+                settings.workdir,
+            )
 
     def start(self, parent: Any) -> None:
         get_node().start()

@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tasks.names import SHARED_QUEUE
 from tasks.state.keys import PREFIX
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
+from tests.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +175,20 @@ def test_version() -> None:
     run = walbackup("--version", redis_url="redis://127.0.0.1:1/0")
     assert run.returncode == 0
     assert run.stdout.startswith("walbackup ")
+
+
+def test_a_worker_with_a_workdir_but_no_node_id_says_it_backs_nothing_up(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    env = dict(cluster.env) | {"WALBACKUP_WORKDIR": str(tmp_path / "wal")}
+    env.pop("WALBACKUP_NODE_ID", None)
+    cluster.spawn("shared", ["worker", "-n", "shared@%h", "--loglevel=INFO"], env)
+    wait_for(
+        lambda: (
+            "WALBACKUP_NODE_ID is not: this worker runs only the shared queue"
+            in cluster.log_path("shared").read_text()
+        ),
+        30,
+        "the worker's warning",
+    )

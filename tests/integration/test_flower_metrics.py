@@ -128,6 +128,13 @@ def test_flower_shows_node_workers_and_their_uploads(flower: tuple[Cluster, str]
         first_segnos.add(int(task["args"].split(",")[1]))
     assert 1 in first_segnos and first_segnos <= set(range(1, 1 + k)), first_segnos
 
+    # Beat ran an election round every second all along: none of them is in
+    # Flower's task list or in a worker's INFO log, where uploads are.
+    assert api(url, "/api/tasks?taskname=walbackup.elect_all") == {}
+    node_logs = "".join(cluster.log_path(f"node{n}").read_text() for n in NODE_IDS)
+    assert "walbackup.upload_segment[" in node_logs  # "Task NAME[ID] received"
+    assert "walbackup.elect_all[" not in node_logs
+
 
 COUNTERS = ("backed_up_segments_total", "uploaded_bytes_total", "upload_duration_seconds_count")
 
