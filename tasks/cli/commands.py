@@ -70,7 +70,8 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Per timeline: each peer's commit_lsn, backup_lsn, offloader and reason, lag."""
+    """Per timeline: each peer's commit_lsn, backup_lsn, archived_lsn (partials included),
+    offloader and reason, lag."""
     from tasks.backup.status import status_json, timeline_status
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
@@ -90,7 +91,13 @@ def status(
     from rich.table import Table
 
     table = Table(
-        "timeline", "backup_lsn", "commit_lsn", "lag bytes", "offloader", "peers (node: commit)"
+        "timeline",
+        "backup_lsn",
+        "archived_lsn",
+        "commit_lsn",
+        "lag bytes",
+        "offloader",
+        "peers (node: commit)",
     )
     for row in rows:
         peers = ", ".join(
@@ -101,6 +108,7 @@ def status(
         table.add_row(
             row.timeline,
             _text(row.backup_lsn),
+            _text(row.archived_lsn),
             _text(row.commit_lsn),
             _text(row.lag_bytes),
             str(row.offloader or "-"),
