@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     scrub_interval: float = Field(default=30.0, gt=0)
     """Seconds between two checks by the offloader that the recent archive
     below backup_lsn is still all there (re-uploading what went missing)."""
+    partial_upload_timeout: float = Field(default=900.0, ge=0)
+    """Seconds a ``.partial`` segment may hold WAL not yet archived before the
+    offloader uploads it (``tasks.backup.partial``); 0 turns partial upload off."""
 
     @field_validator("wal_seg_size")
     @classmethod

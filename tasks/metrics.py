@@ -29,6 +29,12 @@ ARCHIVE_PROBLEMS = Counter(
     "archive_problems",
     "Segments below backup_lsn found missing, short or changed in the archive by the scrub",
 )
+ARCHIVED_LSN = Gauge(
+    "archived_lsn",
+    "Highest LSN of a timeline in the archive, partial segment uploads included",
+    ["timeline"],
+)
+PARTIAL_UPLOADS = Counter("partial_uploads", "Partial segments uploaded and recorded")
 PARKED_UPLOADS = Gauge("parked_uploads", "Failed uploads waiting for their retry")
 
 

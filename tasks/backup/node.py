@@ -37,6 +37,7 @@ from tasks.backup.handoff import SendUploadFn, UploadTasks
 from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, Heartbeats
 from tasks.backup.leases import Dispatched, Leases, Skipped
+from tasks.backup.partial import PartialBackup
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
 from tasks.backup.scrub import scrub_timeline
@@ -121,6 +122,11 @@ class NodeService:
         )
         # upload_segment's step: upload one segment, commit it, chain.
         self.upload = self.uploader.upload
+        # Quiet timelines' .partial tails, from a thread of their own.
+        self.partials = PartialBackup(
+            settings, state, storage, self.disk, self.leases, lambda: self._timelines,
+            lambda ttid: self.heartbeats.backup_known.get(ttid), self._complain,
+        )  # fmt: skip
 
     # -- what the node tasks call (tasks.jobs) ---------------------------------
 
@@ -156,6 +162,7 @@ class NodeService:
         self._digester = self._spawn(self._digest_loop, "digests")
         self._scrubber = self._spawn(self._scrub_loop, "scrub")
         self.health.start()
+        self.partials.start(f"walbackup-partial-{self.node_id}")
         log.info(
             "Node %s: serving %s (%d timelines)",
             self.node_id,
@@ -174,6 +181,7 @@ class NodeService:
         self._stop.set()
         self._digest_wake.set()
         self.health.stop()
+        self.partials.stop()
         for thread in (self._thread, self._digester, self._scrubber):
             if thread is not None:
                 thread.join(timeout=5)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks.core.election import is_alive
 from tasks.core.lsn import Lsn
+from tasks.core.partials import archived_lsn
 from tasks.state.records import PeerRecord, TimelineRecord
 from tasks.state.redis import RedisState
 
@@ -57,6 +58,9 @@ class TimelineStatus:
     backup_lsn: Lsn | None
     commit_lsn: Lsn | None
     """The highest ``commit_lsn`` among the peers."""
+    archived_lsn: Lsn | None
+    """The highest LSN archived, partial segment uploads included
+    (``tasks.backup.partial``): at least ``backup_lsn``."""
     lag_bytes: int | None
     """``commit_lsn - backup_lsn`` floored at 0, when both are known."""
     offloader: int | None
@@ -83,6 +87,7 @@ class TimelineStatus:
             registered=backup is not None or bool(peers),
             backup_lsn=backup,
             commit_lsn=commit,
+            archived_lsn=archived_lsn(backup, record.archived_lsn),
             lag_bytes=int(commit.saturating_sub(backup))
             if commit is not None and backup is not None
             else None,
@@ -114,6 +119,7 @@ class TimelineStatus:
             "registered": self.registered,
             "backup_lsn": _lsn_text(self.backup_lsn),
             "commit_lsn": _lsn_text(self.commit_lsn),
+            "archived_lsn": _lsn_text(self.archived_lsn),
             "lag_bytes": self.lag_bytes,
             "offloader": self.offloader,
             "reason": self.reason,

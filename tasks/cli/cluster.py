@@ -102,7 +102,8 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Show each timeline's backup: backup_lsn, lag, offloader, errors, and every node's view.
+    """Show each timeline's backup: backup_lsn, archived_lsn (partials included), lag,
+    offloader, errors, and every node's view.
 
     Example: walbackup status --json
     """
@@ -125,6 +126,7 @@ def status(
     table = Table(
         "timeline",
         "backup_lsn",
+        "archived_lsn",
         "commit_lsn",
         "lag bytes",
         "offloader",
@@ -140,6 +142,7 @@ def status(
         table.add_row(
             row.timeline,
             _text(row.backup_lsn),
+            _text(row.archived_lsn),
             _text(row.commit_lsn),
             _text(row.lag_bytes),
             str(row.offloader or "-"),

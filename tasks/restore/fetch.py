@@ -41,13 +41,56 @@ def fetch_segment(
     storage: RemoteStorage, ttid: TenantTimelineId, segment: str, dest: str, offset: int = 0
 ) -> int:
     """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout);
-    returns the byte count. Raises ``NotFound`` when it does not exist."""
-    from tasks.errors import InvalidInput
-    from tasks.storage.base import segment_key
+    returns the byte count. When the complete segment is not archived, its
+    newest partial upload is served instead (saying so on stderr). Raises
+    ``NotFound`` when neither exists."""
+    return fetch_or_partial(storage, ttid, segment, dest, offset)[0]
+
+
+def fetch_or_partial(
+    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, dest: str, offset: int = 0
+) -> tuple[int, str | None]:
+    """``fetch_segment``, and the name of the partial upload served, if one was.
+
+    A partial upload (``tasks.core.partials``) holds the segment's WAL up to
+    its end LSN and zeros after, ``wal_seg_size`` bytes: what PostgreSQL
+    reads as a segment whose WAL ends there. Garbage collection deletes an
+    older partial only once a newer one, or the segment, is stored: so a
+    partial gone between listing and reading means a newer object exists,
+    and the lookup starts again."""
+    from tasks.core.partials import newest_name, partial_prefix
+    from tasks.errors import InvalidInput, NotFound
+    from tasks.restore.formats import SEGMENT_RE
+    from tasks.storage.base import segment_key, timeline_prefix
 
     if offset < 0:
         raise InvalidInput(f"offset must be >= 0, got {offset}")
     key = segment_key(ttid, validate_segment_name(segment))
+    for _ in range(5):
+        try:
+            return _fetch_key(storage, key, dest, offset), None
+        except NotFound:
+            if SEGMENT_RE.fullmatch(segment) is None:
+                raise
+        prefix = timeline_prefix(ttid)
+        names = [o.key[len(prefix) :] for o in storage.list(prefix + partial_prefix(segment))]
+        partial = newest_name(names, segment)
+        if partial is None:
+            raise NotFound(f"segment {segment} of timeline {ttid} is not archived")
+        try:
+            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset)
+        except NotFound:
+            continue  # superseded meanwhile: look again
+        print(
+            f"walbackup: segment {segment} is not archived complete: served the partial "
+            f"upload {partial} (its WAL, then zeros)",
+            file=sys.stderr,
+        )
+        return written, partial
+    raise NotFound(f"segment {segment} of timeline {ttid}: archive kept changing while read")
+
+
+def _fetch_key(storage: RemoteStorage, key: str, dest: str, offset: int) -> int:
     with storage.open_read(key, offset) as stream:
         if dest == "-":
             return _copy(stream, sys.stdout.buffer)
@@ -93,7 +136,7 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         storage = open_storage(
             settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
         )
-        written = fetch_segment(storage, parsed, segment, dest, offset)
+        written, partial = fetch_or_partial(storage, parsed, segment, dest, offset)
     except NotFound:
         return fail(
             EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
@@ -106,7 +149,7 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         return fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
     except (WalBackupError, OSError) as exc:
         return fail(EXIT_OTHER, str(exc))
-    if offset == 0 and dest != "-":
+    if offset == 0 and dest != "-" and partial is None:  # nothing follows a partial
         _start_prefetch(settings, storage, str(parsed), segment, written)
     return EXIT_OK
 

@@ -2,7 +2,8 @@
 
 walbackup:timelines          ZSET   registered timeline ids -> registration time
 walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
-                                    offloader, reason, epoch, holder, last_error
+                                    offloader, reason, epoch, holder, last_error,
+                                    archived_lsn (end of the newest partial upload)
 walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
@@ -10,6 +11,8 @@ walbackup:done:{ttid}        ZSET   finished segnos not yet committed
 walbackup:sums:{ttid}        HASH   "SEGNO:NODE" -> SHA-256 hex of that node's copy
                                     (segments not yet backed up: agreement)
 walbackup:ledger:{ttid}      HASH   segno -> MD5 hex the upload verified (recent window)
+walbackup:partials:{ttid}    HASH   partial upload object name -> "uploading" | "uploaded"
+                                    (tasks.core.partials; not yet garbage-collected)
 walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
 walbackup:nodes              HASH   node id -> last heartbeat JSON
 walbackup:round              STRING beat's round lock (one election round at a time)
@@ -49,6 +52,7 @@ done_key = _per_timeline("done")
 kick_key = _per_timeline("kick")
 sums_key = _per_timeline("sums")
 ledger_key = _per_timeline("ledger")
+partials_key = _per_timeline("partials")
 
 
 def window_keys(ttid: str) -> list[str]:

@@ -21,6 +21,8 @@ class TimelineRecord:
     reason: str
     holder: int | None
     last_error: str
+    archived_lsn: Lsn | None = None
+    """End of the newest partial segment upload (``commit_partial.lua``)."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -40,6 +42,7 @@ class TimelineRecord:
             reason=raw.get("reason", ""),
             holder=num("holder"),
             last_error=raw.get("last_error", ""),
+            archived_lsn=lsn("archived_lsn"),
         )
 
 

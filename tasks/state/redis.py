@@ -21,7 +21,9 @@ from tasks.state.keys import (
     ROUND_LOCK_KEY,
     TIMELINES_KEY,
     kick_key,
+    lease_key,
     ledger_key,
+    partials_key,
     peers_key,
     sums_key,
     timeline_keys,
@@ -219,9 +221,43 @@ class RedisState(LeaseWindow):
         (the kick is allowed)."""
         pipe.set(kick_key(ttid), "1", nx=not force, px=ttl_ms)
 
+    # -- partial segment uploads (tasks.backup.partial) ----------------------
+
+    def start_partial(self, ttid: str, token: str, ttl_ms: int, name: str) -> dict[str, str] | None:
+        """Record ``name`` as being uploaded under ``token``: ``None`` when the
+        token is stale (nothing written), else the partials recorded before."""
+        raw = self._scripts.run(
+            "start_partial", [lease_key(ttid), partials_key(ttid)], [token, ttl_ms, name]
+        )
+        return None if raw is None else _pairs(raw)
+
+    def commit_partial(self, ttid: str, token: str, name: str, end: Lsn) -> dict[str, str] | None:
+        """Record ``name`` as uploaded and raise ``archived_lsn`` to ``end``:
+        ``None`` when the token is stale, else every partial now recorded."""
+        raw = self._scripts.run(
+            "commit_partial",
+            [lease_key(ttid), partials_key(ttid), tl_key(ttid)],
+            [token, name, str(end)],
+        )
+        return None if raw is None else _pairs(raw)
+
+    def partials(self, ttid: str) -> dict[str, str]:
+        """Partial uploads recorded for ``ttid``: object name -> status."""
+        return dict(self.r.hgetall(partials_key(ttid)))
+
+    def forget_partials(self, ttid: str, names: Sequence[str]) -> None:
+        """Drop the records of partial uploads whose objects were deleted."""
+        if names:
+            self.r.hdel(partials_key(ttid), *names)
+
     def record_error(self, ttid: str, message: str) -> None:
         self.r.hset(
             tl_key(ttid),
             "last_error",
             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
         )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A flat ``HGETALL`` reply from Lua as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -1,9 +1,12 @@
 """The per-timeline state file ``walbackup.state``: its format, read and write (SPEC §3).
 
 JSON with a magic string, a version, ``wal_seg_size``, ``backup_lsn`` and
-optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``), sealed by the
-SHA-256 of the rest. A directory written by ``pg_receivewal -D`` has no state
-file and works as is, with the configured ``wal_seg_size``.
+optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``) and
+``partial_uploads`` (remote partial objects this node started uploading and has
+not garbage-collected, ``tasks.core.partials``), sealed by the SHA-256 of the
+rest; an optional field is written only when set, so older files still read.
+A directory written by ``pg_receivewal -D`` has no state file and works as is,
+with the configured ``wal_seg_size``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class TimelineStateFile:
     backup_lsn: Lsn = _LSN_ZERO
     timeline_start_lsn: Lsn | None = None
     commit_lsn: Lsn | None = None
+    partial_uploads: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_seg_size(self.wal_seg_size)
@@ -49,6 +53,8 @@ class TimelineStateFile:
             body["timeline_start_lsn"] = str(self.timeline_start_lsn)
         if self.commit_lsn is not None:
             body["commit_lsn"] = str(self.commit_lsn)
+        if self.partial_uploads:
+            body["partial_uploads"] = list(self.partial_uploads)
         body["sha256"] = _body_digest(body)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -78,6 +84,7 @@ class TimelineStateFile:
                 backup_lsn=Lsn.parse(body["backup_lsn"]),
                 timeline_start_lsn=_optional_lsn(body.get("timeline_start_lsn")),
                 commit_lsn=_optional_lsn(body.get("commit_lsn")),
+                partial_uploads=_names(body.get("partial_uploads", [])),
             )
         except KeyError as exc:
             raise bad(f"missing field {exc}") from None
@@ -96,6 +103,12 @@ def _optional_lsn(value: object) -> Lsn | None:
     if not isinstance(value, str):
         raise InvalidInput(f"malformed LSN {value!r}: expected %X/%X")
     return Lsn.parse(value)
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"partial_uploads {value!r}: expected a list of names")
+    return tuple(value)
 
 
 def read_state_file(path: Path) -> TimelineStateFile | None:

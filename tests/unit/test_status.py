@@ -43,6 +43,7 @@ def test_the_json_is_what_status_always_printed() -> None:
                 "registered": True,
                 "backup_lsn": "0/4000000",
                 "commit_lsn": "0/9000000",
+                "archived_lsn": "0/4000000",
                 "lag_bytes": 5 * SEG,
                 "offloader": 2,
                 "reason": "elected 2 of [1, 2]",
@@ -93,6 +94,7 @@ def test_an_unknown_timeline_is_all_nulls() -> None:
         "registered": False,
         "backup_lsn": None,
         "commit_lsn": None,
+        "archived_lsn": None,
         "lag_bytes": None,
         "offloader": None,
         "reason": "",
@@ -118,3 +120,14 @@ def test_lag_is_floored_at_zero_when_backup_is_ahead_of_every_live_peer() -> Non
         TTID, _record(backup_lsn=Lsn(8 * SEG)), [_peer(1, 6 * SEG, NOW)], NOW, 5.0
     )
     assert row.lag_bytes == 0
+
+
+def test_archived_lsn_is_the_newest_partial_upload_or_backup_lsn() -> None:
+    peers = [_peer(2, 9 * SEG, NOW)]
+    tail = Lsn(4 * SEG + 0x1234)
+    row = TimelineStatus.from_records(TTID, _record(archived_lsn=tail), peers, NOW, 5.0)
+    assert (row.backup_lsn, row.archived_lsn) == (Lsn(4 * SEG), tail)
+    assert row.as_dict()["archived_lsn"] == "0/4001234"
+    # A partial below backup_lsn (its segment since archived complete) shows backup_lsn.
+    old = _record(archived_lsn=Lsn(3 * SEG + 5))
+    assert TimelineStatus.from_records(TTID, old, peers, NOW, 5.0).archived_lsn == Lsn(4 * SEG)

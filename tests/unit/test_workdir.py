@@ -353,3 +353,30 @@ def test_removed_timeline_disappears(state: Workdir, tmp_path: Path) -> None:
     path.rmdir()
     assert state.scan() == {}
     assert state.scan_timeline(TTID) is None
+
+
+def test_state_file_partial_uploads_optional_and_old_files_still_read(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from tasks.state.state_file import TimelineStateFile
+
+    # A file as written before partial uploads existed.
+    body = {"magic": "walbackup-timeline-state", "version": 1, "wal_seg_size": SEG,
+            "backup_lsn": "0/300000"}  # fmt: skip
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    old = json.dumps({**body, "sha256": hashlib.sha256(canonical).hexdigest()}).encode()
+    parsed = TimelineStateFile.from_bytes(old, tmp_path / "x")
+    assert parsed.partial_uploads == ()
+    assert parsed.to_bytes() == TimelineStateFile(SEG, Lsn(3 * SEG)).to_bytes()
+    assert b"partial_uploads" not in parsed.to_bytes()
+    names = ("000000010000000000000003_0000000003001000.partial",)
+    with_names = TimelineStateFile(SEG, Lsn(3 * SEG), partial_uploads=names)
+    assert TimelineStateFile.from_bytes(with_names.to_bytes(), tmp_path / "x") == with_names
+    bad = json.loads(with_names.to_bytes())
+    bad["partial_uploads"] = "x"
+    bad.pop("sha256")
+    canonical = json.dumps(bad, sort_keys=True, separators=(",", ":")).encode()
+    bad["sha256"] = hashlib.sha256(canonical).hexdigest()
+    with pytest.raises(InvalidInput, match="partial_uploads"):
+        TimelineStateFile.from_bytes(json.dumps(bad).encode(), tmp_path / "x")
