@@ -47,10 +47,14 @@ def fetch(
     dest: Annotated[str, typer.Argument(help="destination path (%p), or - for stdout")],
     offset: Annotated[int, typer.Option(help="start at this byte offset")] = 0,
 ) -> None:
-    """Restore one segment from remote storage (restore_command = 'walbackup fetch TTID %f %p').
+    """Restore one WAL file from the archive, as PostgreSQL's restore_command.
 
-    Exit codes: 0 written in full, 1 not found, 2 bad input, 3 storage unavailable, 4 other,
-    5 checksum mismatch (the stored object is corrupt; no DEST file is created)."""
+    Example: restore_command = 'walbackup fetch 9f1c…e2/4b7a…01 %f %p'
+
+    Exit codes: 0 restored; 1 not in the archive; above 125 (PostgreSQL then
+    stops recovery instead of ending it early): 200 bad input or setting,
+    201 storage unreachable or missing, 202 checksum mismatch (DEST not
+    created), 203 other."""
     from tasks.restore.fetch import run_fetch
 
     raise typer.Exit(run_fetch(ttid, segment, dest, offset))

@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tasks.fsutil import atomic_write
-from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, PARTIAL_SUFFIX
+from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, HISTORY_RE, PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -32,7 +32,8 @@ def validate_segment_name(name: str) -> str:
 
     if FETCHABLE_RE.fullmatch(name) is None:
         raise InvalidInput(
-            f"invalid WAL segment name {name!r}: expected 24 upper-case hex characters"
+            f"invalid WAL file name {name!r}: expected 24 upper-case hex characters "
+            "(a segment) or TLI.history"
         )
     return name
 
@@ -110,12 +111,16 @@ def _copy(src: BinaryIO, dst: BinaryIO) -> int:
 # Exit codes of ``walbackup fetch``, our own: barman-cloud's 2 is a network
 # error and 3 a CLI error, the other way round. PostgreSQL only tells 0
 # (restored) from the rest.
+# PostgreSQL reads a restore_command exit status of 1..125 as "not in the
+# archive" (recovery then ends there: a PITR would stop early, at the wrong
+# LSN) and one above 125 as a failure that aborts recovery until someone looks.
+# So only a true absence is 1; every other failure stops the recovery.
 EXIT_OK = 0
-EXIT_NOT_FOUND = 1  # the remote has no such segment
-EXIT_INPUT = 2  # a bad timeline id, segment name, offset or setting
-EXIT_STORAGE = 3  # remote storage unavailable (retryable)
-EXIT_OTHER = 4
-EXIT_CHECKSUM = 5  # the object read does not match its stored checksum
+EXIT_NOT_FOUND = 1  # the archive (reachable) has no such file
+EXIT_INPUT = 200  # a bad timeline id, file name, offset, setting or command line
+EXIT_STORAGE = 201  # remote storage unreachable, refusing us, or its bucket/directory missing
+EXIT_CHECKSUM = 202  # the object read does not match its stored checksum
+EXIT_OTHER = 203
 
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
@@ -127,17 +132,30 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
             return EXIT_OK
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
-    from tasks.errors import ChecksumMismatch, InvalidInput, NotFound, Retryable, WalBackupError
+    from tasks.errors import (
+        AccessDenied,
+        BucketMissing,
+        ChecksumMismatch,
+        InvalidInput,
+        NotFound,
+        Retryable,
+        WalBackupError,
+    )
     from tasks.storage import open_storage
 
     try:
         settings = load_settings()
         parsed = TenantTimelineId.parse(ttid)
+        validate_segment_name(segment)  # a bad argument is reported as such, storage or not
         storage = open_storage(
-            settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url
+            settings.effective_remote_storage,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            create=False,
         )
         written, partial = fetch_or_partial(storage, parsed, segment, dest, offset)
     except NotFound:
+        if HISTORY_RE.fullmatch(segment):
+            return EXIT_NOT_FOUND  # recovery probes for newer timelines: quiet
         return fail(
             EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
         )
@@ -147,6 +165,8 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
         return fail(EXIT_CHECKSUM, f"checksum mismatch: {exc}")
     except Retryable as exc:
         return fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
+    except (BucketMissing, AccessDenied) as exc:
+        return fail(EXIT_STORAGE, f"remote storage unusable: {exc}")
     except (WalBackupError, OSError) as exc:
         return fail(EXIT_OTHER, str(exc))
     if offset == 0 and dest != "-" and partial is None:  # nothing follows a partial

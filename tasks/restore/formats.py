@@ -17,8 +17,13 @@ SEGMENT_RE = re.compile(r"[0-9A-F]{24}")
 PARTIAL_SUFFIX = ".partial"
 """``tasks.core.segments.PARTIAL_SUFFIX``."""
 
-FETCHABLE_RE = re.compile(rf"{SEGMENT_RE.pattern}(?:{re.escape(PARTIAL_SUFFIX)})?")
-"""What ``walbackup fetch`` accepts as SEGMENT: a segment name, or one with ``.partial``."""
+HISTORY_RE = re.compile(r"[0-9A-F]{8}\.history")
+"""A timeline history file, ``TLI.history``, which recovery asks for."""
+
+FETCHABLE_RE = re.compile(
+    rf"{SEGMENT_RE.pattern}(?:{re.escape(PARTIAL_SUFFIX)})?|{HISTORY_RE.pattern}"
+)
+"""What ``walbackup fetch`` accepts: a segment name, one with ``.partial``, a history file."""
 
 TTID_RE = re.compile(r"[0-9a-f]{32}/[0-9a-f]{32}")
 """``TENANT/TIMELINE`` as ``tasks.core.ids.TenantTimelineId.parse`` accepts it."""

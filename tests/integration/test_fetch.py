@@ -85,7 +85,7 @@ def test_fetch_restores_uploaded_segment(
         ["a" * 32 + "/" + "b" * 32, "000000010000000000000001", "out", "--offset", "x"],
     ],
 )
-def test_fetch_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str]) -> None:
+def test_fetch_bad_input_exits_200_and_writes_nothing(tmp_path: Path, args: list[str]) -> None:
     env = env_without_walbackup() | {"WALBACKUP_REMOTE_STORAGE": (tmp_path / "r").as_uri()}
     run = subprocess.run(
         [sys.executable, "-m", "tasks.cli", "fetch", *args],
@@ -94,7 +94,7 @@ def test_fetch_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[s
         timeout=60,
         cwd=tmp_path,
     )
-    assert run.returncode == 2
+    assert run.returncode == 200
     assert run.stderr.startswith(b"walbackup: ")
     assert not (tmp_path / "out").exists()
 
@@ -116,5 +116,53 @@ def test_unknown_storage_scheme_is_a_clear_error(tmp_path: Path) -> None:
         timeout=60,
         cwd=tmp_path,
     )
-    assert run.returncode == 2
+    assert run.returncode == 200
     assert b"ftp://host/x" in run.stderr
+
+
+def test_a_missing_history_file_is_a_quiet_not_found(
+    remote: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """Recovery probes for newer timelines' history files: absent is normal."""
+    url, extra = remote
+    if url.startswith("file:"):
+        (tmp_path / "remote").mkdir()
+    env = env_without_walbackup() | {"WALBACKUP_REMOTE_STORAGE": url} | extra
+    run = fetch(env, "a" * 32 + "/" + "b" * 32, "00000002.history", str(tmp_path / "h"))
+    assert (run.returncode, run.stderr) == (1, b"")
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize(
+    ("storage", "code", "message"),
+    [
+        # An archive that is not there must not read as "end of the archive":
+        # PostgreSQL would end the recovery there, early.
+        ("file_missing_root", 201, b"is not a directory"),
+        ("s3_missing_bucket", 201, b"remote storage unusable"),
+        ("toml_error", 200, b"is not valid TOML"),
+        ("bad_setting", 200, b"WALBACKUP_PARALLEL_JOBS"),
+    ],
+)
+def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
+    request: pytest.FixtureRequest, tmp_path: Path, storage: str, code: int, message: bytes
+) -> None:
+    """Exit statuses above 125 make PostgreSQL abort recovery; 1..125 end it."""
+    env = env_without_walbackup() | {"WALBACKUP_REMOTE_STORAGE": (tmp_path / "gone").as_uri()}
+    if storage == "s3_missing_bucket":
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        env |= {
+            "WALBACKUP_REMOTE_STORAGE": f"s3://no-such-bucket-{secrets.token_hex(4)}/wal",
+            "WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url,
+        }
+    elif storage == "toml_error":
+        (tmp_path / "w.toml").write_text("parallel_jobs = = 1\n")
+        env["WALBACKUP_CONFIG_FILE"] = str(tmp_path / "w.toml")
+    elif storage == "bad_setting":
+        env["WALBACKUP_PARALLEL_JOBS"] = "0"
+    run = fetch(env, "a" * 32 + "/" + "b" * 32, xlog_file_name(1, SEG), str(tmp_path / "out"))
+    assert run.returncode == code, run.stderr
+    assert run.returncode > 125
+    assert run.stderr.startswith(b"walbackup: ") and run.stderr.count(b"\n") == 1, run.stderr
+    assert message in run.stderr
+    assert not (tmp_path / "out").exists()
