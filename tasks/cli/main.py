@@ -14,12 +14,24 @@ import sys
 from tasks.restore.fetch import EXIT_INPUT, EXIT_OK, fail, run_fetch
 
 _USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
+_HELP = f"""{_USAGE}
+
+Restore one WAL file (a segment, SEGMENT.partial or TLI.history) of timeline
+TTID (TENANT_ID/TIMELINE_ID) from the archive to DEST (- for stdout), as
+PostgreSQL's restore_command:
+
+    restore_command = 'walbackup fetch 9f1c…e2/4b7a…01 %f %p'
+
+Exit codes: 0 restored; 1 not in the archive. Above 125, which makes
+PostgreSQL stop recovery instead of ending it early: 200 bad input or
+setting, 201 remote storage unreachable or missing, 202 checksum mismatch
+(DEST is not created), 203 other."""
 
 
 def fetch_main(argv: list[str]) -> int:
     """Argument parsing for the fast path of ``walbackup fetch``."""
     if any(a in ("-h", "--help") for a in argv):
-        print(_USAGE)
+        print(_HELP)
         return EXIT_OK
     args: list[str] = []
     offset = 0

@@ -193,3 +193,21 @@ def test_timeline_id_samples() -> None:
     good = "0123456789abcdef" * 2 + "/" + "fedcba9876543210" * 2
     for text in [good, good.upper(), good + "\n", good[:-1], "../x", TTID, TTID + "/x", ""]:
         assert (formats.TTID_RE.fullmatch(text) is not None) == _core_accepts_ttid(text), text
+
+
+def test_fetch_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.cli.main import fetch_main
+    from tasks.restore import fetch
+
+    assert fetch_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for code in (
+        fetch.EXIT_NOT_FOUND,
+        fetch.EXIT_INPUT,
+        fetch.EXIT_STORAGE,
+        fetch.EXIT_CHECKSUM,
+        fetch.EXIT_OTHER,
+    ):
+        assert f" {code} " in text.replace("\n", " "), code
+    # PostgreSQL aborts recovery only on a status above 125.
+    assert min(fetch.EXIT_INPUT, fetch.EXIT_STORAGE, fetch.EXIT_CHECKSUM, fetch.EXIT_OTHER) > 125
