@@ -2,7 +2,9 @@
 
 JSON with a magic string, a version, ``wal_seg_size``, ``backup_lsn`` and
 optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``), sealed by the
-SHA-256 of the rest. A directory written by ``pg_receivewal -D`` has no state
+SHA-256 of the rest. Optional fields are added without a version bump: a
+reader takes the fields it knows (the seal covers them all), and a file
+without one reads as ``None``. A directory written by ``pg_receivewal -D`` has no state
 file and works as is, with the configured ``wal_seg_size``.
 """
 
@@ -34,6 +36,9 @@ class TimelineStateFile:
     backup_lsn: Lsn = _LSN_ZERO
     timeline_start_lsn: Lsn | None = None
     commit_lsn: Lsn | None = None
+    removal_horizon_lsn: Lsn | None = None
+    """Local WAL removal (``tasks.backup.removal``): complete segments below
+    are deleted or being deleted; recorded before the deleting starts."""
 
     def __post_init__(self) -> None:
         validate_seg_size(self.wal_seg_size)
@@ -49,6 +54,8 @@ class TimelineStateFile:
             body["timeline_start_lsn"] = str(self.timeline_start_lsn)
         if self.commit_lsn is not None:
             body["commit_lsn"] = str(self.commit_lsn)
+        if self.removal_horizon_lsn is not None:
+            body["removal_horizon_lsn"] = str(self.removal_horizon_lsn)
         body["sha256"] = _body_digest(body)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -78,6 +85,7 @@ class TimelineStateFile:
                 backup_lsn=Lsn.parse(body["backup_lsn"]),
                 timeline_start_lsn=_optional_lsn(body.get("timeline_start_lsn")),
                 commit_lsn=_optional_lsn(body.get("commit_lsn")),
+                removal_horizon_lsn=_optional_lsn(body.get("removal_horizon_lsn")),
             )
         except KeyError as exc:
             raise bad(f"missing field {exc}") from None
