@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     scrub_interval: float = Field(default=30.0, gt=0)
     """Seconds between two checks by the offloader that the recent archive
     below backup_lsn is still all there (re-uploading what went missing)."""
+    remove_wal: bool = False
+    """Delete complete local segments below the removal horizon (``tasks.core.horizon``)."""
+    wal_keep_segments: int = Field(default=1, ge=0)
+    """Complete segments below backup_lsn that removal keeps on the node."""
 
     @field_validator("wal_seg_size")
     @classmethod

@@ -30,6 +30,9 @@ ARCHIVE_PROBLEMS = Counter(
     "Segments below backup_lsn found missing, short or changed in the archive by the scrub",
 )
 PARKED_UPLOADS = Gauge("parked_uploads", "Failed uploads waiting for their retry")
+REMOVED_WAL_SEGMENTS = Counter(
+    "removed_wal_segments", "Complete local WAL segments deleted below the removal horizon"
+)
 
 
 def serve(port: int) -> None:
