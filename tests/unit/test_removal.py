@@ -17,9 +17,11 @@ from prometheus_client import REGISTRY
 
 from tasks.backup import removal as removal_module
 from tasks.backup.removal import WalRemoval
+from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
+from tasks.errors import InvalidInput
 from tasks.logutil import Complaints
 from tasks.state.state_file import (
     STATE_FILE_NAME,
@@ -246,3 +248,22 @@ def test_state_files_without_the_horizon_and_with_unknown_fields_are_read(tmp_pa
     # A newer writer's field this reader does not know is ignored, as ours is by older readers.
     newer = TimelineStateFile.from_bytes(_sealed({**body, "some_future_lsn": "0/1"}), tmp_path)
     assert newer == old
+
+
+# -- the settings -------------------------------------------------------------------
+
+
+def test_removal_is_off_by_default_and_keeps_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("WALBACKUP_"):
+            monkeypatch.delenv(name)
+    s = load_settings()
+    assert s.remove_wal is False and s.wal_keep_segments == 1
+    assert WalRemoval.if_on(s, None, None, None, None) is None  # type: ignore[arg-type]
+    monkeypatch.setenv("WALBACKUP_REMOVE_WAL", "true")
+    monkeypatch.setenv("WALBACKUP_WAL_KEEP_SEGMENTS", "0")
+    s = load_settings()
+    assert s.remove_wal is True and s.wal_keep_segments == 0
+    monkeypatch.setenv("WALBACKUP_WAL_KEEP_SEGMENTS", "-1")
+    with pytest.raises(InvalidInput, match="WALBACKUP_WAL_KEEP_SEGMENTS"):
+        load_settings()
