@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
 from tasks.core.segments import SEGMENT_NAME_RE, parse_xlog_file_name
 from tasks.state.state_file import STATE_FILE_NAME, TimelineStateFile, read_state_file
 from tests.cluster import SEG_SIZE, Cluster, wait_for
@@ -53,3 +54,9 @@ def state_of(workdir: Path, ttid: TenantTimelineId) -> TimelineStateFile:
     recorded = read_state_file(timeline_dir(workdir, ttid) / STATE_FILE_NAME)
     assert recorded is not None, f"no state file in {timeline_dir(workdir, ttid)}"
     return recorded
+
+
+def recorded_backup(workdir: Path, ttid: TenantTimelineId) -> Lsn | None:
+    """The backup_lsn in the node's state file, ``None`` without one."""
+    recorded = read_state_file(timeline_dir(workdir, ttid) / STATE_FILE_NAME)
+    return recorded.backup_lsn if recorded is not None else None
