@@ -18,7 +18,8 @@ x // seg_size``, the segments a node may delete are the complete ones below
 - a horizon recorded earlier (a batch cut short by a crash) is finished:
   it overrides ``keep_segments`` (raised since, perhaps), never the rules above.
 
-The horizon is ``Lsn.from_segment(end)``; it never goes down once recorded.
+The horizon is ``Lsn.from_segment(end)``. ``tasks.backup.removal`` records
+it in the state file (never lowering the recorded value) before deleting.
 """
 
 from __future__ import annotations
