@@ -168,9 +168,20 @@ class WalRemoval:
         doomed = doomed[:limit]
         if not doomed:
             return 0, False
-        for segno in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(st.path / xlog_file_name(segno, seg_size))
+        done = 0
+        try:
+            for segno in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(st.path / xlog_file_name(segno, seg_size))
+                done += 1
+        finally:  # a failing unlink still leaves the ones before it counted and logged
+            doomed = doomed[:done]
+            if doomed:
+                self._removed(st, doomed, horizon)
+        return len(doomed), more
+
+    def _removed(self, st: TimelineState, doomed: list[int], horizon: Lsn) -> None:
+        ttid, seg_size = str(st.ttid), st.wal_seg_size
         fsync_dir(st.path)
         REMOVED_WAL_SEGMENTS.inc(len(doomed))
         log.info(
@@ -184,7 +195,6 @@ class WalRemoval:
         )
         with contextlib.suppress(redis.RedisError):  # else the digester withdraws them
             self.forget_digests(ttid, doomed[-1] + 1)
-        return len(doomed), more
 
 
 def _with_horizon(s: TimelineStateFile, horizon: Lsn, start: Lsn) -> TimelineStateFile:

@@ -188,8 +188,10 @@ def test_a_crash_mid_batch_is_finished_after_restart_over_a_raised_keep_back(
         real_unlink(path)
 
     monkeypatch.setattr(removal_module.os, "unlink", dies_on_the_fifth)
+    before = removed_total()
     assert node.round(seg(31)) == 0  # the failure is complained about, not raised
     monkeypatch.undo()
+    assert removed_total() - before == 4  # the four deleted before it still counted
     # The horizon was on disk before the first file went; what is left is contiguous.
     assert node.state().removal_horizon_lsn == seg(30)
     assert node.held() == list(range(5, 31))
