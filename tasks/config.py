@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     partial_upload_timeout: float = Field(default=900.0, ge=0)
     """Seconds a ``.partial`` segment may hold WAL not yet archived before the
     offloader uploads it (``tasks.backup.partial``); 0 turns partial upload off."""
+    remove_wal: bool = False
+    """Delete complete local segments below the removal horizon (``tasks.core.horizon``)."""
+    wal_keep_segments: int = Field(default=1, ge=0)
+    """Complete segments below backup_lsn that removal keeps on the node."""
 
     @field_validator("wal_seg_size")
     @classmethod

@@ -36,6 +36,9 @@ ARCHIVED_LSN = Gauge(
 )
 PARTIAL_UPLOADS = Counter("partial_uploads", "Partial segments uploaded and recorded")
 PARKED_UPLOADS = Gauge("parked_uploads", "Failed uploads waiting for their retry")
+REMOVED_WAL_SEGMENTS = Counter(
+    "removed_wal_segments", "Complete local WAL segments deleted below the removal horizon"
+)
 
 
 def serve(port: int) -> None:

@@ -131,6 +131,17 @@ class Copies:
             self._digests.setdefault(ttid, {})[segno] = (key, hexdigest)
         self.state.publish_digests(self.node_id, [(ttid, segno, hexdigest)])
 
+    def forget_below(self, ttid: str, end_segno: int) -> int:
+        """Segments below ``end_segno`` were deleted from this node: withdraw
+        the digests it still publishes for them. Returns how many."""
+        with self._lock:
+            known = self._digests.get(ttid, {})
+            gone = [s for s in known if s < end_segno]
+            for s in gone:
+                del known[s]
+        self.state.publish_digests(self.node_id, [], [(ttid, s) for s in gone])
+        return len(gone)
+
     def refresh(
         self,
         timelines: Mapping[str, TimelineState],

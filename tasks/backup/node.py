@@ -9,7 +9,9 @@ It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its own thread
 - every ``HEARTBEAT_INTERVAL_S``, a heartbeat round (``tasks.backup.heartbeats``),
   which also keeps the leases it holds alive and releases those whose timeline
   elected another node (``tasks.backup.leases``);
-- sends the parked retries that are due (``tasks.backup.retrying``).
+- sends the parked retries that are due (``tasks.backup.retrying``);
+- with ``WALBACKUP_REMOVE_WAL``, after each heartbeat round, deletes old WAL
+  below the removal horizon (``tasks.backup.removal``).
 
 Two more threads publish the digests of its copies (``tasks.backup.copies``)
 and scrub the recent archive (``tasks.backup.scrub``). The two node tasks
@@ -38,6 +40,7 @@ from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, Heartbeats
 from tasks.backup.leases import Dispatched, Leases, Skipped
 from tasks.backup.partial import PartialBackup
+from tasks.backup.removal import WalRemoval
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
 from tasks.backup.scrub import scrub_timeline
@@ -127,6 +130,7 @@ class NodeService:
             settings, state, storage, self.disk, self.leases, lambda: self._timelines,
             lambda ttid: self.heartbeats.backup_known.get(ttid), self._complain,
         )  # fmt: skip
+        self.removal = WalRemoval.if_on(settings, state, self.disk, self.copies, self._complain)
 
     # -- what the node tasks call (tasks.jobs) ---------------------------------
 
@@ -196,6 +200,8 @@ class NodeService:
                 if time.monotonic() >= next_heartbeat:
                     next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
                     self._heartbeat_all()
+                    if self.removal is not None:
+                        self.removal.round(self._timelines, self.heartbeats.backup_known)
                     if self._redis_failed:
                         self._redis_failed = False
                         self._republish_digests()

@@ -1,12 +1,14 @@
 """The per-timeline state file ``walbackup.state``: its format, read and write (SPEC §3).
 
 JSON with a magic string, a version, ``wal_seg_size``, ``backup_lsn`` and
-optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``) and
+the optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``),
 ``partial_uploads`` (remote partial objects this node started uploading and has
-not garbage-collected, ``tasks.core.partials``), sealed by the SHA-256 of the
-rest; an optional field is written only when set, so older files still read.
-A directory written by ``pg_receivewal -D`` has no state file and works as is,
-with the configured ``wal_seg_size``.
+not garbage-collected, ``tasks.core.partials``) and ``removal_horizon_lsn``
+(``tasks.backup.removal``), sealed by the SHA-256 of the rest. Optional fields
+are added without a version bump: one is written only when set, a reader takes
+the fields it knows (the seal covers them all), and a missing one reads as
+unset. A directory written by ``pg_receivewal -D`` has no state file and works
+as is, with the configured ``wal_seg_size``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class TimelineStateFile:
     timeline_start_lsn: Lsn | None = None
     commit_lsn: Lsn | None = None
     partial_uploads: tuple[str, ...] = ()
+    removal_horizon_lsn: Lsn | None = None
+    """Local WAL removal (``tasks.backup.removal``): complete segments below
+    are deleted or being deleted; recorded before the deleting starts."""
 
     def __post_init__(self) -> None:
         validate_seg_size(self.wal_seg_size)
@@ -55,6 +60,8 @@ class TimelineStateFile:
             body["commit_lsn"] = str(self.commit_lsn)
         if self.partial_uploads:
             body["partial_uploads"] = list(self.partial_uploads)
+        if self.removal_horizon_lsn is not None:
+            body["removal_horizon_lsn"] = str(self.removal_horizon_lsn)
         body["sha256"] = _body_digest(body)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -85,6 +92,7 @@ class TimelineStateFile:
                 timeline_start_lsn=_optional_lsn(body.get("timeline_start_lsn")),
                 commit_lsn=_optional_lsn(body.get("commit_lsn")),
                 partial_uploads=_names(body.get("partial_uploads", [])),
+                removal_horizon_lsn=_optional_lsn(body.get("removal_horizon_lsn")),
             )
         except KeyError as exc:
             raise bad(f"missing field {exc}") from None

@@ -63,6 +63,8 @@ class TimelineState:
     notes: tuple[str, ...]
     damaged: tuple[int, ...] = ()
     """Segnos whose file has a segment's name but the wrong size."""
+    removal_horizon_lsn: Lsn | None = None
+    """As recorded in the state file (``tasks.backup.removal``)."""
 
 
 class ScanChanges(NamedTuple):
@@ -269,4 +271,5 @@ def _timeline_state(
         problems=scanned.problems,
         notes=scanned.notes,
         damaged=scanned.damaged,
+        removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
     )

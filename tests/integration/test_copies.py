@@ -54,3 +54,16 @@ def test_damage_marks_last_while_the_file_is_unchanged(state: RedisState, tmp_pa
     copies.mark_damaged(str(TTID), 2, path, "outvoted")
     path.write_bytes(expected_segment_bytes(TTID, 2, SEG))  # repaired
     assert copies.damaged_lsn(st, lsn(1)) is None
+
+
+def test_removed_segments_digests_are_withdrawn_at_once(state: RedisState, tmp_path: Path) -> None:
+    """Local removal deleted segnos 1..4: the node's digests of them go at
+    once, not at the digester's next refresh."""
+    simulate([tmp_path], [TTID], 6, SEG)
+    timelines = {str(t): s for t, s in Workdir(tmp_path, SEG).scan().items()}
+    copies = Copies(7, state)
+    copies.refresh(timelines, {str(TTID): lsn(1)})
+    assert all(state.digests(str(TTID), s, [7]) for s in range(1, 7))
+    assert copies.forget_below(str(TTID), 5) == 4
+    assert [s for s in range(1, 7) if state.digests(str(TTID), s, [7])] == [5, 6]
+    assert copies.forget_below(str(TTID), 5) == 0

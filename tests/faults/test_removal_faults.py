@@ -1,0 +1,164 @@
+"""Local WAL removal across faults (SPEC §9, issue 10): Redis lost its data,
+and a node that died half way through a batch of deletions.
+
+- Redis SIGKILLed and restarted empty: the nodes' state files say backup_lsn
+  is far ahead, but until beat recovered the cluster's backup_lsn nothing is
+  removed; then removal resumes and nothing is lost.
+- A node died mid-batch (its state file records a horizon above its lowest
+  segment): restarted, it finishes the batch, even with a larger keep-back,
+  and keeps the keep-back for new WAL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.core.ids import TenantTimelineId
+from tasks.dev.simulate import simulate
+from tasks.state.state_file import STATE_FILE_NAME
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
+from tests.faults.harness import NODES, Archive, WalWriter, assert_invariant, seg_lsn
+from tests.removal_support import (
+    REMOVAL_ON,
+    held,
+    recorded_backup,
+    state_of,
+    timeline_dir,
+    wait_held,
+)
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+QUIET_S = 7.0
+"""Longer than one removal interval (5 s) plus a heartbeat round: a node that
+would remove something has done so by then."""
+
+
+def new_ttid() -> TenantTimelineId:
+    return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+
+
+def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: Path) -> None:
+    server = RedisServer()
+    server.start()
+    cluster = Cluster(tmp_path, server.url, (tmp_path / "remote").as_uri())
+    workdirs = [cluster.workdir(n) for n in NODES]
+    ttid = new_ttid()
+    try:
+        # Removal off (the default): 12 segments archived, nothing removed.
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        writer = WalWriter(workdirs, ttid, next_segno=1)
+        writer.write(12)
+        cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
+        backed_up = time.monotonic()
+        wait_for(
+            lambda: all(recorded_backup(w, ttid) == seg_lsn(13) for w in workdirs),
+            10,
+            "the state files to record backup_lsn",
+        )
+        time.sleep(max(0.0, backed_up + QUIET_S - time.monotonic()))
+        for w in workdirs:
+            assert held(w, ttid) == list(range(1, 13)), "removal is off by default"
+            assert state_of(w, ttid).removal_horizon_lsn is None
+
+        # Redis dies and comes back empty; beat, which would recover
+        # backup_lsn from the archive, is down. The nodes restart with removal
+        # on: their state files say 1..12 are archived, the cluster does not.
+        with BackupSampler(cluster, ttid) as sampler:
+            cluster.kill("beat")
+            server.kill()
+            server.start()
+            for n in NODES:
+                cluster.kill(f"node{n}")
+                cluster.start_node(n, REMOVAL_ON)
+            cluster.wait_nodes(list(NODES))
+            writer.write(4)  # 13..16 while backup_lsn is unknown
+            time.sleep(QUIET_S)
+            assert cluster.backup_lsn(ttid) is None, "backup_lsn must still be unknown here"
+            for n, w in zip(NODES, workdirs, strict=True):
+                assert held(w, ttid) == list(range(1, 17)), f"node {n} removed WAL too early"
+                assert state_of(w, ttid).removal_horizon_lsn is None
+                log = cluster.log_path(f"node{n}").read_text(errors="replace")
+                assert "WAL segment(s)" not in log
+
+            # Beat returns, recovers backup_lsn from the archive: removal resumes.
+            cluster.start_beat()
+            cluster.wait_backup(ttid, seg_lsn(17), timeout=30)
+            for n in NODES:
+                wait_held(cluster, n, ttid, [16])
+        assert_invariant(
+            cluster,
+            Archive(ttid, root=tmp_path / "remote"),
+            sampler,
+            first_segno=1,
+            written_end=17,
+            expected_end=17,
+        )
+        for w in workdirs:
+            recorded = state_of(w, ttid)
+            assert recorded.removal_horizon_lsn == seg_lsn(16)
+            assert recorded.timeline_start_lsn == seg_lsn(1)
+    finally:
+        cluster.stop()
+        cluster.state.r.close()
+        server.close()
+
+
+def test_a_node_killed_mid_batch_finishes_it_after_restart(tmp_path: Path, redis_url: str) -> None:
+    cluster = Cluster(tmp_path, redis_url, (tmp_path / "remote").as_uri(), settings=REMOVAL_ON)
+    workdirs = [cluster.workdir(n) for n in NODES]
+    ttid = new_ttid()
+    try:
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        with BackupSampler(cluster, ttid) as sampler:
+            writer = WalWriter(workdirs, ttid, next_segno=1)
+            writer.write(20)
+            cluster.wait_backup(ttid, seg_lsn(21), timeout=30)
+            for n in NODES:
+                wait_held(cluster, n, ttid, [20])
+            # Node 2 dies as if half way through its batch: it had recorded
+            # horizon 20 and deleted 1..4 when SIGKILLed, 5..19 still there.
+            cluster.kill("node2", signal.SIGKILL)
+            node2 = cluster.workdir(2)
+            assert state_of(node2, ttid).removal_horizon_lsn == seg_lsn(20)
+            state_bytes = (timeline_dir(node2, ttid) / STATE_FILE_NAME).read_bytes()
+            simulate([node2], [ttid], segments=15, seg_size=SEG_SIZE, start_segno=5)
+            assert held(node2, ttid) == list(range(5, 21))
+            assert (timeline_dir(node2, ttid) / STATE_FILE_NAME).read_bytes() == state_bytes
+
+            # Restarted with a keep-back of 100, which alone would keep all of them.
+            cluster.start_node(2, {"WALBACKUP_WAL_KEEP_SEGMENTS": "100"})
+            cluster.wait_nodes([2])
+            wait_held(cluster, 2, ttid, [20])
+            # New WAL: node 2 now keeps its keep-back, the others keep 1.
+            writer.write(5)
+            cluster.wait_backup(ttid, seg_lsn(26), timeout=30)
+            for n in (1, 3):
+                wait_held(cluster, n, ttid, [25])
+            time.sleep(QUIET_S)
+            assert held(node2, ttid) == list(range(20, 26))
+        (peer2,) = [r.peer for r in cluster.state.peers(str(ttid)) if r.peer.node_id == 2]
+        assert peer2.local_start_lsn == seg_lsn(20) <= seg_lsn(26)  # still capable
+        assert_invariant(
+            cluster,
+            Archive(ttid, root=tmp_path / "remote"),
+            sampler,
+            first_segno=1,
+            written_end=26,
+            expected_end=26,
+        )
+    finally:
+        cluster.stop()
+        cluster.state.r.close()
