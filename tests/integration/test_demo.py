@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.segments import SEGMENT_NAME_RE
 from tests.servers import env_without_walbackup
 
 pytestmark = pytest.mark.integration
@@ -93,3 +94,8 @@ def test_demo_runs_checks_the_backup_and_leaves_nothing_behind(tmp_path: Path) -
     assert "caught up" in output
     assert re.search(r"verdict: OK - all \d+ complete segments of 3 timelines", output), output
     assert (data_dir / "logs" / "node1.log").exists()
+    # The demo runs with WAL removal on: the nodes dropped archived segments.
+    assert "on nodes" in output
+    for node in ("node1", "node2", "node3"):
+        held = [p for p in (data_dir / node).rglob("*") if SEGMENT_NAME_RE.fullmatch(p.name)]
+        assert len(held) < written, (node, len(held), written)

@@ -133,7 +133,7 @@ def run_demo(
             return 1
         stop.shielded = True
         _teardown(view)
-    verdict = verify(cluster.remote_url, cluster.workdir(NODE_IDS[0]), ttids, seg_size, writer)
+    verdict = verify(cluster.remote_url, ttids, seg_size, writer)
     return report(console, verdict, len(ttids), cluster.root / "logs")
 
 

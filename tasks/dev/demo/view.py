@@ -7,6 +7,7 @@ without one (CI, a pipe) it is printed every ``PLAIN_PRINT_INTERVAL_S``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from rich.text import Text
 from tasks.backup.status import TimelineStatus, timeline_status
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.dev.demo.processes import Cluster
+from tasks.core.segments import SEGMENT_NAME_RE
+from tasks.dev.demo.processes import NODE_IDS, Cluster
 from tasks.dev.demo.writer import FIRST_SEGNO, Writer
 
 PLAIN_PRINT_INTERVAL_S = 5.0
@@ -69,7 +71,15 @@ class View:
             self.cluster.flower_url or "-",
         )
         table = Table(
-            "timeline", "commit_lsn", "backup_lsn", "lag", "offloader", "backed up", box=None
+            "timeline",
+            "commit_lsn",
+            "backup_lsn",
+            "archived",
+            "lag",
+            "offloader",
+            "backed up",
+            "on nodes",
+            box=None,
         )
         total_done = total_written = 0
         for ttid, row in zip(self.ttids, rows, strict=False):
@@ -81,9 +91,11 @@ class View:
                 short(ttid),
                 "-" if row.commit_lsn is None else str(row.commit_lsn),
                 "-" if row.backup_lsn is None else str(row.backup_lsn),
+                "-" if row.archived_lsn is None else str(row.archived_lsn),
                 _human_bytes(row.lag_bytes),
                 str(row.offloader or "-"),
                 f"{done}/{written}",
+                self._held(ttid),
             )
         bar = ProgressBar(total=max(total_written, 1), completed=total_done, width=40)
         summary = Table.grid(padding=(0, 1))
@@ -98,6 +110,19 @@ class View:
         if self.writer.error is not None:
             parts.append(Text(f"WAL writer failed: {self.writer.error}", style="red"))
         return Group(*parts)
+
+    def _held(self, ttid: TenantTimelineId) -> str:
+        """Complete segment files each node still holds (WAL removal keeps
+        only what is not archived yet, plus the keep-back)."""
+        counts = []
+        for n in NODE_IDS:
+            path = self.cluster.workdir(n) / ttid.tenant_id / ttid.timeline_id
+            try:
+                counts.append(sum(1 for e in os.scandir(path) if SEGMENT_NAME_RE.fullmatch(e.name)))
+            except OSError:
+                counts.append(0)
+        low, high = min(counts), max(counts)
+        return f"{low} files" if low == high else f"{low}-{high} files"
 
     def _segments_below(self, backup_lsn: Lsn | None) -> int:
         if backup_lsn is None:
