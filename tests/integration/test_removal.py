@@ -37,7 +37,7 @@ from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
-SEGMENTS = 40
+SEGMENTS = 200  # the figure: after 200 segments, only the keep-back is left
 
 
 def test_three_nodes_keep_only_the_keep_back_and_the_archive_stays_whole(
@@ -58,7 +58,7 @@ def test_three_nodes_keep_only_the_keep_back_and_the_archive_stays_whole(
     writer = threading.Thread(
         target=simulate,
         args=(workdirs, [ttid]),
-        kwargs={"segments": SEGMENTS, "seg_size": SEG_SIZE, "rate": 10.0},
+        kwargs={"segments": SEGMENTS, "seg_size": SEG_SIZE, "rate": 20.0},
     )
     too_early: list[str] = []
     most_held = 0
