@@ -1,22 +1,31 @@
-"""The beat schedule, as data: one fan-out election task per tick.
+"""The beat schedule, as data: one fan-out task per tick for elections, one for scrubbing.
 
-One entry, not one per timeline: a single ``walbackup.elect_all`` task reads
-the registered timelines from Redis and elects them in pipelined batches.
+Not one entry per timeline: ``walbackup.elect_all`` reads the registered
+timelines from Redis and elects them in pipelined batches;
+``walbackup.scrub_all`` sends each offloader one message naming its
+timelines to scrub.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.names import ELECT_ALL, SHARED_QUEUE
+from tasks.names import ELECT_ALL, SCRUB_ALL, SHARED_QUEUE
 
 
-def build_schedule(election_interval_s: float) -> dict[str, dict[str, Any]]:
+def build_schedule(
+    election_interval_s: float, scrub_interval_s: float
+) -> dict[str, dict[str, Any]]:
     return {
+        "walbackup-scrub-all": {
+            "task": SCRUB_ALL,
+            "schedule": scrub_interval_s,
+            "options": {"queue": SHARED_QUEUE, "expires": max(scrub_interval_s, 1.0)},
+        },
         "walbackup-elect-all": {
             "task": ELECT_ALL,
             "schedule": election_interval_s,
             # A tick nobody ran in time is stale: drop it rather than pile up.
             "options": {"queue": SHARED_QUEUE, "expires": max(2 * election_interval_s, 1.0)},
-        }
+        },
     }

@@ -97,7 +97,7 @@ app.conf.update(
     redbeat_key_prefix=REDBEAT_PREFIX,
     beat_max_loop_interval=1,
     redbeat_lock_timeout=10,
-    beat_schedule=build_schedule(settings.election_interval),
+    beat_schedule=build_schedule(settings.election_interval, settings.scrub_interval),
 )
 
 

@@ -55,8 +55,12 @@ class Settings(BaseSettings):
     """Copies of a segment, the offloader's included, whose bytes must be equal
     before it is uploaded; fewer live nodes holding it lower the bar to all of them."""
     scrub_interval: float = Field(default=30.0, gt=0)
-    """Seconds between two checks by the offloader that the recent archive
-    below backup_lsn is still all there (re-uploading what went missing)."""
+    """Seconds between two scrub passes (beat's ``scrub_all``): each offloader
+    checks its timelines' new archived segments and a slice of the older ones
+    against the ledger, and uploads again what went missing or bad."""
+    scrub_deep_rate: int = Field(default=8 << 20, ge=0)
+    """Bytes per second a node reads back from the archive to re-hash it
+    (the rolling deep check); 0 turns the deep check off."""
     partial_upload_timeout: float = Field(default=900.0, ge=0)
     """Seconds a ``.partial`` segment may hold WAL not yet archived before the
     offloader uploads it (``tasks.backup.partial``); 0 turns partial upload off."""

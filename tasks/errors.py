@@ -10,7 +10,9 @@
     │   │                         a stored object fails its own checksum (corrupt)
     │   ├── NotFound              the remote object does not exist
     │   ├── BucketMissing         the configured bucket does not exist
-    │   └── AccessDenied          credentials rejected
+    │   ├── AccessDenied          credentials rejected
+    │   └── LedgerConflict        the archive ledger records two different bytes for a
+    │                             segment, or one of its pages is unreadable
     └── Retryable                 may succeed later
         ├── StorageUnavailable    endpoint unreachable, timeouts, throttling, 5xx
         ├── UploadCorrupted       the server received other bytes than we sent
@@ -86,3 +88,8 @@ class UploadCorrupted(Retryable):
 
 class BrokerUnavailable(Retryable):
     """Celery's broker could not take a task message (Redis down or restarting)."""
+
+
+class LedgerConflict(Permanent):
+    """Two writers recorded different bytes for a segment in the archive ledger,
+    or a ledger page in the bucket cannot be read as one."""

@@ -4,6 +4,9 @@ walbackup.trigger          shared queue  register timelines, elect them now
 walbackup.elect_all        shared queue  beat's tick: elect every registered timeline
 walbackup.backup_timeline  node.<id>     offloader: take the lease, fill the upload window
 walbackup.upload_segment   node.<id>     upload one segment, ordered commit, refill
+walbackup.scrub_all        shared queue  beat's tick: ask each offloader to scrub its timelines
+walbackup.scrub_timelines  node.<id>     scrub these timelines (in the node's archive thread)
+walbackup.heal_segment     node.<id>     upload this node's copy of a segment the archive lost
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import redis
 from tasks import names
 from tasks.app import app
 from tasks.backup.retries import UploadRef
+from tasks.backup.scrub_round import scrub_round
 from tasks.backup.uploader import CHAIN_BUDGET_S
 from tasks.config import get_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import WalBackupError
-from tasks.wiring import get_elector, get_node, get_state
+from tasks.wiring import get_elector, get_node, get_state, send_scrub
 
 log = logging.getLogger("walbackup.jobs")
 
@@ -47,6 +51,22 @@ def elect_all() -> int:
     if not get_state().take_round_lock(max(100, interval_ms * 9 // 10)):
         return 0
     return get_elector().run_round()
+
+
+@app.task(name=names.SCRUB_ALL, send_events=False)
+def scrub_all() -> int:
+    """Beat's scrub tick: one ``scrub_timelines`` message per offloader."""
+    return scrub_round(get_state(), send_scrub)
+
+
+@app.task(name=names.SCRUB_TIMELINES)
+def scrub_timelines(ttids: list[str]) -> int:
+    return get_node().scrub(ttids)
+
+
+@app.task(name=names.HEAL_SEGMENT)
+def heal_segment(ttid: str, segno: int, seg_size: int) -> bool:
+    return get_node().heal(ttid, segno, seg_size)
 
 
 @app.task(name=names.BACKUP_TIMELINE)

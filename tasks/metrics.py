@@ -27,7 +27,20 @@ DAMAGED_SEGMENTS = Gauge(
 )
 ARCHIVE_PROBLEMS = Counter(
     "archive_problems",
-    "Segments below backup_lsn found missing, short or changed in the archive by the scrub",
+    "Segments below backup_lsn the scrubber found missing, short, changed, corrupt or "
+    "unrecorded in the archive (each counted once, when found)",
+)
+ARCHIVE_HEALED = Counter(
+    "archive_healed_segments", "Damaged or missing archived segments uploaded again by the scrubber"
+)
+ARCHIVE_VERIFIED_LSN = Gauge(
+    "archive_verified_lsn",
+    "End of the run of a timeline's archive, from its start, that the scrubber found whole and "
+    "as the ledger says (it stops at the first problem); exported by the offloader",
+    ["timeline"],
+)
+ARCHIVE_VERIFIED_BYTES = Counter(
+    "archive_verified_bytes", "Bytes of archived WAL read back and hashed by the deep scrub"
 )
 ARCHIVED_LSN = Gauge(
     "archived_lsn",

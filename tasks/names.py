@@ -6,10 +6,14 @@ TRIGGER = "walbackup.trigger"
 ELECT_ALL = "walbackup.elect_all"
 BACKUP_TIMELINE = "walbackup.backup_timeline"
 UPLOAD_SEGMENT = "walbackup.upload_segment"
+SCRUB_ALL = "walbackup.scrub_all"
+SCRUB_TIMELINES = "walbackup.scrub_timelines"
+HEAL_SEGMENT = "walbackup.heal_segment"
 
 SHARED_QUEUE = "walbackup"
 
 
 def node_queue(node_id: int) -> str:
-    """A node's own queue: its ``backup_timeline`` and ``upload_segment`` tasks."""
+    """A node's own queue: its ``backup_timeline``, ``upload_segment``,
+    ``scrub_timelines`` and ``heal_segment`` tasks."""
     return f"node.{node_id}"

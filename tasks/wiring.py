@@ -8,6 +8,7 @@ imports the task module.
 from __future__ import annotations
 
 import threading
+import time
 from functools import lru_cache
 
 from tasks.app import send
@@ -15,8 +16,10 @@ from tasks.backup.elector import Elector
 from tasks.backup.node import NodeService
 from tasks.backup.recovery import remote_backup_end
 from tasks.config import get_settings
+from tasks.core.election import is_alive
+from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.names import BACKUP_TIMELINE, UPLOAD_SEGMENT, node_queue
+from tasks.names import BACKUP_TIMELINE, HEAL_SEGMENT, SCRUB_TIMELINES, UPLOAD_SEGMENT, node_queue
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
 from tasks.storage.base import RemoteStorage
@@ -61,6 +64,27 @@ def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int =
     send(UPLOAD_SEGMENT, [ttid, segno, seg_size, token], node_queue(node_id), {"attempt": attempt})
 
 
+def send_scrub(node_id: int, ttids: list[str]) -> None:
+    send(SCRUB_TIMELINES, [ttids], node_queue(node_id))
+
+
+def heal_elsewhere(ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:
+    """Send ``heal_segment`` to another live node that holds ``segno``."""
+    s = get_settings()
+    start = Lsn.from_segment(segno, 0, seg_size)
+    now = time.time()
+    for record in get_state().peers(str(ttid)):
+        p = record.peer
+        if (
+            p.node_id != s.node_id
+            and is_alive(p, now, s.heartbeat_timeout)
+            and p.local_start_lsn <= start < p.commit_lsn
+        ):
+            send(HEAL_SEGMENT, [str(ttid), segno, seg_size], node_queue(p.node_id))
+            return True
+    return False
+
+
 @lru_cache(maxsize=1)
 def get_elector() -> Elector:
     s = get_settings()
@@ -81,6 +105,11 @@ def get_node() -> NodeService:
     with _lock:
         if _node is None:
             _node = NodeService(
-                get_settings(), get_state(), get_storage(), get_elector(), send_upload
+                get_settings(),
+                get_state(),
+                get_storage(),
+                get_elector(),
+                send_upload,
+                heal_elsewhere,
             )
         return _node

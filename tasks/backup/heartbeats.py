@@ -62,6 +62,9 @@ class Heartbeats:
         self.complain = complain
         self.backup_known: dict[str, Lsn | None] = {}
         """The cluster's backup_lsn per timeline, as of the last round."""
+        self.offloaded: dict[str, Lsn] = {}
+        """The timelines whose elected offloader is this node (with a
+        backup_lsn), as of the last round."""
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
@@ -92,6 +95,7 @@ class Heartbeats:
     def forget(self, ttid: str) -> None:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
+        self.offloaded.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn and offloader, publish, then per timeline: state
@@ -102,6 +106,11 @@ class Heartbeats:
             self.backup_known,
             {t: b for t, (b, _) in zip(ttids, known, strict=True)},
         )
+        self.offloaded = {
+            t: b
+            for t, (b, offloader) in zip(ttids, known, strict=True)
+            if offloader == self.node_id and b is not None
+        }
         if any(previous.get(t) is not None and b is None for t, b in self.backup_known.items()):
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()

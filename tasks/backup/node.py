@@ -14,7 +14,8 @@ It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its own thread
   below the removal horizon (``tasks.backup.removal``).
 
 Two more threads publish the digests of its copies (``tasks.backup.copies``)
-and scrub the recent archive (``tasks.backup.scrub``). The two node tasks
+and keep the archive of the timelines it offloads: ledger pages, scrub
+passes (``tasks.backup.keeper``). The two node tasks
 (``tasks.jobs``) call ``backup``, ``chain``, ``upload``, ``hand_out``,
 ``park_claimed`` and ``failed``, which go to the parts: ``Leases``,
 ``UploadTasks`` (``tasks.backup.handoff``), ``Uploader``
@@ -32,18 +33,19 @@ from collections.abc import Callable
 
 import redis
 
+from tasks.archive.scrubber import HealElsewhere
 from tasks.backup.agreement import Agreement
 from tasks.backup.copies import Copies
 from tasks.backup.elector import Elector
 from tasks.backup.handoff import SendUploadFn, UploadTasks
 from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, Heartbeats
+from tasks.backup.keeper import ArchiveKeeper
 from tasks.backup.leases import Dispatched, Leases, Skipped
 from tasks.backup.partial import PartialBackup
 from tasks.backup.removal import WalRemoval
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
-from tasks.backup.scrub import scrub_timeline
 from tasks.backup.uploader import Uploader
 from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
@@ -68,6 +70,7 @@ class NodeService:
         storage: RemoteStorage,
         elector: Elector,
         send_upload: SendUploadFn,
+        heal_elsewhere: HealElsewhere = lambda ttid, segno, seg_size: False,
     ) -> None:
         assert settings.node_id is not None and settings.workdir is not None
         self.node_id = node_id = settings.node_id
@@ -80,7 +83,6 @@ class NodeService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._digester: threading.Thread | None = None
-        self._scrubber: threading.Thread | None = None
         self._digest_wake = threading.Event()
         self._redis_failed = False  # a heartbeat round failed since the last success
         self._complain = Complaints(log, node_id)
@@ -131,6 +133,10 @@ class NodeService:
             lambda ttid: self.heartbeats.backup_known.get(ttid), self._complain,
         )  # fmt: skip
         self.removal = WalRemoval.if_on(settings, state, self.disk, self.copies, self._complain)
+        self.keeper = ArchiveKeeper(
+            settings, state, storage, self.disk, lambda: self._timelines,
+            lambda: self.heartbeats.offloaded, heal_elsewhere, self._complain,
+        )  # fmt: skip
 
     # -- what the node tasks call (tasks.jobs) ---------------------------------
 
@@ -151,6 +157,14 @@ class NodeService:
     def failed(self, upload: UploadRef, attempt: int, exc: Exception) -> str:
         return self.retrying.failed(upload, attempt, exc)
 
+    def scrub(self, ttids: list[str]) -> int:
+        """``scrub_timelines``: scrub those of ``ttids`` this node offloads, soon."""
+        return self.keeper.request(ttids)
+
+    def heal(self, ttid: str, segno: int, seg_size: int) -> bool:
+        """``heal_segment``: upload our copy again at another offloader's request."""
+        return self.keeper.heal(ttid, segno, seg_size)
+
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
@@ -164,7 +178,7 @@ class NodeService:
         self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
         self._thread = self._spawn(self._run, "node")
         self._digester = self._spawn(self._digest_loop, "digests")
-        self._scrubber = self._spawn(self._scrub_loop, "scrub")
+        self.keeper.start(f"walbackup-archive-{self.node_id}")
         self.health.start()
         self.partials.start(f"walbackup-partial-{self.node_id}")
         log.info(
@@ -186,7 +200,8 @@ class NodeService:
         self._digest_wake.set()
         self.health.stop()
         self.partials.stop()
-        for thread in (self._thread, self._digester, self._scrubber):
+        self.keeper.stop()
+        for thread in (self._thread, self._digester):
             if thread is not None:
                 thread.join(timeout=5)
         self.leases.release_all("node stopping")
@@ -214,19 +229,6 @@ class NodeService:
     def _poll_interval(self) -> float:
         # Stat'ing thousands of timeline dirs ten times a second is wasteful.
         return min(1.0, max(0.1, len(self._timelines) / 10_000))
-
-    def _scrub_loop(self) -> None:
-        """Check the recent archive of the timelines this node offloads."""
-        while not self._stop.wait(self.settings.scrub_interval):
-            for ttid in self.leases.held():
-                st = self._timelines.get(ttid)
-                backup_lsn = self.heartbeats.backup_known.get(ttid)
-                if st is None or backup_lsn is None:
-                    continue
-                try:
-                    scrub_timeline(self.storage, self.state, st, backup_lsn)
-                except Exception as exc:
-                    self._complain("archive scrub failed", exc, ttid)
 
     def _digest_loop(self) -> None:
         """Publish digests of newly complete segments (woken by the watcher)."""

@@ -61,6 +61,10 @@ class TimelineStatus:
     archived_lsn: Lsn | None
     """The highest LSN archived, partial segment uploads included
     (``tasks.backup.partial``): at least ``backup_lsn``."""
+    verified_lsn: Lsn | None
+    """The scrubber's: the archive is whole and as its ledger says up to here."""
+    archive_problems: int | None
+    """Problems the scrubber's last pass left open (``walbackup verify`` names them)."""
     lag_bytes: int | None
     """``commit_lsn - backup_lsn`` floored at 0, when both are known."""
     offloader: int | None
@@ -88,6 +92,8 @@ class TimelineStatus:
             backup_lsn=backup,
             commit_lsn=commit,
             archived_lsn=archived_lsn(backup, record.archived_lsn),
+            verified_lsn=record.verified_lsn,
+            archive_problems=record.archive_problems,
             lag_bytes=int(commit.saturating_sub(backup))
             if commit is not None and backup is not None
             else None,
@@ -120,6 +126,8 @@ class TimelineStatus:
             "backup_lsn": _lsn_text(self.backup_lsn),
             "commit_lsn": _lsn_text(self.commit_lsn),
             "archived_lsn": _lsn_text(self.archived_lsn),
+            "verified_lsn": _lsn_text(self.verified_lsn),
+            "archive_problems": self.archive_problems,
             "lag_bytes": self.lag_bytes,
             "offloader": self.offloader,
             "reason": self.reason,

@@ -53,6 +53,7 @@ from tasks.backup.leases import Leases, claim_timeout_ms
 from tasks.backup.retries import UploadRef
 from tasks.backup.retrying import InFlight
 from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LedgerEntry
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import BACKED_UP_SEGMENTS, UPLOAD_SECONDS, UPLOADED_BYTES
 from tasks.state.redis import CommitRefused, RedisState
@@ -153,12 +154,14 @@ class Uploader:
         result_s = time.monotonic() - upload_started
         UPLOAD_SECONDS.observe(result_s)
         UPLOADED_BYTES.inc(result.size)
-        # Only a verified upload is committed; backup_lsn moves only over a
-        # run of finished segments (ordered commit, in the Lua).
+        # Only a verified upload is committed, with what was verified (the
+        # ledger); backup_lsn moves only over a run of finished segments
+        # (ordered commit, in the Lua).
+        entry = LedgerEntry(result.size, result.sha256_hex, result.md5_hex)
         st = self.timeline(ttid)
         try:
             if st is None or st.commit_lsn is None or st.wal_seg_size != seg_size:
-                self.state.commit_segment(ttid, token, segno, seg_size, result.md5_hex)
+                self.state.commit_segment(ttid, token, segno, seg_size, entry)
                 claimed: list[int] = []
             else:
                 # Commit and refill the window in one round trip.
@@ -171,7 +174,7 @@ class Uploader:
                     end_segno=st.commit_lsn.segment_number(seg_size),
                     claim_timeout_ms=claim_ms,
                     lease_ttl_ms=ttl_ms,
-                    md5_hex=result.md5_hex,
+                    entry=entry,
                 )
         except CommitRefused:
             # The object may be stored, but backup_lsn stays: the new lease

@@ -102,7 +102,8 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Show each timeline's backup: backup_lsn, archived_lsn (partials included), lag,
+    """Show each timeline's backup: backup_lsn, archived_lsn (partials included),
+    verified_lsn (the scrubber found the archive whole up to there), lag,
     offloader, errors, and every node's view.
 
     Example: walbackup status --json
@@ -127,6 +128,7 @@ def status(
         "timeline",
         "backup_lsn",
         "archived_lsn",
+        "verified_lsn",
         "commit_lsn",
         "lag bytes",
         "offloader",
@@ -143,6 +145,8 @@ def status(
             row.timeline,
             _text(row.backup_lsn),
             _text(row.archived_lsn),
+            _text(row.verified_lsn)
+            + (f" ({row.archive_problems} problems)" if row.archive_problems else ""),
             _text(row.commit_lsn),
             _text(row.lag_bytes),
             str(row.offloader or "-"),

@@ -12,6 +12,7 @@ import typer
 
 from tasks.cli.cluster import forget, status, trigger
 from tasks.cli.tools import demo, simulate
+from tasks.cli.verify import verify
 
 HELP = """walbackup: PostgreSQL WAL from a cluster of nodes to object storage, on Celery.
 
@@ -60,5 +61,5 @@ def fetch(
     raise typer.Exit(run_fetch(ttid, segment, dest, offset))
 
 
-for command in (trigger, status, forget, simulate, demo):
+for command in (trigger, status, forget, verify, simulate, demo):
     cli.command()(command)

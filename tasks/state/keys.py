@@ -3,14 +3,19 @@
 walbackup:timelines          ZSET   registered timeline ids -> registration time
 walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
                                     offloader, reason, epoch, holder, last_error,
-                                    archived_lsn (end of the newest partial upload)
+                                    archived_lsn (end of the newest partial upload),
+                                    verified_lsn, archive_problems (the scrubber's)
 walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
 walbackup:done:{ttid}        ZSET   finished segnos not yet committed
 walbackup:sums:{ttid}        HASH   "SEGNO:NODE" -> SHA-256 hex of that node's copy
                                     (segments not yet backed up: agreement)
-walbackup:ledger:{ttid}      HASH   segno -> MD5 hex the upload verified (recent window)
+walbackup:ledger:{ttid}      HASH   segno -> ledger entry JSON: what the upload verified
+                                    (recent window; tasks.core.ledger)
+walbackup:archive:{ttid}     HASH   the ledger's flushed end, the scrubber's cursors
+                                    (tasks.state.archive)
+walbackup:problems:{ttid}    HASH   segno -> archive problem the scrubber found open
 walbackup:partials:{ttid}    HASH   partial upload object name -> "uploading" | "uploaded"
                                     (tasks.core.partials; not yet garbage-collected)
 walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
@@ -53,6 +58,8 @@ kick_key = _per_timeline("kick")
 sums_key = _per_timeline("sums")
 ledger_key = _per_timeline("ledger")
 partials_key = _per_timeline("partials")
+archive_key = _per_timeline("archive")
+problems_key = _per_timeline("problems")
 
 
 def window_keys(ttid: str) -> list[str]:

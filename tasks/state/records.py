@@ -23,6 +23,10 @@ class TimelineRecord:
     last_error: str
     archived_lsn: Lsn | None = None
     """End of the newest partial segment upload (``commit_partial.lua``)."""
+    verified_lsn: Lsn | None = None
+    """Where the scrubber's last pass found the first problem, or its end."""
+    archive_problems: int | None = None
+    """Problems the scrubber's last pass left open."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -43,6 +47,8 @@ class TimelineRecord:
             holder=num("holder"),
             last_error=raw.get("last_error", ""),
             archived_lsn=lsn("archived_lsn"),
+            verified_lsn=lsn("verified_lsn"),
+            archive_problems=num("archive_problems"),
         )
 
 

@@ -16,13 +16,13 @@ import redis
 from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
+from tasks.state.archive import ArchiveRecords
 from tasks.state.keys import (
     NODES_KEY,
     ROUND_LOCK_KEY,
     TIMELINES_KEY,
     kick_key,
     lease_key,
-    ledger_key,
     partials_key,
     peers_key,
     sums_key,
@@ -36,7 +36,7 @@ from tasks.state.window import CommitRefused, LeaseWindow
 __all__ = ["CommitRefused", "RedisState"]
 
 
-class RedisState(LeaseWindow):
+class RedisState(LeaseWindow, ArchiveRecords):
     """Typed access to walbackup's Redis keys, with the Lua scripts registered."""
 
     def __init__(self, client: redis.Redis[str]) -> None:
@@ -59,6 +59,10 @@ class RedisState(LeaseWindow):
     def close(self) -> None:
         """Close the connection pool (a process that is done with Redis)."""
         self.r.close()
+
+    def ping(self) -> None:
+        """Raises ``redis.RedisError`` when Redis cannot be reached."""
+        self.r.ping()
 
     def pipeline(self) -> Pipeline[str]:
         """A non-transactional pipeline for the ``pipe=`` writes below."""
@@ -148,13 +152,6 @@ class RedisState(LeaseWindow):
             return {}
         values = self.r.hmget(sums_key(ttid), [f"{segno}:{n}" for n in node_ids])
         return {n: v for n, v in zip(node_ids, values, strict=True) if v}
-
-    def ledger(self, ttid: str, segnos: Sequence[int]) -> dict[int, str]:
-        """The MD5 hex recorded at commit for each of ``segnos`` still in the ledger."""
-        if not segnos:
-            return {}
-        values = self.r.hmget(ledger_key(ttid), [str(s) for s in segnos])
-        return {s: v for s, v in zip(segnos, values, strict=True) if v}
 
     def peers(self, ttid: str) -> list[PeerRecord]:
         return [PeerRecord.from_json(v) for v in self.r.hgetall(peers_key(ttid)).values()]

@@ -14,6 +14,7 @@ import time
 
 import redis
 
+from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
@@ -86,13 +87,13 @@ class LeaseWindow:
         return [int(s) for s in claimed]
 
     def commit_segment(
-        self, ttid: str, token: str, segno: int, seg_size: int, md5_hex: str = ""
+        self, ttid: str, token: str, segno: int, seg_size: int, entry: LedgerEntry | None = None
     ) -> Lsn:
-        """Mark ``segno`` finished (its verified upload had MD5 ``md5_hex``);
-        returns the new backup_lsn. Clears ``last_error``. Raises
-        ``CommitRefused`` when the token is stale."""
+        """Mark ``segno`` finished (``entry``: what its upload verified, for
+        the ledger); returns the new backup_lsn. Clears ``last_error``.
+        Raises ``CommitRefused`` when the token is stale."""
         ok, backup = self._scripts.run(
-            "commit_segment", window_keys(ttid), [token, segno, seg_size, md5_hex]
+            "commit_segment", window_keys(ttid), [token, segno, seg_size, _encode(entry)]
         )
         if not int(ok):
             raise _refused(ttid, segno, token)
@@ -109,7 +110,7 @@ class LeaseWindow:
         end_segno: int,
         claim_timeout_ms: int,
         lease_ttl_ms: int,
-        md5_hex: str = "",
+        entry: LedgerEntry | None = None,
     ) -> tuple[Lsn, list[int]]:
         """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
         renew the lease, in one round trip: the new backup_lsn and the segnos
@@ -127,12 +128,16 @@ class LeaseWindow:
                 now_ms,
                 now_ms + claim_timeout_ms,
                 lease_ttl_ms,
-                md5_hex,
+                _encode(entry),
             ],
         )
         if not int(ok):
             raise _refused(ttid, segno, token)
         return Lsn.parse(backup), [int(s) for s in claimed]
+
+
+def _encode(entry: LedgerEntry | None) -> str:
+    return "" if entry is None else encode(entry)
 
 
 def _refused(ttid: str, segno: int, token: str) -> CommitRefused:

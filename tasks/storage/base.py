@@ -229,6 +229,19 @@ class RemoteStorage(ABC):
         nothing is left stored under ``key`` by this call."""
 
     @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> bool:
+        """Store a small object (a ledger page) unless ``key`` exists: ``True``
+        when this call created it, verified as ``upload_file`` verifies;
+        ``False`` when an object was already there (the caller reads it and
+        compares). Bytes that reached the server corrupted raise
+        ``UploadCorrupted`` and leave nothing stored by this call."""
+
+    def read_bytes(self, key: str) -> bytes:
+        """A small object's whole content (``NotFound`` when there is none)."""
+        with self.open_read(key) as stream:
+            return stream.read()
+
+    @abstractmethod
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         """A stream of the object's bytes from ``offset`` on (``read_object``).
         Raises ``NotFound`` when there is no such object. Caller closes it."""

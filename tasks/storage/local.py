@@ -144,6 +144,22 @@ class LocalStorage(RemoteStorage):
         fsync_dir(dest.parent)
         return True
 
+    def put_bytes(self, key: str, data: bytes) -> bool:
+        dest = self._path(key)
+        try:
+            self._makedirs(dest.parent)
+            tmp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "xb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                return self._publish(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self.url}: cannot store {key}: {exc}") from exc
+
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         path = self._path(key)
         if offset < 0:

@@ -17,6 +17,8 @@ with one attempt and ``probe_timeout_s``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import itertools
 import os
@@ -30,7 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, UploadCorrupted
 from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 from tasks.storage.base import (
     ObjectInfo,
@@ -40,8 +42,8 @@ from tasks.storage.base import (
     redact_url,
     validate_key,
 )
-from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
-from tasks.storage.s3_upload import S3Uploads
+from tasks.storage.s3_errors import EXISTS_CODES, S3Errors, TranslatedBody, error_code
+from tasks.storage.s3_upload import S3Uploads, md5_etag
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -151,6 +153,28 @@ class S3Storage(RemoteStorage):
     ) -> UploadResult:
         """A conditional PUT, then proof of what was stored (``s3_upload``)."""
         return self._uploads.upload_file(key, path, expected_size, digest)
+
+    def put_bytes(self, key: str, data: bytes) -> bool:
+        """A conditional PUT, verified by the ETag or else by reading it back."""
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        with self._errors(f"write {key}"):
+            try:
+                response = self._client().put_object(
+                    Bucket=self.bucket,
+                    Key=self._full_key(key),
+                    Body=data,
+                    ContentMD5=base64.b64encode(md5.digest()).decode(),
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                if error_code(exc) in EXISTS_CODES:
+                    return False
+                raise
+        if md5_etag(response) != md5.hexdigest() and self.read_bytes(key) != data:
+            # Ours (If-None-Match created it): nobody else relies on it yet.
+            self.delete(key)
+            raise UploadCorrupted(f"{self.url}: write of {key} arrived corrupted; not kept")
+        return True
 
     def open_read(self, key: str, offset: int = 0) -> BinaryIO:
         full_key = self._full_key(key)

@@ -51,10 +51,13 @@ def test_node_worker_config(tmp_path: Path) -> None:
     assert conf["events"] is True and conf["sent_event"] is True
     assert isinstance(conf["visibility"], int) and conf["visibility"] >= 600
     assert conf["queues"] == ["node.7", "walbackup"]
-    assert conf["beat"] == ["walbackup.elect_all"]
+    assert sorted(conf["beat"]) == ["walbackup.elect_all", "walbackup.scrub_all"]
     assert conf["tasks"] == [
         "walbackup.backup_timeline",
         "walbackup.elect_all",
+        "walbackup.heal_segment",
+        "walbackup.scrub_all",
+        "walbackup.scrub_timelines",
         "walbackup.trigger",
         "walbackup.upload_segment",
     ]

@@ -8,6 +8,7 @@ held to the layers of the README's layout section:
     core                           pure rules (no I/O library)
     config, logutil, metrics       process-wide services
     state, storage                 Redis and object storage edges
+    archive                        the archive's ledger, verification, scrubbing
     backup                         the pipeline (node service, elector, uploads)
     restore                        reading WAL back (fetch, spool, prefetcher)
     app, broker, wiring, steps,    Celery glue: only these top-level modules,
@@ -44,16 +45,18 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": set(),
     "state": LEAVES | {"core"},
     "storage": LEAVES | {"core"},
-    "backup": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage"},
+    "archive": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage"},
+    "backup": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage", "archive"},
     "restore": LEAVES | {"core", "config", "storage"},
     "broker": set(),
     "app": {"config", "errors", "names", "state", "beat"},
-    "wiring": LEAVES | {"core", "config", "state", "storage", "backup", "app"},
+    "wiring": LEAVES | {"core", "config", "state", "storage", "archive", "backup", "app"},
     "steps": {"config", "wiring"},
     "jobs": LEAVES | {"core", "config", "backup", "app", "wiring"},
     "beat": {"names", "config", "logutil"},
-    "dev": LEAVES | {"core", "config", "state", "storage", "backup"},
-    "cli": LEAVES | {"core", "config", "state", "storage", "backup", "restore", "app", "dev"},
+    "dev": LEAVES | {"core", "config", "state", "storage", "archive", "backup"},
+    "cli": LEAVES
+    | {"core", "config", "state", "storage", "archive", "backup", "restore", "app", "dev"},
 }
 CELERY_LIBS = {"celery", "kombu", "redbeat", "flower"}
 CELERY_UNITS = {"app", "broker", "wiring", "steps", "jobs", "beat"}

@@ -4,16 +4,17 @@
 -- inflight ZSET (segno -> redispatch deadline ms), done ZSET (segno -> segno,
 -- finished above backup_lsn).
 
--- Segments whose ledger entry (md5 of the verified upload) is kept below
--- segno(backup_lsn), for the scrubber's recent-window check.
+-- Segments whose ledger entry is kept below segno(backup_lsn) at most: the
+-- offloader copies entries into the bucket's ledger pages and deletes them
+-- within seconds; this bounds Redis memory when that stalls.
 local LEDGER_KEEP = 4096
 
 -- Record segno as finished and move backup_lsn to the end of the longest run
 -- of finished segments starting at segno(backup_lsn): never backwards, never
--- over a hole. A commit clears the timeline's last_error and records md5 (the
--- hex MD5 that the upload verified; "" for none) in the ledger HASH.
+-- over a hole. A commit clears the timeline's last_error and records entry
+-- (what the upload verified, tasks.core.ledger; "" for none) in the ledger HASH.
 -- Returns the stored backup_lsn, or false when there is none.
-local function window_commit(timeline, inflight, done, ledger, segno_text, seg_size, md5)
+local function window_commit(timeline, inflight, done, ledger, segno_text, seg_size, entry)
   local segno = tonumber(segno_text)
   local backup = redis.call("HGET", timeline, "backup_lsn")
   if not backup then
@@ -24,8 +25,8 @@ local function window_commit(timeline, inflight, done, ledger, segno_text, seg_s
   redis.call("HDEL", timeline, "last_error")
   if segno >= start then
     redis.call("ZADD", done, segno, segno_text)
-    if md5 ~= "" then
-      redis.call("HSET", ledger, segno_text, md5)
+    if entry ~= "" then
+      redis.call("HSET", ledger, segno_text, entry)
     end
   end
   local next_segno = start

@@ -4,10 +4,10 @@
 -- KEYS[2] timeline  HASH   field "backup_lsn" ("%X/%X")
 -- KEYS[3] inflight  ZSET   segno -> redispatch deadline (ms)
 -- KEYS[4] done      ZSET   segno -> segno, finished above backup_lsn
--- KEYS[5] ledger    HASH   segno -> hex MD5 the upload verified (recent window)
+-- KEYS[5] ledger    HASH   segno -> ledger entry JSON the upload verified (recent window)
 -- ARGV[1] token, ARGV[2] segno, ARGV[3] seg_size, ARGV[4] parallel_jobs,
 -- ARGV[5] end segno (exclusive), ARGV[6] now ms, ARGV[7] deadline ms for newly
--- claimed segments, ARGV[8] lease ttl ms, ARGV[9] md5 hex ("" for none)
+-- claimed segments, ARGV[8] lease ttl ms, ARGV[9] ledger entry ("" for none)
 -- The claimed segments count as started (as after start_upload): the caller
 -- uploads them at once, or sends them to its queue.
 -- Returns {0, ""} when fenced, else {1, backup_lsn, claimed segno...}.

@@ -3,8 +3,8 @@
 -- KEYS[2] timeline  HASH   field "backup_lsn" ("%X/%X")
 -- KEYS[3] inflight  ZSET   segno -> redispatch deadline (ms)
 -- KEYS[4] done      ZSET   segno -> segno, finished above backup_lsn
--- KEYS[5] ledger    HASH   segno -> hex MD5 the upload verified (recent window)
--- ARGV[1] token, ARGV[2] segno, ARGV[3] seg_size, ARGV[4] md5 hex ("" for none)
+-- KEYS[5] ledger    HASH   segno -> ledger entry JSON the upload verified (recent window)
+-- ARGV[1] token, ARGV[2] segno, ARGV[3] seg_size, ARGV[4] ledger entry ("" for none)
 -- backup_lsn moves only to the end of the longest run of finished segments
 -- starting at segno(backup_lsn): never backwards, never over a hole (see
 -- window_commit in _window.lua). Only the current lease holder commits: a

@@ -1,0 +1,26 @@
+"""Beat's scrub tick: tell each offloader which of its timelines to scrub, one message per node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tasks.state.redis import RedisState
+
+SendScrub = Callable[[int, list[str]], None]
+"""Send ``scrub_timelines(ttids)`` to a node's queue."""
+
+
+def scrub_round(state: RedisState, send: SendScrub, batch_size: int = 1000) -> int:
+    """Ask every registered timeline's offloader to scrub it (timelines with
+    no offloader or no backup_lsn yet are skipped); how many were asked for."""
+    by_node: dict[int, list[str]] = {}
+    total = state.registered_count()
+    for start in range(0, total, batch_size):
+        batch = state.registered(start, start + batch_size - 1)
+        for ttid, (backup, offloader) in zip(batch, state.backup_and_offloader(batch), strict=True):
+            if backup is not None and offloader is not None:
+                by_node.setdefault(offloader, []).append(ttid)
+    for node_id, ttids in sorted(by_node.items()):
+        for i in range(0, len(ttids), batch_size):
+            send(node_id, ttids[i : i + batch_size])
+    return sum(len(t) for t in by_node.values())

@@ -1,0 +1,255 @@
+"""The archive ledger, ``walbackup verify`` and the scrubber, against real Redis and real
+storage (a ``file://`` directory and S3 through moto), damaged behind walbackup's back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.archive.flush import LedgerFlusher
+from tasks.archive.ledger_store import LedgerStore
+from tasks.archive.scrubber import DeepBudget, Scrubber
+from tasks.core.archive_check import Kind
+from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LEDGER_DIR, LedgerEntry, encode, wal_facts
+from tasks.core.lsn import Lsn
+from tasks.core.segments import xlog_file_name
+from tasks.dev.simulate import expected_segment_bytes
+from tasks.errors import LedgerConflict
+from tasks.metrics import ARCHIVE_VERIFIED_LSN
+from tasks.state.keys import ledger_key, tl_key
+from tasks.state.redis import RedisState
+from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
+from tasks.storage.local import LocalStorage
+from tests.fixtures_s3 import MotoServer, s3_client
+
+pytestmark = pytest.mark.integration
+
+SEG = 1 << 20
+TTID = TenantTimelineId("c" * 32, "d" * 32)
+SEGNOS = range(1, 13)  # backup_lsn at segment 13
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RemoteStorage]:
+    if request.param == "file":
+        backend = open_storage((tmp_path / "remote").as_uri())
+    else:
+        server: MotoServer = request.getfixturevalue("moto_server")
+        monkeypatch.setenv("WALBACKUP_TEST_S3_ENDPOINT", server.endpoint_url)
+        backend = open_storage(
+            request.getfixturevalue("s3_bucket_url"), s3_endpoint_url=server.endpoint_url
+        )
+    yield backend
+    backend.close()
+
+
+class Node:
+    """A node's copies in ``tmp_path/node``, archived and committed as the pipeline does."""
+
+    def __init__(self, root: Path, storage: RemoteStorage, state: RedisState) -> None:
+        self.root = root
+        self.storage = storage
+        self.state = state
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, segno: int) -> Path:
+        return self.root / xlog_file_name(segno, SEG)
+
+    def copy(self, segno: int) -> Path | None:
+        path = self.path(segno)
+        return path if path.exists() else None
+
+    def archive(self, segnos: range) -> None:
+        for segno in segnos:
+            data = expected_segment_bytes(TTID, segno, SEG)
+            self.path(segno).write_bytes(data)
+            result = self.storage.upload_file(
+                segment_key(TTID, xlog_file_name(segno, SEG)), self.path(segno), SEG
+            )
+            facts = wal_facts(data[:40], segno * SEG, SEG)
+            entry = LedgerEntry(SEG, result.sha256_hex, result.md5_hex, facts)
+            self.state.r.hset(ledger_key(str(TTID)), str(segno), encode(entry))
+        self.state.r.hset(
+            tl_key(str(TTID)),
+            mapping={
+                "backup_lsn": str(Lsn.from_segment(segnos.stop, 0, SEG)),
+                "timeline_start_lsn": str(Lsn.from_segment(segnos.start, 0, SEG)),
+                "wal_seg_size": SEG,
+            },
+        )
+
+
+def replace_object(storage: RemoteStorage, segno: int, data: bytes) -> None:
+    """Overwrite an archived segment behind walbackup's back."""
+    key = segment_key(TTID, xlog_file_name(segno, SEG))
+    if isinstance(storage, LocalStorage):
+        (storage.root / key).write_bytes(data)
+        return
+    from tasks.storage.s3 import S3Storage
+
+    assert isinstance(storage, S3Storage)
+    client = s3_client(os.environ["WALBACKUP_TEST_S3_ENDPOINT"])
+    client.put_object(Bucket=storage.bucket, Key=f"{storage.prefix}/{key}", Body=data)
+
+
+def flusher(node: Node) -> LedgerFlusher:
+    return LedgerFlusher(1, node.state, LedgerStore(node.storage), lambda t, s: node.copy(s))
+
+
+def test_flush_writes_pages_the_ledger_survives_redis_loss(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path
+) -> None:
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+    written = flusher(node).flush(TTID, SEG, backup, SEGNOS.start)
+    assert written == len(SEGNOS)
+    assert state.r.hlen(ledger_key(str(TTID))) == 0  # Redis keeps only what no page holds
+    assert state.archive_cursors(str(TTID))["ledger_end"] == SEGNOS.stop
+    store = LedgerStore(storage)
+    entries, conflicts = store.entries(TTID, SEG, 0, 100)
+    assert sorted(entries) == list(SEGNOS) and not conflicts
+    first = expected_segment_bytes(TTID, 1, SEG)
+    assert entries[1].sha256 == hashlib.sha256(first).hexdigest()
+    assert entries[1].source == "upload"
+    assert flusher(node).flush(TTID, SEG, backup, SEGNOS.start) == 0
+
+    # Redis loses everything (it is our private server's database): the
+    # cursor comes back from the pages, the entries Redis lost before a
+    # page held them from the archived objects (checked against our copy).
+    node.archive(range(13, 16))
+    state.r.flushdb()
+    node.path(15).write_bytes(b"\x01" * SEG)  # our copy of 15 now differs
+    state.r.hset(tl_key(str(TTID)), "backup_lsn", str(Lsn.from_segment(16, 0, SEG)))
+    written = flusher(node).flush(TTID, SEG, Lsn.from_segment(16, 0, SEG), SEGNOS.start)
+    assert written == 2  # 13 and 14; 15 is not recorded (which copy is right?)
+    entries, _ = store.entries(TTID, SEG, 13, 16)
+    assert sorted(entries) == [13, 14]
+    assert entries[13].source == "recovered"
+    assert entries[13].sha256 == hashlib.sha256(expected_segment_bytes(TTID, 13, SEG)).hexdigest()
+    assert state.archive_cursors(str(TTID))["ledger_end"] == 15
+
+
+def test_a_page_never_records_other_bytes(storage: RemoteStorage, state: RedisState) -> None:
+    store = LedgerStore(storage)
+    entry = LedgerEntry(SEG, "a" * 64, "")
+    store.write(TTID, SEG, {1: entry, 2: entry}, node_id=1)
+    store.write(TTID, SEG, {1: entry, 2: entry}, node_id=2)  # same bytes: fine
+    with pytest.raises(LedgerConflict, match="other bytes for 1 segment"):
+        store.write(TTID, SEG, {1: entry, 2: LedgerEntry(SEG, "b" * 64, "")}, node_id=3)
+
+
+def verify(redis_url: str, storage: RemoteStorage, *args: str) -> tuple[int, dict[str, Any]]:
+    """``walbackup verify --json`` as a user runs it: exit code and the timeline's report."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALBACKUP_")}
+    env |= {
+        "WALBACKUP_REDIS_URL": redis_url,
+        "WALBACKUP_REMOTE_STORAGE": storage.url,
+        "WALBACKUP_WAL_SEG_SIZE": str(SEG),
+    }
+    if "WALBACKUP_TEST_S3_ENDPOINT" in os.environ:
+        env["WALBACKUP_S3_ENDPOINT_URL"] = os.environ["WALBACKUP_TEST_S3_ENDPOINT"]
+    run = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "verify", "--json", *args, str(TTID)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in run.stderr and run.stdout, run.stderr
+    report: dict[str, Any] = json.loads(run.stdout)[0]
+    return run.returncode, report
+
+
+def test_verify_passes_an_intact_archive_and_names_each_damage(
+    storage: RemoteStorage, state: RedisState, redis_url: str, tmp_path: Path
+) -> None:
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    flusher(node).flush(TTID, SEG, Lsn.from_segment(SEGNOS.stop, 0, SEG), SEGNOS.start)
+    code, report = verify(redis_url, storage, "--deep")
+    assert (code, report["ok"], report["segments"], report["deep_checked"]) == (0, True, 12, 12)
+
+    storage.delete(segment_key(TTID, xlog_file_name(3, SEG)))
+    replace_object(storage, 5, expected_segment_bytes(TTID, 5, SEG)[: SEG // 2])
+    flipped = bytearray(expected_segment_bytes(TTID, 7, SEG))
+    flipped[SEG // 3] ^= 0xFF
+    replace_object(storage, 7, bytes(flipped))
+    storage.put_bytes(timeline_prefix(TTID) + "stray.bin", b"?")
+
+    code, report = verify(redis_url, storage)
+    found = {(p["segment"], p["kind"]) for p in report["problems"]}
+    name = lambda s: xlog_file_name(s, SEG)  # noqa: E731
+    assert (name(3), Kind.MISSING) in found and (name(5), Kind.SIZE) in found
+    assert ("stray.bin", Kind.EXTRA) in found
+    # S3's ETag shows the rewrite without reading it; a file needs --deep.
+    assert ((name(7), Kind.CHANGED) in found) == (not isinstance(storage, LocalStorage))
+    assert code == 1
+
+    code, report = verify(redis_url, storage, "--deep")
+    found = {(p["segment"], p["kind"]) for p in report["problems"]}
+    assert {(name(7), Kind.CORRUPT), (name(7), Kind.CHANGED)} & found
+    assert code == 1
+
+    # Redis gone: the ledger's pages alone give the range.
+    state.r.flushdb()
+    code, report = verify(redis_url, storage)
+    assert code == 1 and "ledger" in report["note"]
+    assert (name(3), "missing") in {(p["segment"], p["kind"]) for p in report["problems"]}
+
+
+def test_scrubber_gauge_stops_at_the_first_problem_and_heals_from_copies(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path
+) -> None:
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    asked: list[int] = []
+
+    def elsewhere(ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:
+        asked.append(segno)
+        return True
+
+    scrubber = Scrubber(
+        state, flusher(node), DeepBudget(1 << 30), lambda t, s: node.copy(s), elsewhere
+    )
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+    result = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert result.verified_lsn == backup and not result.open
+    gauge = ARCHIVE_VERIFIED_LSN.labels(timeline=str(TTID))
+    assert gauge._value.get() == int(backup)
+
+    # 4 is deleted and this node no longer has it; 9 is rewritten but our
+    # copy is the one the ledger recorded.
+    storage.delete(segment_key(TTID, xlog_file_name(4, SEG)))
+    node.path(4).unlink()
+    replace_object(storage, 9, b"\x00" * SEG)
+    result = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert [p.segno for p in result.healed] == [9]
+    assert [(p.segno, p.kind) for p in result.open] == [(4, Kind.MISSING)]
+    assert result.verified_lsn == Lsn.from_segment(4, 0, SEG)
+    assert gauge._value.get() == int(Lsn.from_segment(4, 0, SEG))
+    assert asked == [4]  # another node was asked for it
+    assert storage.read_bytes(segment_key(TTID, xlog_file_name(9, SEG))) == (
+        expected_segment_bytes(TTID, 9, SEG)
+    )
+    record = state.timeline(str(TTID))
+    assert "000000010000000000000004" in record.last_error
+    assert record.archive_problems == 1
+
+    # A node with the copy turns up (here: ours again): the next pass heals.
+    node.path(4).write_bytes(expected_segment_bytes(TTID, 4, SEG))
+    result = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert not result.open and result.verified_lsn == backup
+    assert state.problems(str(TTID)) == {}
+    assert any(f"/{LEDGER_DIR}/" in o.key for o in storage.list(timeline_prefix(TTID)))
