@@ -143,10 +143,12 @@ def start_cluster(
     make_cluster: Callable[..., Cluster],
     workdirs: dict[int, Path] | None = None,
     prefix: dict[int, list[str]] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Cluster:
     """Nodes 1-3 (``workdirs``: other WORKDIRs than the cluster's; ``prefix``:
-    a command to run a node under) and beat, every node heartbeating."""
-    cluster = make_cluster()
+    a command to run a node under; ``settings``: more environment) and beat,
+    every node heartbeating."""
+    cluster = make_cluster(settings=settings)
     for n in NODES:
         env = {"WALBACKUP_WORKDIR": str(workdirs[n])} if workdirs else {}
         cluster.start_node(n, env, (prefix or {}).get(n))

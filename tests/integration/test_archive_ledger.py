@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,14 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LEDGER_DIR, LedgerEntry, encode, wal_facts
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.dev.simulate import expected_segment_bytes
+from tasks.dev.simulate import expected_segment_bytes, simulate
 from tasks.errors import LedgerConflict
 from tasks.metrics import ARCHIVE_VERIFIED_LSN
 from tasks.state.keys import ledger_key, tl_key
 from tasks.state.redis import RedisState
 from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
 from tasks.storage.local import LocalStorage
+from tests.cluster import SEG_SIZE, Cluster, wait_for
 from tests.fixtures_s3 import MotoServer, s3_client
 
 pytestmark = pytest.mark.integration
@@ -253,3 +255,41 @@ def test_scrubber_gauge_stops_at_the_first_problem_and_heals_from_copies(
     assert not result.open and result.verified_lsn == backup
     assert state.problems(str(TTID)) == {}
     assert any(f"/{LEDGER_DIR}/" in o.key for o in storage.list(timeline_prefix(TTID)))
+
+
+def test_the_pipeline_keeps_a_ledger_that_the_scrubber_and_verify_check(
+    make_cluster: Callable[..., Cluster], redis_url: str, tmp_path: Path
+) -> None:
+    """Three node workers and beat: every committed segment reaches a ledger
+    page, beat's scrub tick has the offloader verify it (status shows
+    verified_lsn), and ``walbackup verify --deep`` passes."""
+    cluster = make_cluster(settings={"WALBACKUP_SCRUB_INTERVAL": "1"})
+    nodes = [1, 2, 3]
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    for n in nodes:
+        cluster.start_node(n)
+    cluster.start_beat()
+    cluster.wait_nodes(nodes)
+    simulate([cluster.workdir(n) for n in nodes], [ttid], segments=20, seg_size=SEG_SIZE)
+    end = Lsn.from_segment(21, 0, SEG_SIZE)
+    cluster.wait_backup(ttid, end, timeout=60)
+    wait_for(
+        lambda: cluster.state.timeline(str(ttid)).verified_lsn == end,
+        30,
+        "the scrubber to verify the archive up to backup_lsn",
+    )
+    storage = open_storage(cluster.remote_storage)
+    entries, conflicts = LedgerStore(storage).entries(ttid, SEG_SIZE, 0, 100)
+    assert sorted(entries) == list(range(1, 21)) and not conflicts
+    assert {e.source for e in entries.values()} == {"upload"}
+    assert cluster.state.timeline(str(ttid)).archive_problems == 0
+    env = {k: v for k, v in cluster.env.items()}
+    run = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "verify", "--deep", str(ttid)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok" in run.stdout
