@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.common import REPO, machine, table
 
-BENCHES = ["overhead", "election", "latency", "memory", "throughput", "restore", "peers"]
+BENCHES = ["overhead", "election", "latency", "memory", "throughput", "restore", "peers", "scrub"]
 
 
 def run(name: str) -> dict[str, Any] | None:
