@@ -1,12 +1,14 @@
 """Copy the ledger entries that commits put in Redis into pages in the bucket.
 
 The offloader flushes a timeline's committed entries ``[ledger_end,
-segno(backup_lsn))`` into one page once 64 have gathered or the oldest has
-waited 10 s (and before every scrub), then moves ``ledger_end`` and deletes
-the flushed entries from Redis. So Redis holds seconds of entries, and a
-Redis that loses its data loses at most those: they are rebuilt from the
-archived objects (``source: recovered``), checked against this node's copy
-where it has one.
+segno(backup_lsn))`` into one page before every scrub pass (every
+``scrub_interval``), and in between once 64 have gathered (or, should beat
+not ask for scrubs, once the oldest has waited a minute); then it moves
+``ledger_end`` and deletes the flushed entries from Redis. So Redis holds at
+most a scrub interval's entries, and a Redis that loses its data loses at
+most those: they are rebuilt from the archived objects (``source:
+recovered``), checked against this node's copy where it has one. One PUT per
+timeline per scrub interval at most, plus one per 64 segments.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tasks.storage.base import Hasher, digest_segment_file, read_chunks, segment
 log = logging.getLogger("walbackup.ledger")
 
 FLUSH_MIN_SEGMENTS = 64
-FLUSH_MAX_AGE_S = 10.0
+FLUSH_MAX_AGE_S = 60.0
 PAGE_MAX_SEGMENTS = 1024
 """A page holds at most this many entries (about 250 KB of JSON)."""
 
