@@ -113,3 +113,17 @@ def test_check_range_and_the_verified_end() -> None:
     bad = check_bytes(3, SEG, "0" * 64, ENTRY)
     assert bad is not None and bad.kind is Kind.CORRUPT and "0" * 64 in bad.detail
     assert check_bytes(3, SEG, "5" * 64, ENTRY) is None
+
+
+def test_the_deep_budget_is_a_token_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.archive import scrubber
+
+    now = [100.0]
+    monkeypatch.setattr(scrubber.time, "monotonic", lambda: now[0])
+    budget = scrubber.DeepBudget(10)
+    assert not budget.take(5)  # starts empty
+    now[0] += 1.0
+    assert budget.take(5) and budget.take(5) and not budget.take(1)
+    now[0] += 3600.0  # holds a minute's worth at most
+    assert budget.take(600) and not budget.take(1)
+    assert not scrubber.DeepBudget(0).take(0)  # 0: off
