@@ -252,7 +252,7 @@ def heal_from_copy(
         return False
     key = segment_key(ttid, xlog_file_name(segno, seg_size))
     if entry is None:
-        if any(True for _ in storage.list(key)):
+        if any(info.key == key for info in storage.list(key)):
             return False
     elif digest.sha256_hex != entry.sha256:
         return False

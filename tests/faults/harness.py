@@ -148,7 +148,7 @@ def start_cluster(
     """Nodes 1-3 (``workdirs``: other WORKDIRs than the cluster's; ``prefix``:
     a command to run a node under; ``settings``: more environment) and beat,
     every node heartbeating."""
-    cluster = make_cluster(settings=settings)
+    cluster = make_cluster(settings=settings) if settings else make_cluster()
     for n in NODES:
         env = {"WALBACKUP_WORKDIR": str(workdirs[n])} if workdirs else {}
         cluster.start_node(n, env, (prefix or {}).get(n))
