@@ -42,6 +42,8 @@ def get_storage() -> RemoteStorage:
         max_attempts=1,
         connect_timeout_s=2.0,
         read_timeout_s=10.0,
+        sse=s.s3_sse,
+        sse_kms_key_id=s.s3_sse_kms_key_id,
     )
 
 
