@@ -48,7 +48,7 @@ def get_storage() -> RemoteStorage:
 
 
 def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
-    return remote_backup_end(get_storage(), ttid, start, seg_size)
+    return remote_backup_end(get_storage(), ttid, start, seg_size, get_state())
 
 
 def kick_backup(ttid: str, node_id: int) -> None:

@@ -1,10 +1,11 @@
 """The offloader checks that the recent archive below backup_lsn is still whole.
 
 Every ``scrub_interval`` the offloader of a timeline lists its archive and
-compares the last ``SCRUB_WINDOW`` segments below backup_lsn with what it
-verified at upload (the ledger: MD5 per segment, kept in Redis for that
-window). A segment whose object is missing, has the wrong size, or whose ETag
-is not the ledger's MD5 is a problem: logged at ERROR, counted in
+compares the last ``SCRUB_WINDOW`` segments below backup_lsn, from the
+archive's start on (``walbackup retain`` moves it), with what it verified at
+upload (the ledger: MD5 per segment, kept in Redis for that window). A
+segment whose object is missing, has the wrong size, or whose ETag is not
+the ledger's MD5 is a problem: logged at ERROR, counted in
 ``archive_problems_total``, shown as the timeline's ``last_error``, and healed
 by uploading this node's copy again, but only when that copy's MD5 is the
 ledger's (the bytes that were verified when first archived).
@@ -51,6 +52,11 @@ def scrub_timeline(
         return []
     ttid = str(st.ttid)
     objects = remote_objects(storage, st.ttid, seg_size, start)
+    # Below a retained start the archive was emptied on purpose. Read after
+    # listing: a retain records its start before deleting anything.
+    retained = state.archive_start(ttid)
+    if retained is not None:
+        start = max(start, retained.segment_number(seg_size))
     ledger = state.ledger(ttid, range(start, end))
     problems = []
     for segno in range(start, end):

@@ -23,6 +23,8 @@ class TimelineRecord:
     last_error: str
     archived_lsn: Lsn | None = None
     """End of the newest partial segment upload (``commit_partial.lua``)."""
+    archive_start_lsn: Lsn | None = None
+    """Where the archive starts after ``walbackup retain`` (``raise_archive_start.lua``)."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -43,6 +45,7 @@ class TimelineRecord:
             holder=num("holder"),
             last_error=raw.get("last_error", ""),
             archived_lsn=lsn("archived_lsn"),
+            archive_start_lsn=lsn("archive_start_lsn"),
         )
 
 
