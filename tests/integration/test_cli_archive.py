@@ -194,3 +194,20 @@ def test_retain_beside_a_live_backup_which_delete_refuses(
     assert names(storage, ttid) == [*(name(s) for s in range(6, 21)), "_retained"]
     logs = "".join(cluster.log_path(f"node{n}").read_text() for n in (1, 2))
     assert "missing from the archive" not in logs
+
+
+@pytest.mark.parametrize(
+    ("command", "needles"),
+    [
+        ("retain", ["wholly below POINT", "WALBACKUP_RETAIN_KEEP_SEGMENTS (default 1)", "refused"]),
+        ("delete", ["Refused while a live node holds the timeline", "run it again"]),
+    ],
+)
+def test_help_says_what_it_does_with_an_example_and_the_exit_codes(
+    command: str, needles: list[str]
+) -> None:
+    run = walbackup(command, "--help", redis_url="redis://127.0.0.1:1/0")
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    for needle in [*needles, f"Example: walbackup {command} ", "--yes", "--dry-run", "Exit codes"]:
+        assert needle in text, needle
