@@ -114,8 +114,8 @@ class S3Storage(RemoteStorage):
         if max_attempts < 1:
             raise InvalidInput(f"max_attempts must be >= 1, got {max_attempts}")
         self._put_args = _sse_args(sse, sse_kms_key_id)
-        self.sse = sse
-        self.sse_kms_key_id = sse_kms_key_id
+        # Under SSE-KMS an ETag is not the MD5 of the bytes (the scrub compares them).
+        self._etags_are_md5 = sse != "aws:kms"
         self.bucket = validate_bucket_name(bucket)
         self.prefix = validate_key(prefix) if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
@@ -229,10 +229,8 @@ class S3Storage(RemoteStorage):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    etag = obj.get("ETag", "").strip('"') or None
-                    if self.sse == "aws:kms":
-                        etag = None  # not the MD5 of the bytes (the scrub compares them)
-                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag)
+                    etag = obj.get("ETag", "").strip('"') if self._etags_are_md5 else ""
+                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag or None)
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)
