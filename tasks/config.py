@@ -11,9 +11,15 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,11 +74,26 @@ class Settings(BaseSettings):
     """Delete complete local segments below the removal horizon (``tasks.core.horizon``)."""
     wal_keep_segments: int = Field(default=1, ge=0)
     """Complete segments below backup_lsn that removal keeps on the node."""
+    retain_keep_segments: int = Field(default=1, ge=1)
+    """Archived segments right below backup_lsn's that ``walbackup retain``
+    never deletes, whatever ``--before`` asks (``tasks.core.retention``)."""
+    s3_sse: Literal["AES256", "aws:kms"] | None = None
+    """Server-side encryption asked for on every S3 PUT; unset: the bucket's default."""
+    s3_sse_kms_key_id: str | None = None
+    """The KMS key (id, ARN or alias) for ``s3_sse = aws:kms``; unset: the
+    account's ``aws/s3`` key. Not a secret: ``walbackup status`` shows it."""
 
     @field_validator("wal_seg_size")
     @classmethod
     def _seg_size(cls, value: int) -> int:
         return validate_seg_size(value)
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _kms_key_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("s3_sse") != "aws:kms":
+            raise ValueError(f"only valid with {ENV_PREFIX}S3_SSE=aws:kms")
+        return value
 
     @field_validator("redis_url", "broker_url")
     @classmethod

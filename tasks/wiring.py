@@ -45,11 +45,13 @@ def get_storage() -> RemoteStorage:
         max_attempts=1,
         connect_timeout_s=2.0,
         read_timeout_s=10.0,
+        sse=s.s3_sse,
+        sse_kms_key_id=s.s3_sse_kms_key_id,
     )
 
 
 def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
-    return remote_backup_end(get_storage(), ttid, start, seg_size)
+    return remote_backup_end(get_storage(), ttid, start, seg_size, get_state())
 
 
 def kick_backup(ttid: str, node_id: int) -> None:

@@ -8,6 +8,7 @@ else is a ``LedgerConflict``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -103,7 +104,7 @@ class LedgerStore:
         key = page_key(timeline_prefix(ttid), first, last, seg_size)
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = build_page(str(ttid), seg_size, entries, node_id, at)
-        if not self.storage.put_bytes(key, data):
+        if not self.storage.create_bytes(key, data):
             ref = PageRef(first, last, key)
             stored = self.read(ref, ttid, seg_size)
             differ = [
@@ -115,4 +116,17 @@ class LedgerStore:
                     f"{len(differ)} segment(s), first segno {differ[0]}: two writers disagree "
                     "about archived WAL"
                 )
+        return key
+
+    def record_deletion(
+        self, ttid: TenantTimelineId, seg_size: int, what: Mapping[str, object]
+    ) -> str:
+        """Record a deletion of archived WAL (``walbackup retain``) beside the
+        pages: ``_ledger/deleted-TIME.json`` holding ``what`` (counts, range,
+        the new archive start); its key."""
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        key = f"{timeline_prefix(ttid)}{LEDGER_DIR}/deleted-{at.replace(':', '')}.json"
+        body = {"format": "walbackup-ledger-deletion", "version": 1, "timeline": str(ttid),
+                "wal_seg_size": seg_size, "at": at, **what}  # fmt: skip
+        self.storage.put_bytes(key, json.dumps(body, indent=1).encode())
         return key

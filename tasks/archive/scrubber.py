@@ -120,8 +120,10 @@ class Scrubber:
     def run(
         self, ttid: TenantTimelineId, seg_size: int, backup_lsn: Lsn, start: int
     ) -> ScrubResult:
-        """One pass over ``[start, segno(backup_lsn))``."""
+        """One pass over ``[start, segno(backup_lsn))`` (``start``: the
+        timeline's first segment; a retained start above it wins)."""
         key = str(ttid)
+        start = self._archive_start(key, seg_size, start)
         self.flusher.flush(ttid, seg_size, backup_lsn, start)
         end = backup_lsn.segment_number(seg_size)
         cursors = self.state.archive_cursors(key)
@@ -138,6 +140,10 @@ class Scrubber:
             if start <= segno < end and segno not in p.checked:
                 self._shallow(p, segno, segno + 1)
         deep = self._deep(p, cursors.get("deep", start), start, end)
+        # A retain records the archive's new start before deleting anything:
+        # read again after listing, so nothing it deleted counts as missing.
+        retained = self._archive_start(key, seg_size, start)
+        p.checked = {s: q for s, q in p.checked.items() if s >= retained}
 
         result = ScrubResult(Lsn(0))
         for segno, problem in sorted(p.checked.items()):
@@ -160,6 +166,11 @@ class Scrubber:
         self.state.record_verified(key, result.verified_lsn, len(result.open))
         self._report(key, seg_size, result)
         return result
+
+    def _archive_start(self, ttid: str, seg_size: int, start: int) -> int:
+        """``start``, or where ``walbackup retain`` moved the archive's start."""
+        retained = self.state.archive_start(ttid)
+        return start if retained is None else max(start, retained.segment_number(seg_size))
 
     def _shallow(self, p: _Pass, start: int, end: int) -> None:
         if start >= end:

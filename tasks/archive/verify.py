@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tasks.archive.ledger_store import LedgerStore, PageRef
+from tasks.archive.retained import read_archive_start
 from tasks.archive.survey import deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range
 from tasks.core.ids import TenantTimelineId
@@ -70,7 +71,9 @@ def verify_timeline(
     seg_size = (record.wal_seg_size if record else None) or default_seg_size
     refs = store.pages(ttid, seg_size)
     verdict = Verdict(key)
-    span = _span(record, state, key, seg_size, refs, verdict)
+    redis_knows = record is not None and record.backup_lsn is not None
+    retained = None if redis_knows else read_archive_start(store.storage, ttid)
+    span = _span(record, seg_size, refs, retained, verdict)
     if span is None:
         return verdict
     start, end = span
@@ -112,10 +115,9 @@ def verify_timeline(
 
 def _span(
     record: TimelineRecord | None,
-    state: RedisState | None,
-    ttid: str,
     seg_size: int,
     refs: list[PageRef],
+    retained: Lsn | None,
     verdict: Verdict,
 ) -> tuple[int, int] | None:
     """``[start, end)`` to verify: Redis's timeline start (or retention's) to
@@ -123,11 +125,14 @@ def _span(
     if record is not None and record.backup_lsn is not None:
         start_lsn = record.timeline_start_lsn or Lsn(0)
         start = start_lsn.segment_number(seg_size)
-        if state is not None:
-            start = max(start, state.archive_cursors(ttid).get("start", start))
+        if record.archive_start_lsn is not None:  # walbackup retain moved it
+            start = max(start, record.archive_start_lsn.segment_number(seg_size))
         return start, record.backup_lsn.segment_number(seg_size)
     if refs:
         verdict.note = "no backup_lsn in Redis: checked the range the ledger's pages record"
-        return min(r.first for r in refs), max(r.last + 1 for r in refs)
+        start = min(r.first for r in refs)
+        if retained is not None:  # the bucket's marker: walbackup retain moved it
+            start = max(start, retained.segment_number(seg_size))
+        return start, max(r.last + 1 for r in refs)
     verdict.note = "nothing to verify: no backup_lsn in Redis and no ledger pages in the archive"
     return None

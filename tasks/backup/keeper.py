@@ -144,7 +144,8 @@ class ArchiveKeeper:
         if start_lsn is None:
             return None
         start = start_lsn.segment_number(st.wal_seg_size)
-        return max(start, self.state.archive_cursors(ttid).get("start", start))
+        retained = record.archive_start_lsn
+        return start if retained is None else max(start, retained.segment_number(st.wal_seg_size))
 
     def _drop_gauges(self, mine: dict[str, Lsn]) -> None:
         """Only the offloader exports a timeline's verified LSN."""

@@ -1,17 +1,23 @@
-"""Recover a timeline's backup_lsn from the archive itself (SPEC §9).
+"""Recover a timeline's backup_lsn, and where its archive starts, from the archive itself (SPEC §9).
 
 Every committed segment is in remote storage, so after Redis lost its data the
 longest contiguous run of complete remote segments from the timeline's start
 is a lower bound that is never below the lost backup_lsn: unlike the nodes'
 state files, which may lag it by a heartbeat.
+
+After ``walbackup retain`` the archive starts later than the timeline: the
+``_retained`` marker in the bucket (``tasks.core.retention``) says where, and
+the run is counted from there (everything below it was archived before).
 """
 
 from __future__ import annotations
 
+from tasks.archive.retained import read_archive_start
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import PG_TLI, parse_xlog_file_name, xlog_file_name
 from tasks.errors import InvalidInput
+from tasks.state.redis import RedisState
 from tasks.storage.base import ObjectInfo, RemoteStorage, timeline_prefix
 
 
@@ -37,11 +43,21 @@ def remote_objects(
     return found
 
 
-def remote_backup_end(storage: RemoteStorage, ttid: str, start: Lsn, seg_size: int) -> Lsn:
-    """End of the contiguous run of full-size remote segments from ``start``
-    (``start`` itself when its segment is not there). Raises storage errors."""
+def remote_backup_end(
+    storage: RemoteStorage, ttid: str, start: Lsn, seg_size: int, state: RedisState | None = None
+) -> Lsn:
+    """End of the contiguous run of full-size remote segments from ``start``,
+    or from the archive's retained start when that is later (``start`` itself
+    when its segment is not there). A retained start found is recorded in
+    ``state`` too, when given. Raises storage errors."""
+    parsed = TenantTimelineId.parse(ttid)
+    archive_start = read_archive_start(storage, parsed)
+    if archive_start is not None:
+        if state is not None:
+            state.raise_archive_start(ttid, archive_start)
+        start = max(start, archive_start)
     segno = start.segment_number(seg_size)
-    present = remote_objects(storage, TenantTimelineId.parse(ttid), seg_size, segno)
+    present = remote_objects(storage, parsed, seg_size, segno)
     while segno in present and present[segno].size == seg_size:
         segno += 1
     return max(start, Lsn.from_segment(segno, 0, seg_size))

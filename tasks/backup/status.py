@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,8 @@ class TimelineStatus:
     reason: str
     lease_holder: int | None
     timeline_start_lsn: Lsn | None
+    archive_start_lsn: Lsn | None
+    """Where the archive starts after ``walbackup retain``; ``None``: never retained."""
     wal_seg_size: int | None
     last_error: str | None
     peers: tuple[PeerStatus, ...]
@@ -102,6 +104,7 @@ class TimelineStatus:
             lease_holder=record.holder,
             # 0/0 is shown as unknown (null), as status always did.
             timeline_start_lsn=record.timeline_start_lsn or None,
+            archive_start_lsn=record.archive_start_lsn,
             wal_seg_size=record.wal_seg_size,
             last_error=record.last_error or None,
             peers=tuple(
@@ -133,6 +136,7 @@ class TimelineStatus:
             "reason": self.reason,
             "lease_holder": self.lease_holder,
             "timeline_start_lsn": _lsn_text(self.timeline_start_lsn),
+            "archive_start_lsn": _lsn_text(self.archive_start_lsn),
             "wal_seg_size": self.wal_seg_size,
             "last_error": self.last_error,
             "peers": [p.as_dict() for p in self.peers],
@@ -153,6 +157,10 @@ def timeline_status(
     return out
 
 
-def status_json(rows: Sequence[TimelineStatus]) -> dict[str, Any]:
-    """The document ``walbackup status --json`` prints."""
-    return {"timelines": [row.as_dict() for row in rows]}
+def status_json(
+    rows: Sequence[TimelineStatus], storage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The document ``walbackup status --json`` prints; ``storage`` describes
+    the remote storage (URL and server-side encryption, never credentials)."""
+    document: dict[str, Any] = {"storage": dict(storage)} if storage is not None else {}
+    return document | {"timelines": [row.as_dict() for row in rows]}

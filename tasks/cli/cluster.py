@@ -104,7 +104,8 @@ def status(
 ) -> None:
     """Show each timeline's backup: backup_lsn, archived_lsn (partials included),
     verified_lsn (the scrubber found the archive whole up to there), lag,
-    offloader, errors, and every node's view.
+    offloader, errors, and every node's view; above them, the remote storage
+    and its server-side encryption.
 
     Example: walbackup status --json
     """
@@ -115,14 +116,22 @@ def status(
         state = RedisState.from_url(settings.redis_url)
         rows = timeline_status(state, ids, settings.heartbeat_timeout)
         state.close()
+    storage = storage_settings(settings)
     if as_json:
-        print(json.dumps(status_json(rows), indent=2))
+        print(json.dumps(status_json(rows, storage), indent=2))
         return
     if not rows:
         print("no timelines registered")
         return
     from rich.console import Console
     from rich.table import Table
+
+    header = f"storage: {storage['url']}"
+    if settings.effective_remote_storage.startswith("s3://"):
+        header += f", server-side encryption: {storage['sse'] or 'the bucket default'}"
+        if storage["sse_kms_key_id"]:
+            header += f" (KMS key {storage['sse_kms_key_id']})"
+    print(header)
 
     table = Table(
         "timeline",
@@ -156,6 +165,18 @@ def status(
     # Off a terminal (a pipe, a log), rich would cut lines at 80 columns and
     # with them the ids: print the table at its natural width.
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
+def storage_settings(settings: Settings) -> dict[str, str | None]:
+    """The remote storage as ``status`` shows it: its URL and the server-side
+    encryption asked for (S3 only; the KMS key id is no secret)."""
+    url = settings.effective_remote_storage
+    s3 = url.startswith("s3://")
+    return {
+        "url": redact_url(url),
+        "sse": settings.s3_sse if s3 else None,
+        "sse_kms_key_id": settings.s3_sse_kms_key_id if s3 else None,
+    }
 
 
 def _text(value: object | None) -> str:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from tasks.cli.archive import delete, retain
 from tasks.cli.cluster import forget, status, trigger
 from tasks.cli.tools import demo, simulate
 from tasks.cli.verify import verify
@@ -17,8 +18,8 @@ from tasks.cli.verify import verify
 HELP = """walbackup: PostgreSQL WAL from a cluster of nodes to object storage, on Celery.
 
 Workers run as `celery -A tasks worker`; these commands trigger backups, show
-their status, read WAL back (`fetch`, PostgreSQL's restore_command) and run a
-local demo."""
+their status, read WAL back (`fetch`, PostgreSQL's restore_command), remove
+archived WAL (`retain`, `delete`) and run a local demo."""
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
 
@@ -61,5 +62,5 @@ def fetch(
     raise typer.Exit(run_fetch(ttid, segment, dest, offset))
 
 
-for command in (trigger, status, forget, verify, simulate, demo):
+for command in (trigger, status, forget, verify, retain, delete, simulate, demo):
     cli.command()(command)

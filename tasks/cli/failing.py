@@ -9,12 +9,12 @@ from typing import NoReturn
 import redis
 import typer
 
-from tasks.errors import BrokerUnavailable, InvalidInput
+from tasks.errors import BrokerUnavailable, InvalidInput, WalBackupError
 
 EXIT_INPUT = 2
 """A bad argument or setting."""
 EXIT_UNAVAILABLE = 3
-"""Redis or the broker cannot be reached."""
+"""Redis, the broker or remote storage cannot be reached or used."""
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -34,3 +34,5 @@ def one_line_errors(what: str) -> Iterator[None]:
         fail(EXIT_INPUT, str(exc))
     except (redis.RedisError, BrokerUnavailable, OSError) as exc:
         fail(EXIT_UNAVAILABLE, f"cannot reach {what}: {exc}")
+    except WalBackupError as exc:  # remote storage: its messages name it
+        fail(EXIT_UNAVAILABLE, str(exc))

@@ -4,7 +4,8 @@ walbackup:timelines          ZSET   registered timeline ids -> registration time
 walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
                                     offloader, reason, epoch, holder, last_error,
                                     archived_lsn (end of the newest partial upload),
-                                    verified_lsn, archive_problems (the scrubber's)
+                                    verified_lsn, archive_problems (the scrubber's),
+                                    archive_start_lsn (set by `walbackup retain`)
 walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)

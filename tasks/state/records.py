@@ -27,6 +27,8 @@ class TimelineRecord:
     """Where the scrubber's last pass found the first problem, or its end."""
     archive_problems: int | None = None
     """Problems the scrubber's last pass left open."""
+    archive_start_lsn: Lsn | None = None
+    """Where the archive starts after ``walbackup retain`` (``raise_archive_start.lua``)."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -49,6 +51,7 @@ class TimelineRecord:
             archived_lsn=lsn("archived_lsn"),
             verified_lsn=lsn("verified_lsn"),
             archive_problems=num("archive_problems"),
+            archive_start_lsn=lsn("archive_start_lsn"),
         )
 
 

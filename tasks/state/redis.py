@@ -195,6 +195,16 @@ class RedisState(LeaseWindow, ArchiveRecords):
     def raise_backup_lsn(self, ttid: str, lsn: Lsn, pipe: Pipeline[str] | None = None) -> Any:
         return self._scripts.run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], pipe)
 
+    def raise_archive_start(self, ttid: str, lsn: Lsn) -> Lsn:
+        """Record that the archive of ``ttid`` starts at ``lsn`` (``walbackup
+        retain`` deleted what lies below), never lowering it; the stored value."""
+        return Lsn.parse(self._scripts.run("raise_archive_start", [tl_key(ttid)], [str(lsn)]))
+
+    def archive_start(self, ttid: str) -> Lsn | None:
+        """Where the archive of ``ttid`` starts, if a retain recorded it."""
+        value = self.r.hget(tl_key(ttid), "archive_start_lsn")
+        return Lsn.parse(value) if value else None
+
     def seed_timeline(self, ttid: str, start: Lsn, seg_size: int, pipe: Pipeline[str]) -> None:
         """Record the timeline's start and segment size unless already known."""
         pipe.hsetnx(tl_key(ttid), "timeline_start_lsn", str(start))

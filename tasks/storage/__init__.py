@@ -51,6 +51,8 @@ def open_storage(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     create: bool = True,
+    sse: str | None = None,
+    sse_kms_key_id: str | None = None,
 ) -> RemoteStorage:
     """The backend for ``url``; a malformed or unsupported URL raises
     ``InvalidInput`` before anything is created or contacted.
@@ -63,6 +65,8 @@ def open_storage(
     20 s) suit ``walbackup fetch``. A node worker, whose pipeline retries
     with its own backoff and must see (and count) every failed attempt,
     passes ``max_attempts=1, connect_timeout_s=2, read_timeout_s=10``.
+    ``sse``/``sse_kms_key_id``: server-side encryption for every PUT
+    (``S3Storage.put_args``); ``file://`` has none.
 
     ``create=False`` (readers): a ``file://`` directory that does not exist is
     ``StorageUnavailable``, not created (an empty archive would read as "no
@@ -99,6 +103,8 @@ def open_storage(
                 max_attempts=max_attempts,
                 connect_timeout_s=connect_timeout_s,
                 read_timeout_s=read_timeout_s,
+                sse=sse,
+                sse_kms_key_id=sse_kms_key_id,
             )
         except InvalidInput as exc:
             raise InvalidInput(f"invalid storage URL {shown!r}: {exc}") from None

@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -27,6 +27,9 @@ from tasks.errors import ChecksumMismatch, InvalidInput, SegmentFileError
 
 CHUNK_BYTES = 1 << 20
 """Read and copy size for streaming segments."""
+
+DELETE_BATCH = 1000
+"""Keys per delete request: S3's ``DeleteObjects`` takes at most 1,000."""
 
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _USERINFO = re.compile(r"//[^/]*@")
@@ -41,7 +44,7 @@ class ObjectInfo:
     size: int
     etag: str | None = None
     """S3's ETag without quotes (the MD5 of a single-part upload's bytes);
-    ``None`` where the backend has none."""
+    ``None`` where the backend has none, or it is no MD5 (SSE-KMS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,7 @@ class RemoteStorage(ABC):
         nothing is left stored under ``key`` by this call."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> bool:
+    def create_bytes(self, key: str, data: bytes) -> bool:
         """Store a small object (a ledger page) unless ``key`` exists: ``True``
         when this call created it, verified as ``upload_file`` verifies;
         ``False`` when an object was already there (the caller reads it and
@@ -252,8 +255,20 @@ class RemoteStorage(ABC):
         ``start_after``, only keys after that one (S3's ``StartAfter``)."""
 
     @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing any object there. For small
+        metadata objects (a marker), never WAL: no create-if-absent, no
+        verification beyond the transfer's own checksum."""
+
+    @abstractmethod
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys`` in order, ``DELETE_BATCH`` per request; returns how
+        many. Missing objects are not an error; a failure leaves the keys
+        before it deleted."""
+
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under ``prefix``; returns how many."""
+        """Delete every object under ``prefix``, in key order; returns how many."""
+        return self.delete_many(info.key for info in self.list(prefix))
 
     @abstractmethod
     def delete(self, key: str) -> None:

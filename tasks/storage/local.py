@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from tasks.errors import AccessDenied, InvalidInput, NotFound, StorageUnavailable
-from tasks.fsutil import fsync_dir
+from tasks.fsutil import atomic_write, fsync_dir
 from tasks.storage.base import (
+    DELETE_BATCH,
     Hasher,
     ObjectInfo,
     RemoteStorage,
@@ -144,7 +146,7 @@ class LocalStorage(RemoteStorage):
         fsync_dir(dest.parent)
         return True
 
-    def put_bytes(self, key: str, data: bytes) -> bool:
+    def create_bytes(self, key: str, data: bytes) -> bool:
         dest = self._path(key)
         try:
             self._makedirs(dest.parent)
@@ -189,7 +191,9 @@ class LocalStorage(RemoteStorage):
         return iter(sorted(found, key=lambda info: info.key))
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        self._unlink(key, self._path(key))
+
+    def _unlink(self, key: str, path: Path) -> None:
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -214,13 +218,24 @@ class LocalStorage(RemoteStorage):
                 f"{self.url}: {self.root} is not usable: {exc.strerror}"
             ) from exc
 
-    def delete_prefix(self, prefix: str) -> int:
-        objects = list(self.list(prefix))
-        for info in objects:
-            path = self.root / info.key
-            path.unlink(missing_ok=True)
-            self._prune_empty_dirs(path.parent)
-        return len(objects)
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        try:
+            self._makedirs(dest.parent)
+            with atomic_write(dest, tmp=dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}") as out:
+                out.write(data)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self.url}: cannot store {key}: {exc}") from exc
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        deleted = 0
+        pending = iter(keys)
+        # Batches as S3's: every key of one is checked before any is deleted.
+        while batch := [(k, self._path(k)) for k in itertools.islice(pending, DELETE_BATCH)]:
+            for key, path in batch:
+                self._unlink(key, path)
+            deleted += len(batch)
+        return deleted
 
     def _prune_empty_dirs(self, directory: Path) -> None:
         while directory != self.root:

@@ -9,6 +9,12 @@ Whole-object reads ask for the stored checksum (``ChecksumMode=ENABLED``): a
 body that does not match it raises ``ChecksumMismatch`` (the stored object is
 corrupt) at its end.
 
+Server-side encryption (``sse``, ``sse_kms_key_id``) is asked for on every
+PUT through ``put_args``, the one place any kind of PUT takes its extra
+arguments from. Under SSE-KMS an ETag is not the MD5 of the bytes, so
+listings report none (``ObjectInfo.etag``) and uploads are verified by
+reading back (``s3_upload``).
+
 Failures surface quickly: botocore makes at most ``max_attempts`` attempts per
 request (a node worker passes 1 and retries with its own backoff) and waits
 ``connect_timeout_s``/``read_timeout_s``; ``probe`` uses a separate client
@@ -17,14 +23,13 @@ with one attempt and ``probe_timeout_s``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -35,6 +40,7 @@ from botocore.exceptions import ClientError
 from tasks.errors import InvalidInput, UploadCorrupted
 from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 from tasks.storage.base import (
+    DELETE_BATCH,
     ObjectInfo,
     RemoteStorage,
     SegmentDigest,
@@ -42,15 +48,18 @@ from tasks.storage.base import (
     redact_url,
     validate_key,
 )
-from tasks.storage.s3_errors import EXISTS_CODES, S3Errors, TranslatedBody, error_code
-from tasks.storage.s3_upload import S3Uploads, md5_etag
+from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
+from tasks.storage.s3_small import put_small
+from tasks.storage.s3_upload import S3Uploads
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 DEFAULT_REGION = "us-east-1"
-DELETE_BATCH = 1000  # the most one DeleteObjects call takes
+
+SSE_MODES = ("AES256", "aws:kms")
+"""Server-side encryption a PUT may ask for: S3-managed keys, or a KMS key."""
 
 DEFAULT_PROBE_TIMEOUT_S = 1.0
 
@@ -68,13 +77,25 @@ def validate_bucket_name(bucket: str) -> str:
     return bucket
 
 
+def _sse_args(sse: str | None, kms_key_id: str | None) -> dict[str, Any]:
+    if sse is not None and sse not in SSE_MODES:
+        raise InvalidInput(f"server-side encryption {sse!r}: expected {' or '.join(SSE_MODES)}")
+    if kms_key_id and sse != "aws:kms":
+        raise InvalidInput("a KMS key id is only used with server-side encryption aws:kms")
+    args: dict[str, Any] = {"ServerSideEncryption": sse} if sse else {}
+    if kms_key_id:
+        args["SSEKMSKeyId"] = kms_key_id
+    return args
+
+
 class S3Storage(RemoteStorage):
     """S3 storage. ``max_attempts`` is botocore's total attempts per request
     (1: every failure reaches the caller at once, who retries with its own
     backoff); ``connect_timeout_s``/``read_timeout_s`` bound how long one
     attempt waits to connect and, once connected, for each read of the
     answer; ``probe_timeout_s`` is both timeouts of ``probe`` (one attempt).
-    ``parallel_jobs`` sizes the connection pool."""
+    ``parallel_jobs`` sizes the connection pool. ``sse`` (``SSE_MODES``) and
+    ``sse_kms_key_id`` go on every PUT (``put_args``)."""
 
     def __init__(
         self,
@@ -87,9 +108,14 @@ class S3Storage(RemoteStorage):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InvalidInput(f"max_attempts must be >= 1, got {max_attempts}")
+        self._put_args = _sse_args(sse, sse_kms_key_id)
+        # Under SSE-KMS an ETag is not the MD5 of the bytes (the scrub compares them).
+        self._etags_are_md5 = sse != "aws:kms"
         self.bucket = validate_bucket_name(bucket)
         self.prefix = validate_key(prefix) if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
@@ -120,7 +146,14 @@ class S3Storage(RemoteStorage):
         )
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[S3Client, int]] = {}
-        self._uploads = S3Uploads(bucket, self._errors, self._client, self._full_key)
+        self._uploads = S3Uploads(
+            bucket, self._errors, self._client, self._full_key, self.put_args()
+        )
+
+    def put_args(self) -> dict[str, Any]:
+        """What every PUT of this storage carries besides its own arguments:
+        the server-side encryption asked for (none: the bucket's default)."""
+        return dict(self._put_args)
 
     def _client(self) -> S3Client:
         """One client per process, made on first use (clients are thread-safe;
@@ -154,23 +187,16 @@ class S3Storage(RemoteStorage):
         """A conditional PUT, then proof of what was stored (``s3_upload``)."""
         return self._uploads.upload_file(key, path, expected_size, digest)
 
-    def put_bytes(self, key: str, data: bytes) -> bool:
+    def create_bytes(self, key: str, data: bytes) -> bool:
         """A conditional PUT, verified by the ETag or else by reading it back."""
-        md5 = hashlib.md5(data, usedforsecurity=False)
         with self._errors(f"write {key}"):
-            try:
-                response = self._client().put_object(
-                    Bucket=self.bucket,
-                    Key=self._full_key(key),
-                    Body=data,
-                    ContentMD5=base64.b64encode(md5.digest()).decode(),
-                    IfNoneMatch="*",
-                )
-            except ClientError as exc:
-                if error_code(exc) in EXISTS_CODES:
-                    return False
-                raise
-        if md5_etag(response) != md5.hexdigest() and self.read_bytes(key) != data:
+            created, etag = put_small(self._client(), self.bucket, self._full_key(key), data,
+                                      self.put_args(), create=True)  # fmt: skip
+        if not created:
+            return False
+        if etag != hashlib.md5(data, usedforsecurity=False).hexdigest() and (
+            self.read_bytes(key) != data
+        ):
             # Ours (If-None-Match created it): nobody else relies on it yet.
             self.delete(key)
             raise UploadCorrupted(f"{self.url}: write of {key} arrived corrupted; not kept")
@@ -218,8 +244,8 @@ class S3Storage(RemoteStorage):
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    etag = obj.get("ETag", "").strip('"') or None
-                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag)
+                    etag = obj.get("ETag", "").strip('"') if self._etags_are_md5 else ""
+                    yield ObjectInfo(obj["Key"][len(self._root) :], obj["Size"], etag or None)
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)
@@ -232,21 +258,22 @@ class S3Storage(RemoteStorage):
         with self._errors("probe"):
             self._probe_client().list_objects_v2(Bucket=self.bucket, Prefix=self._root, MaxKeys=1)
 
-    def delete_prefix(self, prefix: str) -> int:
-        objects = self.list(prefix)
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors(f"write {key}"):
+            put_small(self._client(), self.bucket, self._full_key(key), data, self.put_args(),
+                      create=False)  # fmt: skip
+
+    def delete_many(self, keys: Iterable[str]) -> int:
         deleted = 0
-        action = f"delete {prefix!r}"
+        action = "delete objects"
         with self._errors(action):
             client = self._client()
-            while True:
-                batch: list[ObjectIdentifierTypeDef] = [
-                    {"Key": self._root + info.key}
-                    for info in itertools.islice(objects, DELETE_BATCH)
-                ]
-                if not batch:
-                    return deleted
+            # Keys are checked as they come: a bad one stops before its batch.
+            full_keys = (self._full_key(key) for key in keys)
+            while batch := list(itertools.islice(full_keys, DELETE_BATCH)):
+                objects: list[ObjectIdentifierTypeDef] = [{"Key": key} for key in batch]
                 response = client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
                 )
                 if failed := response.get("Errors"):
                     first = failed[0]
@@ -257,6 +284,7 @@ class S3Storage(RemoteStorage):
                         first.get("Message", ""),
                     )
                 deleted += len(batch)
+        return deleted
 
     def close(self) -> None:
         with self._lock:

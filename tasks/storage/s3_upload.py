@@ -85,8 +85,9 @@ def _b64(raw: bytes) -> str:
 
 
 class S3Uploads:
-    """The uploads of one ``S3Storage``: ``client`` and ``full_key`` are its
-    own (one client per process; a key below the storage's prefix)."""
+    """The uploads of one ``S3Storage``: ``client``, ``full_key`` and
+    ``put_args`` are its own (one client per process; a key below the
+    storage's prefix; ``S3Storage.put_args``, for every PUT)."""
 
     def __init__(
         self,
@@ -94,11 +95,13 @@ class S3Uploads:
         errors: S3Errors,
         client: Callable[[], S3Client],
         full_key: Callable[[str], str],
+        put_args: Mapping[str, Any],
     ) -> None:
         self._bucket = bucket
         self._errors = errors
         self._client = client
         self._full_key = full_key
+        self._put_args = dict(put_args)
         self._warned_etag = False
 
     def upload_file(
@@ -124,6 +127,7 @@ class S3Uploads:
                         ChecksumSHA256=_b64(digest.sha256),
                         Metadata={SHA256_METADATA: digest.sha256_hex},
                         IfNoneMatch="*",
+                        **self._put_args,
                     )
                 except ClientError as exc:
                     code = error_code(exc)

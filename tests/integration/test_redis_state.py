@@ -412,6 +412,17 @@ def test_raise_backup_lsn_through_a_pipeline(state: RedisState, ttid: str) -> No
     assert pipe.execute() == ["0/3000000", "0/3000000"]
 
 
+def test_archive_start_only_rises_and_is_part_of_the_record(state: RedisState, ttid: str) -> None:
+    assert state.archive_start(ttid) is None
+    assert state.raise_archive_start(ttid, Lsn.parse("0/9000000")) == Lsn.parse("0/9000000")
+    assert state.raise_archive_start(ttid, Lsn.parse("0/5000000")) == Lsn.parse("0/9000000")
+    assert state.raise_archive_start(ttid, Lsn.parse("1/0")) == Lsn.parse("1/0")
+    assert state.archive_start(ttid) == Lsn.parse("1/0")
+    assert state.timeline(ttid).archive_start_lsn == Lsn.parse("1/0")
+    state.forget(ttid)
+    assert state.archive_start(ttid) is None
+
+
 # -- exact arithmetic above 2**53 --------------------------------------------------------
 
 

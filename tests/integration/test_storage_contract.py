@@ -33,6 +33,7 @@ from tasks.storage import (
     segment_key,
     timeline_prefix,
 )
+from tasks.storage.base import DELETE_BATCH
 from tasks.storage.local import LocalStorage
 from tasks.storage.s3 import S3Storage
 from tests.fixtures_s3 import MotoServer, make_bucket, s3_client
@@ -209,6 +210,34 @@ def test_delete_prefix_removes_only_that_timeline(storage: RemoteStorage, tmp_pa
     with pytest.raises(NotFound):
         storage.open_read(KEY)
     assert storage.delete_prefix(timeline_prefix(TIMELINE)) == 0
+
+
+def test_delete_many_takes_more_than_one_request_of_keys(storage: RemoteStorage) -> None:
+    """More keys than one S3 DeleteObjects takes (1,000), missing ones among
+    them; a bad key stops the call before its batch is sent."""
+    keys = [segment_key(TIMELINE, f"{n:024X}") for n in range(1, DELETE_BATCH + 4)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: storage.put_bytes(key, b"x"), keys))
+    other = segment_key(SIBLING, "000000010000000000000001")
+    storage.put_bytes(other, b"y")
+    never = segment_key(TIMELINE, "0000000100000000000000FF")
+    assert storage.delete_many([*keys, never]) == len(keys) + 1
+    assert [i.key for i in storage.list("")] == [other]
+    storage.put_bytes(KEY, b"z")
+    with pytest.raises(InvalidInput):
+        storage.delete_many([KEY, "../x"])
+    assert read_all(storage, KEY) == b"z"  # in the refused batch
+
+
+def test_put_bytes_replaces_an_object(storage: RemoteStorage) -> None:
+    key = timeline_prefix(TIMELINE) + "_retained"
+    storage.put_bytes(key, b"first")
+    storage.put_bytes(key, b"second, longer")
+    assert read_all(storage, key) == b"second, longer"
+    assert [(i.key, i.size) for i in storage.list("")] == [(key, 14)]
+    assert stored_files(storage) == [key]  # no temp file left beside it
+    with pytest.raises(InvalidInput):
+        storage.put_bytes("../x", b"no")
 
 
 def test_upload_with_the_callers_digest(

@@ -75,6 +75,11 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("WALBACKUP_REDIS_URL", "http://localhost"),
         ("WALBACKUP_BACKUP_ENABLED", "perhaps"),
         ("WALBACKUP_MAX_OFFLOADER_LAG_BYTES", "-5"),
+        ("WALBACKUP_S3_SSE", "aes256"),
+        ("WALBACKUP_S3_SSE", "aws:kms:dsse"),
+        ("WALBACKUP_S3_SSE", ""),
+        ("WALBACKUP_S3_SSE_KMS_KEY_ID", "alias/wal"),  # without WALBACKUP_S3_SSE=aws:kms
+        ("WALBACKUP_RETAIN_KEEP_SEGMENTS", "0"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -83,6 +88,19 @@ def test_invalid_value_names_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(InvalidInput, match=name):
         load_settings()
+
+
+def test_server_side_encryption(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.s3_sse, s.s3_sse_kms_key_id, s.retain_keep_segments) == (None, None, 1)
+    monkeypatch.setenv("WALBACKUP_S3_SSE", "AES256")
+    assert load_settings().s3_sse == "AES256"
+    monkeypatch.setenv("WALBACKUP_S3_SSE_KMS_KEY_ID", "alias/wal")
+    with pytest.raises(InvalidInput, match=r"WALBACKUP_S3_SSE_KMS_KEY_ID: .*aws:kms"):
+        load_settings()
+    monkeypatch.setenv("WALBACKUP_S3_SSE", "aws:kms")
+    s = load_settings()
+    assert (s.s3_sse, s.s3_sse_kms_key_id) == ("aws:kms", "alias/wal")
 
 
 def test_node_id_requires_workdir(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,6 +51,7 @@ def test_the_json_is_what_status_always_printed() -> None:
                 "reason": "elected 2 of [1, 2]",
                 "lease_holder": 2,
                 "timeline_start_lsn": "0/1000000",
+                "archive_start_lsn": None,
                 "wal_seg_size": SEG,
                 "last_error": None,
                 "peers": [
@@ -104,6 +105,7 @@ def test_an_unknown_timeline_is_all_nulls() -> None:
         "reason": "",
         "lease_holder": None,
         "timeline_start_lsn": None,
+        "archive_start_lsn": None,
         "wal_seg_size": None,
         "last_error": None,
         "peers": [],
@@ -135,3 +137,12 @@ def test_archived_lsn_is_the_newest_partial_upload_or_backup_lsn() -> None:
     # A partial below backup_lsn (its segment since archived complete) shows backup_lsn.
     old = _record(archived_lsn=Lsn(3 * SEG + 5))
     assert TimelineStatus.from_records(TTID, old, peers, NOW, 5.0).archived_lsn == Lsn(4 * SEG)
+
+
+def test_a_retained_archive_shows_where_it_starts_and_the_storage_heads_the_json() -> None:
+    row = TimelineStatus.from_records(TTID, _record(archive_start_lsn=Lsn(3 * SEG)), [], NOW, 5.0)
+    assert row.as_dict()["archive_start_lsn"] == "0/3000000"
+    storage = {"url": "s3://bucket/wal", "sse": "aws:kms", "sse_kms_key_id": "alias/wal"}
+    document = status_json([row], storage)
+    assert list(document) == ["storage", "timelines"]
+    assert document["storage"] == storage

@@ -1,0 +1,42 @@
+"""Small objects on S3 (ledger pages, the retention marker): one PUT with Content-MD5."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from tasks.storage.s3_errors import EXISTS_CODES, error_code
+from tasks.storage.s3_upload import md5_etag
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def put_small(
+    client: S3Client,
+    bucket: str,
+    full_key: str,
+    data: bytes,
+    put_args: Mapping[str, Any],
+    *,
+    create: bool,
+) -> tuple[bool, str | None]:
+    """PUT ``data`` with the storage's ``put_args`` (server-side encryption);
+    with ``create``, only if the key is free (``If-None-Match: *``): whether
+    it was stored, and the MD5 ETag the server answered (``None`` when the
+    ETag is no MD5). Other botocore errors reach the caller's translation."""
+    md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+    extra: dict[str, Any] = {**put_args, **({"IfNoneMatch": "*"} if create else {})}
+    try:
+        response = client.put_object(
+            Bucket=bucket, Key=full_key, Body=data, ContentMD5=md5, **extra
+        )
+    except ClientError as exc:
+        if create and error_code(exc) in EXISTS_CODES:
+            return False, None
+        raise
+    return True, md5_etag(response)
