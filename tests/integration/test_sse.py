@@ -100,8 +100,10 @@ def test_a_node_encrypts_what_it_uploads_and_status_says_so(
     storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
     assert isinstance(storage, S3Storage)
     objects = [i.key for i in storage.list(timeline_prefix(ttid))]
-    assert len(objects) == 4  # segments 2-4 and the _retained marker
-    for key in objects:
+    wal = [k for k in objects if "/_ledger/" not in k]
+    assert len(wal) == 4  # segments 2-4 and the _retained marker
+    assert any("/_ledger/deleted-" in k for k in objects)  # the retain, recorded
+    for key in objects:  # the ledger's objects too
         assert head(moto_server, storage, key) == ("aws:kms", kms_key), key
 
     status = walbackup("status", redis_url=cluster.redis_url, **env)
