@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     """Delete complete local segments below the removal horizon (``tasks.core.horizon``)."""
     wal_keep_segments: int = Field(default=1, ge=0)
     """Complete segments below backup_lsn that removal keeps on the node."""
+    wal_header_check: bool = True
+    """Upload a complete segment only if its first page is a valid PostgreSQL
+    long page header for it, with the timeline's system identifier
+    (``tasks.backup.walheader``); false for payloads that are not WAL."""
 
     @field_validator("wal_seg_size")
     @classmethod

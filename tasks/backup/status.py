@@ -68,6 +68,8 @@ class TimelineStatus:
     lease_holder: int | None
     timeline_start_lsn: Lsn | None
     wal_seg_size: int | None
+    system_id: int | None
+    """The PostgreSQL system identifier of its WAL (``tasks.backup.walheader``)."""
     last_error: str | None
     peers: tuple[PeerStatus, ...]
 
@@ -97,6 +99,7 @@ class TimelineStatus:
             # 0/0 is shown as unknown (null), as status always did.
             timeline_start_lsn=record.timeline_start_lsn or None,
             wal_seg_size=record.wal_seg_size,
+            system_id=record.system_id,
             last_error=record.last_error or None,
             peers=tuple(
                 PeerStatus(
@@ -126,6 +129,8 @@ class TimelineStatus:
             "lease_holder": self.lease_holder,
             "timeline_start_lsn": _lsn_text(self.timeline_start_lsn),
             "wal_seg_size": self.wal_seg_size,
+            # A string: 64 bits, which JSON readers that use doubles would round.
+            "system_id": str(self.system_id) if self.system_id is not None else None,
             "last_error": self.last_error,
             "peers": [p.as_dict() for p in self.peers],
         }

@@ -16,6 +16,9 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
    ``tasks/backup/uploader.py`` ``Uploader.upload``:
    ``RedisState.start_upload`` (Lua ``start_upload.lua``: still our lease?),
    ``tasks/state/workdir.py`` ``Workdir.segment_path``;
+   ``tasks/backup/walheader.py`` ``HeaderCheck.check``: the first page's
+   WAL header (``tasks/core/walpage.py`` ``check_long_header``) and the
+   timeline's system identifier (``RedisState.record_system_id``);
 5. ``tasks/backup/agreement.py`` ``Agreement.verify``: ``holders``
    (``RedisState.peers``), ``_read_copy`` (``tasks/storage/base.py``
    ``digest_segment_file``), ``_check`` (``Copies.publish_own``,
@@ -31,7 +34,7 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
    ``saturated``) is returned for ``upload_segment`` to upload next, the others
    go to ``UploadTasks.hand_out``;
 9. the node thread: ``tasks/backup/heartbeats.py`` ``Heartbeats.round``
-   (``RedisState.backup_and_offloader``) → ``Workdir.record_backup_lsn``:
+   (``RedisState.cluster_facts``) → ``Workdir.record_cluster_state``:
    ``backup_lsn`` in the timeline's state file.
 
 A failure on the way: ``upload_segment`` → ``NodeService.failed`` →
@@ -52,6 +55,7 @@ from tasks.backup.handoff import UploadTasks
 from tasks.backup.leases import Leases, claim_timeout_ms
 from tasks.backup.retries import UploadRef
 from tasks.backup.retrying import InFlight
+from tasks.backup.walheader import HeaderCheck
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import BACKED_UP_SEGMENTS, UPLOAD_SECONDS, UPLOADED_BYTES
@@ -96,6 +100,7 @@ class Uploader:
         leases: Leases,
         tasks: UploadTasks,
         agreement: Agreement,
+        headers: HeaderCheck,
         in_flight: InFlight,
         timeline: Callable[[str], TimelineState | None],
     ) -> None:
@@ -106,6 +111,7 @@ class Uploader:
         self.leases = leases
         self.tasks = tasks
         self.agreement = agreement
+        self.headers = headers
         self.in_flight = in_flight
         self.timeline = timeline
 
@@ -143,6 +149,8 @@ class Uploader:
         name = xlog_file_name(segno, seg_size)
         path = self.disk.segment_path(parsed, segno, seg_size)
         upload_started = time.monotonic()
+        header = self.headers.check(ttid, segno, seg_size, path, name)
+        log.debug("Timeline %s: uploading %s, first page %s", ttid, name, header)
         digest = self.agreement.verify(ttid, segno, seg_size, path, name)
         # Tracked while the upload runs: the node thread re-sends it if
         # storage heals meanwhile (``Retrying._hedge``).

@@ -3,7 +3,8 @@
 walbackup:timelines          ZSET   registered timeline ids -> registration time
 walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size,
                                     offloader, reason, epoch, holder, last_error,
-                                    archived_lsn (end of the newest partial upload)
+                                    archived_lsn (end of the newest partial upload),
+                                    system_id (of the WAL's first checked segment)
 walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)

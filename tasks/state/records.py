@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
@@ -23,6 +23,8 @@ class TimelineRecord:
     last_error: str
     archived_lsn: Lsn | None = None
     """End of the newest partial segment upload (``commit_partial.lua``)."""
+    system_id: int | None = None
+    """The PostgreSQL system identifier its WAL carries (``tasks.backup.walheader``)."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -43,7 +45,16 @@ class TimelineRecord:
             holder=num("holder"),
             last_error=raw.get("last_error", ""),
             archived_lsn=lsn("archived_lsn"),
+            system_id=num("system_id"),
         )
+
+
+class ClusterFacts(NamedTuple):
+    """What a node's heartbeat round learns back about one timeline."""
+
+    backup_lsn: Lsn | None
+    offloader: int | None
+    system_id: int | None
 
 
 def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:
