@@ -61,6 +61,9 @@ class Copies:
         self.state = state
         self.header_check = header_check
         """``WALBACKUP_WAL_HEADER_CHECK``: check each copy's header as it is hashed."""
+        self._checked_system_id: dict[str, int | None] = {}
+        """Per timeline, the system id its hashed copies' headers were checked
+        against (``refresh`` only, in one thread)."""
         self._lock = threading.Lock()
         self._digests: dict[str, dict[int, tuple[StatKey, str]]] = {}
         self._damaged: dict[str, dict[int, tuple[StatKey | None, str]]] = {}
@@ -183,6 +186,8 @@ class Copies:
                 stale += [(ttid, s) for s in known if s < lo or s >= hi]
                 for s in [s for s in known if s < lo or s >= hi]:
                     del known[s]
+            # The system id became known (or changed) since these were hashed.
+            recheck = self.header_check and self._checked_system_id.get(ttid) != st.system_id
             for segno in range(lo, hi):
                 if budget <= 0 or ttid in uploading:
                     break
@@ -190,7 +195,11 @@ class Copies:
                 key = stat_key(path)
                 with self._lock:
                     current = known.get(segno)
-                if key is None or (current is not None and current[0] == key):
+                if key is None:
+                    continue
+                if current is not None and current[0] == key:
+                    if recheck and key[0] == seg and (first := _first_page(path)) is not None:
+                        self._check_header(ttid, segno, path, first, st)
                     continue
                 try:
                     hexdigest, first_page = _sha256_file(path)
@@ -204,9 +213,12 @@ class Copies:
                 with self._lock:
                     known[segno] = (key, hexdigest)
                 fresh.append((ttid, segno, hexdigest))
+            else:
+                self._checked_system_id[ttid] = st.system_id  # every copy was looked at
         with self._lock:
             for gone in self._digests.keys() - timelines.keys():
                 stale += [(gone, s) for s in self._digests.pop(gone)]
+                self._checked_system_id.pop(gone, None)
         self.state.publish_digests(self.node_id, fresh, stale)
         return hashed
 
@@ -222,6 +234,16 @@ class Copies:
         except InvalidWalHeader as exc:
             INVALID_WAL_HEADERS.inc()
             self.mark_damaged(ttid, segno, path, f"invalid WAL page header: {exc}")
+
+
+def _first_page(path: Path) -> bytes | None:
+    """Its first ``LONG_HEADER_BYTES``; ``None`` if it cannot be read (then
+    the upload's own read reports it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(LONG_HEADER_BYTES)
+    except OSError:
+        return None
 
 
 def _sha256_file(path: Path) -> tuple[str, bytes]:
