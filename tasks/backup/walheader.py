@@ -5,10 +5,9 @@ PostgreSQL writes for it (``tasks.core.walpage.check_long_header``: a known
 magic, ``xlp_pageaddr`` the segment's start, ``xlp_seg_size`` the timeline's
 ``wal_seg_size``) carrying the timeline's system identifier: the first one
 recorded in Redis (HSETNX), as pgBackRest's archive-header-check holds WAL to
-its stanza's. Every node's state file keeps that identifier too
-(``tasks.backup.heartbeats``), so a Redis that lost it is given it back: by
-the heartbeats, and by this check, which offers the state file's identifier
-rather than the copy's.
+its stanza's. The heartbeats copy that identifier into every node's state
+file (``tasks.backup.heartbeats``), and give it back to a Redis that lost it;
+once there, it is what this check compares with, without a round trip.
 
 A copy that fails is marked damaged (``Copies.mark_damaged``): the node
 reports it in its heartbeat and another node with a valid copy is elected.
@@ -68,11 +67,10 @@ class HeaderCheck:
             return parse_long_header(first_page, start, seg_size)
         try:
             header = check_long_header(first_page, start, seg_size, None)
-            # Our state file's identifier first: after Redis lost its data,
-            # this restores the timeline's rather than recording this copy's.
             st = self.timeline(ttid)
-            known = st.system_id if st is not None else None
-            system_id = self.state.record_system_id(ttid, header.sysid if known is None else known)
+            system_id = st.system_id if st is not None else None
+            if system_id is None:  # not yet copied from Redis into our state file
+                system_id = self.state.record_system_id(ttid, header.sysid)
             return check_long_header(first_page, start, seg_size, system_id)
         except InvalidWalHeader as exc:
             INVALID_WAL_HEADERS.inc()

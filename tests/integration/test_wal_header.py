@@ -143,11 +143,14 @@ def test_the_system_id_survives_redis_losing_it(tmp_path: Path, state: RedisStat
     state.r.flushdb()
     node.heartbeat()  # the state file -> Redis
     assert state.timeline(str(TTID)).system_id == SYSID
-    # And the check itself offers the state file's identifier, not the copy's.
+    # The check compares with the state file's identifier: a copy with another
+    # one is refused even while Redis has none, and records nothing.
     state.r.flushdb()
     node.patch(2, 24, "<Q", FOREIGN)
     with pytest.raises(InvalidWalHeader, match="differs from the timeline's"):
         node.check(2)
+    assert state.timeline(str(TTID)).system_id is None
+    node.heartbeat()
     assert state.timeline(str(TTID)).system_id == SYSID
 
 
