@@ -97,8 +97,9 @@ class Heartbeats:
         self.backup_known.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
-        """Learn backup_lsn and offloader, publish, then per timeline: state
-        file, lag gauge, lease upkeep."""
+        """Learn backup_lsn, offloader and system id, publish, then per
+        timeline: state file, lag gauge, lease upkeep; then give Redis back
+        the system ids it lacks."""
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (

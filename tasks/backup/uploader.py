@@ -18,7 +18,8 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
    ``tasks/state/workdir.py`` ``Workdir.segment_path``;
    ``tasks/backup/walheader.py`` ``HeaderCheck.check``: the first page's
    WAL header (``tasks/core/walpage.py`` ``check_long_header``) and the
-   timeline's system identifier (``RedisState.record_system_id``);
+   timeline's system identifier (the state file's, else
+   ``RedisState.record_system_id``);
 5. ``tasks/backup/agreement.py`` ``Agreement.verify``: ``holders``
    (``RedisState.peers``), ``_read_copy`` (``tasks/storage/base.py``
    ``digest_segment_file``), ``_check`` (``Copies.publish_own``,
