@@ -3,7 +3,7 @@ in a private Redis. Times one full ``Elector.run_round()`` (the first, which
 records every result, and steady rounds, which find nothing changed), and one
 node's heartbeat round: a real ``NodeService`` over a WORKDIR of 10,000
 timeline directories publishing its PeerInfo (``publish_heartbeats``), reading
-back ``backup_and_offloader`` and doing its per-timeline upkeep.
+back ``cluster_facts`` and doing its per-timeline upkeep.
 
 One timeline in 100 has WAL to upload, so its offloader is kicked (a no-op
 here, counted); the others are caught up.

@@ -6,6 +6,7 @@
     │   ├── SegmentFileError      a local segment file is missing, short, oversized,
     │   │   │                     or changed while we hashed and sent it
     │   │   └── DamagedCopy       this node's copy is unreadable or outvoted by its peers'
+    │   │       └── InvalidWalHeader  its first page is no valid long page header for it
     │   ├── ChecksumMismatch      remote bytes differ from ours (split brain), or
     │   │                         a stored object fails its own checksum (corrupt)
     │   ├── NotFound              the remote object does not exist
@@ -70,6 +71,12 @@ class StorageUnavailable(Retryable):
 class DamagedCopy(SegmentFileError):
     """This node's copy of a segment cannot be archived: unreadable, or its
     bytes differ from those the other nodes agree on."""
+
+
+class InvalidWalHeader(DamagedCopy):
+    """A complete segment's first page is not a valid PostgreSQL long page
+    header for it (SPEC §5): the message names the field, what it holds and
+    what was expected."""
 
 
 class AgreementPending(Retryable):

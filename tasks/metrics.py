@@ -22,8 +22,13 @@ UPLOADED_BYTES = Counter("uploaded_bytes", "Bytes of WAL uploaded")
 DAMAGED_SEGMENTS = Gauge(
     "local_damaged_segments",
     "Segments at or above backup_lsn whose copy on this node is damaged "
-    "(wrong size, unreadable, or outvoted by the other nodes' copies)",
+    "(wrong size, unreadable, an invalid WAL page header, or outvoted by the other nodes' copies)",
     ["timeline"],
+)
+INVALID_WAL_HEADERS = Counter(
+    "invalid_wal_headers",
+    "Complete segment copies on this node refused for an invalid WAL page header "
+    "(each time one is found)",
 )
 ARCHIVE_PROBLEMS = Counter(
     "archive_problems",

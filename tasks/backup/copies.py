@@ -2,12 +2,14 @@
 for the agreement check (SPEC §4), and the copies found damaged.
 
 A copy is *damaged* when its file has a segment's name but the wrong size (the
-directory scan says so), cannot be read, or was outvoted by the other nodes'
-copies at upload time. A damage mark lasts while the file is unchanged (same
-size, mtime and inode): a repaired or replaced file is judged again. The
-lowest damaged segment at or above backup_lsn goes out in the node's heartbeat
-(``PeerInfo.damaged_lsn``), which keeps the node from being elected offloader
-while another node holds good copies.
+directory scan says so), cannot be read, has no valid WAL page header for it
+(checked here as it is hashed, and before upload: ``tasks.backup.walheader``),
+or was outvoted by the other nodes' copies at upload time. A damage mark lasts
+while the file is unchanged (same size, mtime and inode): a repaired or
+replaced file is judged again. The lowest damaged segment at or above
+backup_lsn goes out in the node's heartbeat (``PeerInfo.damaged_lsn``), which
+keeps the node from being elected offloader while another node holds good
+copies.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import redis
 
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.metrics import DAMAGED_SEGMENTS
+from tasks.core.walpage import LONG_HEADER_BYTES, check_long_header
+from tasks.errors import InvalidWalHeader
+from tasks.metrics import DAMAGED_SEGMENTS, INVALID_WAL_HEADERS
 from tasks.state.redis import RedisState
 from tasks.state.workdir import TimelineState
 from tasks.storage.base import CHUNK_BYTES
@@ -52,9 +56,14 @@ def stat_key(path: Path) -> StatKey | None:
 class Copies:
     """Thread-safe."""
 
-    def __init__(self, node_id: int, state: RedisState) -> None:
+    def __init__(self, node_id: int, state: RedisState, *, header_check: bool = True) -> None:
         self.node_id = node_id
         self.state = state
+        self.header_check = header_check
+        """``WALBACKUP_WAL_HEADER_CHECK``: check each copy's header as it is hashed."""
+        self._checked_system_id: dict[str, int | None] = {}
+        """Per timeline, the system id its hashed copies' headers were checked
+        against (``refresh`` only, in one thread)."""
         self._lock = threading.Lock()
         self._digests: dict[str, dict[int, tuple[StatKey, str]]] = {}
         self._damaged: dict[str, dict[int, tuple[StatKey | None, str]]] = {}
@@ -177,6 +186,8 @@ class Copies:
                 stale += [(ttid, s) for s in known if s < lo or s >= hi]
                 for s in [s for s in known if s < lo or s >= hi]:
                     del known[s]
+            # The system id became known (or changed) since these were hashed.
+            recheck = self.header_check and self._checked_system_id.get(ttid) != st.system_id
             for segno in range(lo, hi):
                 if budget <= 0 or ttid in uploading:
                     break
@@ -184,28 +195,63 @@ class Copies:
                 key = stat_key(path)
                 with self._lock:
                     current = known.get(segno)
-                if key is None or (current is not None and current[0] == key):
+                if key is None:
+                    continue
+                if current is not None and current[0] == key:
+                    if recheck and key[0] == seg and (first := _first_page(path)) is not None:
+                        self._check_header(ttid, segno, path, first, st)
                     continue
                 try:
-                    hexdigest = _sha256_file(path)
+                    hexdigest, first_page = _sha256_file(path)
                 except OSError as exc:
                     self.mark_damaged(ttid, segno, path, f"unreadable: {exc.strerror or exc}")
                     continue
+                if self.header_check and key[0] == seg:  # a wrong size is damage enough
+                    self._check_header(ttid, segno, path, first_page, st)
                 budget -= key[0]
                 hashed += 1
                 with self._lock:
                     known[segno] = (key, hexdigest)
                 fresh.append((ttid, segno, hexdigest))
+            else:
+                self._checked_system_id[ttid] = st.system_id  # every copy was looked at
         with self._lock:
             for gone in self._digests.keys() - timelines.keys():
                 stale += [(gone, s) for s in self._digests.pop(gone)]
+                self._checked_system_id.pop(gone, None)
         self.state.publish_digests(self.node_id, fresh, stale)
         return hashed
 
+    def _check_header(
+        self, ttid: str, segno: int, path: Path, first_page: bytes, st: TimelineState
+    ) -> None:
+        """Known damaged before this node is elected: ``check_long_header``
+        against the system identifier the state file has from Redis. The
+        digest is published all the same: it outvotes nobody."""
+        start = Lsn.from_segment(segno, 0, st.wal_seg_size)
+        try:
+            check_long_header(first_page, start, st.wal_seg_size, st.system_id)
+        except InvalidWalHeader as exc:
+            INVALID_WAL_HEADERS.inc()
+            self.mark_damaged(ttid, segno, path, f"invalid WAL page header: {exc}")
 
-def _sha256_file(path: Path) -> str:
+
+def _first_page(path: Path) -> bytes | None:
+    """Its first ``LONG_HEADER_BYTES``; ``None`` if it cannot be read (then
+    the upload's own read reports it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(LONG_HEADER_BYTES)
+    except OSError:
+        return None
+
+
+def _sha256_file(path: Path) -> tuple[str, bytes]:
+    """The SHA-256 hex of the file and its first ``LONG_HEADER_BYTES``."""
     digest = hashlib.sha256()
+    first = b""
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
+            first = first or chunk[:LONG_HEADER_BYTES]
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.hexdigest(), first

@@ -7,6 +7,9 @@ that lost its data learns the timelines again. What comes back per timeline:
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
   data recovers it from the nodes (at most ``STATE_WRITES_PER_HEARTBEAT`` a
   round), and kept in ``backup_known`` for the digester and the scrubber;
+- the system identifier of the timeline's WAL (``tasks.backup.walheader``),
+  copied into the state file likewise; a Redis that has none is given the
+  state file's;
 - the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``).
 """
 
@@ -98,34 +101,38 @@ class Heartbeats:
         self.offloaded.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
-        """Learn backup_lsn and offloader, publish, then per timeline: state
-        file, lag gauge, lease upkeep."""
+        """Learn backup_lsn, offloader and system id, publish, then per
+        timeline: state file, lag gauge, lease upkeep; then give Redis back
+        the system ids it lacks."""
         ttids = [str(st.ttid) for st in timelines]
-        known = self.state.backup_and_offloader(ttids)
+        known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
             self.backup_known,
-            {t: b for t, (b, _) in zip(ttids, known, strict=True)},
+            {t: facts.backup_lsn for t, facts in zip(ttids, known, strict=True)},
         )
         self.offloaded = {
-            t: b
-            for t, (b, offloader) in zip(ttids, known, strict=True)
-            if offloader == self.node_id and b is not None
+            t: facts.backup_lsn
+            for t, facts in zip(ttids, known, strict=True)
+            if facts.offloader == self.node_id and facts.backup_lsn is not None
         }
         if any(previous.get(t) is not None and b is None for t, b in self.backup_known.items()):
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
         writes = 0
-        for st, (backup_lsn, offloader) in zip(timelines, known, strict=True):
+        restore: dict[str, int] = {}
+        for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
-            if (
-                backup_lsn is not None
-                and backup_lsn > st.backup_lsn
-                and writes < STATE_WRITES_PER_HEARTBEAT
-            ):
+            if system_id is None and st.system_id is not None:
+                restore[ttid] = st.system_id
+            raise_backup = backup_lsn is not None and backup_lsn > st.backup_lsn
+            new_system_id = system_id is not None and system_id != st.system_id
+            if (raise_backup or new_system_id) and writes < STATE_WRITES_PER_HEARTBEAT:
                 writes += 1
                 try:
-                    self.disk.record_backup_lsn(st.ttid, backup_lsn)
+                    self.disk.record_cluster_state(
+                        st.ttid, backup_lsn, system_id if new_system_id else None
+                    )
                 except (OSError, SegmentFileError) as exc:
                     # A full or failing disk must not stop heartbeats and
                     # lease renewals: Redis still has backup_lsn.
@@ -134,3 +141,4 @@ class Heartbeats:
                 lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
                 BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
             self.keep_lease(ttid, offloader)
+        self.state.restore_system_ids(restore)

@@ -47,6 +47,7 @@ from tasks.backup.removal import WalRemoval
 from tasks.backup.retries import RetryPark, UploadRef
 from tasks.backup.retrying import InFlight, Retrying
 from tasks.backup.uploader import Uploader
+from tasks.backup.walheader import HeaderCheck
 from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import BrokerUnavailable
@@ -86,7 +87,7 @@ class NodeService:
         self._digest_wake = threading.Event()
         self._redis_failed = False  # a heartbeat round failed since the last success
         self._complain = Complaints(log, node_id)
-        self.copies = Copies(node_id, state)
+        self.copies = Copies(node_id, state, header_check=settings.wal_header_check)
         self.health = StorageHealth(storage.probe)
         # As many threads as app.py gives the pool: with as many upload tasks
         # running, a segment sent to the queue only waits there.
@@ -122,6 +123,7 @@ class NodeService:
             leases=self.leases,
             tasks=self.tasks,
             agreement=Agreement(settings, state, self.disk, self.copies, storage.needs_md5),
+            headers=HeaderCheck(settings, state, self.copies, self._timeline),
             in_flight=in_flight,
             timeline=self._timeline,
         )

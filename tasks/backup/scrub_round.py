@@ -17,9 +17,9 @@ def scrub_round(state: RedisState, send: SendScrub, batch_size: int = 1000) -> i
     total = state.registered_count()
     for start in range(0, total, batch_size):
         batch = state.registered(start, start + batch_size - 1)
-        for ttid, (backup, offloader) in zip(batch, state.backup_and_offloader(batch), strict=True):
-            if backup is not None and offloader is not None:
-                by_node.setdefault(offloader, []).append(ttid)
+        for ttid, facts in zip(batch, state.cluster_facts(batch), strict=True):
+            if facts.backup_lsn is not None and facts.offloader is not None:
+                by_node.setdefault(facts.offloader, []).append(ttid)
     for node_id, ttids in sorted(by_node.items()):
         for i in range(0, len(ttids), batch_size):
             send(node_id, ttids[i : i + batch_size])

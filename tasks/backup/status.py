@@ -74,6 +74,8 @@ class TimelineStatus:
     archive_start_lsn: Lsn | None
     """Where the archive starts after ``walbackup retain``; ``None``: never retained."""
     wal_seg_size: int | None
+    system_id: int | None
+    """The PostgreSQL system identifier of its WAL (``tasks.backup.walheader``)."""
     last_error: str | None
     peers: tuple[PeerStatus, ...]
 
@@ -106,6 +108,7 @@ class TimelineStatus:
             timeline_start_lsn=record.timeline_start_lsn or None,
             archive_start_lsn=record.archive_start_lsn,
             wal_seg_size=record.wal_seg_size,
+            system_id=record.system_id,
             last_error=record.last_error or None,
             peers=tuple(
                 PeerStatus(
@@ -138,6 +141,8 @@ class TimelineStatus:
             "timeline_start_lsn": _lsn_text(self.timeline_start_lsn),
             "archive_start_lsn": _lsn_text(self.archive_start_lsn),
             "wal_seg_size": self.wal_seg_size,
+            # A string: 64 bits, which JSON readers that use doubles would round.
+            "system_id": str(self.system_id) if self.system_id is not None else None,
             "last_error": self.last_error,
             "peers": [p.as_dict() for p in self.peers],
         }

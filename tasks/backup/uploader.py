@@ -16,6 +16,10 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
    ``tasks/backup/uploader.py`` ``Uploader.upload``:
    ``RedisState.start_upload`` (Lua ``start_upload.lua``: still our lease?),
    ``tasks/state/workdir.py`` ``Workdir.segment_path``;
+   ``tasks/backup/walheader.py`` ``HeaderCheck.check``: the first page's
+   WAL header (``tasks/core/walpage.py`` ``check_long_header``) and the
+   timeline's system identifier (the state file's, else
+   ``RedisState.record_system_id``);
 5. ``tasks/backup/agreement.py`` ``Agreement.verify``: ``holders``
    (``RedisState.peers``), ``_read_copy`` (``tasks/storage/base.py``
    ``digest_segment_file``), ``_check`` (``Copies.publish_own``,
@@ -31,7 +35,7 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
    ``saturated``) is returned for ``upload_segment`` to upload next, the others
    go to ``UploadTasks.hand_out``;
 9. the node thread: ``tasks/backup/heartbeats.py`` ``Heartbeats.round``
-   (``RedisState.backup_and_offloader``) → ``Workdir.record_backup_lsn``:
+   (``RedisState.cluster_facts``) → ``Workdir.record_cluster_state``:
    ``backup_lsn`` in the timeline's state file.
 
 A failure on the way: ``upload_segment`` → ``NodeService.failed`` →
@@ -52,8 +56,9 @@ from tasks.backup.handoff import UploadTasks
 from tasks.backup.leases import Leases, claim_timeout_ms
 from tasks.backup.retries import UploadRef
 from tasks.backup.retrying import InFlight
+from tasks.backup.walheader import HeaderCheck
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LedgerEntry
+from tasks.core.ledger import LedgerEntry, facts_of
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import BACKED_UP_SEGMENTS, UPLOAD_SECONDS, UPLOADED_BYTES
 from tasks.state.redis import CommitRefused, RedisState
@@ -97,6 +102,7 @@ class Uploader:
         leases: Leases,
         tasks: UploadTasks,
         agreement: Agreement,
+        headers: HeaderCheck,
         in_flight: InFlight,
         timeline: Callable[[str], TimelineState | None],
     ) -> None:
@@ -107,6 +113,7 @@ class Uploader:
         self.leases = leases
         self.tasks = tasks
         self.agreement = agreement
+        self.headers = headers
         self.in_flight = in_flight
         self.timeline = timeline
 
@@ -144,6 +151,7 @@ class Uploader:
         name = xlog_file_name(segno, seg_size)
         path = self.disk.segment_path(parsed, segno, seg_size)
         upload_started = time.monotonic()
+        header = self.headers.check(ttid, segno, seg_size, path, name)
         digest = self.agreement.verify(ttid, segno, seg_size, path, name)
         # Tracked while the upload runs: the node thread re-sends it if
         # storage heals meanwhile (``Retrying._hedge``).
@@ -157,7 +165,7 @@ class Uploader:
         # Only a verified upload is committed, with what was verified (the
         # ledger); backup_lsn moves only over a run of finished segments
         # (ordered commit, in the Lua).
-        entry = LedgerEntry(result.size, result.sha256_hex, result.md5_hex)
+        entry = LedgerEntry(result.size, result.sha256_hex, result.md5_hex, facts_of(header))
         st = self.timeline(ttid)
         try:
             if st is None or st.commit_lsn is None or st.wal_seg_size != seg_size:

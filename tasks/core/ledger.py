@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tasks.core.segments import parse_xlog_file_name, xlog_file_name
-from tasks.core.walpage import parse_long_header
+from tasks.core.walpage import LongHeader, parse_long_header
 from tasks.errors import InvalidInput
 
 LEDGER_DIR = "_ledger"
@@ -83,12 +83,16 @@ class LedgerEntry:
             raise InvalidInput(f"malformed ledger entry {dict(body)!r}: {exc}") from exc
 
 
-def wal_facts(first_page: bytes, seg_start_lsn: int, seg_size: int) -> WalFacts | None:
-    """The facts of a segment's long page header; ``None`` when it is not one."""
-    header = parse_long_header(first_page, seg_start_lsn, seg_size)
+def facts_of(header: LongHeader | None) -> WalFacts | None:
+    """What the ledger records of a segment's long page header."""
     if header is None:
         return None
     return WalFacts(header.pg_version, header.tli, header.sysid, header.block_size)
+
+
+def wal_facts(first_page: bytes, seg_start_lsn: int, seg_size: int) -> WalFacts | None:
+    """The facts of a segment's long page header; ``None`` when it is not one."""
+    return facts_of(parse_long_header(first_page, seg_start_lsn, seg_size))
 
 
 def encode(entry: LedgerEntry) -> str:

@@ -14,12 +14,19 @@ last non-zero byte, MAXALIGNed (``end_in_page``). WAL records start
 MAXALIGNed and a flush position is a record's MAXALIGNed end, so that end is
 never past the writer's flush position; it can be below it only by trailing
 zero bytes of the last record, which the zero padding restores anyway.
+
+Before a complete segment is uploaded, ``check_long_header`` holds its first
+page to the long header PostgreSQL 13–17 writes for that segment (SPEC §5),
+naming the first field that is wrong.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from tasks.core.lsn import Lsn
+from tasks.errors import InvalidWalHeader
 
 XLOG_PAGE_MAGICS = {
     0xD097: 10,
@@ -32,6 +39,9 @@ XLOG_PAGE_MAGICS = {
     0xD116: 17,
 }
 """``XLOG_PAGE_MAGIC`` -> PostgreSQL major version."""
+KNOWN_PG_VERSIONS = range(min(XLOG_PAGE_MAGICS.values()), max(XLOG_PAGE_MAGICS.values()) + 1)
+SUPPORTED_PG_VERSIONS = range(13, 18)
+"""The versions whose complete segments ``check_long_header`` accepts."""
 
 XLP_FIRST_IS_CONTRECORD = 0x0001
 XLP_LONG_HEADER = 0x0002
@@ -39,6 +49,8 @@ XLP_ALL_FLAGS = 0x000F
 SHORT_HEADER_BYTES = 24
 LONG_HEADER_BYTES = 40
 MAXALIGN = 8
+BLOCK_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)
+"""``XLOG_BLCKSZ`` values PostgreSQL can be built with."""
 
 _SHORT = struct.Struct("<HHIQI")
 _LONG_TAIL = struct.Struct("<QII")
@@ -60,24 +72,68 @@ class LongHeader:
         return XLOG_PAGE_MAGICS[self.magic]
 
 
-def parse_long_header(page: bytes, seg_start_lsn: int, seg_size: int) -> LongHeader | None:
-    """The segment's first page header, if it is a valid long header for a
-    segment starting at ``seg_start_lsn`` of ``seg_size`` bytes; else ``None``."""
-    if len(page) < LONG_HEADER_BYTES:
-        return None
-    magic, info, tli, pageaddr, _rem = _SHORT.unpack_from(page)
-    sysid, hdr_seg_size, block_size = _LONG_TAIL.unpack_from(page, SHORT_HEADER_BYTES)
-    if (
-        magic not in XLOG_PAGE_MAGICS
-        or info & ~XLP_ALL_FLAGS
-        or not info & XLP_LONG_HEADER
-        or tli == 0
-        or pageaddr != seg_start_lsn
-        or hdr_seg_size != seg_size
-        or block_size not in (1024, 2048, 4096, 8192, 16384, 32768)
-    ):
-        return None
+def check_long_header(
+    first_page: bytes,
+    seg_start_lsn: int,
+    seg_size: int,
+    expected_sysid: int | None,
+    *,
+    versions: range = SUPPORTED_PG_VERSIONS,
+) -> LongHeader:
+    """The long header at the start of ``first_page`` (40 bytes suffice), if
+    it is valid for the segment starting at ``seg_start_lsn`` of ``seg_size``
+    bytes and, unless ``expected_sysid`` is ``None``, carries that system
+    identifier. Else raises ``InvalidWalHeader`` naming the first wrong field
+    with what it holds and what was expected (the caller adds the file)."""
+    if len(first_page) < LONG_HEADER_BYTES:
+        raise InvalidWalHeader(
+            f"too short: {len(first_page)} bytes, a long page header is {LONG_HEADER_BYTES}"
+        )
+    magic, info, tli, pageaddr, _rem = _SHORT.unpack_from(first_page)
+    sysid, hdr_seg_size, block_size = _LONG_TAIL.unpack_from(first_page, SHORT_HEADER_BYTES)
+    if XLOG_PAGE_MAGICS.get(magic) not in versions:
+        known = f" (PostgreSQL {XLOG_PAGE_MAGICS[magic]})" if magic in XLOG_PAGE_MAGICS else ""
+        raise InvalidWalHeader(
+            f"xlp_magic 0x{magic:04X}{known} is not a PostgreSQL "
+            f"{versions[0]}–{versions[-1]} WAL page"
+        )
+    if info & ~XLP_ALL_FLAGS:
+        raise InvalidWalHeader(f"xlp_info 0x{info:04X} has unknown flag bits")
+    if not info & XLP_LONG_HEADER:
+        raise InvalidWalHeader(
+            f"xlp_info 0x{info:04X} lacks XLP_LONG_HEADER: not a segment's first page"
+        )
+    if tli == 0:
+        raise InvalidWalHeader("xlp_tli 0 is not a timeline")
+    if pageaddr != seg_start_lsn:
+        raise InvalidWalHeader(
+            f"xlp_pageaddr {Lsn(pageaddr)}, expected {Lsn(seg_start_lsn)} (the segment's start)"
+        )
+    if hdr_seg_size != seg_size:
+        raise InvalidWalHeader(
+            f"xlp_seg_size {hdr_seg_size}, expected {seg_size} "
+            "(the timeline's wal_seg_size, WALBACKUP_WAL_SEG_SIZE)"
+        )
+    if block_size not in BLOCK_SIZES:
+        raise InvalidWalHeader(
+            f"xlp_xlog_blcksz {block_size} is not a power of two from "
+            f"{BLOCK_SIZES[0]} to {BLOCK_SIZES[-1]}"
+        )
+    if expected_sysid is not None and sysid != expected_sysid:
+        raise InvalidWalHeader(
+            f"system identifier {sysid} differs from the timeline's {expected_sysid}"
+        )
     return LongHeader(magic, tli, pageaddr, sysid, hdr_seg_size, block_size)
+
+
+def parse_long_header(page: bytes, seg_start_lsn: int, seg_size: int) -> LongHeader | None:
+    """The segment's first page header, if it is a valid long header (of any
+    known version) for a segment starting at ``seg_start_lsn`` of ``seg_size``
+    bytes; else ``None``."""
+    try:
+        return check_long_header(page, seg_start_lsn, seg_size, None, versions=KNOWN_PG_VERSIONS)
+    except InvalidWalHeader:
+        return None
 
 
 def page_valid(header: bytes, first: LongHeader, page_lsn: int) -> bool:

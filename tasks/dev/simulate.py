@@ -5,12 +5,16 @@ do: ``WORKDIR/TENANT/TIMELINE/NAME.partial`` grows in 1 MiB chunks and is
 renamed to ``NAME`` once it holds ``seg_size`` bytes. Every node receives the
 same bytes for a segment, derived deterministically from ``(ttid, segno)`` so
 that any copy, local or remote, can be checked with ``segment_matches`` or
-``expected_segment_bytes``.
+``expected_segment_bytes``. Each segment starts with the long page header a
+PostgreSQL 15 server with ``simulated_system_id(ttid)`` would write for it
+(``simulated_header``), so it passes the upload's WAL header check; the rest
+is random.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import threading
@@ -20,12 +24,17 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
 from tasks.core.segments import PARTIAL_SUFFIX, validate_seg_size, xlog_file_name
+from tasks.core.walpage import LongHeader, make_page_header
 from tasks.errors import InvalidInput
 from tasks.fsutil import fsync_dir
 
 BLOCK_SIZE = 1 << 20
 """Unit of generation and of writing; divides every valid ``seg_size``."""
+
+PG15_MAGIC = 0xD110
+PG_BLOCK_SIZE = 8192
 
 _STRIDE = 7919
 """Odd, so block ``i`` of a segment is the seed block rotated by a distinct
@@ -39,12 +48,27 @@ class SegmentWritten(NamedTuple):
     path: Path
 
 
+def simulated_system_id(ttid: TenantTimelineId) -> int:
+    """The PostgreSQL system identifier of a simulated timeline's WAL."""
+    digest = hashlib.sha256(f"walbackup-simulate/{ttid}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def simulated_header(ttid: TenantTimelineId, segno: int, seg_size: int) -> LongHeader:
+    """The long page header a simulated segment starts with (PostgreSQL 15, 8 KiB pages)."""
+    start = Lsn.from_segment(segno, 0, seg_size)
+    return LongHeader(PG15_MAGIC, 1, start, simulated_system_id(ttid), seg_size, PG_BLOCK_SIZE)
+
+
 def iter_segment_blocks(ttid: TenantTimelineId, segno: int, seg_size: int) -> Iterator[bytes]:
     """The simulated content of a segment, as ``seg_size // BLOCK_SIZE`` blocks."""
     seed = random.Random(f"walbackup-simulate/{ttid}/{segno}").randbytes(BLOCK_SIZE)
+    first = simulated_header(ttid, segno, seg_size)
+    header = make_page_header(first, first.pageaddr)
     for i in range(validate_seg_size(seg_size) // BLOCK_SIZE):
         offset = i * _STRIDE % BLOCK_SIZE
-        yield seed[offset:] + seed[:offset]
+        block = seed[offset:] + seed[:offset]
+        yield header + block[len(header) :] if i == 0 else block
 
 
 def expected_segment_bytes(ttid: TenantTimelineId, segno: int, seg_size: int) -> bytes:

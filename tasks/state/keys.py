@@ -5,7 +5,8 @@ walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size
                                     offloader, reason, epoch, holder, last_error,
                                     archived_lsn (end of the newest partial upload),
                                     verified_lsn, archive_problems (the scrubber's),
-                                    archive_start_lsn (set by `walbackup retain`)
+                                    archive_start_lsn (set by `walbackup retain`),
+                                    system_id (of the WAL's first checked segment)
 walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
@@ -29,6 +29,8 @@ class TimelineRecord:
     """Problems the scrubber's last pass left open."""
     archive_start_lsn: Lsn | None = None
     """Where the archive starts after ``walbackup retain`` (``raise_archive_start.lua``)."""
+    system_id: int | None = None
+    """The PostgreSQL system identifier its WAL carries (``tasks.backup.walheader``)."""
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TimelineRecord:
@@ -52,7 +54,16 @@ class TimelineRecord:
             verified_lsn=lsn("verified_lsn"),
             archive_problems=num("archive_problems"),
             archive_start_lsn=lsn("archive_start_lsn"),
+            system_id=num("system_id"),
         )
+
+
+class ClusterFacts(NamedTuple):
+    """What a node's heartbeat round learns back about one timeline."""
+
+    backup_lsn: Lsn | None
+    offloader: int | None
+    system_id: int | None
 
 
 def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:

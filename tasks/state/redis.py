@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -30,7 +30,7 @@ from tasks.state.keys import (
     tl_key,
 )
 from tasks.state.lua import Scripts
-from tasks.state.records import PeerRecord, TimelineRecord
+from tasks.state.records import ClusterFacts, PeerRecord, TimelineRecord
 from tasks.state.window import CommitRefused, LeaseWindow
 
 __all__ = ["CommitRefused", "RedisState"]
@@ -181,16 +181,37 @@ class RedisState(LeaseWindow, ArchiveRecords):
             for i in range(0, len(raw), 2)
         ]
 
-    def backup_and_offloader(self, ttids: Sequence[str]) -> list[tuple[Lsn | None, int | None]]:
+    def cluster_facts(self, ttids: Sequence[str]) -> list[ClusterFacts]:
+        """backup_lsn, offloader and system id of each of ``ttids``; one round trip."""
         pipe = self.r.pipeline(transaction=False)
         for ttid in ttids:
-            pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader"])
-        out: list[tuple[Lsn | None, int | None]] = []
-        for backup, offloader in pipe.execute():
-            out.append(
-                (Lsn.parse(backup) if backup else None, int(offloader) if offloader else None)
+            pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader", "system_id"])
+        return [
+            ClusterFacts(
+                Lsn.parse(backup) if backup else None,
+                int(offloader) if offloader else None,
+                int(system_id) if system_id else None,
             )
-        return out
+            for backup, offloader, system_id in pipe.execute()
+        ]
+
+    def record_system_id(self, ttid: str, system_id: int) -> int:
+        """The timeline's system identifier: the first one recorded (HSETNX),
+        which is ``system_id`` if there was none."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hsetnx(tl_key(ttid), "system_id", system_id)
+        pipe.hget(tl_key(ttid), "system_id")
+        _, recorded = pipe.execute()
+        return int(recorded) if recorded else system_id
+
+    def restore_system_ids(self, system_ids: Mapping[str, int]) -> None:
+        """Timelines' system identifiers from the nodes' state files, for a
+        Redis that lost them: set only where none is recorded; one round trip."""
+        if system_ids:
+            pipe = self.r.pipeline(transaction=False)
+            for ttid, system_id in system_ids.items():
+                pipe.hsetnx(tl_key(ttid), "system_id", system_id)
+            pipe.execute()
 
     def raise_backup_lsn(self, ttid: str, lsn: Lsn, pipe: Pipeline[str] | None = None) -> Any:
         return self._scripts.run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], pipe)

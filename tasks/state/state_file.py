@@ -1,14 +1,15 @@
 """The per-timeline state file ``walbackup.state``: its format, read and write (SPEC §3).
 
-JSON with a magic string, a version, ``wal_seg_size``, ``backup_lsn`` and
-the optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``),
-``partial_uploads`` (remote partial objects this node started uploading and has
-not garbage-collected, ``tasks.core.partials``) and ``removal_horizon_lsn``
-(``tasks.backup.removal``), sealed by the SHA-256 of the rest. Optional fields
-are added without a version bump: one is written only when set, a reader takes
-the fields it knows (the seal covers them all), and a missing one reads as
-unset. A directory written by ``pg_receivewal -D`` has no state file and works
-as is, with the configured ``wal_seg_size``.
+JSON with a magic string, a version, ``wal_seg_size``, ``backup_lsn`` and the
+optional ``timeline_start_lsn`` / ``commit_lsn`` (``%X/%X``),
+``partial_uploads`` (remote partial objects this node started uploading and
+has not garbage-collected, ``tasks.core.partials``), ``removal_horizon_lsn``
+(``tasks.backup.removal``) and ``system_id`` (the PostgreSQL system identifier
+the timeline's WAL carries, as Redis recorded it first), sealed by the SHA-256
+of the rest. Optional fields are added without a version bump: one is written
+only when set, a reader takes the fields it knows (the seal covers them all),
+and a missing one reads as unset. A directory written by ``pg_receivewal -D``
+has no state file and works as is, with the configured ``wal_seg_size``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class TimelineStateFile:
     removal_horizon_lsn: Lsn | None = None
     """Local WAL removal (``tasks.backup.removal``): complete segments below
     are deleted or being deleted; recorded before the deleting starts."""
+    system_id: int | None = None
+    """The timeline's system identifier (``tasks.backup.walheader``): kept
+    here so that Redis, losing its data, learns it back from the nodes."""
 
     def __post_init__(self) -> None:
         validate_seg_size(self.wal_seg_size)
@@ -62,6 +66,8 @@ class TimelineStateFile:
             body["partial_uploads"] = list(self.partial_uploads)
         if self.removal_horizon_lsn is not None:
             body["removal_horizon_lsn"] = str(self.removal_horizon_lsn)
+        if self.system_id is not None:
+            body["system_id"] = self.system_id
         body["sha256"] = _body_digest(body)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -93,6 +99,7 @@ class TimelineStateFile:
                 commit_lsn=_optional_lsn(body.get("commit_lsn")),
                 partial_uploads=_names(body.get("partial_uploads", [])),
                 removal_horizon_lsn=_optional_lsn(body.get("removal_horizon_lsn")),
+                system_id=_optional_u64(body.get("system_id")),
             )
         except KeyError as exc:
             raise bad(f"missing field {exc}") from None
@@ -111,6 +118,14 @@ def _optional_lsn(value: object) -> Lsn | None:
     if not isinstance(value, str):
         raise InvalidInput(f"malformed LSN {value!r}: expected %X/%X")
     return Lsn.parse(value)
+
+
+def _optional_u64(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise InvalidInput(f"system_id {value!r}: expected an unsigned 64-bit integer")
+    return value
 
 
 def _names(value: object) -> tuple[str, ...]:

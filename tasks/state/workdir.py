@@ -65,6 +65,8 @@ class TimelineState:
     """Segnos whose file has a segment's name but the wrong size."""
     removal_horizon_lsn: Lsn | None = None
     """As recorded in the state file (``tasks.backup.removal``)."""
+    system_id: int | None = None
+    """As recorded in the state file (``tasks.backup.walheader``)."""
 
 
 class ScanChanges(NamedTuple):
@@ -136,11 +138,20 @@ class Workdir:
     def record_backup_lsn(self, ttid: TenantTimelineId, lsn: Lsn) -> Lsn:
         """Raise the recorded ``backup_lsn`` to ``lsn``; never lowers it.
         Returns the value now stored."""
-        lsn = Lsn(lsn)
-        stored = self.update_state(
-            ttid, lambda s: replace(s, backup_lsn=lsn) if lsn > s.backup_lsn else s
-        )
-        return stored.backup_lsn
+        return self.record_cluster_state(ttid, lsn, None).backup_lsn
+
+    def record_cluster_state(
+        self, ttid: TenantTimelineId, backup_lsn: Lsn | None, system_id: int | None
+    ) -> TimelineStateFile:
+        """What Redis says of the timeline, kept for when Redis loses it: raise
+        ``backup_lsn`` (never lowered), set ``system_id``; ``None``: unchanged."""
+
+        def change(s: TimelineStateFile) -> TimelineStateFile:
+            if backup_lsn is not None and backup_lsn > s.backup_lsn:
+                s = replace(s, backup_lsn=Lsn(backup_lsn))
+            return s if system_id is None else replace(s, system_id=system_id)
+
+        return self.update_state(ttid, change)
 
     @contextlib.contextmanager
     def _timeline_lock(self, ttid: TenantTimelineId) -> Iterator[None]:
@@ -272,4 +283,5 @@ def _timeline_state(
         notes=scanned.notes,
         damaged=scanned.damaged,
         removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
+        system_id=recorded.system_id if recorded else None,
     )

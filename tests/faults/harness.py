@@ -11,6 +11,7 @@ process is still alive; progress resumed (the time it took is printed).
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.core.segments import parse_xlog_file_name, xlog_file_name
+from tasks.core.segments import PARTIAL_SUFFIX, parse_xlog_file_name, xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
@@ -33,6 +34,22 @@ NODES = (1, 2, 3)
 
 def seg_lsn(segno: int) -> Lsn:
     return Lsn.from_segment(segno, 0, SEG_SIZE)
+
+
+def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:
+    return workdir / ttid.tenant_id / ttid.timeline_id
+
+
+def write_segment(
+    workdir: Path, ttid: TenantTimelineId, segno: int, body: bytes, mode: int = 0o644
+) -> Path:
+    """As a WAL writer does: the .partial first, then the rename."""
+    final = timeline_dir(workdir, ttid) / xlog_file_name(segno, SEG_SIZE)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    partial.write_bytes(body)
+    partial.chmod(mode)
+    os.replace(partial, final)
+    return final
 
 
 def ttid_offloaded_by(node: int) -> TenantTimelineId:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.ids import TenantTimelineId
-from tasks.core.segments import PARTIAL_SUFFIX, xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate
 from tasks.state.state_file import read_state_file
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
@@ -27,6 +25,8 @@ from tests.faults.harness import (
     backed_up_timeline,
     seg_lsn,
     start_cluster,
+    timeline_dir,
+    write_segment,
 )
 
 pytestmark = pytest.mark.integration
@@ -35,22 +35,6 @@ pytestmark = pytest.mark.integration
 # Runs a node as root without the capabilities that let root read any file,
 # so that a file with mode 000 is unreadable to it, as to any other user.
 WITHOUT_DAC_BYPASS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
-
-
-def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:
-    return workdir / ttid.tenant_id / ttid.timeline_id
-
-
-def write_segment(
-    workdir: Path, ttid: TenantTimelineId, segno: int, body: bytes, mode: int = 0o644
-) -> Path:
-    """As a WAL writer does: the .partial first, then the rename."""
-    final = timeline_dir(workdir, ttid) / xlog_file_name(segno, SEG_SIZE)
-    partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    partial.write_bytes(body)
-    partial.chmod(mode)
-    os.replace(partial, final)
-    return final
 
 
 def damaged_bytes(good: bytes, damage: str) -> bytes:

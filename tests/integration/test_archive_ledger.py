@@ -20,10 +20,10 @@ from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.scrubber import DeepBudget, Scrubber
 from tasks.core.archive_check import Kind
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LEDGER_DIR, LedgerEntry, encode, wal_facts
+from tasks.core.ledger import LEDGER_DIR, LedgerEntry, WalFacts, encode, wal_facts
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.dev.simulate import expected_segment_bytes, simulate
+from tasks.dev.simulate import expected_segment_bytes, simulate, simulated_system_id
 from tasks.errors import LedgerConflict
 from tasks.metrics import ARCHIVE_VERIFIED_LSN
 from tasks.state.keys import ledger_key, tl_key
@@ -292,6 +292,9 @@ def test_the_pipeline_keeps_a_ledger_that_the_scrubber_and_verify_check(
     entries, conflicts = LedgerStore(storage).entries(ttid, SEG_SIZE, 0, 100)
     assert sorted(entries) == list(range(1, 21)) and not conflicts
     assert {e.source for e in entries.values()} == {"upload"}
+    # The header check's facts: what the simulator writes, a PostgreSQL 15 header.
+    facts = {e.wal for e in entries.values()}
+    assert facts == {WalFacts(15, 1, simulated_system_id(ttid), 8192)}
     assert cluster.state.timeline(str(ttid)).archive_problems == 0
     env = {k: v for k, v in cluster.env.items()}
     run = subprocess.run(

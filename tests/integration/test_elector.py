@@ -425,8 +425,8 @@ def test_run_round_elects_thousands_in_batches(
     assert batches == [1000, 1000, 500]
     assert elapsed < 15
 
-    results = state.backup_and_offloader(ttids)
-    for i, (ttid, (backup, offloader)) in enumerate(zip(ttids, results, strict=True)):
+    results = state.cluster_facts(ttids)
+    for i, (ttid, (backup, offloader, _)) in enumerate(zip(ttids, results, strict=True)):
         assert backup == seg(1)
         expected = determine_offloader(
             peers[ttid], seg(1), TenantTimelineId.parse(ttid).timeline_int, LAG
@@ -439,7 +439,7 @@ def test_run_round_elects_thousands_in_batches(
     assert set(kicked) == {t for i, t in enumerate(ttids) if i % 2}
     assert all(
         kicked[t] == offloader
-        for t, (_, offloader) in zip(ttids, results, strict=True)
+        for t, (_, offloader, _) in zip(ttids, results, strict=True)
         if t in kicked
     )
     assert set(kicked.values()) == {1, 2, 3}  # spread over the nodes

@@ -20,7 +20,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.partials import partial_object
 from tasks.core.segments import xlog_file_name
 from tasks.core.walpage import LongHeader, make_page_header
-from tasks.dev.simulate import simulate
+from tasks.dev.simulate import simulate, simulated_system_id
 from tasks.errors import NotFound
 from tasks.restore.fetch import fetch_or_partial
 from tasks.state.workdir import Workdir
@@ -34,11 +34,12 @@ TIMEOUT_S = 2.0
 PAGE = 8192
 
 
-def fake_wal(segno: int, end_offset: int) -> bytes:
+def fake_wal(ttid: TenantTimelineId, segno: int, end_offset: int) -> bytes:
     """A segment as PostgreSQL writes it up to ``end_offset``: valid page
-    headers, non-zero record bytes, then zeros (pg_receivewal's pre-allocation)."""
+    headers (with the simulator's system identifier, as the segments before),
+    non-zero record bytes, then zeros (pg_receivewal's pre-allocation)."""
     start = segno * SEG_SIZE
-    first = LongHeader(0xD110, 1, start, 7_000_000_000_000_000_001, SEG_SIZE, PAGE)
+    first = LongHeader(0xD110, 1, start, simulated_system_id(ttid), SEG_SIZE, PAGE)
     body = bytearray(os.urandom(SEG_SIZE).replace(b"\x00", b"\x01"))
     for page in range(0, SEG_SIZE, PAGE):
         header = make_page_header(first, start + page, rem_len=8 if page else 0)
@@ -101,7 +102,7 @@ def test_a_quiet_timelines_tail_is_archived_within_the_timeout_and_fetched(
 ) -> None:
     ttid = backed_up(cluster, offloader=1)
     end_offset = 5 * PAGE + 0x5A8  # pg_receivewal: pre-allocated, zeros after the WAL
-    data = fake_wal(3, end_offset)
+    data = fake_wal(ttid, 3, end_offset)
     write_partial(cluster, ttid, 3, data)
     written = time.monotonic()
     expected = partial_object(3, seg_lsn(3) + end_offset, SEG_SIZE).name
@@ -160,7 +161,7 @@ def test_superseded_partials_are_collected_and_a_reader_always_finds_one(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ttid = backed_up(cluster, offloader=2)
-    full = fake_wal(3, SEG_SIZE)
+    full = fake_wal(ttid, 3, SEG_SIZE)
     first, second = 3 * PAGE + 16, 9 * PAGE + 40
     names = [partial_object(3, seg_lsn(3) + o, SEG_SIZE).name for o in (first, second)]
     # A writer that appends: the file's length is the end of its WAL.

@@ -1,7 +1,8 @@
 """Point-in-time recovery of a real PostgreSQL from the archive alone, up to
 a last transaction that no WAL switch followed: ``pg_receivewal`` feeds the
-three node WORKDIRs, the tail segment reaches the archive only as a partial
-upload (``WALBACKUP_PARTIAL_UPLOAD_TIMEOUT=5``), and the restored server's
+three node WORKDIRs, every complete segment passes the WAL header check, the
+tail segment reaches the archive only as a partial upload
+(``WALBACKUP_PARTIAL_UPLOAD_TIMEOUT=5``), and the restored server's
 ``restore_command`` is ``walbackup fetch``."""
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def test_pitr_reaches_the_last_commit_without_a_wal_switch(
     tail_start = Lsn(end - end % SEG_SIZE)
     cluster.wait_backup(ttid, tail_start, timeout=60)
     assert cluster.backup_lsn(ttid) == tail_start  # the tail segment is not complete
+    # Every complete segment passed the WAL header check (on by default), which
+    # recorded the server's system identifier as the timeline's.
+    sysid = primary.sql("SELECT system_identifier FROM pg_control_system()")
+    assert cluster.state.timeline(str(ttid)).system_id == int(sysid)
     archived = wait_for(
         lambda: (
             (a := cluster.state.timeline(str(ttid)).archived_lsn) is not None and a >= end and a

@@ -34,6 +34,7 @@ def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert s.election_interval == 1
     assert s.backup_enabled is True
     assert s.metrics_port is None
+    assert s.wal_header_check is True
 
 
 def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -51,6 +52,7 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "WALBACKUP_ELECTION_INTERVAL": "0.5",
         "WALBACKUP_BACKUP_ENABLED": "false",
         "WALBACKUP_METRICS_PORT": "9187",
+        "WALBACKUP_WAL_HEADER_CHECK": "false",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -60,6 +62,7 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert s.effective_remote_storage == "s3://bucket/prefix"
     assert s.wal_seg_size == 1 << 30 and s.max_offloader_lag_bytes == 1 << 20
     assert (s.heartbeat_timeout, s.election_interval, s.backup_enabled) == (2.5, 0.5, False)
+    assert s.wal_header_check is False
 
 
 @pytest.mark.parametrize(
@@ -74,6 +77,7 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("WALBACKUP_METRICS_PORT", "70000"),
         ("WALBACKUP_REDIS_URL", "http://localhost"),
         ("WALBACKUP_BACKUP_ENABLED", "perhaps"),
+        ("WALBACKUP_WAL_HEADER_CHECK", "sometimes"),
         ("WALBACKUP_MAX_OFFLOADER_LAG_BYTES", "-5"),
         ("WALBACKUP_S3_SSE", "aes256"),
         ("WALBACKUP_S3_SSE", "aws:kms:dsse"),

@@ -12,6 +12,7 @@ import pytest
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
+from tasks.core.walpage import check_long_header
 from tasks.dev.simulate import (
     BLOCK_SIZE,
     SegmentWritten,
@@ -19,6 +20,8 @@ from tasks.dev.simulate import (
     iter_segment_blocks,
     segment_matches,
     simulate,
+    simulated_header,
+    simulated_system_id,
 )
 from tasks.errors import InvalidInput
 from tasks.state.workdir import Workdir
@@ -40,6 +43,17 @@ def test_content_is_deterministic_and_distinct() -> None:
     assert a != expected_segment_bytes(T2, 1, 4 * SEG)
     blocks = list(iter_segment_blocks(T1, 1, 4 * SEG))
     assert len({*blocks}) == 4 and all(len(b) == BLOCK_SIZE for b in blocks)
+
+
+@pytest.mark.parametrize("seg_size", [SEG, 16 * SEG])
+def test_segments_start_with_a_valid_postgresql_15_header(seg_size: int) -> None:
+    for ttid, segno in ((T1, 1), (T1, 300), (T2, 1)):
+        first = next(iter_segment_blocks(ttid, segno, seg_size))
+        start = Lsn.from_segment(segno, 0, seg_size)
+        header = check_long_header(first, start, seg_size, simulated_system_id(ttid))
+        assert header == simulated_header(ttid, segno, seg_size)
+        assert (header.pg_version, header.tli, header.block_size) == (15, 1, 8192)
+    assert simulated_system_id(T1) != simulated_system_id(T2)
 
 
 def test_files_identical_across_workdirs(tmp_path: Path) -> None:

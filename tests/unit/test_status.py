@@ -35,7 +35,7 @@ def _peer(node_id: int, commit: int, ts: float, damaged: Lsn | None = None) -> P
 
 def test_the_json_is_what_status_always_printed() -> None:
     peers = [_peer(2, 9 * SEG, NOW - 0.25), _peer(1, 7 * SEG, NOW - 12.3456, Lsn(5 * SEG))]
-    row = TimelineStatus.from_records(TTID, _record(), peers, NOW, 5.0)
+    row = TimelineStatus.from_records(TTID, _record(system_id=7301234567890123456), peers, NOW, 5.0)
     expected = {
         "timelines": [
             {
@@ -53,6 +53,7 @@ def test_the_json_is_what_status_always_printed() -> None:
                 "timeline_start_lsn": "0/1000000",
                 "archive_start_lsn": None,
                 "wal_seg_size": SEG,
+                "system_id": "7301234567890123456",
                 "last_error": None,
                 "peers": [
                     {
@@ -107,6 +108,7 @@ def test_an_unknown_timeline_is_all_nulls() -> None:
         "timeline_start_lsn": None,
         "archive_start_lsn": None,
         "wal_seg_size": None,
+        "system_id": None,
         "last_error": None,
         "peers": [],
     }

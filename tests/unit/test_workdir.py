@@ -380,3 +380,30 @@ def test_state_file_partial_uploads_optional_and_old_files_still_read(tmp_path: 
     bad["sha256"] = hashlib.sha256(canonical).hexdigest()
     with pytest.raises(InvalidInput, match="partial_uploads"):
         TimelineStateFile.from_bytes(json.dumps(bad).encode(), tmp_path / "x")
+
+
+# -- system identifier (tasks.backup.walheader) ------------------------------
+
+
+def test_record_cluster_state_keeps_the_system_id(state: Workdir, tmp_path: Path) -> None:
+    make_timeline(tmp_path, TTID)
+    assert state.scan_timeline(TTID).system_id is None  # type: ignore[union-attr]
+    stored = state.record_cluster_state(TTID, Lsn(0x300000), 7301234567890123456)
+    assert (stored.backup_lsn, stored.system_id) == (Lsn(0x300000), 7301234567890123456)
+    stored = state.record_cluster_state(TTID, Lsn(0x100000), None)  # neither lowered nor cleared
+    assert (stored.backup_lsn, stored.system_id) == (Lsn(0x300000), 7301234567890123456)
+    assert state.record_backup_lsn(TTID, Lsn(0x400000)) == Lsn(0x400000)
+    st = state.scan_timeline(TTID)
+    assert st is not None and st.system_id == 7301234567890123456
+
+
+@pytest.mark.parametrize("value", [-1, 2**64, "7301234567890123456", True, 1.5])
+def test_a_bad_system_id_in_the_state_file_is_rejected(tmp_path: Path, value: object) -> None:
+    body = json.loads(TimelineStateFile(SEG, Lsn(SEG), system_id=1).to_bytes())
+    body.pop("sha256")
+    body["system_id"] = value
+    body["sha256"] = state_file._body_digest(body)
+    with pytest.raises(InvalidInput, match="system_id"):
+        TimelineStateFile.from_bytes(json.dumps(body).encode(), tmp_path / "x")
+    good = TimelineStateFile(SEG, Lsn(SEG), system_id=2**64 - 1)
+    assert TimelineStateFile.from_bytes(good.to_bytes(), tmp_path / "x") == good
