@@ -7,7 +7,9 @@ that lost its data learns the timelines again. What comes back per timeline:
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
   data recovers it from the nodes (at most ``STATE_WRITES_PER_HEARTBEAT`` a
   round), and kept in ``backup_known`` for the digester and the scrubber;
-- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``).
+- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``);
+- both, and every node's last heartbeat, for the cluster's gauges
+  (``tasks.backup.gauges``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from collections.abc import Callable
 import redis
 
 from tasks.backup.copies import Copies
+from tasks.backup.gauges import ClusterGauges
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints
-from tasks.metrics import BACKUP_LAG_BYTES
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.workdir import TimelineState, Workdir
@@ -65,6 +67,7 @@ class Heartbeats:
         self.offloaded: dict[str, Lsn] = {}
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
+        self.gauges = ClusterGauges()
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
@@ -96,10 +99,11 @@ class Heartbeats:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
         self.offloaded.pop(ttid, None)
+        self.gauges.forget(ttid)
 
     def round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn and offloader, publish, then per timeline: state
-        file, lag gauge, lease upkeep."""
+        file, gauges, lease upkeep; last, the nodes' heartbeats gauge."""
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.backup_and_offloader(ttids)
         previous, self.backup_known = (
@@ -115,6 +119,7 @@ class Heartbeats:
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
+        now = time.time()
         writes = 0
         for st, (backup_lsn, offloader) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
@@ -130,7 +135,6 @@ class Heartbeats:
                     # A full or failing disk must not stop heartbeats and
                     # lease renewals: Redis still has backup_lsn.
                     self.complain("cannot record backup_lsn in the state file", exc, ttid)
-            if st.commit_lsn is not None:
-                lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
-                BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
+            self.gauges.timeline(st, backup_lsn, offloader, now)
             self.keep_lease(ttid, offloader)
+        self.gauges.nodes(self.state.nodes())
