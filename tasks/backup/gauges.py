@@ -9,9 +9,9 @@ young age; ``time() - max by (node) (…)`` is the age.
 
 The oldest unarchived segment is the first complete one at or above
 ``backup_lsn`` that this node holds; its mtime is when it was written. The
-mtime is cached per timeline until that segment changes, so a round stats a
-file only when ``backup_lsn`` moved or a segment completed after an idle
-spell: none at all while the backup keeps up.
+mtime is cached per timeline until that segment changes, so rounds stat a
+file about once per segment the archive waits for, and never while it has
+them all.
 """
 
 from __future__ import annotations
