@@ -2,6 +2,13 @@
 
 Workers run Celery's ``threads`` pool, so the default registry of the one
 worker process holds every task's updates: no multiprocess mode needed.
+
+Every metric describes the node that serves it (Prometheus's ``instance``
+label tells the nodes apart), except those of the cluster as this node reads
+it from Redis each heartbeat round: ``timeline_offloader`` (the same value on
+every node holding the timeline) and ``last_heartbeat_timestamp_seconds``
+(every node's, labelled ``node``, on every node, so a live node reports a
+dead one). Aggregate those with ``max by (timeline)`` / ``max by (node)``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,23 @@ BACKED_UP_SEGMENTS = Counter("backed_up_segments", "WAL segments uploaded and co
 BACKUP_ERRORS = Counter("backup_errors", "Failed segment uploads (each attempt)")
 BACKUP_LAG_BYTES = Gauge(
     "backup_lag_bytes", "commit_lsn - backup_lsn of a timeline on this node", ["timeline"]
+)
+OLDEST_UNARCHIVED_AGE = Gauge(
+    "oldest_unarchived_segment_age_seconds",
+    "Seconds since this node's oldest complete segment of a timeline at or above backup_lsn "
+    "was written (its mtime); 0 when every complete segment it holds is archived",
+    ["timeline"],
+)
+TIMELINE_OFFLOADER = Gauge(
+    "timeline_offloader",
+    "Node id of a timeline's elected offloader (the node that takes its upload lease), "
+    "as recorded in Redis; 0 when none is elected",
+    ["timeline"],
+)
+LAST_HEARTBEAT = Gauge(
+    "last_heartbeat_timestamp_seconds",
+    "Unix time of each node's last heartbeat in Redis, as this node read it",
+    ["node"],
 )
 UPLOAD_SECONDS = Histogram(
     "upload_duration_seconds",

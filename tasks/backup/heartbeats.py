@@ -10,7 +10,9 @@ that lost its data learns the timelines again. What comes back per timeline:
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;
-- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``).
+- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``);
+- both, and every node's last heartbeat, for the cluster's gauges
+  (``tasks.backup.gauges``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from collections.abc import Callable
 import redis
 
 from tasks.backup.copies import Copies
+from tasks.backup.gauges import ClusterGauges
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints
-from tasks.metrics import BACKUP_LAG_BYTES
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.workdir import TimelineState, Workdir
@@ -68,6 +70,7 @@ class Heartbeats:
         self.offloaded: dict[str, Lsn] = {}
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
+        self.gauges = ClusterGauges()
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
@@ -99,11 +102,12 @@ class Heartbeats:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
         self.offloaded.pop(ttid, None)
+        self.gauges.forget(ttid)
 
     def round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn, offloader and system id, publish, then per
-        timeline: state file, lag gauge, lease upkeep; then give Redis back
-        the system ids it lacks."""
+        timeline: state file, gauges, lease upkeep; then give Redis back the
+        system ids it lacks; last, the nodes' heartbeats gauge."""
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -119,6 +123,7 @@ class Heartbeats:
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
+        now = time.time()
         writes = 0
         restore: dict[str, int] = {}
         for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
@@ -137,8 +142,7 @@ class Heartbeats:
                     # A full or failing disk must not stop heartbeats and
                     # lease renewals: Redis still has backup_lsn.
                     self.complain("cannot record backup_lsn in the state file", exc, ttid)
-            if st.commit_lsn is not None:
-                lag = st.commit_lsn - min(st.commit_lsn, backup_lsn or st.backup_lsn)
-                BACKUP_LAG_BYTES.labels(timeline=ttid).set(lag)
+            self.gauges.timeline(st, backup_lsn, offloader, now)
             self.keep_lease(ttid, offloader)
         self.state.restore_system_ids(restore)
+        self.gauges.nodes(self.state.nodes())

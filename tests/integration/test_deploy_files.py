@@ -1,9 +1,11 @@
 """The deployment files users run: Procfile + .env.example (run for real with
-honcho), docker/Dockerfile and docker/compose.yaml (checked; built and run
-only where a Docker engine answers)."""
+honcho), docker/Dockerfile and docker/compose.yaml with its Prometheus and
+Grafana files (checked; built and run only where a Docker engine answers;
+the alert rules and the dashboard's queries run in test_alerting)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -11,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -246,6 +248,97 @@ def test_compose_services_are_supervised() -> None:
             assert service.get("restart") == "unless-stopped", name
 
 
+# -- Prometheus and Grafana in compose -------------------------------------------
+
+PROMETHEUS_DIR = REPO / "docker" / "prometheus"
+GRAFANA_DIR = REPO / "docker" / "grafana"
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[PurePosixPath, Path]:
+    """Container path -> file of this repository, for a service's ``./`` mounts."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, _, rest = volume.partition(":")
+        if source.startswith("./"):
+            target = PurePosixPath(rest.partition(":")[0])
+            mounts[target] = (REPO / "docker" / source).resolve()
+    return mounts
+
+
+def test_compose_prometheus_scrapes_every_node_and_loads_the_alert_rules() -> None:
+    services = _compose()["services"]
+    prometheus = services["prometheus"]
+    mounts = _bind_mounts(prometheus)
+    (flag,) = [a for a in prometheus["command"] if a.startswith("--config.file=")]
+    config_path = PurePosixPath(flag.partition("=")[2])
+    assert mounts[config_path] == PROMETHEUS_DIR / "prometheus.yml"
+    config = yaml.safe_load(mounts[config_path].read_text())
+    # Rule files are relative to the config: each must be mounted beside it.
+    rule_files = {mounts.get(config_path.parent / name) for name in config["rule_files"]}
+    assert rule_files == {PROMETHEUS_DIR / "alerts.yml"}
+    # One job, "walbackup" (the name alerts.yml's up{job="walbackup"} means),
+    # scraping each node service on the port its WALBACKUP_METRICS_PORT says.
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "walbackup"
+    assert 'up{job="walbackup"}' in (PROMETHEUS_DIR / "alerts.yml").read_text()
+    targets = {target for static in job["static_configs"] for target in static["targets"]}
+    nodes = {
+        f"{name}:{service['environment']['WALBACKUP_METRICS_PORT']}"
+        for name, service in services.items()
+        if "WALBACKUP_NODE_ID" in service.get("environment", {})
+    }
+    assert targets == nodes and len(nodes) == len(NODE_IDS)
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]  # Prometheus's own port
+
+
+def test_compose_grafana_has_the_dashboard_and_the_prometheus_datasource() -> None:
+    services = _compose()["services"]
+    grafana = services["grafana"]
+    mounts = _bind_mounts(grafana)
+    provisioning = PurePosixPath("/etc/grafana/provisioning")
+    (datasources,) = [f for t, f in mounts.items() if t.parent == provisioning / "datasources"]
+    (source,) = yaml.safe_load(datasources.read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"  # the compose service above
+    assert "prometheus" in services and source["isDefault"]
+    (providers,) = [f for t, f in mounts.items() if t.parent == provisioning / "dashboards"]
+    (provider,) = yaml.safe_load(providers.read_text())["providers"]
+    folder = PurePosixPath(provider["options"]["path"])
+    assert {f for t, f in mounts.items() if t.parent == folder} == {GRAFANA_DIR / "walbackup.json"}
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert PurePosixPath(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).parent == folder
+
+
+def test_grafana_dashboard_is_well_formed() -> None:
+    """What Grafana needs to import it anywhere: panels on a 24-column grid
+    that do not overlap, each query on the dashboard's datasource variable.
+    (The queries themselves run against a real Prometheus in test_alerting.)"""
+    dashboard = json.loads((GRAFANA_DIR / "walbackup.json").read_text())
+    assert dashboard["uid"] == "walbackup" and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    datasource = {"type": "prometheus", "uid": "${datasource}"}
+    cells: set[tuple[int, int]] = set()
+    ids = set()
+    for panel in dashboard["panels"]:
+        assert panel["id"] not in ids, panel["title"]
+        ids.add(panel["id"])
+        pos = panel["gridPos"]
+        x, y, w, h = pos["x"], pos["y"], pos["w"], pos["h"]
+        assert x >= 0 and x + w <= 24, panel["title"]
+        area = {(i, j) for i in range(x, x + w) for j in range(y, y + h)}
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == datasource and panel["description"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == datasource and target["expr"], panel["title"]
+
+
 # -- systemd units ------------------------------------------------------------
 
 SYSTEMD = REPO / "docker" / "systemd"
@@ -324,7 +417,7 @@ def _docker_compose_available() -> bool:
     not _docker_compose_available(), reason="no docker client with the compose plugin"
 )
 def test_docker_compose_config_validates() -> None:
-    env = dict(os.environ, FLOWER_BASIC_AUTH="user:pass")
+    env = dict(os.environ, FLOWER_BASIC_AUTH="user:pass", GRAFANA_ADMIN_PASSWORD="secret")
     result = subprocess.run(
         ["docker", "compose", "-f", str(REPO / "docker" / "compose.yaml"), "config", "--quiet"],
         env=env,
