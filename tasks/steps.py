@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from celery import bootsteps
 
 from tasks.config import get_settings
+from tasks.errors import InvalidInput
 from tasks.wiring import get_node
 
 log = logging.getLogger("walbackup.node")
@@ -32,7 +33,13 @@ class NodeStep(bootsteps.StartStopStep):
             )
 
     def start(self, parent: Any) -> None:
-        get_node().start()
+        try:
+            get_node().start()
+        except InvalidInput as exc:
+            # A setup mistake (WORKDIR missing, …): one line, not Celery's
+            # "Unrecoverable error" traceback.
+            log.critical("Node %s cannot start: %s", get_settings().node_id, exc)
+            raise SystemExit(2) from None
 
     def stop(self, parent: Any) -> None:
         get_node().stop()

@@ -18,6 +18,7 @@ that lost its data learns the timelines again. What comes back per timeline:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
@@ -28,10 +29,12 @@ from tasks.backup.gauges import ClusterGauges
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
-from tasks.logutil import Complaints
+from tasks.logutil import Complaints, Throttle
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.workdir import TimelineState, Workdir
+
+log = logging.getLogger("walbackup.node")
 
 HEARTBEAT_INTERVAL_S = 1.0
 STATE_WRITES_PER_HEARTBEAT = 256
@@ -67,6 +70,7 @@ class Heartbeats:
         self.complain = complain
         self.backup_known: dict[str, Lsn | None] = {}
         """The cluster's backup_lsn per timeline, as of the last round."""
+        self._size_errors = Throttle(30.0)
         self.offloaded: dict[str, Lsn] = {}
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
@@ -97,6 +101,21 @@ class Heartbeats:
         return PeerInfo(
             self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now, damaged
         )
+
+    def _misconfigured(self, st: TimelineState, found: int) -> None:
+        """A segment size that does not match the server's must not look like
+        a healthy, idle timeline: an ERROR and ``last_error`` (again every
+        30 s, as another node's commit clears it)."""
+        ttid = str(st.ttid)
+        if not self._size_errors.allow(ttid):
+            return
+        message = (
+            f"node {self.node_id}: the segment files of this timeline are {found} bytes but "
+            f"WALBACKUP_WAL_SEG_SIZE is {st.wal_seg_size}: set it to the server's "
+            "wal_segment_size; until then this node backs up none of them"
+        )
+        log.error("Timeline %s: %s", ttid, message)
+        self.state.record_error(ttid, message)
 
     def forget(self, ttid: str) -> None:
         """The timeline is gone from this node."""
@@ -144,5 +163,7 @@ class Heartbeats:
                     self.complain("cannot record backup_lsn in the state file", exc, ttid)
             self.gauges.timeline(st, backup_lsn, offloader, now)
             self.keep_lease(ttid, offloader)
+            if st.foreign_seg_size is not None:
+                self._misconfigured(st, st.foreign_seg_size)
         self.state.restore_system_ids(restore)
         self.gauges.nodes(self.state.nodes())

@@ -2,7 +2,8 @@
 
 Every second, for each timeline this node offloads, the ledger entries that
 commits left in Redis are written to a page in the bucket once enough have
-gathered or the oldest has waited long enough (``tasks.archive.flush``).
+gathered or the oldest has waited long enough (``tasks.archive.flush``), and
+new timeline history files are archived (``tasks.backup.history``).
 Beat's ``walbackup.scrub_all`` asks each offloader, every ``scrub_interval``,
 to scrub its timelines (``request``): the passes run here, not in the upload
 pool (``tasks.archive.scrubber``). ``heal`` serves another offloader's
@@ -20,6 +21,7 @@ from tasks.archive.flush import LedgerFlusher
 from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.scrubber import DeepBudget, HealElsewhere, Scrubber, heal_from_copy
 from tasks.archive.survey import ledger_for
+from tasks.backup.history import HistoryFiles
 from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
@@ -63,6 +65,7 @@ class ArchiveKeeper:
             self._local_copy,
             heal_elsewhere,
         )
+        self.history = HistoryFiles(state, storage)
         self._requested: set[str] = set()
         self._gauged: set[str] = set()
         self._lock = threading.Lock()
@@ -124,6 +127,7 @@ class ArchiveKeeper:
         st = self.timelines().get(ttid)
         if st is None:
             return
+        self.history.archive(st)
         seg_size = st.wal_seg_size
         if not scrub and not self.flusher.due(ttid, backup_lsn.segment_number(seg_size)):
             return
@@ -150,6 +154,7 @@ class ArchiveKeeper:
     def _drop_gauges(self, mine: dict[str, Lsn]) -> None:
         """Only the offloader exports a timeline's verified LSN."""
         self.flusher.keep_only(mine)
+        self.history.forget(set(mine))
         for ttid in self._gauged - mine.keys():
             self._gauged.discard(ttid)
             ARCHIVE_VERIFIED_LSN.remove(ttid)

@@ -31,6 +31,7 @@ from tasks.core.segments import (
     PG_TLI,
     SEGMENT_NAME_RE,
     parse_xlog_file_name,
+    validate_seg_size,
 )
 from tasks.errors import InvalidInput
 
@@ -50,6 +51,9 @@ class ScanResult:
     """Information: complete segments beyond a gap, not counted."""
     damaged: tuple[int, ...] = ()
     """Segnos of files named as a complete segment but of the wrong size."""
+    foreign_seg_size: int | None = None
+    """The size of those files when it is another valid segment size (the
+    most common one): WAL of another ``wal_segment_size``, a setting to fix."""
 
 
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
@@ -60,6 +64,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     """
     complete: set[int] = set()
     wrong_size: set[int] = set()
+    other_sizes: dict[int, int] = {}
     partials: list[tuple[int, str]] = []
     problems: list[str] = []
 
@@ -84,7 +89,14 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
             complete.add(segno)
         else:
             wrong_size.add(segno)
-            problems.append(f"{name}: {size} bytes, expected wal_seg_size {seg_size}")
+            if _valid_seg_size(size):
+                other_sizes[size] = other_sizes.get(size, 0) + 1
+                problems.append(
+                    f"{name}: {size} bytes, expected wal_seg_size {seg_size}: WAL of "
+                    f"wal_segment_size {size}? WALBACKUP_WAL_SEG_SIZE must match the server's"
+                )
+            else:
+                problems.append(f"{name}: {size} bytes, expected wal_seg_size {seg_size}")
 
     if len(partials) > 1:
         problems.append(
@@ -94,6 +106,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     partial = max(partials)[1] if partials else None
 
     held = complete | wrong_size | {segno for segno, _ in partials}
+    foreign = max(other_sizes, key=lambda k: other_sizes[k]) if other_sizes else None
     if not held:
         return ScanResult(seg_size, range(0), None, None, partial, tuple(problems), (), ())
 
@@ -117,7 +130,16 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         problems=tuple(problems),
         notes=notes,
         damaged=tuple(sorted(wrong_size)),
+        foreign_seg_size=foreign,
     )
+
+
+def _valid_seg_size(size: int) -> bool:
+    try:
+        validate_seg_size(size)
+    except InvalidInput:
+        return False
+    return True
 
 
 def resolve_commit_lsn(scanned: Lsn | None, recorded: Lsn | None, seg_size: int) -> Lsn | None:

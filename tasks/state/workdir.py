@@ -67,6 +67,9 @@ class TimelineState:
     """As recorded in the state file (``tasks.backup.removal``)."""
     system_id: int | None = None
     """As recorded in the state file (``tasks.backup.walheader``)."""
+    foreign_seg_size: int | None = None
+    """Its segment files are of this other valid segment size: a
+    ``WALBACKUP_WAL_SEG_SIZE`` that does not match the server's."""
 
 
 class ScanChanges(NamedTuple):
@@ -284,4 +287,5 @@ def _timeline_state(
         damaged=scanned.damaged,
         removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
         system_id=recorded.system_id if recorded else None,
+        foreign_seg_size=scanned.foreign_seg_size,
     )

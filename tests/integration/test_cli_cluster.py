@@ -192,3 +192,16 @@ def test_a_worker_with_a_workdir_but_no_node_id_says_it_backs_nothing_up(
         30,
         "the worker's warning",
     )
+
+
+def test_a_node_whose_workdir_is_missing_stops_with_one_line(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    env = dict(cluster.env) | {"WALBACKUP_NODE_ID": "4", "WALBACKUP_WORKDIR": str(tmp_path / "no")}
+    cluster.spawn("node4", ["worker", "-n", "node4@%h", "--loglevel=INFO"], env)
+    proc = cluster.procs["node4"]
+    assert proc.wait(timeout=60) == 2
+    log = cluster.log_path("node4").read_text()
+    assert f"Node 4 cannot start: workdir {tmp_path / 'no'} is not a directory" in log
+    assert "Traceback" not in log

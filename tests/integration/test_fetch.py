@@ -166,3 +166,30 @@ def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
     assert run.stderr.startswith(b"walbackup: ") and run.stderr.count(b"\n") == 1, run.stderr
     assert message in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fetch_without_a_writable_spool_says_so_once_an_hour(tmp_path: Path) -> None:
+    """restore_command as a user who cannot write WALBACKUP_DATA_DIR: the
+    fetch works, and one warning (per hour, not per segment) says why
+    restores are slow."""
+    url = (tmp_path / "remote").as_uri()
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("a file where the data dir should be")
+    (tmp_path / "tmp").mkdir()
+    env = env_without_walbackup() | {
+        "WALBACKUP_REMOTE_STORAGE": url,
+        "WALBACKUP_DATA_DIR": str(not_a_dir),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    storage = open_storage(url)
+    for segno in (1, 2):
+        src = tmp_path / f"src{segno}"
+        src.write_bytes(os.urandom(SEG))
+        storage.upload_file(segment_key(ttid, xlog_file_name(segno, SEG)), src, SEG)
+    first = fetch(env, str(ttid), xlog_file_name(1, SEG), str(tmp_path / "out1"))
+    assert first.returncode == 0, first.stderr
+    [warning] = first.stderr.decode().splitlines()
+    assert "no restore spool" in warning and "WALBACKUP_DATA_DIR" in warning
+    second = fetch(env, str(ttid), xlog_file_name(2, SEG), str(tmp_path / "out2"))
+    assert (second.returncode, second.stderr) == (0, b"")

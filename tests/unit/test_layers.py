@@ -51,7 +51,7 @@ ALLOWED: dict[str, set[str]] = {
     "broker": set(),
     "app": {"config", "errors", "names", "state", "beat"},
     "wiring": LEAVES | {"core", "config", "state", "storage", "archive", "backup", "app"},
-    "steps": {"config", "wiring"},
+    "steps": {"config", "errors", "wiring"},
     "jobs": LEAVES | {"core", "config", "backup", "app", "wiring"},
     "beat": {"names", "config", "logutil"},
     "dev": LEAVES | {"core", "config", "state", "storage", "archive", "backup"},

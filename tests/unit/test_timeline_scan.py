@@ -65,8 +65,12 @@ def test_wrong_size_is_a_problem_and_ends_run(size: int) -> None:
     assert result.segnos == range(1, 3)
     assert result.commit_lsn == lsn(3)
     (problem,) = result.problems
-    assert problem == f"000000010000000000000003: {size} bytes, expected wal_seg_size {SEG}"
+    expected = f"000000010000000000000003: {size} bytes, expected wal_seg_size {SEG}"
+    assert problem.startswith(expected)
     assert result.notes  # segment 4 lies beyond the broken one
+    # A valid segment size of its own: WAL of another wal_segment_size.
+    assert result.foreign_seg_size == (size if size == 2 * SEG else None)
+    assert ("WALBACKUP_WAL_SEG_SIZE" in problem) == (size == 2 * SEG)
 
 
 def test_wrong_size_lowest_segment_blocks_everything() -> None:
