@@ -44,73 +44,75 @@ def main() -> None:
     ttid = ttid_for(0, "scrub")
     with workspace("scrub") as root, aws_env(), private_redis() as redis_server:
         moto = Moto(root)
-        url = moto.fresh("walbackup-bench-scrub")
-        bucket = url.removeprefix("s3://")
-        storage = open_storage(url, s3_endpoint_url=moto.endpoint_url)
-        state = RedisState.from_url(redis_server.url)
-        log(f"archiving {n} segments of {args.seg_mib} MiB")
-        client = s3_client(moto.endpoint_url)
-        prefix = (
-            f"{url.removeprefix('s3://' + bucket).strip('/')}/{ttid.tenant_id}/{ttid.timeline_id}/"
-        )
-        prefix = prefix.lstrip("/")
-        keys = []
-        for segno in range(1, n + 1):
-            data = expected_segment_bytes(ttid, segno, seg_size)
-            key = prefix + xlog_file_name(segno, seg_size)
-            client.put_object(Bucket=bucket, Key=key, Body=data)
-            keys.append(key)
-            entry = LedgerEntry(
-                seg_size,
-                hashlib.sha256(data).hexdigest(),
-                hashlib.md5(data, usedforsecurity=False).hexdigest(),
-                wal_facts(data[:40], segno * seg_size, seg_size),
+        try:
+            url = moto.fresh("walbackup-bench-scrub")
+            bucket = url.removeprefix("s3://")
+            storage = open_storage(url, s3_endpoint_url=moto.endpoint_url)
+            state = RedisState.from_url(redis_server.url)
+            log(f"archiving {n} segments of {args.seg_mib} MiB")
+            client = s3_client(moto.endpoint_url)
+            prefix = f"{url.removeprefix('s3://' + bucket).strip('/')}/{ttid.tenant_id}/{ttid.timeline_id}/"
+            prefix = prefix.lstrip("/")
+            keys = []
+            for segno in range(1, n + 1):
+                data = expected_segment_bytes(ttid, segno, seg_size)
+                key = prefix + xlog_file_name(segno, seg_size)
+                client.put_object(Bucket=bucket, Key=key, Body=data)
+                keys.append(key)
+                entry = LedgerEntry(
+                    seg_size,
+                    hashlib.sha256(data).hexdigest(),
+                    hashlib.md5(data, usedforsecurity=False).hexdigest(),
+                    wal_facts(data[:40], segno * seg_size, seg_size),
+                )
+                state.r.hset(ledger_key(str(ttid)), str(segno), encode(entry))
+            backup = Lsn.from_segment(n + 1, 0, seg_size)
+            start = Lsn.from_segment(1, 0, seg_size)
+            state.r.hset(
+                tl_key(str(ttid)),
+                mapping={"backup_lsn": str(backup), "timeline_start_lsn": str(start)},
             )
-            state.r.hset(ledger_key(str(ttid)), str(segno), encode(entry))
-        backup = Lsn.from_segment(n + 1, 0, seg_size)
-        start = Lsn.from_segment(1, 0, seg_size)
-        state.r.hset(
-            tl_key(str(ttid)),
-            mapping={"backup_lsn": str(backup), "timeline_start_lsn": str(start)},
-        )
-        state.r.hset(tl_key(str(ttid)), "wal_seg_size", seg_size)
+            state.r.hset(tl_key(str(ttid)), "wal_seg_size", seg_size)
 
-        store = LedgerStore(storage)
-        flusher = LedgerFlusher(1, state, store, lambda t, s: None)
-        scrubber = Scrubber(state, flusher, DeepBudget(0), lambda t, s: None, lambda *a: False)
-        t0 = time.perf_counter()
-        result = scrubber.run(ttid, seg_size, backup, 1)
-        first_s = time.perf_counter() - t0
-        assert result.verified_lsn == backup and not result.open, result.open
-        t0 = time.perf_counter()
-        scrubber.run(ttid, seg_size, backup, 1)
-        steady_ms = (time.perf_counter() - t0) * 1000
+            store = LedgerStore(storage)
+            flusher = LedgerFlusher(1, state, store, lambda t, s: None)
+            scrubber = Scrubber(state, flusher, DeepBudget(0), lambda t, s: None, lambda *a: False)
+            t0 = time.perf_counter()
+            result = scrubber.run(ttid, seg_size, backup, 1)
+            first_s = time.perf_counter() - t0
+            assert result.verified_lsn == backup and not result.open, result.open
+            t0 = time.perf_counter()
+            scrubber.run(ttid, seg_size, backup, 1)
+            steady_ms = (time.perf_counter() - t0) * 1000
 
-        t0 = time.perf_counter()
-        listed = sum(
-            len(page.get("Contents", []))
-            for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=prefix
+            t0 = time.perf_counter()
+            listed = sum(
+                len(page.get("Contents", []))
+                for page in client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix
+                )
             )
-        )
-        list_s = time.perf_counter() - t0
+            list_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        verdict = verify_timeline(LedgerStore(storage), state, ttid, seg_size, deep=True)
-        deep_s = time.perf_counter() - t0
-        assert verdict.deep_checked == n and not verdict.problems, verdict.problems
+            t0 = time.perf_counter()
+            verdict = verify_timeline(LedgerStore(storage), state, ttid, seg_size, deep=True)
+            deep_s = time.perf_counter() - t0
+            assert verdict.deep_checked == n and not verdict.problems, verdict.problems
 
-        def get_and_hash(key: str) -> str:
-            body = client.get_object(Bucket=bucket, Key=key)["Body"]
-            return hashlib.sha256(body.read()).hexdigest()
+            def get_and_hash(key: str) -> str:
+                body = client.get_object(Bucket=bucket, Key=key)["Body"]
+                return hashlib.sha256(body.read()).hexdigest()
 
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(get_and_hash, keys))
-        base_deep_s = time.perf_counter() - t0
-        client.close()
-        storage.close()
-        state.close()
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(get_and_hash, keys))
+            base_deep_s = time.perf_counter() - t0
+            client.close()
+            storage.close()
+            state.close()
+
+        finally:
+            moto.stop()
 
     ours, baseline = n / first_s, listed / list_s
     deep, base_deep = n / deep_s, n / base_deep_s
