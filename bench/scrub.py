@@ -51,8 +51,7 @@ def main() -> None:
             state = RedisState.from_url(redis_server.url)
             log(f"archiving {n} segments of {args.seg_mib} MiB")
             client = s3_client(moto.endpoint_url)
-            prefix = f"{url.removeprefix('s3://' + bucket).strip('/')}/{ttid.tenant_id}/{ttid.timeline_id}/"
-            prefix = prefix.lstrip("/")
+            prefix = f"{ttid.tenant_id}/{ttid.timeline_id}/"  # the bucket is the root
             keys = []
             for segno in range(1, n + 1):
                 data = expected_segment_bytes(ttid, segno, seg_size)
