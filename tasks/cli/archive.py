@@ -48,6 +48,20 @@ def _storage(settings: Settings) -> RemoteStorage:
     )
 
 
+def _confirmed(
+    as_json: bool, document: dict[str, Any], lines: list[str], *, yes: bool, dry_run: bool
+) -> bool:
+    """Go on deleting? ``--dry-run``: print the plan and stop; no ``--yes``:
+    print it and refuse (exit 2). Else deletion logs go to stderr."""
+    if dry_run or not yes:
+        _emit(as_json, document, lines)
+        if dry_run:
+            return False
+        fail(EXIT_INPUT, "refusing to delete without --yes; nothing deleted")
+    _log_to_stderr()
+    return True
+
+
 def _log_to_stderr() -> None:
     """The deletion's log line (``walbackup.retention``) goes to stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -120,12 +134,8 @@ def retain(
             f"{'deleting' if yes and not dry_run else 'would delete'} {_counts(described)}; "
             f"the archive then starts at {plan.archive_start}",
         ]
-        if dry_run or not yes:
-            _emit(as_json, document, lines)
-            if dry_run:
-                return
-            fail(EXIT_INPUT, "refusing to delete without --yes; nothing deleted")
-        _log_to_stderr()
+        if not _confirmed(as_json, document, lines, yes=yes, dry_run=dry_run):
+            return
         done = run(storage, state, plan)
         document["deleted"] = done.as_dict(plan.seg_size)
         lines.append(f"deleted {done.objects} objects ({done.bytes} bytes) of timeline {parsed}")
@@ -171,12 +181,8 @@ def delete(
                 f"node(s) {plan.dead_nodes} held it and stopped: remove its directory from "
                 "them before they return, or they upload it again"
             )
-        if dry_run or not yes:
-            _emit(as_json, document, lines)
-            if dry_run:
-                return
-            fail(EXIT_INPUT, "refusing to delete without --yes; nothing deleted")
-        _log_to_stderr()
+        if not _confirmed(as_json, document, lines, yes=yes, dry_run=dry_run):
+            return
         result = delete_timeline(storage, state, plan, settings.heartbeat_timeout)
         document["deleted"] = result.deleted.as_dict(plan.seg_size)
         lines.append(
