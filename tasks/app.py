@@ -65,6 +65,12 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # After a reconnect Celery lowers the prefetch count, then raises it again
+    # from the ack of each task still running: on RabbitMQ that is a
+    # synchronous basic.qos sent from a pool thread while the main thread
+    # reads the same connection, which can hang the qos (and the consumer,
+    # waiting for its lock) for good: a node that stops receiving tasks.
+    worker_enable_prefetch_count_reduction=settings.broker_is_redis,
     # A Redis restart is survived in-process (SPEC §9): reconnect forever
     # (kombu's default gives up after 100 attempts, ~50 minutes, and the
     # worker exits), through the Redis transport of tasks/broker.py (the
