@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # /usr/sbin's would switch HOME (cookie)
 SHARED_RABBITMQ = ("127.0.0.1", 5672)
 
 
@@ -225,7 +226,7 @@ class RabbitServer:
         (for a failing test's message)."""
         columns = ["name", "messages_ready", "messages_unacknowledged", "consumers"]
         out = subprocess.run(
-            ["rabbitmqctl", "-n", f"wbtest{self.port}@localhost", "-q", "list_queues", *columns],
+            [RABBITMQCTL, "-n", f"wbtest{self.port}@localhost", "-q", "list_queues", *columns],
             env=self._env,
             capture_output=True,
             text=True,
