@@ -30,6 +30,22 @@ _queues = [Queue(SHARED_QUEUE)]
 if settings.node_id is not None:
     _queues.append(Queue(node_queue(settings.node_id)))
 
+
+def _transport_options() -> dict[str, Any]:
+    if settings.broker_is_redis:
+        return {
+            # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
+            # so a running upload is never delivered twice.
+            "visibility_timeout": 3600,
+            "unacked_restore_interval": 5,
+        }
+    # RabbitMQ: a publish returns once the broker has the (persistent)
+    # message, so an upload task sent just before a broker crash is not lost
+    # silently. Its unacked deliveries come back by themselves when a channel
+    # closes: no visibility timeout.
+    return {"confirm_publish": True}
+
+
 # amqp: Celery's broker plumbing, with the Redis transport of tasks.broker.
 app = Celery(
     "walbackup",
@@ -49,6 +65,12 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
+    # After a reconnect Celery lowers the prefetch count, then raises it again
+    # from the ack of each task still running: on RabbitMQ that is a
+    # synchronous basic.qos sent from a pool thread while the main thread
+    # reads the same connection, which can hang the qos (and the consumer,
+    # waiting for its lock) for good: a node that stops receiving tasks.
+    worker_enable_prefetch_count_reduction=settings.broker_is_redis,
     # A Redis restart is survived in-process (SPEC §9): reconnect forever
     # (kombu's default gives up after 100 attempts, ~50 minutes, and the
     # worker exits), through the Redis transport of tasks/broker.py (the
@@ -75,12 +97,10 @@ app.conf.update(
         "interval_step": 0.5,
         "interval_max": 1,
     },
-    broker_transport_options={
-        # Well above the longest upload (a 1 GiB segment at a slow 5 MB/s),
-        # so a running upload is never delivered twice.
-        "visibility_timeout": 3600,
-        "unacked_restore_interval": 5,
-    },
+    broker_transport_options=_transport_options(),
+    # RabbitMQ only (Redis has no heartbeats): a broker gone silent without
+    # closing the connection (a partition) is noticed within two intervals.
+    broker_heartbeat=30,
     # Flower.
     worker_send_task_events=True,
     task_send_sent_event=True,

@@ -66,6 +66,9 @@ from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger("walbackup.broker")
 
+RECONNECT_INTERVAL_MAX_S = 5
+"""Longest wait between two attempts of a worker to reconnect to its broker."""
+
 
 class BrokerConnectionLost(redis.exceptions.ConnectionError):
     """The channel closed with its broker connection: what it delivered can
@@ -129,9 +132,23 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 
 class BrokerConnection(Connection):  # type: ignore[misc]
+    """The Redis transport above for Redis URLs; any other (``amqp://``)
+    is kombu's own. Either way the worker reconnects at most
+    ``RECONNECT_INTERVAL_MAX_S`` after the broker is back."""
+
     def get_transport_cls(self) -> Any:
         cls = super().get_transport_cls()
         return Transport if cls is kombu_redis.Transport else cls
+
+    def ensure_connection(self, *args: Any, **kwargs: Any) -> BrokerConnection:
+        # Celery's consumer passes no intervals: kombu's default backoff
+        # (2, 4, 6, … s, up to 30 s) lets a worker sleep through most of a
+        # short outage, such as the ~6 s a RabbitMQ node takes to boot.
+        kwargs.setdefault("interval_start", 1)
+        kwargs.setdefault("interval_step", 1)
+        kwargs.setdefault("interval_max", RECONNECT_INTERVAL_MAX_S)
+        super().ensure_connection(*args, **kwargs)
+        return self
 
 
 class AMQP(CeleryAMQP):  # type: ignore[misc]

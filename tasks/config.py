@@ -31,6 +31,8 @@ from tasks.core.segments import DEFAULT_SEG_SIZE, validate_seg_size
 from tasks.errors import InvalidInput
 
 ENV_PREFIX = "WALBACKUP_"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+AMQP_SCHEMES = ("amqp://", "amqps://")
 
 
 def default_data_dir() -> Path:
@@ -99,11 +101,18 @@ class Settings(BaseSettings):
             raise ValueError(f"only valid with {ENV_PREFIX}S3_SSE=aws:kms")
         return value
 
-    @field_validator("redis_url", "broker_url")
+    @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(REDIS_SCHEMES):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith((*REDIS_SCHEMES, *AMQP_SCHEMES)):
+            raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL")
         return value
 
     @model_validator(mode="after")
@@ -130,6 +139,11 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """False for RabbitMQ (``amqp://``, ``amqps://``)."""
+        return not self.effective_broker_url.startswith(AMQP_SCHEMES)
 
     @property
     def effective_remote_storage(self) -> str:

@@ -45,9 +45,12 @@ class Cluster:
         *,
         s3_endpoint_url: str | None = None,
         settings: dict[str, str] | None = None,
+        broker_url: str | None = None,
     ) -> None:
+        """``broker_url``: a broker other than Redis (RabbitMQ)."""
         self.root = root
         self.redis_url = redis_url
+        self.broker_url = broker_url or redis_url
         self.remote_storage = remote_storage
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = env_without_walbackup()
@@ -64,6 +67,8 @@ class Cluster:
         )
         if s3_endpoint_url:
             self.env["WALBACKUP_S3_ENDPOINT_URL"] = s3_endpoint_url
+        if broker_url:
+            self.env["WALBACKUP_BROKER_URL"] = broker_url
         self.env.update(settings or {})
         self.state = RedisState.from_url(redis_url)
 

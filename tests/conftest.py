@@ -11,7 +11,7 @@ import redis
 
 from tasks.state.redis import RedisState
 from tests.cluster import Cluster
-from tests.servers import RedisServer
+from tests.servers import RabbitVhost, RedisServer, require_rabbitmq
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +42,30 @@ def state(redis_url: str) -> Iterator[RedisState]:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Cluster]]:
+def broker(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The broker URL of ``make_cluster``'s clusters: None (Redis, unless the
+    test is parametrized with ``@pytest.mark.parametrize("broker", ["redis",
+    "rabbitmq"], indirect=True)``), or for ``rabbitmq`` a vhost of the test's own on the
+    shared RabbitMQ; coordination stays on Redis either way."""
+    if getattr(request, "param", "redis") == "redis":
+        yield None
+        return
+    require_rabbitmq()
+    vhost = RabbitVhost()
+    yield vhost.url
+    vhost.close()
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path: Path, redis_url: str, broker: str | None
+) -> Iterator[Callable[..., Cluster]]:
     """Build clusters of real worker processes; all are stopped at teardown."""
     started: list[Cluster] = []
 
     def make(remote_storage: str | None = None, **kwargs: Any) -> Cluster:
         remote = remote_storage or (tmp_path / "remote").as_uri()
+        kwargs.setdefault("broker_url", broker)
         cluster = Cluster(tmp_path, redis_url, remote, **kwargs)
         started.append(cluster)
         return cluster

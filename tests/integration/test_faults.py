@@ -75,6 +75,7 @@ def lease_converged(
     return result
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 def test_paused_lease_holder_is_fenced(make_cluster: Callable[..., Cluster]) -> None:
     cluster = start_cluster(make_cluster)
     ttid = new_ttid()
@@ -94,7 +95,7 @@ def test_paused_lease_holder_is_fenced(make_cluster: Callable[..., Cluster]) -> 
         cluster.wait_backup(ttid, end, timeout=60)
         # Work the old holder would still do with its stale token, queued for
         # it while it is paused.
-        client = Celery(broker=cluster.redis_url)
+        client = Celery(broker=cluster.broker_url)
         client.conf.update(task_serializer="json", accept_content=["json"])
         client.send_task(
             "walbackup.upload_segment",

@@ -1,5 +1,6 @@
 """The pipeline end to end: three node workers and beat as real processes,
-a private Redis, and remote storage checked byte for byte."""
+a private Redis, and remote storage checked byte for byte. The first two
+tests run on RabbitMQ as the broker too."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
+on_both_brokers = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+"""Once on Redis as the broker, once on RabbitMQ (Redis still coordinates)."""
+
 
 def new_ttid() -> TenantTimelineId:
     return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
@@ -32,6 +36,7 @@ def remote_path(root: Path, ttid: TenantTimelineId, segno: int) -> Path:
     return root / ttid.tenant_id / ttid.timeline_id / xlog_file_name(segno, SEG_SIZE)
 
 
+@on_both_brokers
 def test_two_timelines_land_byte_identical(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
@@ -63,6 +68,7 @@ def test_two_timelines_land_byte_identical(
         assert record.offloader == expected.offloader
 
 
+@on_both_brokers
 def test_offloader_killed_mid_stream_another_takes_over(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:

@@ -101,3 +101,34 @@ def test_broker_survives_restarts_and_hides_the_password() -> None:
     assert conf["beat_scheduler"] == "beat.scheduler:WalBackupScheduler"
     # What `celery inspect conf` and `celery report` show (Flower too).
     assert password not in conf["conf"] and password not in conf["humanized"]
+
+
+RABBIT_PROBE = """
+import json
+from tasks.app import app
+conn = app.connection_for_write()
+print(json.dumps({
+    "transport": type(conn.transport).__module__ + "." + type(conn.transport).__name__,
+    "uri": conn.as_uri(),
+    "options": app.conf.broker_transport_options,
+    "max_retries": app.conf.broker_connection_max_retries,
+}))
+"""
+
+
+def test_rabbitmq_broker_uses_kombus_amqp_transport_with_confirms() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", RABBIT_PROBE],
+        env=env_without_walbackup()
+        | {"WALBACKUP_BROKER_URL": "amqp://walbackup:secret@127.0.0.1:5672/walbackup"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    conf = json.loads(out.stdout)
+    # Not the Redis transport fix, and no Redis-only option.
+    assert conf["transport"] == "kombu.transport.pyamqp.Transport"
+    assert conf["uri"] == "amqp://walbackup:**@127.0.0.1:5672/walbackup"
+    assert conf["options"] == {"confirm_publish": True}
+    assert conf["max_retries"] is None

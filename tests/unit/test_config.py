@@ -65,6 +65,19 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert s.wal_header_check is False
 
 
+def test_broker_may_be_rabbitmq_but_redis_url_may_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALBACKUP_BROKER_URL", "amqp://u:p@mq:5672/walbackup")
+    s = load_settings()
+    assert s.effective_broker_url == "amqp://u:p@mq:5672/walbackup"
+    assert not s.broker_is_redis
+    monkeypatch.setenv("WALBACKUP_REDIS_URL", "amqp://u:p@mq:5672/walbackup")
+    with pytest.raises(InvalidInput, match="WALBACKUP_REDIS_URL"):
+        load_settings()
+    monkeypatch.setenv("WALBACKUP_BROKER_URL", "http://mq")
+    with pytest.raises(InvalidInput, match="WALBACKUP_BROKER_URL"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
