@@ -80,6 +80,10 @@ app.conf.update(
         # so a running upload is never delivered twice.
         "visibility_timeout": 3600,
         "unacked_restore_interval": 5,
+        # With WALBACKUP_REDIS_SENTINELS (and no broker URL of its own): the
+        # master's name, and the Sentinels' password (Celery masks it in
+        # `inspect conf`, as every *password* key).
+        **settings.broker_sentinel_options,
     },
     # Flower.
     worker_send_task_events=True,

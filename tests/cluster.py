@@ -45,7 +45,9 @@ class Cluster:
         *,
         s3_endpoint_url: str | None = None,
         settings: dict[str, str] | None = None,
+        state: RedisState | None = None,
     ) -> None:
+        """``state``: how the test reads Redis (default: ``redis_url``)."""
         self.root = root
         self.redis_url = redis_url
         self.remote_storage = remote_storage
@@ -65,7 +67,7 @@ class Cluster:
         if s3_endpoint_url:
             self.env["WALBACKUP_S3_ENDPOINT_URL"] = s3_endpoint_url
         self.env.update(settings or {})
-        self.state = RedisState.from_url(redis_url)
+        self.state = state or RedisState.from_url(redis_url)
 
     def workdir(self, node_id: int) -> Path:
         path = self.root / f"node{node_id}"
