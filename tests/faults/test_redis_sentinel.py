@@ -11,6 +11,8 @@ backwards (every commit waits for the replica before it returns).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,6 +97,15 @@ def test_master_killed_mid_backup_fails_over(tmp_path: Path) -> None:
             10,
             "beat to send elections after the failover",
         )
+        # The CLI reaches the new master through the Sentinels too.
+        status = subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "status", "--json"],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0 and str(ttid) in status.stdout, status.stderr
         for name in [f"node{n}" for n in NODES] + ["beat"]:
             text = cluster.log_path(name).read_text(errors="replace")
             assert "Unrecoverable error" not in text, text[-3000:]
