@@ -70,7 +70,10 @@ def sentinel_options(settings: Settings) -> dict[str, Any]:
     """RedBeat's options for the master that ``settings``' Sentinels name:
     its password and database from ``WALBACKUP_REDIS_URL``."""
     target = parse_url(settings.redis_url)
-    sentinel_kwargs = {"socket_timeout": REDIS_OPTIONS["socket_timeout"]}
+    sentinel_kwargs = {
+        "socket_timeout": REDIS_OPTIONS["socket_timeout"],
+        "socket_connect_timeout": REDIS_OPTIONS["socket_connect_timeout"],
+    }
     if settings.redis_sentinel_password:
         sentinel_kwargs["password"] = settings.redis_sentinel_password
     options = {

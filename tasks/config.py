@@ -177,10 +177,11 @@ class Settings(BaseSettings):
         """kombu transport options for a broker reached through the Sentinels."""
         if self.broker_url or not self.sentinels:
             return {}
-        options: dict[str, Any] = {"master_name": self.redis_master_name}
+        # A Sentinel that does not answer must not hang a worker either.
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
         if self.redis_sentinel_password:
-            options["sentinel_kwargs"] = {"password": self.redis_sentinel_password}
-        return options
+            sentinel_kwargs["password"] = self.redis_sentinel_password
+        return {"master_name": self.redis_master_name, "sentinel_kwargs": sentinel_kwargs}
 
     @property
     def redis_options(self) -> dict[str, Any]:

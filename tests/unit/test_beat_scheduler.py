@@ -51,5 +51,5 @@ def test_redbeat_reaches_redis_through_the_sentinels() -> None:
         "service_name": "wal",
         "password": "pw",
         "db": 3,
-        "sentinel_kwargs": {"socket_timeout": 5, "password": "sp"},
+        "sentinel_kwargs": {"socket_timeout": 5, "socket_connect_timeout": 5, "password": "sp"},
     }

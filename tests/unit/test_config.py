@@ -150,10 +150,12 @@ def test_redis_through_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:
     # kombu's convention: one sentinel:// URL per Sentinel, the first with
     # the master's password (Celery masks it there), the master's name apart.
     assert s.effective_broker_url == "sentinel://:secret@10.0.0.1:26379/2;sentinel://[::1]:26380/2"
-    assert s.broker_sentinel_options == {"master_name": "wal"}
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    assert s.broker_sentinel_options == {"master_name": "wal", "sentinel_kwargs": timeouts}
     assert "secret" not in s.redis_where and "wal" in s.redis_where
     monkeypatch.setenv("WALBACKUP_REDIS_SENTINEL_PASSWORD", "sp")
-    assert load_settings().broker_sentinel_options["sentinel_kwargs"] == {"password": "sp"}
+    options = load_settings().broker_sentinel_options
+    assert options["sentinel_kwargs"] == {**timeouts, "password": "sp"}
     # A broker of its own is reached directly.
     monkeypatch.setenv("WALBACKUP_BROKER_URL", "redis://10.0.0.9:6379/0")
     s = load_settings()
