@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery.beat import SchedulingError
@@ -41,9 +41,13 @@ from redbeat.schedulers import (
     acquire_distributed_beat_lock,
     get_redis,
 )
+from redis.connection import parse_url
 from redis.exceptions import LockError
 
 from tasks.logutil import Throttle
+
+if TYPE_CHECKING:
+    from tasks.config import Settings
 
 log = logging.getLogger("celery.beat")
 
@@ -60,6 +64,29 @@ REDIS_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 5,
     "health_check_interval": 10,
 }
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """RedBeat's options for the master that ``settings``' Sentinels name:
+    its password and database from ``WALBACKUP_REDIS_URL``."""
+    target = parse_url(settings.redis_url)
+    sentinel_kwargs = {
+        "socket_timeout": REDIS_OPTIONS["socket_timeout"],
+        "socket_connect_timeout": REDIS_OPTIONS["socket_connect_timeout"],
+    }
+    if settings.redis_sentinel_password:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password
+    options = {
+        "sentinels": settings.sentinels,
+        "service_name": settings.redis_master_name,
+        "password": target.get("password"),
+        "db": target.get("db", 0),
+        "sentinel_kwargs": sentinel_kwargs,
+    }
+    if target.get("username"):
+        options["username"] = target["username"]
+    return options
+
 
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,  # includes BusyLoadingError (Redis loading its AOF)
@@ -116,8 +143,12 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         from tasks.config import get_settings
 
         # Before RedBeat reads its configuration (ensure_conf in __init__).
-        app.conf.redbeat_redis_url = get_settings().redis_url
+        settings = get_settings()
+        app.conf.redbeat_redis_url = settings.redis_url
         app.conf.redbeat_redis_options = dict(REDIS_OPTIONS)
+        if settings.sentinels:
+            app.conf.redbeat_redis_url = "redis-sentinel://"  # RedBeat's convention
+            app.conf.redbeat_redis_options.update(sentinel_options(settings))
         # Beat only sends the election round, every second: no "task-sent"
         # events for it (Flower would list every round as a task).
         app.conf.task_send_sent_event = False

@@ -38,6 +38,10 @@ def _transport_options() -> dict[str, Any]:
             # so a running upload is never delivered twice.
             "visibility_timeout": 3600,
             "unacked_restore_interval": 5,
+            # With WALBACKUP_REDIS_SENTINELS (and no broker URL of its own): the
+            # master's name, and the Sentinels' password (Celery masks it in
+            # `inspect conf`, as every *password* key).
+            **settings.broker_sentinel_options,
         }
     # RabbitMQ: a publish returns once the broker has the (persistent)
     # message, so an upload task sent just before a broker crash is not lost

@@ -2,7 +2,8 @@
 
 ``tasks.app`` creates the app with ``amqp="tasks.broker:AMQP"``: its broker
 connections use this module's ``Transport`` where kombu would use its own
-Redis transport (``redis://`` and ``rediss://`` URLs). The URL keeps its scheme,
+Redis transport (``redis://`` and ``rediss://`` URLs), or its Sentinel
+transport (``sentinel://``). The URL keeps its scheme,
 so logs and Flower (which picks its broker client by scheme) show ``redis://``;
 naming the class in ``broker_transport`` would make that
 ``tasks.broker:Transport://``.
@@ -94,7 +95,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         super().reject(delivery_tag, requeue=requeue)
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class _SurvivingChannel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
 
     def close(self) -> None:
@@ -127,8 +128,24 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return params
 
 
+class Channel(_SurvivingChannel):
+    pass
+
+
+class SentinelChannel(_SurvivingChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """kombu's Sentinel channel (``sentinel://`` URLs) with the same fixes:
+    its connections find the master again through the Sentinels."""
+
+
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
+_OURS = {kombu_redis.Transport: Transport, kombu_redis.SentinelTransport: SentinelTransport}
 
 
 class BrokerConnection(Connection):  # type: ignore[misc]
@@ -138,7 +155,7 @@ class BrokerConnection(Connection):  # type: ignore[misc]
 
     def get_transport_cls(self) -> Any:
         cls = super().get_transport_cls()
-        return Transport if cls is kombu_redis.Transport else cls
+        return _OURS.get(cls, cls)
 
     def ensure_connection(self, *args: Any, **kwargs: Any) -> BrokerConnection:
         # Celery's consumer passes no intervals: kombu's default backoff

@@ -8,10 +8,12 @@ fail at start with a message naming the variable.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -47,6 +49,13 @@ class Settings(BaseSettings):
     workdir: Path | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: str | None = None
+    """``host:port,host:port,...``: reach the Redis master through these
+    Sentinels; ``redis_url`` then gives only the password and database."""
+    redis_master_name: str | None = None
+    """The master's name in the Sentinels' configuration (``sentinel monitor NAME ...``)."""
+    redis_sentinel_password: str | None = None
+    """The Sentinels' own password (their ``requirepass``), if any."""
     broker_url: str | None = None
     remote_storage: str | None = None
     s3_endpoint_url: str | None = None
@@ -115,11 +124,32 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_sentinels(value)
+        return value
+
     @model_validator(mode="after")
     def _derived(self) -> Settings:
         if self.node_id is not None and self.workdir is None:
             raise ValueError("WALBACKUP_WORKDIR is required when WALBACKUP_NODE_ID is set")
+        if self.redis_sentinels and not self.redis_url.startswith("redis://"):
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_URL: must be a redis:// URL (its password and database) "
+                f"with {ENV_PREFIX}REDIS_SENTINELS"
+            )
+        if bool(self.redis_sentinels) != bool(self.redis_master_name):
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_SENTINELS and {ENV_PREFIX}REDIS_MASTER_NAME go together"
+            )
         return self
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The Sentinels' addresses; empty when Redis is reached directly."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
 
     @classmethod
     def settings_customise_sources(
@@ -138,7 +168,46 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
+        """Through the Sentinels (kombu's ``sentinel://`` URLs, the password in
+        the first only, which Celery masks) unless a broker URL is set."""
+        if self.broker_url or not self.sentinels:
+            return self.broker_url or self.redis_url
+        target = urlsplit(self.redis_url)
+        userinfo, at, _ = target.netloc.rpartition("@")
+        db = target.path or "/0"
+        hosts = [(f"[{host}]" if ":" in host else host, port) for host, port in self.sentinels]
+        return ";".join(
+            f"sentinel://{userinfo + at if i == 0 else ''}{host}:{port}{db}"
+            for i, (host, port) in enumerate(hosts)
+        )
+
+    @property
+    def broker_sentinel_options(self) -> dict[str, Any]:
+        """kombu transport options for a broker reached through the Sentinels."""
+        if self.broker_url or not self.sentinels:
+            return {}
+        # A Sentinel that does not answer must not hang a worker either.
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+        if self.redis_sentinel_password:
+            sentinel_kwargs["password"] = self.redis_sentinel_password
+        return {"master_name": self.redis_master_name, "sentinel_kwargs": sentinel_kwargs}
+
+    @property
+    def redis_options(self) -> dict[str, Any]:
+        """``RedisState.from_url``'s keyword arguments besides the URL."""
+        return {
+            "sentinels": self.sentinels,
+            "master_name": self.redis_master_name,
+            "sentinel_password": self.redis_sentinel_password,
+        }
+
+    @property
+    def redis_where(self) -> str:
+        """Where Redis is, for messages (no password)."""
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"master {self.redis_master_name!r} via Sentinels {hosts}"
+        return redact(self.redis_url)
 
     @property
     def broker_is_redis(self) -> bool:
@@ -153,6 +222,22 @@ class Settings(BaseSettings):
     def lease_ttl_s(self) -> float:
         """A lease outlives a missed renewal or two but not a dead node."""
         return self.heartbeat_timeout
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as addresses; ``ValueError`` naming the bad one."""
+    out = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item.strip()!r} is not host:port (a comma-separated list)")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def redact(url: str) -> str:
+    """``url`` without its ``user:password@``."""
+    return re.sub(r"//[^/@]*@", "//***@", url, count=1)
 
 
 def load_settings(**overrides: Any) -> Settings:

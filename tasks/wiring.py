@@ -30,7 +30,8 @@ _node: NodeService | None = None
 
 @lru_cache(maxsize=1)
 def get_state() -> RedisState:
-    return RedisState.from_url(get_settings().redis_url)
+    s = get_settings()
+    return RedisState.from_url(s.redis_url, **s.redis_options)
 
 
 @lru_cache(maxsize=1)

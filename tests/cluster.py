@@ -46,8 +46,10 @@ class Cluster:
         s3_endpoint_url: str | None = None,
         settings: dict[str, str] | None = None,
         broker_url: str | None = None,
+        state: RedisState | None = None,
     ) -> None:
-        """``broker_url``: a broker other than Redis (RabbitMQ)."""
+        """``broker_url``: a broker other than Redis (RabbitMQ); ``state``: how
+        the test reads Redis (default: ``redis_url``)."""
         self.root = root
         self.redis_url = redis_url
         self.broker_url = broker_url or redis_url
@@ -70,7 +72,7 @@ class Cluster:
         if broker_url:
             self.env["WALBACKUP_BROKER_URL"] = broker_url
         self.env.update(settings or {})
-        self.state = RedisState.from_url(redis_url)
+        self.state = state or RedisState.from_url(redis_url)
 
     def workdir(self, node_id: int) -> Path:
         path = self.root / f"node{node_id}"

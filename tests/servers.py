@@ -27,12 +27,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.dev.embedded import free_port, redis_server_command
+from tasks.dev.embedded import free_port, redis_server_binary, redis_server_command
 
 __all__ = [
     "RabbitServer",
     "RabbitVhost",
     "RedisServer",
+    "SentinelGroup",
     "env_without_walbackup",
     "free_port",
     "http_get",
@@ -86,11 +87,11 @@ class RedisServer:
         return redis.Redis(port=self.port, password=self.password)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.start_command(self.command())
+
+    def start_command(self, command: list[str]) -> None:
+        """Run ``command`` (a redis-server on ``port``) and wait for its PING."""
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + 10
         while True:
@@ -245,6 +246,73 @@ class RabbitServer:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelGroup:
+    """A master, a replica and ``count`` Sentinels (quorum 2) monitoring it
+    as ``name``, each on a private port: the master fails over to the
+    replica ``down_after_ms`` after it stops answering (plus an election)."""
+
+    def __init__(self, name: str = "walbackup", count: int = 3, down_after_ms: int = 1000) -> None:
+        self.name = name
+        self.master = RedisServer()
+        self.replica = RedisServer()
+        self.sentinels = [RedisServer() for _ in range(count)]
+        self.down_after_ms = down_after_ms
+
+    @property
+    def sentinel_list(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    @property
+    def addresses(self) -> str:
+        """``WALBACKUP_REDIS_SENTINELS``."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.start()
+        for sentinel in self.sentinels:
+            # A Sentinel rewrites its configuration file: one per Sentinel.
+            conf = sentinel.dir / "sentinel.conf"
+            conf.write_text(
+                f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel.dir}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.name} 5000\n"
+            )
+            sentinel.start_command([redis_server_binary(), str(conf), "--sentinel"])
+        # Replicated, and every Sentinel knows the replica and the others.
+        time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinels did not discover the replica and each other")
+            time.sleep(0.2)
+
+    def _settled(self) -> bool:
+        for sentinel in self.sentinels:
+            client = sentinel.client()
+            try:
+                info = client.sentinel_master(self.name)
+                if info["num-slaves"] < 1 or info["num-other-sentinels"] < len(self.sentinels) - 1:
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def current_master_port(self) -> int:
+        client = self.sentinels[0].client()
+        try:
+            _, port = client.sentinel_get_master_addr_by_name(self.name)
+            return int(port)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        for server in [*self.sentinels, self.replica, self.master]:
+            server.close()
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

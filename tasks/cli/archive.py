@@ -21,7 +21,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
-from tasks.storage.base import RemoteStorage, redact_url
+from tasks.storage.base import RemoteStorage
 
 TtidArg = Annotated[str, typer.Argument(help="TENANT_ID/TIMELINE_ID", metavar="TTID")]
 YesOpt = Annotated[bool, typer.Option("--yes", help="really delete (without it: refuse)")]
@@ -116,8 +116,11 @@ def retain(
     from tasks.backup.retention import retain as run
 
     settings, parsed = _setup(ttid)
-    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
-        storage, state = _storage(settings), RedisState.from_url(settings.redis_url)
+    with one_line_errors(f"Redis at {settings.redis_where}"):
+        storage, state = (
+            _storage(settings),
+            RedisState.from_url(settings.redis_url, **settings.redis_options),
+        )
         plan = plan_retain(
             storage,
             state,
@@ -163,8 +166,11 @@ def delete(
     from tasks.backup.retention import delete_timeline, plan_delete, refuse_live
 
     settings, parsed = _setup(ttid)
-    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
-        storage, state = _storage(settings), RedisState.from_url(settings.redis_url)
+    with one_line_errors(f"Redis at {settings.redis_where}"):
+        storage, state = (
+            _storage(settings),
+            RedisState.from_url(settings.redis_url, **settings.redis_options),
+        )
         plan = plan_delete(
             storage, state, parsed, settings.heartbeat_timeout, settings.wal_seg_size
         )

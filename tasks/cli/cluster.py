@@ -47,8 +47,8 @@ def trigger(
     from tasks.app import send
     from tasks.names import SHARED_QUEUE, TRIGGER
 
-    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
-        state = RedisState.from_url(settings.redis_url)
+    with one_line_errors(f"Redis at {settings.redis_where}"):
+        state = RedisState.from_url(settings.redis_url, **settings.redis_options)
         unknown = [t for t, known in zip(ids, state.known(ids), strict=True) if not known]
         state.close()
     if unknown and not create:
@@ -79,8 +79,8 @@ def forget(
     from tasks.core.election import is_alive
 
     settings, ids = _setup(ttids)
-    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
-        state = RedisState.from_url(settings.redis_url)
+    with one_line_errors(f"Redis at {settings.redis_where}"):
+        state = RedisState.from_url(settings.redis_url, **settings.redis_options)
         now = time.time()
         for ttid in ids:
             holders = [
@@ -112,8 +112,8 @@ def status(
     from tasks.backup.status import status_json, timeline_status
 
     settings, ids = _setup(ttids)
-    with one_line_errors(f"Redis at {redact_url(settings.redis_url)}"):
-        state = RedisState.from_url(settings.redis_url)
+    with one_line_errors(f"Redis at {settings.redis_where}"):
+        state = RedisState.from_url(settings.redis_url, **settings.redis_options)
         rows = timeline_status(state, ids, settings.heartbeat_timeout)
         state.close()
     storage = storage_settings(settings)

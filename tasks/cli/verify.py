@@ -17,7 +17,6 @@ from tasks.core.ids import TenantTimelineId
 from tasks.errors import InvalidInput, Permanent, StorageUnavailable, WalBackupError
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
-from tasks.storage.base import redact_url
 
 EXIT_PROBLEMS = 1
 
@@ -54,8 +53,8 @@ def verify(
         fail(EXIT_INPUT, str(exc))
     except StorageUnavailable as exc:
         fail(EXIT_UNAVAILABLE, str(exc))
-    where = f"Redis at {redact_url(settings.redis_url)}"
-    redis_state = RedisState.from_url(settings.redis_url)
+    where = f"Redis at {settings.redis_where}"
+    redis_state = RedisState.from_url(settings.redis_url, **settings.redis_options)
     state: RedisState | None = redis_state
     if not ids:
         with one_line_errors(where):

@@ -17,6 +17,7 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
+from tasks.state.connect import connect
 from tasks.state.keys import (
     NODES_KEY,
     ROUND_LOCK_KEY,
@@ -43,18 +44,20 @@ class RedisState(LeaseWindow, ArchiveRecords):
         super().__init__(client, Scripts(client))
 
     @classmethod
-    def from_url(cls, url: str) -> RedisState:
-        # Timeouts: a partitioned Redis must not hang a node's heartbeat
-        # thread forever; every call here is a few milliseconds when healthy.
-        return cls(
-            redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                health_check_interval=30,
-                socket_timeout=10,
-                socket_connect_timeout=5,
-            )
-        )
+    def from_url(
+        cls,
+        url: str,
+        *,
+        sentinels: Sequence[tuple[str, int]] = (),
+        master_name: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> RedisState:
+        """Redis at ``url``, or the master that ``sentinels`` name ``master_name``
+        (``tasks.state.connect``); through Sentinels every commit also waits
+        for a replica (``LeaseWindow.replicas``)."""
+        state = cls(connect(url, sentinels, master_name, sentinel_password))
+        state.replicas = 1 if sentinels else 0
+        return state
 
     def close(self) -> None:
         """Close the connection pool (a process that is done with Redis)."""

@@ -19,6 +19,8 @@ from tasks.core.lsn import Lsn
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
 
+REPLICA_WAIT_MS = 100
+
 
 class CommitRefused(Exception):
     """Internal signal: the caller's lease token is stale (fenced)."""
@@ -28,9 +30,19 @@ class LeaseWindow:
     """The lease and window operations on one Redis client (``RedisState``
     is one of these, with the rest of walbackup's keys)."""
 
+    replicas = 0
+    """Replicas a commit waits for (``WAIT``) before it returns: with
+    Sentinel, 1, so that a commit the offloader acts on survives a failover
+    (replication is asynchronous). One that times out (no replica answering
+    within ``REPLICA_WAIT_MS``) still stands: the master has it."""
+
     def __init__(self, client: redis.Redis[str], scripts: Scripts) -> None:
         self.r = client
         self._scripts = scripts
+
+    def _replicated(self) -> None:
+        if self.replicas:
+            self.r.wait(self.replicas, REPLICA_WAIT_MS)
 
     def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
         """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""
@@ -97,6 +109,7 @@ class LeaseWindow:
         )
         if not int(ok):
             raise _refused(ttid, segno, token)
+        self._replicated()
         return Lsn.parse(backup)
 
     def commit_and_claim(
@@ -133,6 +146,7 @@ class LeaseWindow:
         )
         if not int(ok):
             raise _refused(ttid, segno, token)
+        self._replicated()
         return Lsn.parse(backup), [int(s) for s in claimed]
 
 

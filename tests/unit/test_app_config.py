@@ -132,3 +132,28 @@ def test_rabbitmq_broker_uses_kombus_amqp_transport_with_confirms() -> None:
     assert conf["uri"] == "amqp://walbackup:**@127.0.0.1:5672/walbackup"
     assert conf["options"] == {"confirm_publish": True}
     assert conf["max_retries"] is None
+
+
+def test_broker_through_sentinels_hides_both_passwords() -> None:
+    password, sentinel_password = "pw" + "0123456789abcdef" * 2, "sp" + "fedcba9876543210" * 2
+    out = subprocess.run(
+        [sys.executable, "-c", BROKER_PROBE],
+        env=env_without_walbackup()
+        | {
+            "WALBACKUP_REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0",
+            "WALBACKUP_REDIS_SENTINELS": "10.0.0.1:26379,10.0.0.2:26380",
+            "WALBACKUP_REDIS_MASTER_NAME": "wal",
+            "WALBACKUP_REDIS_SENTINEL_PASSWORD": sentinel_password,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    conf = json.loads(out.stdout)
+    # kombu's Sentinel transport, with the fixes of tasks/broker.py.
+    assert conf["transport"] == "tasks.broker.SentinelTransport"
+    assert conf["uri"] == "sentinel://:**@10.0.0.1:26379/0"
+    assert "'master_name': 'wal'" in conf["conf"]
+    for secret in (password, sentinel_password):
+        assert secret not in conf["conf"] and secret not in conf["humanized"]

@@ -9,6 +9,7 @@ import redis
 
 from beat import scheduler
 from beat.scheduler import OutageLog
+from tasks.config import Settings
 
 
 def test_one_line_per_kind_then_one_per_interval(
@@ -34,3 +35,21 @@ def test_one_line_per_kind_then_one_per_interval(
     assert lines[1].startswith("beat: tick failed: TimeoutError")
     assert "29 more since the last report" in lines[2]  # 30 s later
     assert lines[3] == "beat: ticking again after 36 failed tick(s) over 35.0s"
+
+
+def test_redbeat_reaches_redis_through_the_sentinels() -> None:
+
+    settings = Settings(
+        redis_url="redis://:pw@ignored:6379/3",
+        redis_sentinels="10.0.0.1:26379,10.0.0.2:26379",
+        redis_master_name="wal",
+        redis_sentinel_password="sp",
+    )
+    # RedBeat's convention (with redbeat_redis_url="redis-sentinel://").
+    assert scheduler.sentinel_options(settings) == {
+        "sentinels": [("10.0.0.1", 26379), ("10.0.0.2", 26379)],
+        "service_name": "wal",
+        "password": "pw",
+        "db": 3,
+        "sentinel_kwargs": {"socket_timeout": 5, "socket_connect_timeout": 5, "password": "sp"},
+    }

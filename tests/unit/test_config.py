@@ -150,3 +150,53 @@ def test_a_toml_syntax_error_is_one_clear_message(
     monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
     with pytest.raises(InvalidInput, match=r"walbackup.toml is not valid TOML: .*line 1"):
         load_settings()
+
+
+def test_redis_through_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.sentinels == [] and s.broker_sentinel_options == {}
+    monkeypatch.setenv("WALBACKUP_REDIS_URL", "redis://:secret@ignored:1/2")
+    monkeypatch.setenv("WALBACKUP_REDIS_SENTINELS", "10.0.0.1:26379, [::1]:26380")
+    monkeypatch.setenv("WALBACKUP_REDIS_MASTER_NAME", "wal")
+    s = load_settings()
+    assert s.sentinels == [("10.0.0.1", 26379), ("::1", 26380)]
+    # kombu's convention: one sentinel:// URL per Sentinel, the first with
+    # the master's password (Celery masks it there), the master's name apart.
+    assert s.effective_broker_url == "sentinel://:secret@10.0.0.1:26379/2;sentinel://[::1]:26380/2"
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    assert s.broker_sentinel_options == {"master_name": "wal", "sentinel_kwargs": timeouts}
+    assert "secret" not in s.redis_where and "wal" in s.redis_where
+    monkeypatch.setenv("WALBACKUP_REDIS_SENTINEL_PASSWORD", "sp")
+    options = load_settings().broker_sentinel_options
+    assert options["sentinel_kwargs"] == {**timeouts, "password": "sp"}
+    # A broker of its own is reached directly.
+    monkeypatch.setenv("WALBACKUP_BROKER_URL", "redis://10.0.0.9:6379/0")
+    s = load_settings()
+    assert s.effective_broker_url == "redis://10.0.0.9:6379/0" and not s.broker_sentinel_options
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WALBACKUP_REDIS_SENTINELS": "10.0.0.1"}, "WALBACKUP_REDIS_SENTINELS: .*host:port"),
+        ({"WALBACKUP_REDIS_SENTINELS": "h:1,h:x"}, "WALBACKUP_REDIS_SENTINELS: .*'h:x'"),
+        ({"WALBACKUP_REDIS_SENTINELS": "h:70000"}, "WALBACKUP_REDIS_SENTINELS"),
+        ({"WALBACKUP_REDIS_SENTINELS": "h:26379"}, "WALBACKUP_REDIS_MASTER_NAME"),
+        ({"WALBACKUP_REDIS_MASTER_NAME": "wal"}, "WALBACKUP_REDIS_SENTINELS"),
+        (
+            {
+                "WALBACKUP_REDIS_SENTINELS": "h:26379",
+                "WALBACKUP_REDIS_MASTER_NAME": "wal",
+                "WALBACKUP_REDIS_URL": "rediss://h:6379/0",
+            },
+            "WALBACKUP_REDIS_URL: must be a redis:// URL",
+        ),
+    ],
+)
+def test_sentinel_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput, match=message):
+        load_settings()
