@@ -4,7 +4,8 @@ A round elects only what may have changed (SPEC §4, 100,000 timelines):
 
 walbackup:dirty  SET   timelines whose facts a node saw change (commit_lsn,
                        start, backup_lsn, damage), with a new peer, a peer
-                       gone, or work the round must keep kicking
+                       gone, or work the round must keep kicking; a round
+                       takes a bounded number, the rest wait for the next
 walbackup:beats  ZSET  "NODE:ttid" -> last heartbeat: the round takes out
                        those older than heartbeat_timeout (the peers that
                        just died); their next heartbeat adds them back as new
@@ -88,28 +89,30 @@ class ElectionFeed:
         if ttids:
             self.r.sadd(DIRTY_KEY, *ttids)
 
-    def election_work(self, expired_before: float, sweep_rounds: int) -> list[str]:
-        """Take the timelines one round must elect: the marked ones, those
-        with a peer whose last heartbeat is at or before ``expired_before``,
-        then the next ``1/sweep_rounds`` of the registered timelines. Only
-        registered timelines."""
-        take = self.r.pipeline(transaction=True)  # a mark or beat in between waits
-        take.smembers(DIRTY_KEY)
-        take.delete(DIRTY_KEY)
+    def election_work(self, expired_before: float, sweep_rounds: int, max_marked: int) -> list[str]:
+        """Take the timelines one round must elect: up to ``max_marked``
+        marked ones (those with a peer whose last heartbeat is at or before
+        ``expired_before`` are marked first), then the next ``1/sweep_rounds``
+        of the registered timelines. Only registered timelines."""
+        take = self.r.pipeline(transaction=True)  # a heartbeat in between waits
         take.zrangebyscore(BEATS_KEY, "-inf", expired_before)
         take.zremrangebyscore(BEATS_KEY, "-inf", expired_before)
         take.get(SWEEP_KEY)
         take.zcard(TIMELINES_KEY)
-        dirty, _, expired, _, cursor, total = take.execute()
-        marked = list(dict.fromkeys([*dirty, *(m.split(":", 1)[1] for m in expired)]))
+        expired, _, cursor, total = take.execute()
         start = int(cursor or 0)
         start = start if start < total else 0
         stop = min(total, start + -(-total // max(1, sweep_rounds)))
         read = self.r.pipeline(transaction=False)
+        if expired:
+            read.sadd(DIRTY_KEY, *{m.split(":", 1)[1] for m in expired})
+        read.spop(DIRTY_KEY, max_marked)
         read.zrange(TIMELINES_KEY, start, stop - 1)
         read.set(SWEEP_KEY, stop if stop < total else 0)
+        *_, marked, swept, _ = read.execute()
+        check = self.r.pipeline(transaction=False)
         for ttid in marked:
-            read.zscore(TIMELINES_KEY, ttid)
-        swept, _, *scores = read.execute()
-        marked = [t for t, score in zip(marked, scores, strict=True) if score is not None]
-        return list(dict.fromkeys([*marked, *swept]))
+            check.zscore(TIMELINES_KEY, ttid)
+        scores = check.execute() if marked else []
+        registered = [t for t, score in zip(marked, scores, strict=True) if score is not None]
+        return list(dict.fromkeys([*registered, *swept]))

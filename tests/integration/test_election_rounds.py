@@ -74,7 +74,7 @@ def test_round_elects_marks_expiries_and_a_sweep_slice(state: RedisState) -> Non
         publish(state, node, ttids, seg(5), changed=set())
     assert elector.run_round() == 40 // SWEEP_ROUNDS
     # Rounds of slices cover every timeline, then start over.
-    swept = [state.election_work(0.0, SWEEP_ROUNDS) for _ in range(SWEEP_ROUNDS)]
+    swept = [state.election_work(0.0, SWEEP_ROUNDS, 100) for _ in range(SWEEP_ROUNDS)]
     assert sorted(t for part in swept for t in part) == sorted(ttids)
 
     # A changed heartbeat marks its timeline, which the next round elects,
@@ -82,7 +82,7 @@ def test_round_elects_marks_expiries_and_a_sweep_slice(state: RedisState) -> Non
     busy = ttids[7]
     for node in (1, 2):
         publish(state, node, [busy], seg(9), changed={busy}, backup=seg(5))
-    assert state.election_work(0.0, 1_000_000)[0] == busy
+    assert state.election_work(0.0, 1_000_000, 100)[0] == busy
     state.mark_for_election([busy])
     elector.run_round()
     assert kicks == [(busy, state.timeline(busy).offloader)]
@@ -95,7 +95,7 @@ def test_round_elects_marks_expiries_and_a_sweep_slice(state: RedisState) -> Non
     offloader = state.timeline(quiet).offloader
     assert offloader is not None
     publish(state, offloader, [quiet], seg(5), changed=set(), age_s=TIMEOUT_S + 1)
-    assert state.election_work(time.time() - TIMEOUT_S, 1_000_000)[0] == quiet
+    assert state.election_work(time.time() - TIMEOUT_S, 1_000_000, 100)[0] == quiet
     publish(state, offloader, [quiet], seg(5), changed=set(), age_s=TIMEOUT_S + 1)
     elector.sweep_rounds = 1_000_000  # a slice of one: the expiry is the rest
     elector.run_round()
@@ -111,9 +111,21 @@ def test_marks_of_unregistered_timelines_are_dropped(state: RedisState) -> None:
     gone, kept = make_ttid(), make_ttid()
     state.register([kept])
     state.mark_for_election([gone, kept])
-    assert state.election_work(0.0, 1_000_000) == [kept]
+    assert state.election_work(0.0, 1_000_000, 100) == [kept]
     state.forget(kept)
-    assert state.election_work(0.0, 1) == []
+    assert state.election_work(0.0, 1, 100) == []
+
+
+def test_a_round_takes_a_bounded_number_of_marks(state: RedisState) -> None:
+    ttids = [make_ttid() for _ in range(10)]
+    state.register(ttids)
+    state.mark_for_election(ttids)
+    taken = [state.election_work(0.0, 1 << 30, 4) for _ in range(3)]
+    # Each round: up to 4 marks, and a sweep slice of one timeline; the
+    # marks left over wait for the next round.
+    assert all(len(t) <= 5 for t in taken)
+    assert set().union(*taken) == set(ttids)
+    assert state.r.scard(DIRTY_KEY) == 0
 
 
 def test_new_registration_marks_its_timeline(state: RedisState) -> None:
