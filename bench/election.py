@@ -5,6 +5,10 @@ node's heartbeat round: a real ``NodeService`` over a WORKDIR of 10,000
 timeline directories publishing its PeerInfo (``publish_heartbeats``), reading
 back ``cluster_facts`` and doing its per-timeline upkeep.
 
+The elector here sweeps every timeline every round (``sweep_rounds`` = 1):
+the full pass SPEC §8 bounds at 10,000 timelines. Production rounds elect
+what changed plus 1/30 of the timelines (``bench.election_scale``).
+
 One timeline in 100 has WAL to upload, so its offloader is kicked (a no-op
 here, counted); the others are caught up.
 

@@ -20,7 +20,18 @@ from typing import Any
 
 from bench.common import REPO, machine, table
 
-BENCHES = ["overhead", "election", "latency", "memory", "throughput", "restore", "peers", "scrub"]
+BENCHES = [
+    "overhead",
+    "election",
+    "election_scale",
+    "latency",
+    "memory",
+    "throughput",
+    "restore",
+    "peers",
+    "scrub",
+    "fleet",
+]
 
 
 def run(name: str) -> dict[str, Any] | None:

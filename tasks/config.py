@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     wal_seg_size: int = DEFAULT_SEG_SIZE
     heartbeat_timeout: float = Field(default=5.0, gt=0)
     election_interval: float = Field(default=1.0, gt=0)
+    election_sweep_interval: float = Field(default=30.0, gt=0)
+    """Seconds in which the election rounds' sweep goes over every registered
+    timeline; between sweeps a round elects only what changed (SPEC §4)."""
     backup_enabled: bool = True
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     restore_prefetch: int = Field(default=8, ge=0, le=64)

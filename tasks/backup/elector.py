@@ -1,9 +1,11 @@
 """Election rounds: read heartbeats from Redis, run ``determine_offloader``,
 record the result, and kick the offloader's node queue when it has work.
 
-One beat tick elects every registered timeline in batches, each batch one
-pipelined read and one pipelined write, so 10,000 timelines cost a few dozen
-round trips rather than tens of thousands.
+A beat tick elects what may have changed (``tasks.state.beats``): timelines
+whose heartbeats changed or are new, those with a peer that just expired,
+those with work left to kick, and a slice of a slow sweep that covers every
+registered timeline each ``sweep_rounds`` rounds. Each batch of timelines is
+one pipelined read and one pipelined write.
 
 A timeline without a backup_lsn in Redis (new, or Redis lost its data) gets
 one only once the archive was listed (``tasks.backup.recovery``): the nodes' state
@@ -37,6 +39,11 @@ RecoverFn = Callable[[str, Lsn, int], Lsn]
 RECOVERY_BUDGET_S = 0.5
 """Time one ``elect`` call may spend listing the archive; timelines left over
 wait for the next round."""
+NOT_RECOVERED = "backup_lsn not recovered yet"
+MAX_MARKED_PER_ROUND = 5000
+"""Marked timelines one round elects at most (~0.5 s on the 2-core machine);
+a mass of marks (every timeline after a Redis that lost its data, a node of
+many timelines gone) is worked off over several rounds, each under the bar."""
 
 
 @dataclass(slots=True)
@@ -55,6 +62,8 @@ class Outcome:
     backup_lsn: Lsn | None
     changed: bool
     kicked: bool
+    pending: bool
+    """Elect again next round: work to kick, or backup_lsn not recovered yet."""
 
 
 def timeline_start(peers: Sequence[PeerRecord]) -> Lsn:
@@ -76,6 +85,7 @@ class Elector:
         max_offloader_lag_bytes: int,
         default_seg_size: int,
         kick_interval_ms: int,
+        sweep_rounds: int = 1,
         backup_enabled: bool = True,
         recover: RecoverFn | None = None,
     ) -> None:
@@ -85,19 +95,23 @@ class Elector:
         self.max_lag = max_offloader_lag_bytes
         self.default_seg_size = default_seg_size
         self.kick_interval_ms = kick_interval_ms
+        self.sweep_rounds = sweep_rounds
         self.backup_enabled = backup_enabled
         self.recover = recover
         self._throttle = Throttle(30.0)
 
     def run_round(self, batch_size: int = 1000) -> int:
-        """Elect every registered timeline; returns how many were looked at."""
-        done = 0
-        total = self.state.registered_count()
-        for start in range(0, total, batch_size):
-            batch = self.state.registered(start, start + batch_size - 1)
-            self.elect(batch)
-            done += len(batch)
-        return done
+        """Elect what may have changed, and the sweep's slice; returns how
+        many timelines were looked at."""
+        ttids = self.state.election_work(
+            time.time() - self.heartbeat_timeout_s, self.sweep_rounds, MAX_MARKED_PER_ROUND
+        )
+        again: list[str] = []
+        for start in range(0, len(ttids), batch_size):
+            outcomes = self.elect(ttids[start : start + batch_size])
+            again += [o.ttid for o in outcomes if o.pending]
+        self.state.mark_for_election(again)
+        return len(ttids)
 
     def elect(
         self, ttids: Sequence[str], *, force_kick: bool = False, recover: bool = True
@@ -110,6 +124,7 @@ class Elector:
         writes = self.state.pipeline()
         recovery = _Recovery(allowed=recover and self.recover is not None)
         planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
+        pending: set[str] = set()
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
             election, backup_lsn, wants_kick = self._decide(
                 ttid, record, peers, now, writes, recovery
@@ -121,6 +136,8 @@ class Elector:
                     ttid, election.offloader, election.reason, now, pipe=writes
                 )
             planned.append((ttid, election, backup_lsn, changed, wants_kick))
+            if wants_kick or (backup_lsn is None and election.reason == NOT_RECOVERED):
+                pending.add(ttid)
         # Kicks forced by a trigger or a new offloader go out now and start the
         # rate-limit timer; the others go out only when the timer has run out.
         rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
@@ -143,7 +160,7 @@ class Elector:
             kicked = wants_kick and (force_kick or changed or ttid in allowed)
             if kicked and election.offloader is not None:
                 self.kick(ttid, election.offloader)
-            outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked))
+            outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked, ttid in pending))
         return outcomes
 
     def _decide(
@@ -172,7 +189,7 @@ class Elector:
         if record.backup_lsn is None and self.recover is not None:
             archived = self._recover(ttid, start or min(candidates), seg_size, recovery)
             if archived is None:
-                return Election(record.offloader, "backup_lsn not recovered yet"), None, False
+                return Election(record.offloader, NOT_RECOVERED), None, False
             candidates.append(archived)
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:

@@ -75,18 +75,34 @@ class Heartbeats:
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
         self.gauges = ClusterGauges()
+        self._published: dict[str, tuple[object, ...]] = {}
+        """What the last heartbeat that reached Redis said per timeline, but
+        its time: a heartbeat that says something new marks it for election."""
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
         now = time.time()
         records = []
+        changed: dict[str, tuple[object, ...]] = {}
         for st in timelines:
             peer = self._peer(st, now)
             if peer is not None:
-                records.append(
-                    (str(st.ttid), peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn))
+                ttid = str(st.ttid)
+                records.append((ttid, peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn)))
+                facts = (
+                    peer.commit_lsn,
+                    peer.local_start_lsn,
+                    peer.backup_lsn,
+                    peer.damaged_lsn,
+                    st.wal_seg_size,
+                    st.timeline_start_lsn,
                 )
-        self.state.publish_heartbeats(self.node_id, records, now, register=register)
+                if self._published.get(ttid) != facts:
+                    changed[ttid] = facts
+        self.state.publish_heartbeats(
+            self.node_id, records, now, register=register, changed=changed.keys()
+        )
+        self._published.update(changed)
 
     def publish_soon(self, st: TimelineState | None) -> None:
         """Now rather than at the next round; a Redis error waits for the round."""
@@ -122,6 +138,7 @@ class Heartbeats:
         self.backup_known.pop(ttid, None)
         self.offloaded.pop(ttid, None)
         self.gauges.forget(ttid)
+        self._published.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn, offloader and system id, publish, then per

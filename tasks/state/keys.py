@@ -22,6 +22,11 @@ walbackup:partials:{ttid}    HASH   partial upload object name -> "uploading" | 
                                     (tasks.core.partials; not yet garbage-collected)
 walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
 walbackup:nodes              HASH   node id -> last heartbeat JSON
+walbackup:beats              ZSET   "NODE:ttid" -> that node's last heartbeat (unix s);
+                                    the elector finds expiring peers here
+walbackup:dirty              SET    timelines to elect in the next round (facts changed,
+                                    a new or expired peer, work left to kick)
+walbackup:sweep              STRING the election sweep's cursor (rank in timelines)
 walbackup:round              STRING beat's round lock (one election round at a time)
 walbackup:redbeat:*          -      RedBeat's schedule and beat lock
 """
@@ -34,6 +39,9 @@ PREFIX = "walbackup:"
 TIMELINES_KEY = f"{PREFIX}timelines"
 NODES_KEY = f"{PREFIX}nodes"
 ROUND_LOCK_KEY = f"{PREFIX}round"
+BEATS_KEY = f"{PREFIX}beats"
+DIRTY_KEY = f"{PREFIX}dirty"
+SWEEP_KEY = f"{PREFIX}sweep"
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"
 
 

@@ -2,7 +2,8 @@
 
 Nothing else touches the Redis client: writes that callers batch take ``pipe``
 (from ``pipeline()``) and run when the caller executes it. The lease and the
-upload window are ``window.LeaseWindow``'s, which ``RedisState`` extends.
+upload window are ``window.LeaseWindow``'s, heartbeats and the election
+round's work ``beats.ElectionFeed``'s, which ``RedisState`` extends.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
+from tasks.state.beats import ElectionFeed
 from tasks.state.connect import connect
 from tasks.state.keys import (
+    DIRTY_KEY,
     NODES_KEY,
     ROUND_LOCK_KEY,
     TIMELINES_KEY,
@@ -37,7 +40,7 @@ from tasks.state.window import CommitRefused, LeaseWindow
 __all__ = ["CommitRefused", "RedisState"]
 
 
-class RedisState(LeaseWindow, ArchiveRecords):
+class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     """Typed access to walbackup's Redis keys, with the Lua scripts registered."""
 
     def __init__(self, client: redis.Redis[str]) -> None:
@@ -95,6 +98,7 @@ class RedisState(LeaseWindow, ArchiveRecords):
         """Unregister ``ttid`` and delete its coordination state (one transaction)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.zrem(TIMELINES_KEY, ttid)
+        pipe.srem(DIRTY_KEY, ttid)
         pipe.delete(*timeline_keys(ttid))
         pipe.execute()
 
@@ -103,32 +107,6 @@ class RedisState(LeaseWindow, ArchiveRecords):
 
     def registered_count(self) -> int:
         return int(self.r.zcard(TIMELINES_KEY))
-
-    # -- heartbeats ----------------------------------------------------------
-
-    def publish_heartbeats(
-        self,
-        node_id: int,
-        records: Sequence[tuple[str, str]],
-        now: float,
-        *,
-        register: bool = False,
-    ) -> None:
-        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip.
-        ``register``: also (re-)register those timelines, so a Redis that lost
-        its data learns them again from the nodes, without new WAL."""
-        pipe = self.r.pipeline(transaction=False)
-        for ttid, payload in records:
-            pipe.hset(peers_key(ttid), str(node_id), payload)
-        if register and records:
-            pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in records}, nx=True)
-        pipe.hset(NODES_KEY, str(node_id), json.dumps({"ts": now, "timelines": len(records)}))
-        pipe.execute()
-
-    def drop_peer(self, ttid: str, node_id: int) -> None:
-        """The node no longer holds the timeline: its heartbeat goes at once,
-        rather than after ``heartbeat_timeout``."""
-        self.r.hdel(peers_key(ttid), str(node_id))
 
     # -- segment digests (agreement) -----------------------------------------
 

@@ -1,0 +1,118 @@
+"""Heartbeats in Redis, and what the election round has to look at.
+
+A round elects only what may have changed (SPEC §4, 100,000 timelines):
+
+walbackup:dirty  SET   timelines whose facts a node saw change (commit_lsn,
+                       start, backup_lsn, damage), with a new peer, a peer
+                       gone, or work the round must keep kicking; a round
+                       takes a bounded number, the rest wait for the next
+walbackup:beats  ZSET  "NODE:ttid" -> last heartbeat: the round takes out
+                       those older than heartbeat_timeout (the peers that
+                       just died); their next heartbeat adds them back as new
+walbackup:sweep  STRING cursor of the slow sweep over every registered
+                       timeline (a lost mark, a Redis that lost its data)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+
+import redis
+
+from tasks.state.keys import (
+    BEATS_KEY,
+    DIRTY_KEY,
+    NODES_KEY,
+    SWEEP_KEY,
+    TIMELINES_KEY,
+    peers_key,
+)
+
+
+def _member(node_id: int, ttid: str) -> str:
+    return f"{node_id}:{ttid}"
+
+
+class ElectionFeed:
+    """A part of ``RedisState`` (which provides ``r``)."""
+
+    r: redis.Redis[str]
+
+    def publish_heartbeats(
+        self,
+        node_id: int,
+        records: Sequence[tuple[str, str]],
+        now: float,
+        *,
+        register: bool = False,
+        changed: Collection[str] | None = None,
+    ) -> None:
+        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip
+        (two when a peer or timeline is new). ``register``: also
+        (re-)register those timelines, so a Redis that lost its data learns
+        them again from the nodes, without new WAL. ``changed``: the
+        timelines whose facts changed since this node's last heartbeat
+        (``None``: all of them); they are marked for election."""
+        pipe = self.r.pipeline(transaction=False)
+        for ttid, payload in records:
+            pipe.hset(peers_key(ttid), str(node_id), payload)
+            pipe.zadd(BEATS_KEY, {_member(node_id, ttid): now})
+        if register and records:
+            pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in records}, nx=True)
+        marked = [t for t, _ in records if changed is None or t in changed]
+        if marked:
+            pipe.sadd(DIRTY_KEY, *marked)
+        pipe.hset(NODES_KEY, str(node_id), json.dumps({"ts": now, "timelines": len(records)}))
+        results = pipe.execute()
+        if changed is None or not records:
+            return
+        if register and results[2 * len(records)]:
+            # New registrations (rare: new timelines, a Redis that lost its data).
+            fresh = [t for t, _ in records]
+        else:
+            # A peer new to the beats ZSET: first heartbeat, or back after expiring.
+            fresh = [t for i, (t, _) in enumerate(records) if results[2 * i + 1]]
+        if fresh:
+            self.r.sadd(DIRTY_KEY, *fresh)
+
+    def drop_peer(self, ttid: str, node_id: int) -> None:
+        """The node no longer holds the timeline: its heartbeat goes at once,
+        rather than after ``heartbeat_timeout``, and the timeline is re-elected."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hdel(peers_key(ttid), str(node_id))
+        pipe.zrem(BEATS_KEY, _member(node_id, ttid))
+        pipe.sadd(DIRTY_KEY, ttid)
+        pipe.execute()
+
+    def mark_for_election(self, ttids: Collection[str]) -> None:
+        if ttids:
+            self.r.sadd(DIRTY_KEY, *ttids)
+
+    def election_work(self, expired_before: float, sweep_rounds: int, max_marked: int) -> list[str]:
+        """Take the timelines one round must elect: up to ``max_marked``
+        marked ones (those with a peer whose last heartbeat is at or before
+        ``expired_before`` are marked first), then the next ``1/sweep_rounds``
+        of the registered timelines. Only registered timelines."""
+        take = self.r.pipeline(transaction=True)  # a heartbeat in between waits
+        take.zrangebyscore(BEATS_KEY, "-inf", expired_before)
+        take.zremrangebyscore(BEATS_KEY, "-inf", expired_before)
+        take.get(SWEEP_KEY)
+        take.zcard(TIMELINES_KEY)
+        expired, _, cursor, total = take.execute()
+        start = int(cursor or 0)
+        start = start if start < total else 0
+        stop = min(total, start + -(-total // max(1, sweep_rounds)))
+        read = self.r.pipeline(transaction=False)
+        if expired:
+            read.sadd(DIRTY_KEY, *{m.split(":", 1)[1] for m in expired})
+        read.spop(DIRTY_KEY, max_marked)
+        read.zrange(TIMELINES_KEY, start, stop - 1)
+        read.set(SWEEP_KEY, stop if stop < total else 0)
+        *_, marked, swept, _ = read.execute()
+        check = self.r.pipeline(transaction=False)
+        for ttid in marked:
+            check.zscore(TIMELINES_KEY, ttid)
+        scores = check.execute() if marked else []
+        registered = [t for t, score in zip(marked, scores, strict=True) if score is not None]
+        return list(dict.fromkeys([*registered, *swept]))

@@ -1,0 +1,159 @@
+"""SPEC §4 election rounds that elect only what changed (``tasks.state.beats``):
+marks from heartbeats that say something new, peers that just expired, work
+left to kick, and the slow sweep that covers every registered timeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.backup.copies import Copies
+from tasks.backup.elector import Elector
+from tasks.backup.heartbeats import Heartbeats
+from tasks.core.election import PeerInfo
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.dev.simulate import simulate
+from tasks.logutil import Complaints
+from tasks.state.keys import DIRTY_KEY
+from tasks.state.records import peer_to_json
+from tasks.state.redis import RedisState
+from tasks.state.workdir import Workdir
+from tests.integration.test_elector import SEG, TIMEOUT_S, make_ttid, seg
+
+pytestmark = pytest.mark.integration
+
+SWEEP_ROUNDS = 4
+
+
+def make(state: RedisState, kicks: list[tuple[str, int]]) -> Elector:
+    return Elector(
+        state,
+        lambda ttid, node: kicks.append((ttid, node)),
+        heartbeat_timeout_s=TIMEOUT_S,
+        max_offloader_lag_bytes=128 << 20,
+        default_seg_size=SEG,
+        kick_interval_ms=60_000,
+        sweep_rounds=SWEEP_ROUNDS,
+    )
+
+
+def publish(
+    state: RedisState,
+    node_id: int,
+    ttids: list[str],
+    commit: Lsn,
+    *,
+    changed: set[str],
+    age_s: float = 0.0,
+    backup: Lsn | None = None,
+) -> None:
+    now = time.time() - age_s
+    records = [
+        (t, peer_to_json(PeerInfo(node_id, commit, seg(1), backup or commit, now), SEG, seg(1)))
+        for t in ttids
+    ]
+    state.publish_heartbeats(node_id, records, now, register=True, changed=changed)
+
+
+def test_round_elects_marks_expiries_and_a_sweep_slice(state: RedisState) -> None:
+    kicks: list[tuple[str, int]] = []
+    elector = make(state, kicks)
+    ttids = [make_ttid() for _ in range(40)]
+    for node in (1, 2):
+        publish(state, node, ttids, seg(5), changed=set(ttids))
+    # First round: every timeline was new, so all were marked.
+    assert elector.run_round() == 40
+    assert state.r.scard(DIRTY_KEY) == 0  # caught up: nothing left to kick
+
+    # Unchanged heartbeats mark nothing: a round takes only the sweep's slice.
+    for node in (1, 2):
+        publish(state, node, ttids, seg(5), changed=set())
+    assert elector.run_round() == 40 // SWEEP_ROUNDS
+    # Rounds of slices cover every timeline, then start over.
+    swept = [state.election_work(0.0, SWEEP_ROUNDS, 100) for _ in range(SWEEP_ROUNDS)]
+    assert sorted(t for part in swept for t in part) == sorted(ttids)
+
+    # A changed heartbeat marks its timeline, which the next round elects,
+    # kicks (work to upload) and keeps electing while the work is there.
+    busy = ttids[7]
+    for node in (1, 2):
+        publish(state, node, [busy], seg(9), changed={busy}, backup=seg(5))
+    assert state.election_work(0.0, 1_000_000, 100)[0] == busy
+    state.mark_for_election([busy])
+    elector.run_round()
+    assert kicks == [(busy, state.timeline(busy).offloader)]
+    assert state.r.smembers(DIRTY_KEY) == {busy}
+
+    # A peer that expires is found by its heartbeat time, once; the round
+    # records that it stepped down.
+    quiet = ttids[3]
+    state.r.delete(DIRTY_KEY)
+    offloader = state.timeline(quiet).offloader
+    assert offloader is not None
+    publish(state, offloader, [quiet], seg(5), changed=set(), age_s=TIMEOUT_S + 1)
+    assert state.election_work(time.time() - TIMEOUT_S, 1_000_000, 100)[0] == quiet
+    publish(state, offloader, [quiet], seg(5), changed=set(), age_s=TIMEOUT_S + 1)
+    elector.sweep_rounds = 1_000_000  # a slice of one: the expiry is the rest
+    elector.run_round()
+    after = state.timeline(quiet)
+    assert after.offloader == 3 - offloader
+    # Back alive: a peer new to the heartbeat times is marked, though its
+    # facts are what they were.
+    publish(state, offloader, [quiet], seg(5), changed=set())
+    assert quiet in state.r.smembers(DIRTY_KEY)
+
+
+def test_marks_of_unregistered_timelines_are_dropped(state: RedisState) -> None:
+    gone, kept = make_ttid(), make_ttid()
+    state.register([kept])
+    state.mark_for_election([gone, kept])
+    assert state.election_work(0.0, 1_000_000, 100) == [kept]
+    state.forget(kept)
+    assert state.election_work(0.0, 1, 100) == []
+
+
+def test_a_round_takes_a_bounded_number_of_marks(state: RedisState) -> None:
+    ttids = [make_ttid() for _ in range(10)]
+    state.register(ttids)
+    state.mark_for_election(ttids)
+    taken = [state.election_work(0.0, 1 << 30, 4) for _ in range(3)]
+    # Each round: up to 4 marks, and a sweep slice of one timeline; the
+    # marks left over wait for the next round.
+    assert all(len(t) <= 5 for t in taken)
+    assert set().union(*taken) == set(ttids)
+    assert state.r.scard(DIRTY_KEY) == 0
+
+
+def test_new_registration_marks_its_timeline(state: RedisState) -> None:
+    ttid = make_ttid()
+    publish(state, 1, [ttid], seg(5), changed=set())  # a heartbeat that says nothing new
+    state.r.delete(DIRTY_KEY)
+    state.forget(ttid)  # e.g. Redis lost the registry; the peer is still known
+    publish(state, 1, [ttid], seg(5), changed=set())
+    assert state.r.smembers(DIRTY_KEY) == {ttid}
+
+
+def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
+    tmp_path: Path, state: RedisState
+) -> None:
+    ttids = [TenantTimelineId(f"{i:032x}", "c" * 32) for i in range(1, 4)]
+    workdir = tmp_path / "node1"
+    simulate([workdir], ttids, 3, 1 << 20)
+    disk = Workdir(workdir, 1 << 20)
+    heartbeats = Heartbeats(
+        1, state, disk, Copies(1, state),
+        keep_lease=lambda ttid, offloader: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), 1),
+    )  # fmt: skip
+    heartbeats.round(list(disk.scan().values()))
+    assert state.r.smembers(DIRTY_KEY) == {str(t) for t in ttids}  # new peers
+    state.r.delete(DIRTY_KEY)
+    heartbeats.round(list(disk.scan().values()))
+    assert state.r.scard(DIRTY_KEY) == 0  # the same facts, a newer time
+    simulate([workdir], ttids[1:2], 4, 1 << 20)  # segment 4 completes on one timeline
+    heartbeats.round(list(disk.scan().values()))
+    assert state.r.smembers(DIRTY_KEY) == {str(ttids[1])}
