@@ -117,6 +117,7 @@ class Leases:
             st.commit_lsn.segment_number(st.wal_seg_size),
             st.wal_seg_size,
             claim_timeout_ms(st.wal_seg_size),
+            horizon=self.settings.window.horizon,
         )
         if claimed is None:  # fenced between acquire and claim
             self.forget(ttid, token)

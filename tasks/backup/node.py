@@ -116,7 +116,7 @@ class NodeService:
             complain=self._complain,
         )
         self.uploader = Uploader(
-            parallel_jobs=settings.parallel_jobs,
+            window=settings.window,
             state=state,
             storage=storage,
             disk=self.disk,
