@@ -63,6 +63,7 @@ def run_ours(
     cpu: dict[str, float],
     spy_out: Path | None = None,
     reorder_horizon: int | None = None,
+    spy_gil: bool = True,
 ) -> float:
     url = moto.fresh(BUCKET)
     ttid = staged[0][0]
@@ -94,7 +95,7 @@ def run_ours(
         workdir = c.workdir(1)
         pids = {"worker": c.procs["node1"].pid, "moto": moto_pid(moto)}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
-        with py_spy(pids["worker"], spy_out):
+        with py_spy(pids["worker"], spy_out, gil=spy_gil):
             started = time.perf_counter()
             move_in(staged, staging, workdir)
             ok = watcher.wait_all(len(staged), timeout_s=300)
@@ -173,6 +174,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--py-spy", type=Path, help="record the worker (.txt: collapsed stacks)")
     parser.add_argument(
+        "--py-spy-cpu",
+        action="store_true",
+        help="with --py-spy: sample every thread on a CPU, not only the GIL holder",
+    )
+    parser.add_argument(
         "--reorder-horizon", type=int, help="WALBACKUP_REORDER_HORIZON (default: the setting's)"
     )
     args = parser.parse_args()
@@ -205,6 +211,7 @@ def main() -> None:
                     ours_cpu,
                     spy_out,
                     args.reorder_horizon,
+                    not args.py_spy_cpu,
                 )
                 log(f"P={parallel}: plain boto3 thread pool")
                 base_cpu: dict[str, float] = {}
