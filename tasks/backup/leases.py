@@ -76,6 +76,11 @@ class Leases:
         with self._lock:
             return self._held.get(ttid)
 
+    def __contains__(self, ttid: object) -> bool:
+        """Whether this node holds ``ttid``'s lease now."""
+        with self._lock:
+            return ttid in self._held
+
     def held(self) -> dict[str, str]:
         """A snapshot: ttid -> token."""
         with self._lock:
