@@ -391,17 +391,19 @@ def metrics_histogram(port: int, name: str) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
+def py_spy(pid: int, out: Path | None, rate: int = 100, gil: bool = True) -> Iterator[None]:
     """``py-spy record --gil`` of ``pid`` for the block (nothing if ``out`` is
     None): ``.txt`` gives collapsed stacks, anything else a flame graph SVG.
-    py-spy is a profiling aid, not a dependency: ``pip install py-spy``."""
+    ``gil`` false: every thread on a CPU, such as hashing, which releases the
+    GIL. py-spy is a profiling aid, not a dependency: ``pip install py-spy``."""
     if out is None:
         yield
         return
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     fmt = "raw" if out.suffix == ".txt" else "flamegraph"
     spy = subprocess.Popen(
-        [exe, "record", "--format", fmt, "-o", str(out), "-p", str(pid), "-r", str(rate), "--gil"],
+        [exe, "record", "--format", fmt, "-o", str(out), "-p", str(pid), "-r", str(rate)]
+        + (["--gil"] if gil else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -29,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tasks.core.commit import WindowSize
 from tasks.core.segments import DEFAULT_SEG_SIZE, validate_seg_size
 from tasks.errors import InvalidInput
 
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     remote_storage: str | None = None
     s3_endpoint_url: str | None = None
     parallel_jobs: int = Field(default=5, ge=1, le=256)
+    reorder_horizon: int = Field(default=4, ge=1, le=64)
+    """How far uploads may run ahead of backup_lsn, in multiples of
+    ``parallel_jobs``: 1 pins a slot behind a slow upload, as the reference's
+    FuturesOrdered window; more lets later segments use it meanwhile."""
     max_offloader_lag_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     wal_seg_size: int = DEFAULT_SEG_SIZE
     heartbeat_timeout: float = Field(default=5.0, gt=0)
@@ -220,6 +225,10 @@ class Settings(BaseSettings):
     @property
     def effective_remote_storage(self) -> str:
         return self.remote_storage or (self.data_dir / "remote").resolve().as_uri()
+
+    @property
+    def window(self) -> WindowSize:
+        return WindowSize(self.parallel_jobs, self.parallel_jobs * self.reorder_horizon)
 
     @property
     def lease_ttl_s(self) -> float:

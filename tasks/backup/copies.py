@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 
 import redis
@@ -155,12 +155,13 @@ class Copies:
         self,
         timelines: Mapping[str, TimelineState],
         backup: Mapping[str, Lsn | None],
-        uploading: frozenset[str] = frozenset(),
+        uploading: Container[str] = frozenset(),
     ) -> int:
         """Hash the complete segments from backup_lsn (or the first held) up to
         ``DIGEST_AHEAD`` further that have no current digest, publish them,
         and withdraw digests of segments now backed up or gone. Timelines in
-        ``uploading`` (this node holds their lease) are hashed by their
+        ``uploading`` (this node holds their lease; asked before each segment,
+        so a lease taken meanwhile stops the hashing) are hashed by their
         uploads (``publish_own``). Returns the number of segments hashed."""
         budget = DIGEST_BUDGET_BYTES
         fresh: list[tuple[str, int, str]] = []

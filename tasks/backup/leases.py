@@ -76,6 +76,11 @@ class Leases:
         with self._lock:
             return self._held.get(ttid)
 
+    def __contains__(self, ttid: object) -> bool:
+        """Whether this node holds ``ttid``'s lease now."""
+        with self._lock:
+            return ttid in self._held
+
     def held(self) -> dict[str, str]:
         """A snapshot: ttid -> token."""
         with self._lock:
@@ -117,6 +122,7 @@ class Leases:
             st.commit_lsn.segment_number(st.wal_seg_size),
             st.wal_seg_size,
             claim_timeout_ms(st.wal_seg_size),
+            horizon=self.settings.window.horizon,
         )
         if claimed is None:  # fenced between acquire and claim
             self.forget(ttid, token)

@@ -116,7 +116,7 @@ class NodeService:
             complain=self._complain,
         )
         self.uploader = Uploader(
-            parallel_jobs=settings.parallel_jobs,
+            window=settings.window,
             state=state,
             storage=storage,
             disk=self.disk,
@@ -238,9 +238,8 @@ class NodeService:
             self._digest_wake.wait(1.0)
             self._digest_wake.clear()
             try:
-                uploading = frozenset(self.leases.held())
                 backup = dict(self.heartbeats.backup_known)
-                if self.copies.refresh(dict(self._timelines), backup, uploading):
+                if self.copies.refresh(dict(self._timelines), backup, self.leases):
                     self._digest_wake.set()  # the budget ran out: go on at once
             except Exception as exc:
                 self._complain("publishing segment digests failed", exc)

@@ -57,6 +57,7 @@ from tasks.backup.leases import Leases, claim_timeout_ms
 from tasks.backup.retries import UploadRef
 from tasks.backup.retrying import InFlight
 from tasks.backup.walheader import HeaderCheck
+from tasks.core.commit import WindowSize
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry, facts_of
 from tasks.core.segments import xlog_file_name
@@ -95,7 +96,7 @@ class Uploader:
     def __init__(
         self,
         *,
-        parallel_jobs: int,
+        window: WindowSize,
         state: RedisState,
         storage: RemoteStorage,
         disk: Workdir,
@@ -106,7 +107,7 @@ class Uploader:
         in_flight: InFlight,
         timeline: Callable[[str], TimelineState | None],
     ) -> None:
-        self.parallel_jobs = parallel_jobs
+        self.window = window
         self.state = state
         self.storage = storage
         self.disk = disk
@@ -178,7 +179,7 @@ class Uploader:
                     token,
                     segno,
                     seg_size,
-                    parallel_jobs=self.parallel_jobs,
+                    window=self.window,
                     end_segno=st.commit_lsn.segment_number(seg_size),
                     claim_timeout_ms=claim_ms,
                     lease_ttl_ms=ttl_ms,

@@ -14,6 +14,7 @@ import time
 
 import redis
 
+from tasks.core.commit import WindowSize
 from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
@@ -86,13 +87,24 @@ class LeaseWindow:
         end_segno: int,
         seg_size: int,
         claim_timeout_ms: int,
+        horizon: int | None = None,
     ) -> list[int] | None:
-        """Segnos to upload now, or ``None`` when ``token`` is stale."""
+        """Segnos to upload now (``tasks.core.commit.claim``), or ``None`` when
+        ``token`` is stale. ``horizon`` (segments) defaults to ``parallel_jobs``:
+        the reference's window."""
         now_ms = int(time.time() * 1000)
         claimed = self._scripts.run(
             "claim_segments",
             [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
-            [token, parallel_jobs, end_segno, seg_size, now_ms, now_ms + claim_timeout_ms],
+            [
+                token,
+                parallel_jobs,
+                end_segno,
+                seg_size,
+                now_ms,
+                now_ms + claim_timeout_ms,
+                parallel_jobs if horizon is None else horizon,
+            ],
         )
         if claimed is None:
             return None
@@ -119,7 +131,7 @@ class LeaseWindow:
         segno: int,
         seg_size: int,
         *,
-        parallel_jobs: int,
+        window: WindowSize,
         end_segno: int,
         claim_timeout_ms: int,
         lease_ttl_ms: int,
@@ -136,12 +148,13 @@ class LeaseWindow:
                 token,
                 segno,
                 seg_size,
-                parallel_jobs,
+                window.parallel_jobs,
                 end_segno,
                 now_ms,
                 now_ms + claim_timeout_ms,
                 lease_ttl_ms,
                 _encode(entry),
+                window.horizon,
             ],
         )
         if not int(ok):

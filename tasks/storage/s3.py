@@ -127,9 +127,14 @@ class S3Storage(RemoteStorage):
             # Checksums of responses are validated where we ask for them
             # (ChecksumMode on reads), not on the read-backs we hash ourselves.
             "response_checksum_validation": "when_required",
+            # No SHA-256 pass of botocore's over every body for SigV4 (it signs
+            # payloads on http:// endpoints): every PUT carries Content-MD5 (a
+            # segment also x-amz-checksum-sha256), both signed headers, so the
+            # body stays bound to the signature, as botocore does on https.
+            "s3": {"payload_signing_enabled": False},
         }
         if endpoint_url:
-            common["s3"] = {"addressing_style": "path"}
+            common["s3"]["addressing_style"] = "path"
         self._config = Config(
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             max_pool_connections=max(10, parallel_jobs * 2),

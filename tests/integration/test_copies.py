@@ -26,6 +26,22 @@ def lsn(segno: int) -> Lsn:
     return Lsn.from_segment(segno, 0, SEG)
 
 
+def test_a_lease_taken_while_hashing_stops_it(state: RedisState, tmp_path: Path) -> None:
+    """The offloader's uploads hash their segments themselves: once this node
+    holds the lease (asked before each segment), the digester stops."""
+    simulate([tmp_path], [TTID], 6, SEG)
+    timelines = {str(t): s for t, s in Workdir(tmp_path, SEG).scan().items()}
+
+    class LeaseAfterTwoLooks:
+        looks = 0
+
+        def __contains__(self, ttid: object) -> bool:
+            self.looks += 1
+            return self.looks > 2
+
+    assert Copies(7, state).refresh(timelines, {str(TTID): lsn(1)}, LeaseAfterTwoLooks()) == 2
+
+
 def test_digests_follow_backup_lsn(state: RedisState, tmp_path: Path) -> None:
     simulate([tmp_path], [TTID], 6, SEG)
     timelines = {str(t): s for t, s in Workdir(tmp_path, SEG).scan().items()}

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.core.commit import advance
+from tasks.core.commit import WindowSize, advance, claim
 from tasks.core.lsn import Lsn
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key
 from tasks.state.redis import CommitRefused, RedisState
@@ -371,6 +371,122 @@ def test_commit_matches_python_advance_in_any_order(
         assert done(state, ttid) == pending
     expected, _ = advance(backup, set(segnos), seg_size)
     assert lsn == expected
+
+
+def test_claim_does_not_pin_a_slot_behind_a_slow_segment(state: RedisState, ttid: str) -> None:
+    start_at(state, ttid, seg(3))
+    token = state.acquire_lease(ttid, A, 1, LONG_TTL)
+    assert token is not None
+    window = WindowSize(3, 6)
+    assert state.claim_segments(ttid, token, 3, 100, SEG, LONG_CLAIM, horizon=6) == [3, 4, 5]
+
+    def commit(segno: int) -> tuple[Lsn, list[int]]:
+        return state.commit_and_claim(
+            ttid,
+            token,
+            segno,
+            SEG,
+            window=window,
+            end_segno=100,
+            claim_timeout_ms=LONG_CLAIM,
+            lease_ttl_ms=LONG_TTL,
+        )
+
+    # 3 is slow: each segment finished above it frees its slot for the next.
+    assert commit(4) == (seg(3), [6])
+    assert commit(5) == (seg(3), [7])
+    assert commit(6) == (seg(3), [8])
+    assert inflight(state, ttid) == {3, 7, 8}
+    # ...up to the horizon [3, 9): 7 finishes, nothing new is claimed.
+    assert commit(7) == (seg(3), [])
+    assert done(state, ttid) == {4, 5, 6, 7}
+    # 3 commits: backup_lsn jumps to 8, the horizon to [8, 14).
+    assert commit(3) == (seg(8), [9, 10])
+    assert inflight(state, ttid) == {8, 9, 10}
+    assert done(state, ttid) == set()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    jobs=st.integers(1, 5),
+    multiple=st.integers(1, 4),
+    end=st.integers(0, 30),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["finish", "lose", "grow", "claim"]), st.integers(0, 2**16)),
+        max_size=60,
+    ),
+)
+def test_claim_matches_python_claim_in_any_finish_order(
+    state: RedisState, jobs: int, multiple: int, end: int, steps: list[tuple[str, int]]
+) -> None:
+    """The Lua window (claim_segments and commit_and_claim) against its model
+    (``claim`` and ``advance``), uploads finishing and claims getting lost in
+    random order; and the model's bounds hold on what Redis stores."""
+    ttid = new_ttid()
+    window = WindowSize(jobs, jobs * multiple)
+    first = seg(5)
+    start_at(state, ttid, first)
+    token = state.acquire_lease(ttid, A, 1, LONG_TTL)
+    assert token is not None
+    backup, model_inflight, model_done, committed = first, dict[int, int](), set[int](), set[int]()
+    for op, pick in [("claim", 0), *steps]:
+        now = int(time.time() * 1000)
+        live = sorted(s for s, deadline in model_inflight.items() if deadline > now)
+        if op == "finish" and live:
+            segno = live[pick % len(live)]
+            got_lsn, got = state.commit_and_claim(
+                ttid,
+                token,
+                segno,
+                SEG,
+                window=window,
+                end_segno=end,
+                claim_timeout_ms=LONG_CLAIM,
+                lease_ttl_ms=LONG_TTL,
+            )
+            del model_inflight[segno]
+            committed.add(segno)
+            backup, model_done = advance(backup, model_done | {segno}, SEG)
+            assert got_lsn == backup
+        elif op == "lose" and live:
+            segno = live[pick % len(live)]
+            state.r.zadd(inflight_key(ttid), {str(segno): 0})
+            model_inflight[segno] = 0
+            continue
+        else:
+            end += pick % 4 if op == "grow" else 0
+            got = (
+                state.claim_segments(
+                    ttid, token, jobs, end, SEG, LONG_CLAIM, horizon=window.horizon
+                )
+                or []
+            )
+        start = backup.segment_number(SEG)
+        model_inflight = {s: d for s, d in model_inflight.items() if s >= start}
+        expected = claim(
+            backup,
+            model_inflight,
+            model_done,
+            window=window,
+            end_segno=end,
+            seg_size=SEG,
+            now_ms=now,
+        )
+        assert got == expected, (op, backup, model_inflight, model_done)
+        model_inflight.update(dict.fromkeys(got, now + LONG_CLAIM))
+        stored = {
+            int(m): int(d) for m, d in state.r.zrange(inflight_key(ttid), 0, -1, withscores=True)
+        }
+        assert stored.keys() == model_inflight.keys()
+        assert sum(1 for d in stored.values() if d > now) <= jobs
+        assert all(start <= s < start + window.horizon for s in stored)
+        assert done(state, ttid) == model_done
+        assert model_done <= set(range(start, start + window.horizon))
+        assert backup == advance(first, committed, SEG)[0]
 
 
 # -- raise_backup_lsn --------------------------------------------------------------------

@@ -81,7 +81,9 @@ class Storage(LocalStorage):
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, state: RedisState, parallel_jobs: int) -> None:
+    def __init__(
+        self, tmp_path: Path, state: RedisState, parallel_jobs: int, reorder_horizon: int
+    ) -> None:
         self.state = state
         self.clock = Clock()
         self.sent: list[Sent] = []
@@ -95,6 +97,7 @@ class Harness:
             wal_seg_size=SEG,
             data_dir=tmp_path / "data",
             parallel_jobs=parallel_jobs,
+            reorder_horizon=reorder_horizon,
         )
         self.storage = Storage(tmp_path / "remote", self.clock)
         self.elector = Elector(
@@ -147,9 +150,13 @@ def seg(segno: int) -> Lsn:
 @pytest.fixture
 def make_harness(
     tmp_path: Path, state: RedisState, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[int], Harness]:
-    def make(parallel_jobs: int) -> Harness:
-        h = Harness(tmp_path, state, parallel_jobs)
+) -> Callable[..., Harness]:
+    """A node with ``parallel_jobs`` and, unless told, the reference's window
+    (``reorder_horizon`` 1: a finished segment keeps its slot until backup_lsn
+    passes it), which the chaining tests below are written against."""
+
+    def make(parallel_jobs: int, reorder_horizon: int = 1) -> Harness:
+        h = Harness(tmp_path, state, parallel_jobs, reorder_horizon)
         monkeypatch.setattr(jobs, "get_node", lambda: h.node)
         monkeypatch.setattr(jobs, "time", h.clock)
         monkeypatch.setattr(uploader_module, "time", h.clock)
@@ -159,7 +166,7 @@ def make_harness(
 
 
 @pytest.fixture
-def harness(make_harness: Callable[[int], Harness]) -> Harness:
+def harness(make_harness: Callable[..., Harness]) -> Harness:
     return make_harness(3)
 
 
@@ -171,7 +178,7 @@ def test_backup_claims_the_window_and_sends_it(harness: Harness) -> None:
 
 
 def test_a_task_chains_the_segments_its_commits_claim_until_its_budget(
-    make_harness: Callable[[int], Harness],
+    make_harness: Callable[..., Harness],
 ) -> None:
     """parallel_jobs 1: each commit claims exactly the next segment. The task
     uploads 1, 2, 3 (0.4 s each of its 1 s budget) and sends 4, claimed by
@@ -189,7 +196,7 @@ def test_a_task_chains_the_segments_its_commits_claim_until_its_budget(
 
 
 def test_a_task_with_budget_left_uploads_the_whole_backlog(
-    make_harness: Callable[[int], Harness], monkeypatch: pytest.MonkeyPatch
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     harness = make_harness(1)
     monkeypatch.setattr(jobs, "CHAIN_BUDGET_S", 100.0)
@@ -214,6 +221,21 @@ def test_one_claimed_segment_is_kept_the_others_are_sent(harness: Harness) -> No
     assert harness.backup_lsn() == seg(4)
     assert outcome.next_segnos == (4,)  # the window [4, 7) is claimed
     assert harness.sent_segnos() == [5, 6]
+
+
+def test_beyond_the_reference_window_a_finished_segment_frees_its_slot(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Reorder horizon 2 x 3 segments: 2 and 3 finish above a slow 1, and
+    each commit claims the next segment within [1, 7) at once."""
+    harness = make_harness(3, reorder_horizon=2)
+    token = harness.start_window()  # claims 1, 2, 3
+    harness.sent.clear()
+    for segno in (2, 3):
+        assert harness.node.upload(harness.ttid, segno, SEG, token).next_segnos == ()
+    assert harness.backup_lsn() == seg(1)
+    assert harness.sent_segnos() == [4, 5]
+    assert sorted(harness.state.claimed(harness.ttid)) == [1, 4, 5]
 
 
 def test_past_its_budget_a_commit_sends_everything_it_claims(harness: Harness) -> None:

@@ -1,4 +1,5 @@
-"""SPEC §4 ordered commit (``advance``) and retry backoff (``backoff_ms``)."""
+"""SPEC §4 ordered commit (``advance``), the window's claim rule (``claim``) and
+retry backoff (``backoff_ms``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.core.commit import advance, backoff_ms
+from tasks.core.commit import WindowSize, advance, backoff_ms, claim
 from tasks.core.lsn import Lsn
 
 MiB = 1 << 20
@@ -135,6 +136,105 @@ def test_any_finish_order_reaches_the_same_lsn(
             assert new_lsn >= lsn
             lsn = new_lsn
         assert (lsn, pending) == (expected, expected_pending)
+
+
+# -- claim ----------------------------------------------------------------------------
+
+NOW = 1_000_000
+LIVE = NOW + 60_000
+LOST = NOW - 1
+
+
+def claim_at(
+    backup: Lsn,
+    inflight: dict[int, int],
+    done: set[int],
+    window: WindowSize,
+    end_segno: int = 10**6,
+) -> list[int]:
+    return claim(
+        backup, inflight, done, window=window, end_segno=end_segno, seg_size=SEG, now_ms=NOW
+    )
+
+
+def test_claim_fills_parallel_jobs_lowest_first() -> None:
+    assert claim_at(seg(3), {}, set(), WindowSize(4, 16)) == [3, 4, 5, 6]
+    assert claim_at(seg(3), {}, set(), WindowSize(4, 16), end_segno=5) == [3, 4]
+    assert claim_at(seg(3), {}, set(), WindowSize(4, 16), end_segno=3) == []
+
+
+def test_a_finished_segment_frees_its_slot_within_the_horizon() -> None:
+    # 3 is slow; 4, 5 and 6 finished above it: three slots are free again.
+    inflight = {3: LIVE}
+    assert claim_at(seg(3), inflight, {4, 5, 6}, WindowSize(4, 8)) == [7, 8, 9]
+    # The reference's window (horizon = parallel_jobs) keeps them pinned.
+    assert claim_at(seg(3), inflight, {4, 5, 6}, WindowSize(4, 4)) == []
+    # Never past the horizon [3, 3 + 6).
+    assert claim_at(seg(3), inflight, {4, 5, 6}, WindowSize(4, 6)) == [7, 8]
+
+
+def test_claim_skips_live_claims_and_hands_out_lost_ones() -> None:
+    inflight = {3: LOST, 4: LIVE, 5: NOW, 7: LIVE}
+    assert claim_at(seg(3), inflight, {6}, WindowSize(4, 16)) == [3, 5]
+    assert claim_at(seg(3), inflight, {6}, WindowSize(5, 16)) == [3, 5, 8]
+
+
+def test_claims_below_backup_do_not_count() -> None:
+    assert claim_at(seg(5), {1: LIVE, 2: LIVE, 6: LIVE}, set(), WindowSize(2, 8)) == [5]
+
+
+@st.composite
+def window_runs(draw: st.DrawFn) -> tuple[WindowSize, int, list[tuple[str, int]]]:
+    jobs = draw(st.integers(1, 6))
+    window = WindowSize(jobs, jobs * draw(st.integers(1, 4)))
+    end = draw(st.integers(0, 40))
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["finish", "lose", "grow"]), st.integers(0, 2**16)),
+            max_size=80,
+        )
+    )
+    return window, end, steps
+
+
+@given(window_runs())
+def test_any_finish_order_keeps_the_window_bounded(
+    run: tuple[WindowSize, int, list[tuple[str, int]]],
+) -> None:
+    """Uploads finish, and claims get lost, in any order; each event refills the
+    window. Never more than parallel_jobs in flight, never a claim past the
+    horizon or of a finished or live segment, no slot left idle while there is
+    one to claim; backup_lsn = contiguous prefix."""
+    window, end, steps = run
+    backup = seg(2)
+    inflight: dict[int, int] = {}
+    done: set[int] = set()
+    committed: set[int] = set()
+    for op, pick in [("grow", 0), *steps]:
+        live = sorted(s for s, deadline in inflight.items() if deadline > NOW)
+        if op == "finish" and live:
+            segno = live[pick % len(live)]
+            del inflight[segno]
+            committed.add(segno)
+            backup, done = advance(backup, done | {segno}, SEG)
+        elif op == "lose" and live:
+            inflight[live[pick % len(live)]] = LOST
+        elif op == "grow":
+            end += pick % 5
+        start = backup.segment_number(SEG)
+        inflight = {s: d for s, d in inflight.items() if s >= start}
+        claimed = claim_at(backup, inflight, done, window, end)
+        assert claimed == sorted(set(claimed))
+        assert not set(claimed) & (done | {s for s, d in inflight.items() if d > NOW})
+        assert all(start <= s < min(end, start + window.horizon) for s in claimed)
+        inflight.update(dict.fromkeys(claimed, LIVE))
+        live_now = {s for s, d in inflight.items() if d > NOW}
+        assert len(live_now) <= window.parallel_jobs
+        # Work-conserving: a free slot means nothing in the horizon is left to claim.
+        if len(live_now) < window.parallel_jobs:
+            assert set(range(start, min(end, start + window.horizon))) <= done | live_now
+        assert done <= set(range(start, start + window.horizon))
+        assert backup == advance(seg(2), committed, SEG)[0]
 
 
 # -- backoff_ms ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import load_settings
+from tasks.core.commit import WindowSize
 from tasks.errors import InvalidInput
 
 
@@ -28,6 +29,7 @@ def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert s.effective_remote_storage == (tmp_path / "walbackup" / "remote").as_uri()
     assert s.s3_endpoint_url is None
     assert s.parallel_jobs == 5
+    assert s.reorder_horizon == 4 and s.window == WindowSize(5, 20)
     assert s.max_offloader_lag_bytes == 134217728
     assert s.wal_seg_size == 16 * 1024 * 1024
     assert s.heartbeat_timeout == 5
@@ -46,6 +48,7 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "WALBACKUP_REMOTE_STORAGE": "s3://bucket/prefix",
         "WALBACKUP_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
         "WALBACKUP_PARALLEL_JOBS": "8",
+        "WALBACKUP_REORDER_HORIZON": "2",
         "WALBACKUP_MAX_OFFLOADER_LAG_BYTES": "1048576",
         "WALBACKUP_WAL_SEG_SIZE": "1073741824",
         "WALBACKUP_HEARTBEAT_TIMEOUT": "2.5",
@@ -63,6 +66,7 @@ def test_environment_sets_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert s.wal_seg_size == 1 << 30 and s.max_offloader_lag_bytes == 1 << 20
     assert (s.heartbeat_timeout, s.election_interval, s.backup_enabled) == (2.5, 0.5, False)
     assert s.wal_header_check is False
+    assert s.window == WindowSize(8, 16)
 
 
 def test_broker_may_be_rabbitmq_but_redis_url_may_not(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +87,7 @@ def test_broker_may_be_rabbitmq_but_redis_url_may_not(monkeypatch: pytest.Monkey
     [
         ("WALBACKUP_PARALLEL_JOBS", "0"),
         ("WALBACKUP_PARALLEL_JOBS", "many"),
+        ("WALBACKUP_REORDER_HORIZON", "0"),
         ("WALBACKUP_WAL_SEG_SIZE", "1000000"),
         ("WALBACKUP_WAL_SEG_SIZE", str(2 << 30)),
         ("WALBACKUP_NODE_ID", "-1"),

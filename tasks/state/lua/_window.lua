@@ -44,34 +44,63 @@ local function window_commit(timeline, inflight, done, ledger, segno_text, seg_s
   return backup
 end
 
--- Claim the segments of [segno(backup_lsn), segno(backup_lsn) + parallel_jobs)
--- below end_segno that are neither finished nor claimed (a claim whose
--- deadline passed counts as lost and is handed out again). Returns the list
--- of claimed segnos as strings.
-local function window_claim(timeline, inflight, done, parallel_jobs, end_segno, seg_size,
-                            now, deadline)
+-- Claim, lowest first, the segments of [segno(backup_lsn), segno(backup_lsn) +
+-- horizon) below end_segno that are neither finished nor claimed, until
+-- parallel_jobs claims are in flight. A claim whose deadline passed counts as
+-- lost: not in flight, and handed out again. Unlike the reference's
+-- FuturesOrdered window (horizon = parallel_jobs), a finished segment above a
+-- slow one frees its slot; the horizon bounds how far uploads run ahead of
+-- backup_lsn, hence the done and inflight ZSETs. Model:
+-- tasks.core.commit.claim. Returns the list of claimed segnos as strings.
+local function window_claim(timeline, inflight, done, parallel_jobs, horizon, end_segno,
+                            seg_size, now, deadline)
   local backup = redis.call("HGET", timeline, "backup_lsn")
   if not backup then
     return {}
   end
   local start = lsn_segno(backup, seg_size)
   redis.call("ZREMRANGEBYSCORE", done, "-inf", "(" .. start)
-  for _, member in ipairs(redis.call("ZRANGE", inflight, 0, -1)) do
-    if tonumber(member) < start then
-      redis.call("ZREM", inflight, member)
-    end
-  end
-  local stop = math.min(end_segno, start + parallel_jobs)
-  local claimed = {}
-  for segno = start, stop - 1 do
-    local member = string.format("%d", segno)
-    if not redis.call("ZSCORE", done, member) then
-      local current = redis.call("ZSCORE", inflight, member)
-      if not current or tonumber(current) <= now then
-        redis.call("ZADD", inflight, deadline, member)
-        table.insert(claimed, member)
+  -- One read of the inflight ZSET (at most horizon members): drop claims
+  -- below the window, count the live ones.
+  local deadlines = {}
+  local live = 0
+  local entries = redis.call("ZRANGE", inflight, 0, -1, "WITHSCORES")
+  for i = 1, #entries, 2 do
+    local segno = tonumber(entries[i])
+    if segno < start then
+      redis.call("ZREM", inflight, entries[i])
+    else
+      local current = tonumber(entries[i + 1])
+      deadlines[segno] = current
+      if current > now then
+        live = live + 1
       end
     end
+  end
+  local stop = math.min(end_segno, start + horizon)
+  if live >= parallel_jobs or stop <= start then
+    return {}
+  end
+  local finished = {}
+  for _, member in ipairs(redis.call("ZRANGEBYSCORE", done, start, stop - 1)) do
+    finished[tonumber(member)] = true
+  end
+  local claimed, zadd = {}, {}
+  for segno = start, stop - 1 do
+    if live >= parallel_jobs then
+      break
+    end
+    local current = deadlines[segno]
+    if not finished[segno] and (not current or current <= now) then
+      local member = string.format("%d", segno)
+      table.insert(claimed, member)
+      table.insert(zadd, deadline)
+      table.insert(zadd, member)
+      live = live + 1
+    end
+  end
+  if #claimed > 0 then
+    redis.call("ZADD", inflight, unpack(zadd))
   end
   return claimed
 end

@@ -5,14 +5,15 @@
 -- KEYS[4] done      ZSET   segno -> segno, finished above backup_lsn
 -- ARGV[1] token, ARGV[2] parallel_jobs, ARGV[3] end segno (exclusive: first
 -- segment not complete locally), ARGV[4] seg_size, ARGV[5] now ms,
--- ARGV[6] deadline ms for newly claimed segments
--- The window is [segno(backup_lsn), segno(backup_lsn) + parallel_jobs), as the
--- reference's FuturesOrdered: a slow segment holds the window, so finished
--- but uncommitted segments stay bounded. A claim whose deadline passed (its
+-- ARGV[6] deadline ms for newly claimed segments, ARGV[7] reorder horizon
+-- (segments)
+-- Up to parallel_jobs claims in flight inside [segno(backup_lsn),
+-- segno(backup_lsn) + horizon): the horizon, not a pinned slot, bounds the
+-- finished but uncommitted segments. A claim whose deadline passed (its
 -- message was lost) is handed out again (see window_claim in _window.lua).
 -- Returns false when fenced, else the list of claimed segnos.
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return false
 end
-return window_claim(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[3]),
-                    tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+return window_claim(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[7]),
+                    tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])

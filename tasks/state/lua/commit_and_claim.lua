@@ -7,7 +7,8 @@
 -- KEYS[5] ledger    HASH   segno -> ledger entry JSON the upload verified (recent window)
 -- ARGV[1] token, ARGV[2] segno, ARGV[3] seg_size, ARGV[4] parallel_jobs,
 -- ARGV[5] end segno (exclusive), ARGV[6] now ms, ARGV[7] deadline ms for newly
--- claimed segments, ARGV[8] lease ttl ms, ARGV[9] ledger entry ("" for none)
+-- claimed segments, ARGV[8] lease ttl ms, ARGV[9] ledger entry ("" for none),
+-- ARGV[10] reorder horizon (segments)
 -- The claimed segments count as started (as after start_upload): the caller
 -- uploads them at once, or sends them to its queue.
 -- Returns {0, ""} when fenced, else {1, backup_lsn, claimed segno...}.
@@ -20,8 +21,8 @@ if not backup then
   return {0, ""}
 end
 local out = {1, backup}
-local claimed = window_claim(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[4]), tonumber(ARGV[5]),
-                             seg_size, tonumber(ARGV[6]), ARGV[7])
+local claimed = window_claim(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[4]), tonumber(ARGV[10]),
+                             tonumber(ARGV[5]), seg_size, tonumber(ARGV[6]), ARGV[7])
 for _, member in ipairs(claimed) do
   table.insert(out, member)
 end

@@ -1,0 +1,52 @@
+"""What an S3 segment upload puts on the wire (moto server): the body is bound
+to the SigV4 signature through signed checksum headers, not through a
+SHA-256 pass of botocore's over the body (``S3Storage``'s client config)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.storage import open_storage
+from tasks.storage.s3 import S3Storage
+from tests.fixtures_s3 import MotoServer
+
+pytestmark = pytest.mark.integration
+
+SEG_SIZE = 1 << 20
+
+
+def test_a_segment_put_signs_its_checksums_not_its_payload(
+    moto_server: MotoServer, s3_bucket_url: str, tmp_path: Path
+) -> None:
+    data = os.urandom(SEG_SIZE)
+    path = tmp_path / "000000010000000000000001"
+    path.write_bytes(data)
+    storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+    assert isinstance(storage, S3Storage)
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append(
+            {
+                k.lower(): v.decode() if isinstance(v, bytes) else str(v)
+                for k, v in request.headers.items()
+            }
+        )
+
+    storage._client().meta.events.register("before-send.s3.PutObject", capture)
+    assert not storage.upload_file("t/l/000000010000000000000001", path, SEG_SIZE).already_present
+    storage.close()
+    (headers,) = sent
+    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert headers["content-md5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert (
+        headers["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    )
+    signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"content-md5", "x-amz-checksum-sha256", "if-none-match"} <= set(signed)
