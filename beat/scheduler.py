@@ -37,12 +37,14 @@ from celery.signals import beat_init
 from kombu.exceptions import OperationalError
 from redbeat.schedulers import (
     LUA_EXTEND_TO_SCRIPT,
+    REDBEAT_REDIS_KEY,
     RedBeatScheduler,
     acquire_distributed_beat_lock,
     get_redis,
 )
 from redis.connection import parse_url
 from redis.exceptions import LockError
+from redis.sentinel import Sentinel
 
 from tasks.logutil import Throttle
 
@@ -66,26 +68,31 @@ REDIS_OPTIONS: dict[str, Any] = {
 }
 
 
-def sentinel_options(settings: Settings) -> dict[str, Any]:
-    """RedBeat's options for the master that ``settings``' Sentinels name:
-    its password and database from ``WALBACKUP_REDIS_URL``."""
-    target = parse_url(settings.redis_url)
-    sentinel_kwargs = {
-        "socket_timeout": REDIS_OPTIONS["socket_timeout"],
-        "socket_connect_timeout": REDIS_OPTIONS["socket_connect_timeout"],
+def sentinel_client(settings: Settings) -> redis.Redis[str]:
+    """RedBeat's client for the master that ``settings``' Sentinels name (its
+    password and database from ``WALBACKUP_REDIS_URL``): one client, which
+    asks the Sentinels again after a connection error. RedBeat's own Sentinel
+    support builds a new client and pool on every ``get_redis()`` call
+    (measured: 7.6 new connections a second from an idle beat)."""
+    target = {
+        k: v
+        for k, v in parse_url(settings.redis_url).items()
+        if k in ("username", "password", "db")
     }
-    if settings.redis_sentinel_password:
-        sentinel_kwargs["password"] = settings.redis_sentinel_password
-    options = {
-        "sentinels": settings.sentinels,
-        "service_name": settings.redis_master_name,
-        "password": target.get("password"),
-        "db": target.get("db", 0),
-        "sentinel_kwargs": sentinel_kwargs,
-    }
-    if target.get("username"):
-        options["username"] = target["username"]
-    return options
+    assert settings.redis_master_name, "validated with the Sentinels"
+    timeouts = {k: REDIS_OPTIONS[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    manager = Sentinel(
+        settings.sentinels,
+        sentinel_kwargs={**timeouts, "password": settings.redis_sentinel_password},
+    )
+    client: redis.Redis[str] = manager.master_for(
+        settings.redis_master_name,
+        decode_responses=True,
+        health_check_interval=REDIS_OPTIONS["health_check_interval"],
+        **timeouts,
+        **target,
+    )
+    return client
 
 
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -147,8 +154,8 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         app.conf.redbeat_redis_url = settings.redis_url
         app.conf.redbeat_redis_options = dict(REDIS_OPTIONS)
         if settings.sentinels:
-            app.conf.redbeat_redis_url = "redis-sentinel://"  # RedBeat's convention
-            app.conf.redbeat_redis_options.update(sentinel_options(settings))
+            # get_redis() builds no client when the app has one.
+            setattr(app, REDBEAT_REDIS_KEY, sentinel_client(settings))
         # Beat only sends the election round, every second: no "task-sent"
         # events for it (Flower would list every round as a task).
         app.conf.task_send_sent_event = False

@@ -38,18 +38,16 @@ def test_one_line_per_kind_then_one_per_interval(
 
 
 def test_redbeat_reaches_redis_through_the_sentinels() -> None:
-
     settings = Settings(
         redis_url="redis://:pw@ignored:6379/3",
         redis_sentinels="10.0.0.1:26379,10.0.0.2:26379",
         redis_master_name="wal",
         redis_sentinel_password="sp",
     )
-    # RedBeat's convention (with redbeat_redis_url="redis-sentinel://").
-    assert scheduler.sentinel_options(settings) == {
-        "sentinels": [("10.0.0.1", 26379), ("10.0.0.2", 26379)],
-        "service_name": "wal",
-        "password": "pw",
-        "db": 3,
-        "sentinel_kwargs": {"socket_timeout": 5, "socket_connect_timeout": 5, "password": "sp"},
-    }
+    client = scheduler.sentinel_client(settings)  # connects on first use only
+    pool = client.connection_pool
+    assert pool.service_name == "wal"
+    assert (pool.connection_kwargs["password"], pool.connection_kwargs["db"]) == ("pw", 3)
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26379]
+    assert sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
