@@ -172,6 +172,24 @@ for _name in ("celery.worker.strategy", "celery.app.trace"):
     logging.getLogger(_name).addFilter(_QuietElectionRound())
 
 
+class _OneLineLostAck(logging.Filter):
+    """A task that ends while the broker is away cannot be acked: Celery logs
+    that at CRITICAL with three chained tracebacks, once per task in flight.
+    One line says it all (the message is delivered again, and every
+    walbackup task is idempotent); the traceback goes to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Couldn't ack"):
+            logging.getLogger(record.name).debug("lost ack", exc_info=record.exc_info)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.msg} (the broker redelivers it; tasks are idempotent)"
+        return True
+
+
+logging.getLogger("celery.worker.request").addFilter(_OneLineLostAck())
+
+
 # By name: the step (and through it the node service) is imported only when a
 # worker starts, never by a client that merely imports the app.
 app.steps["worker"].add("tasks.steps:NodeStep")
