@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers with stable names around the elector and node service.
 
 walbackup.trigger          shared queue  register timelines, elect them now
-walbackup.elect_all        shared queue  beat's tick: elect every registered timeline
+walbackup.elect_all        shared queue  beat's tick: elect what changed, and a sweep slice
 walbackup.backup_timeline  node.<id>     offloader: take the lease, fill the upload window
 walbackup.upload_segment   node.<id>     upload one segment, ordered commit, refill
 walbackup.scrub_all        shared queue  beat's tick: ask each offloader to scrub its timelines
@@ -43,7 +43,8 @@ def trigger(ttids: list[str]) -> dict[str, Any]:
 # No task events: a round a second would bury the uploads in Flower's task list.
 @app.task(name=names.ELECT_ALL, send_events=False)
 def elect_all() -> int:
-    """One election round over every registered timeline.
+    """One election round: the timelines marked or with an expired peer,
+    and a slice of the sweep over every registered timeline.
 
     A round lock shorter than the interval keeps a second beat (or a backlog
     of ticks) from running rounds back to back."""
