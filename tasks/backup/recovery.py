@@ -13,34 +13,11 @@ the run is counted from there (everything below it was archived before).
 from __future__ import annotations
 
 from tasks.archive.retained import read_archive_start
+from tasks.archive.survey import list_timeline
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.core.segments import PG_TLI, parse_xlog_file_name, xlog_file_name
-from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
-from tasks.storage.base import ObjectInfo, RemoteStorage, timeline_prefix
-
-
-def remote_objects(
-    storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int, from_segno: int = 0
-) -> dict[int, ObjectInfo]:
-    """segno -> the timeline's remote objects named as complete segments,
-    from ``from_segno`` on (segment names sort by segno: the listing starts
-    there instead of at the timeline's first object)."""
-    prefix = timeline_prefix(ttid)
-    after = prefix + xlog_file_name(from_segno - 1, seg_size) if from_segno > 0 else ""
-    found: dict[int, ObjectInfo] = {}
-    for info in storage.list(prefix, start_after=after):
-        name = info.key[len(prefix) :]
-        if "/" in name:
-            continue
-        try:
-            tli, segno = parse_xlog_file_name(name, seg_size)
-        except InvalidInput:
-            continue  # .partial, .history, anything else
-        if tli == PG_TLI:
-            found[segno] = info
-    return found
+from tasks.storage.base import RemoteStorage
 
 
 def remote_backup_end(
@@ -57,7 +34,7 @@ def remote_backup_end(
             state.raise_archive_start(ttid, archive_start)
         start = max(start, archive_start)
     segno = start.segment_number(seg_size)
-    present = remote_objects(storage, parsed, seg_size, segno)
+    present = list_timeline(storage, parsed, seg_size, segno).segments
     while segno in present and present[segno].size == seg_size:
         segno += 1
     return max(start, Lsn.from_segment(segno, 0, seg_size))
