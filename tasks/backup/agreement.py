@@ -87,6 +87,7 @@ class Agreement:
             self._pending_since.clear()
         first_pending = self._pending_since.setdefault((ttid, segno), time.monotonic())
         published_own = False
+        warned = False
         while True:
             holders = self.holders(ttid, segno, seg_size)
             if holders and not published_own:
@@ -97,6 +98,17 @@ class Agreement:
                 published_own = True
             published = self.state.digests(ttid, segno, holders)
             if time.monotonic() - first_pending > AGREEMENT_WAIT_S:
+                silent = [n for n in holders if n not in published]
+                if silent and not warned:
+                    warned = True
+                    log.warning(
+                        "Timeline %s: %s: node(s) %s published no digest within %.0f s; "
+                        "judging the copies without them",
+                        ttid,
+                        name,
+                        silent,
+                        AGREEMENT_WAIT_S,
+                    )
                 holders = [n for n in holders if n in published]
             verdict = judge(own, holders, published, self.settings.agreement_copies)
             if verdict.decision is Decision.UPLOAD:
@@ -134,8 +146,8 @@ class Agreement:
         raise AgreementPending(f"{name}: waiting for the digests of nodes {list(verdict.pending)}")
 
     def holders(self, ttid: str, segno: int, seg_size: int) -> list[int]:
-        """Other live nodes that hold ``segno`` complete or are writing it now
-        (their digest will come), and do not report it damaged. The peers are
+        """Other live (or lately live) nodes that hold ``segno`` complete or are
+        writing it now (their digest will come), and do not report it damaged. The peers are
         read from Redis at most every ``PEERS_CACHE_S`` per timeline."""
         now = time.time()
         cached = self._peers.get(ttid)
@@ -143,11 +155,17 @@ class Agreement:
             cached = (now, self.state.peers(ttid))
             self._peers[ttid] = cached
         start = Lsn.from_segment(segno, 0, seg_size)
+        # A peer that missed a few heartbeats (a pause, an overloaded host) is
+        # still waited for: forgetting it at once would make this node a lone
+        # node that archives its bytes unchecked. ``_check`` stops waiting for
+        # an unpublished digest after AGREEMENT_WAIT_S, so a peer that really
+        # died delays a segment by that much at most.
+        recent = self.settings.heartbeat_timeout + AGREEMENT_WAIT_S
         return sorted(
             p.node_id
             for p in (r.peer for r in cached[1])
             if p.node_id != self.node_id
-            and is_alive(p, now, self.settings.heartbeat_timeout)
+            and is_alive(p, now, recent)
             and p.local_start_lsn <= start <= p.commit_lsn
             and p.damaged_lsn != start
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +85,38 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     log = cluster.log_path("node1").read_text()
     lines = [line for line in log.splitlines() if "ERROR" in line and bad.name in line]
     assert lines, cluster.tail_logs()
+
+
+def test_divergent_copy_while_its_peers_stall(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """The offloader's copy of segment 5 is divergent while nodes 2 and 3 are
+    frozen (SIGSTOP) for longer than the heartbeat timeout: a GC pause or an
+    overloaded host. Their missed heartbeats must not make the offloader a
+    lone node that archives its own bytes unchecked: it waits for them, and
+    once they thaw, their copies outvote its own."""
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs)
+    nodes = [workdirs[n] for n in NODES]
+    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
+    archive = Archive(ttid, root=tmp_path / "remote")
+
+    with BackupSampler(cluster, ttid) as sampler:
+        frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
+        for pid in frozen:
+            os.killpg(pid, signal.SIGSTOP)
+        try:
+            simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
+            good = expected_segment_bytes(ttid, 5, SEG_SIZE)
+            write_segment(nodes[0], ttid, 5, damaged_bytes(good, "divergent"))
+            time.sleep(3.0)  # past the 2 s heartbeat timeout
+        finally:
+            for pid in frozen:
+                os.killpg(pid, signal.SIGCONT)
+        writer.next_segno = 6
+        writer.write(2)
+        cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
 
 
 def test_timeline_dir_removed_mid_backup(
