@@ -10,7 +10,7 @@ that lost its data learns the timelines again. What comes back per timeline:
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;
-- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``);
+- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``, one round trip for all);
 - both, and every node's last heartbeat, for the cluster's gauges
   (``tasks.backup.gauges``).
 """
@@ -56,7 +56,7 @@ class Heartbeats:
         disk: Workdir,
         copies: Copies,
         *,
-        keep_lease: Callable[[str, int | None], None],
+        keep_leases: Callable[[dict[str, int | None]], None],
         data_lost: Callable[[], None],
         complain: Complaints,
     ) -> None:
@@ -64,7 +64,7 @@ class Heartbeats:
         self.state = state
         self.disk = disk
         self.copies = copies
-        self.keep_lease = keep_lease
+        self.keep_leases = keep_leases
         self.data_lost = data_lost
         """Called when a timeline's backup_lsn vanished from Redis."""
         self.complain = complain
@@ -142,8 +142,8 @@ class Heartbeats:
 
     def round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn, offloader and system id, publish, then per
-        timeline: state file, gauges, lease upkeep; then give Redis back the
-        system ids it lacks; last, the nodes' heartbeats gauge."""
+        timeline: state file, gauges; then lease upkeep, and give Redis back
+        the system ids it lacks; last, the nodes' heartbeats gauge."""
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -162,6 +162,7 @@ class Heartbeats:
         now = time.time()
         writes = 0
         restore: dict[str, int] = {}
+        offloaders: dict[str, int | None] = {}
         for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
             if system_id is None and st.system_id is not None:
@@ -179,8 +180,9 @@ class Heartbeats:
                     # lease renewals: Redis still has backup_lsn.
                     self.complain("cannot record backup_lsn in the state file", exc, ttid)
             self.gauges.timeline(st, backup_lsn, offloader, now)
-            self.keep_lease(ttid, offloader)
+            offloaders[ttid] = offloader
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)
+        self.keep_leases(offloaders)
         self.state.restore_system_ids(restore)
         self.gauges.nodes(self.state.nodes())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -132,17 +132,25 @@ class Leases:
 
     # -- keeping and giving up -------------------------------------------------
 
-    def keep(self, ttid: str, offloader: int | None) -> None:
-        """Heartbeat upkeep: renew the lease while this node is the offloader,
-        release it as soon as another is."""
-        token = self.token(ttid)
-        if token is None:
-            return
-        if offloader != self.node_id:
-            self.release(ttid, token, f"node {offloader} elected")
-        elif not self.state.renew_lease(ttid, token, self.ttl_ms):
-            log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
-            self.forget(ttid, token)
+    def keep(self, offloaders: Mapping[str, int | None]) -> None:
+        """Heartbeat upkeep, given each timeline's elected offloader: renew
+        the leases of the timelines this node still offloads, all in one
+        round trip (a node holding thousands must renew them well within the
+        lease TTL), and release the others' at once."""
+        renew: dict[str, str] = {}
+        for ttid, token in self.held().items():
+            if ttid not in offloaders:
+                continue
+            offloader = offloaders[ttid]
+            if offloader != self.node_id:
+                self.release(ttid, token, f"node {offloader} elected")
+            else:
+                renew[ttid] = token
+        for ttid, renewed in self.state.renew_leases(renew, self.ttl_ms).items():
+            if not renewed:
+                token = renew[ttid]
+                log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
+                self.forget(ttid, token)
 
     def release(self, ttid: str, token: str, why: str) -> None:
         self.forget(ttid, token)

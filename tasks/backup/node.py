@@ -98,7 +98,7 @@ class NodeService:
             state,
             self.disk,
             self.copies,
-            keep_lease=self.leases.keep,
+            keep_leases=self.leases.keep,
             data_lost=self._republish_digests,
             complain=self._complain,
         )
@@ -272,7 +272,7 @@ class NodeService:
                     # Step down now rather than at the next heartbeat, and
                     # kick the new offloader again: its first kick may have
                     # found our lease still held.
-                    self.leases.keep(outcome.ttid, offloader)
+                    self.leases.keep({outcome.ttid: offloader})
                     if offloader is not None:
                         self.elector.kick(outcome.ttid, offloader)
 

@@ -11,6 +11,7 @@ whose model is ``tasks.core.commit.advance``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import redis
 
@@ -67,6 +68,15 @@ class LeaseWindow:
 
     def renew_lease(self, ttid: str, token: str, ttl_ms: int) -> bool:
         return bool(self._scripts.run("renew_lease", [lease_key(ttid)], [token, ttl_ms]))
+
+    def renew_leases(self, leases: Mapping[str, str], ttl_ms: int) -> dict[str, bool]:
+        """``renew_lease`` for each ttid -> token, in one round trip."""
+        if not leases:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for ttid, token in leases.items():
+            self._scripts.run("renew_lease", [lease_key(ttid)], [token, ttl_ms], pipe)
+        return {ttid: bool(ok) for ttid, ok in zip(leases, pipe.execute(), strict=True)}
 
     def release_lease(self, ttid: str, token: str) -> bool:
         return bool(self._scripts.run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))

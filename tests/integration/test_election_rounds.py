@@ -146,7 +146,7 @@ def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
     disk = Workdir(workdir, 1 << 20)
     heartbeats = Heartbeats(
         1, state, disk, Copies(1, state),
-        keep_lease=lambda ttid, offloader: None, data_lost=lambda: None,
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
         complain=Complaints(logging.getLogger("test"), 1),
     )  # fmt: skip
     heartbeats.round(list(disk.scan().values()))

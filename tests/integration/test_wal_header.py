@@ -52,7 +52,7 @@ class Node:
         self.headers = HeaderCheck(settings, state, self.copies, self.timeline)
         self.heartbeats = Heartbeats(
             1, state, self.disk, self.copies,
-            keep_lease=lambda ttid, offloader: None, data_lost=lambda: None,
+            keep_leases=lambda offloaders: None, data_lost=lambda: None,
             complain=Complaints(logging.getLogger("test"), 1),
         )  # fmt: skip
 
