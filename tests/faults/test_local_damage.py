@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.ids import TenantTimelineId
 from tasks.dev.simulate import expected_segment_bytes, simulate
 from tasks.state.state_file import read_state_file
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
     NODES,
     Archive,
+    WalWriter,
     assert_invariant,
     backed_up_timeline,
     seg_lsn,
@@ -87,6 +89,17 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     assert lines, cluster.tail_logs()
 
 
+def offloaded_by_node1(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> tuple[Cluster, list[Path], TenantTimelineId, WalWriter, Archive]:
+    """Three nodes, and a timeline node 1 offloads, backed up to segment 5."""
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs)
+    nodes = [workdirs[n] for n in NODES]
+    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
+    return cluster, nodes, ttid, writer, Archive(ttid, root=tmp_path / "remote")
+
+
 def test_divergent_copy_while_its_peers_stall(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
@@ -95,11 +108,7 @@ def test_divergent_copy_while_its_peers_stall(
     overloaded host. Their missed heartbeats must not make the offloader a
     lone node that archives its own bytes unchecked: it waits for them, and
     once they thaw, their copies outvote its own."""
-    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
-    cluster = start_cluster(make_cluster, workdirs)
-    nodes = [workdirs[n] for n in NODES]
-    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
-    archive = Archive(ttid, root=tmp_path / "remote")
+    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
 
     with BackupSampler(cluster, ttid) as sampler:
         frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
@@ -122,11 +131,7 @@ def test_divergent_copy_while_its_peers_stall(
 def test_timeline_dir_removed_mid_backup(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
-    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
-    cluster = start_cluster(make_cluster, workdirs)
-    nodes = [workdirs[n] for n in NODES]
-    ttid, writer = backed_up_timeline(cluster, nodes, offloader=1)
-    archive = Archive(ttid, root=tmp_path / "remote")
+    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
 
     with BackupSampler(cluster, ttid) as sampler:
         writer.rate = 8
