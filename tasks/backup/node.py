@@ -268,11 +268,12 @@ class NodeService:
             # do that, never this thread, whose heartbeats must not wait on S3.
             for outcome in self.elector.elect(changed_ids, force_kick=True, recover=False):
                 offloader = outcome.election.offloader
-                if self.leases.token(outcome.ttid) is not None and offloader != self.node_id:
+                token = self.leases.token(outcome.ttid)
+                if token is not None and offloader != self.node_id:
                     # Step down now rather than at the next heartbeat, and
                     # kick the new offloader again: its first kick may have
                     # found our lease still held.
-                    self.leases.keep({outcome.ttid: offloader})
+                    self.leases.release(outcome.ttid, token, f"node {offloader} elected")
                     if offloader is not None:
                         self.elector.kick(outcome.ttid, offloader)
 

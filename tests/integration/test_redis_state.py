@@ -90,6 +90,13 @@ def test_acquire_renew_release(state: RedisState, ttid: str) -> None:
     assert state.acquire_lease(ttid, "1.aaaaa", 1, LONG_TTL) is None
     assert state.renew_lease(ttid, token, LONG_TTL)
     assert not state.renew_lease(ttid, f"{B}:1", LONG_TTL)
+    # The heartbeat's batch renewal: per timeline, fenced like one renewal.
+    other = ttid[:-1] + ("0" if ttid[-1] != "0" else "1")  # a timeline nobody leased
+    assert state.renew_leases({ttid: token, other: f"{A}:1"}, LONG_TTL) == {
+        ttid: True,
+        other: False,
+    }
+    assert state.renew_leases({}, LONG_TTL) == {}
     assert not state.release_lease(ttid, f"{B}:1")
     assert state.lease_holder_token(ttid) == token
     assert state.release_lease(ttid, token)
