@@ -51,12 +51,16 @@ Fixes, each where the fault is:
   and the message is delivered again (walbackup's tasks are idempotent and
   fenced by the upload lease), instead of each late ack building a connection
   pool on a dead channel.
+
+And one change for speed: ``Channel.conn_or_acquire`` shares one
+``redis.Redis`` per connection pool instead of building one per call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from queue import Empty
 from typing import Any
 
@@ -97,6 +101,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
 class _SurvivingChannel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
+    _shared_client: Any = None
 
     def close(self) -> None:
         if self._in_poll:
@@ -120,6 +125,21 @@ class _SurvivingChannel(kombu_redis.Channel):  # type: ignore[misc]
                 self.auto_delete_queues.clear()  # cannot be deleted now
                 with contextlib.suppress(*self.connection_errors):
                     super().close()
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # kombu builds a new redis.Redis (parsing its options) for every
+        # publish, task event and ack without a client: ~7% of a busy node's
+        # CPU. A client is only a handle on the channel's connection pool,
+        # safe to share between threads; one per pool is enough.
+        if client is not None:
+            yield client
+            return
+        pool = self.pool
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:  # detached by Connection.collect()/close()

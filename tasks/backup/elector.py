@@ -139,8 +139,17 @@ class Elector:
             if wants_kick or (backup_lsn is None and election.reason == NOT_RECOVERED):
                 pending.add(ttid)
         # Kicks forced by a trigger or a new offloader go out now and start the
-        # rate-limit timer; the others go out only when the timer has run out.
+        # rate-limit timer; the others go out only when the timer has run out,
+        # and not at all while the offloader has uploads in flight: it refills
+        # its window on every commit and on new WAL (tasks.backup.new_wal).
         rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
+        if rate_limited:
+            holders = self.state.uploading([p[0] for p in rate_limited])
+            rate_limited = [
+                p
+                for p, holder in zip(rate_limited, holders, strict=True)
+                if holder is None or holder != p[1].offloader
+            ]
         for ttid, *_ in (p for p in planned if p[4] and (force_kick or p[3])):
             self.state.arm_kick(ttid, self.kick_interval_ms, force=True, pipe=writes)
         for ttid, *_ in rate_limited:

@@ -10,7 +10,9 @@ that lost its data learns the timelines again. What comes back per timeline:
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;
-- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``, one round trip for all);
+- the offloader, for lease upkeep (``tasks.backup.leases.Leases.keep``, one
+  round trip for all), and kept in ``offloaders`` for new WAL
+  (``tasks.backup.new_wal``), with every node's last heartbeat (``node_seen``);
 - both, and every node's last heartbeat, for the cluster's gauges
   (``tasks.backup.gauges``).
 """
@@ -74,6 +76,10 @@ class Heartbeats:
         self.offloaded: dict[str, Lsn] = {}
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
+        self.offloaders: dict[str, int | None] = {}
+        """Each timeline's elected offloader, as of the last round."""
+        self.node_seen: dict[int, float] = {}
+        """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
         self._published: dict[str, tuple[object, ...]] = {}
         """What the last heartbeat that reached Redis said per timeline, but
@@ -137,6 +143,7 @@ class Heartbeats:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
         self.offloaded.pop(ttid, None)
+        self.offloaders.pop(ttid, None)
         self.gauges.forget(ttid)
         self._published.pop(ttid, None)
 
@@ -150,6 +157,7 @@ class Heartbeats:
             self.backup_known,
             {t: facts.backup_lsn for t, facts in zip(ttids, known, strict=True)},
         )
+        self.offloaders = {t: facts.offloader for t, facts in zip(ttids, known, strict=True)}
         self.offloaded = {
             t: facts.backup_lsn
             for t, facts in zip(ttids, known, strict=True)
@@ -162,7 +170,6 @@ class Heartbeats:
         now = time.time()
         writes = 0
         restore: dict[str, int] = {}
-        offloaders: dict[str, int | None] = {}
         for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
             if system_id is None and st.system_id is not None:
@@ -180,9 +187,10 @@ class Heartbeats:
                     # lease renewals: Redis still has backup_lsn.
                     self.complain("cannot record backup_lsn in the state file", exc, ttid)
             self.gauges.timeline(st, backup_lsn, offloader, now)
-            offloaders[ttid] = offloader
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)
-        self.keep_leases(offloaders)
+        self.keep_leases(self.offloaders)
         self.state.restore_system_ids(restore)
-        self.gauges.nodes(self.state.nodes())
+        nodes = self.state.nodes()
+        self.node_seen = {n: float(beat["ts"]) for n, beat in nodes.items()}
+        self.gauges.nodes(nodes)

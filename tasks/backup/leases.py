@@ -111,6 +111,17 @@ class Leases:
             return Skipped.NO_LOCAL_TIMELINE
         return Dispatched(self._dispatch(ttid, token, st))
 
+    def refill(self, ttid: str) -> bool:
+        """New WAL of a timeline whose lease this process holds: claim what
+        the window allows, with no election and no message. ``False`` when
+        it holds no lease (any more), or has no local copy."""
+        token = self.token(ttid)
+        st = self.timeline(ttid) if token is not None else None
+        if token is None or st is None:
+            return False
+        self._dispatch(ttid, token, st)
+        return ttid in self  # a fenced claim forgot the token
+
     def _dispatch(self, ttid: str, token: str, st: TimelineState) -> int:
         """Claim the window's free segments and hand them out; how many."""
         if st.commit_lsn is None:
@@ -132,18 +143,23 @@ class Leases:
 
     # -- keeping and giving up -------------------------------------------------
 
-    def keep(self, offloaders: Mapping[str, int | None]) -> None:
+    def keep(self, offloaders: Mapping[str, int | None]) -> dict[str, int]:
         """Heartbeat upkeep, given each timeline's elected offloader: renew
         the leases of the timelines this node still offloads, all in one
         round trip (a node holding thousands must renew them well within the
-        lease TTL), and release the others' at once."""
+        lease TTL), and release the others' at once. Returns the timelines
+        released for another node: its first kick may have found the lease
+        still held, so it wants another now."""
         renew: dict[str, str] = {}
+        handed: dict[str, int] = {}
         for ttid, token in self.held().items():
             if ttid not in offloaders:
                 continue
             offloader = offloaders[ttid]
             if offloader != self.node_id:
                 self.release(ttid, token, f"node {offloader} elected")
+                if offloader is not None:
+                    handed[ttid] = offloader
             else:
                 renew[ttid] = token
         for ttid, renewed in self.state.renew_leases(renew, self.ttl_ms).items():
@@ -151,6 +167,7 @@ class Leases:
                 token = renew[ttid]
                 log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
                 self.forget(ttid, token)
+        return handed
 
     def release(self, ttid: str, token: str, why: str) -> None:
         self.forget(ttid, token)

@@ -4,8 +4,8 @@ It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its own thread
 (``_run``), every 0.1-1 s:
 
 - watches WORKDIR: a newly completed segment publishes a heartbeat and
-  triggers the timeline's election at once (no waiting for beat); a timeline
-  whose directory went is dropped;
+  starts its upload at once, no waiting for beat (``tasks.backup.new_wal``);
+  a timeline whose directory went is dropped;
 - every ``HEARTBEAT_INTERVAL_S``, a heartbeat round (``tasks.backup.heartbeats``),
   which also keeps the leases it holds alive and releases those whose timeline
   elected another node (``tasks.backup.leases``);
@@ -42,6 +42,7 @@ from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, Heartbeats
 from tasks.backup.keeper import ArchiveKeeper
 from tasks.backup.leases import Dispatched, Leases, Skipped
+from tasks.backup.new_wal import NewWal
 from tasks.backup.partial import PartialBackup
 from tasks.backup.removal import WalRemoval
 from tasks.backup.retries import RetryPark, UploadRef
@@ -98,9 +99,12 @@ class NodeService:
             state,
             self.disk,
             self.copies,
-            keep_leases=self.leases.keep,
+            keep_leases=self._keep_leases,
             data_lost=self._republish_digests,
             complain=self._complain,
+        )
+        self.new_wal = NewWal(
+            node_id, state, elector, self.leases, self.heartbeats, settings.heartbeat_timeout
         )
         in_flight = InFlight()
         self.retrying = Retrying(
@@ -263,19 +267,7 @@ class NodeService:
         changed_ids = sorted(str(t) for t in changed)
         self.heartbeats.publish([self._timelines[t] for t in changed_ids])
         if trigger:
-            self.state.register(changed_ids)
-            # Recovering a lost backup_lsn lists remote storage: beat's rounds
-            # do that, never this thread, whose heartbeats must not wait on S3.
-            for outcome in self.elector.elect(changed_ids, force_kick=True, recover=False):
-                offloader = outcome.election.offloader
-                token = self.leases.token(outcome.ttid)
-                if token is not None and offloader != self.node_id:
-                    # Step down now rather than at the next heartbeat, and
-                    # kick the new offloader again: its first kick may have
-                    # found our lease still held.
-                    self.leases.release(outcome.ttid, token, f"node {offloader} elected")
-                    if offloader is not None:
-                        self.elector.kick(outcome.ttid, offloader)
+            self.new_wal.completed(changed_ids)
 
     def _drop(self, ttid: str) -> None:
         """The timeline's directory is gone from this node: stop being its peer."""
@@ -285,6 +277,10 @@ class NodeService:
         if token is not None:
             self.leases.release(ttid, token, "its directory is gone")
         self.state.drop_peer(ttid, self.node_id)
+
+    def _keep_leases(self, offloaders: dict[str, int | None]) -> None:
+        for ttid, offloader in self.leases.keep(offloaders).items():
+            self.elector.kick(ttid, offloader)
 
     def _heartbeat_all(self) -> None:
         self.heartbeats.round(list(self._timelines.values()))

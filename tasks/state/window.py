@@ -11,7 +11,7 @@ whose model is ``tasks.core.commit.advance``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis
 
@@ -84,6 +84,20 @@ class LeaseWindow:
     def claimed(self, ttid: str) -> list[int]:
         """The segnos claimed for upload (the inflight ZSET)."""
         return [int(m) for m in self.r.zrange(inflight_key(ttid), 0, -1)]
+
+    def uploading(self, ttids: Sequence[str]) -> list[int | None]:
+        """Per timeline, the node whose lease has claims in flight (their
+        deadline not passed), else ``None``; one round trip."""
+        now_ms = int(time.time() * 1000)
+        pipe = self.r.pipeline(transaction=False)
+        for ttid in ttids:
+            pipe.get(lease_key(ttid))
+            pipe.zcount(inflight_key(ttid), f"({now_ms}", "+inf")
+        results = pipe.execute()
+        return [
+            _token_node(token) if token and live else None
+            for token, live in zip(results[::2], results[1::2], strict=True)
+        ]
 
     def lease_holder_token(self, ttid: str) -> str | None:
         value = self.r.get(lease_key(ttid))
@@ -171,6 +185,12 @@ class LeaseWindow:
             raise _refused(ttid, segno, token)
         self._replicated()
         return Lsn.parse(backup), [int(s) for s in claimed]
+
+
+def _token_node(token: str) -> int | None:
+    """The node id of a ``NODE.INSTANCE:EPOCH`` lease token."""
+    node, _, _ = token.partition(".")
+    return int(node) if node.isdigit() else None
 
 
 def _encode(entry: LedgerEntry | None) -> str:

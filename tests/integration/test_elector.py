@@ -15,7 +15,7 @@ from tasks.backup.elector import Elector, Outcome
 from tasks.core.election import PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.state.keys import kick_key, tl_key
+from tasks.state.keys import kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
 
@@ -456,3 +456,47 @@ def test_run_round_elects_thousands_in_batches(
     assert elector.run_round(batch_size=700) == count
     assert batches == [700, 700, 700, 400]
     assert kicks == []
+
+
+
+def test_no_rate_limited_kick_while_the_offloader_has_uploads_in_flight(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_interval_ms=1)
+    beat(state, ttid, 1, seg(4), seg(1))
+    assert elect_one(elector, ttid).kicked  # node 1 elected, and kicked
+    token = state.acquire_lease(ttid, "1.a", 1, 60_000)
+    assert token is not None
+    assert state.claim_segments(ttid, token, 2, 4, SEG, 60_000) == [1, 2]
+    assert state.uploading([ttid, make_ttid()]) == [1, None]
+    # Node 1 is uploading: beat's rounds do not kick it; a trigger still does.
+    time.sleep(0.01)
+    assert not elect_one(elector, ttid).kicked
+    assert elect_one(elector, ttid, force_kick=True).kicked
+    assert kicks == [(ttid, 1), (ttid, 1)]
+
+
+def test_claims_of_a_node_no_longer_elected_do_not_hold_back_the_kick(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_interval_ms=1)
+    beat(state, ttid, 1, seg(4), seg(1))
+    assert elect_one(elector, ttid).election.offloader == 1
+    token = state.acquire_lease(ttid, "1.a", 1, 60_000)
+    assert token is not None
+    assert state.claim_segments(ttid, token, 2, 4, SEG, 60_000) == [1, 2]
+    # Node 1 still holds the lease and its claims, but died; node 2 was
+    # elected (an earlier round) and its first kick found the lease held.
+    beat(state, ttid, 1, seg(4), seg(1), age_s=2 * TIMEOUT_S)
+    beat(state, ttid, 2, seg(4), seg(1))
+    state.r.hset(tl_key(ttid), "offloader", 2)
+    time.sleep(0.01)
+    outcome = elect_one(elector, ttid)
+    assert outcome.election.offloader == 2 and not outcome.changed
+    assert outcome.kicked
+    assert kicks == [(ttid, 1), (ttid, 2)]
+    # Claims whose lease is gone are no upload in flight either.
+    state.r.delete(lease_key(ttid))
+    assert state.uploading([ttid]) == [None]

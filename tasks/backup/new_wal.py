@@ -1,0 +1,94 @@
+"""What a node does when its WORKDIR shows newly completed segments (SPEC §4, trigger).
+
+Every node holding a timeline sees its segments complete, nearly at once.
+Had each of them elected the timeline and kicked its offloader, a cluster of
+three would run three elections and send three ``backup_timeline`` messages
+per segment: at a thousand busy timelines that coordination, not the
+uploads, filled the nodes' CPU (bench/README.md, fleet). So each node acts
+on what its last heartbeat round learnt of the timeline:
+
+- it holds the lease: it claims the new segments itself (``Leases.refill``,
+  one fenced Lua call), no election, no message;
+- it is the offloader of record: it takes the lease and fills the window
+  (``Leases.backup``), no message;
+- no offloader is recorded (a new timeline, or Redis lost its data), or the
+  offloader's node stopped heartbeating: it elects now and kicks, as the
+  trigger task does;
+- another, live node offloads it: nothing more. The heartbeat just
+  published marks the timeline for beat's next round (``election_interval``),
+  which moves it if that node can no longer offload it (a damaged copy, a lag)
+  and kicks it when it has work and no upload in flight.
+
+The election is the same everywhere; this only decides who asks for it now.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from tasks.backup.elector import Elector
+from tasks.backup.heartbeats import Heartbeats
+from tasks.backup.leases import Leases
+from tasks.state.redis import RedisState
+
+log = logging.getLogger("walbackup.node")
+
+
+class NewWal:
+    """Runs in the node thread only."""
+
+    def __init__(
+        self,
+        node_id: int,
+        state: RedisState,
+        elector: Elector,
+        leases: Leases,
+        heartbeats: Heartbeats,
+        heartbeat_timeout_s: float,
+    ) -> None:
+        self.node_id = node_id
+        self.state = state
+        self.elector = elector
+        self.leases = leases
+        self.heartbeats = heartbeats
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    def completed(self, ttids: Sequence[str]) -> None:
+        """``ttids`` have new complete segments on this node (their heartbeats
+        are published already)."""
+        self.state.register(ttids)
+        offloaders = self.heartbeats.offloaders
+        elect: list[str] = []
+        for ttid in ttids:
+            offloader = offloaders.get(ttid)
+            # A lease of a timeline since given to another node is released
+            # by the next heartbeat round; it claims nothing more meanwhile.
+            if offloader in (self.node_id, None) and self.leases.refill(ttid):
+                continue
+            if offloader == self.node_id:
+                self.leases.backup(ttid)
+            elif offloader is None or not self._alive(offloader):
+                elect.append(ttid)
+        if elect:
+            self.elect_now(elect)
+
+    def _alive(self, node_id: int) -> bool:
+        seen = self.heartbeats.node_seen.get(node_id)
+        return seen is not None and time.time() - seen < self.heartbeat_timeout_s
+
+    def elect_now(self, ttids: Sequence[str]) -> None:
+        """Elect ``ttids`` and kick their offloaders. Recovering a lost
+        backup_lsn lists remote storage: beat's rounds do that, never the
+        node thread, whose heartbeats must not wait on S3."""
+        for outcome in self.elector.elect(ttids, force_kick=True, recover=False):
+            offloader = outcome.election.offloader
+            token = self.leases.token(outcome.ttid)
+            if token is not None and offloader != self.node_id:
+                # Step down now rather than at the next heartbeat, and kick
+                # the new offloader again: its first kick may have found our
+                # lease still held.
+                self.leases.release(outcome.ttid, token, f"node {offloader} elected")
+                if offloader is not None:
+                    self.elector.kick(outcome.ttid, offloader)
