@@ -111,7 +111,7 @@ def main() -> None:
             heartbeat_timeout_s=5.0,
             max_offloader_lag_bytes=128 * MIB,
             default_seg_size=SEG_SIZE,
-            kick_interval_ms=2000,
+            kick_hold_ms=2000,
         )
         started = time.perf_counter()
         n = elector.run_round()

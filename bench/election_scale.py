@@ -106,7 +106,7 @@ def main() -> None:
             heartbeat_timeout_s=600.0,
             max_offloader_lag_bytes=128 * MIB,
             default_seg_size=SEG_SIZE,
-            kick_interval_ms=2000,
+            kick_hold_ms=2000,
             sweep_rounds=SWEEP_ROUNDS,
         )
         catch_up: list[tuple[float, int]] = []

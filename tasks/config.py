@@ -36,6 +36,7 @@ from tasks.errors import InvalidInput
 ENV_PREFIX = "WALBACKUP_"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "amqps://")
+KICK_HOLD_MIN_MS = 30_000
 
 
 def default_data_dir() -> Path:
@@ -225,6 +226,19 @@ class Settings(BaseSettings):
     @property
     def effective_remote_storage(self) -> str:
         return self.remote_storage or (self.data_dir / "remote").resolve().as_uri()
+
+    @property
+    def kick_interval_ms(self) -> int:
+        """The least time between two kicks of a timeline that are not
+        forced, counted from when its offloader took the last one."""
+        return max(2000, int(2 * self.election_interval * 1000))
+
+    @property
+    def kick_hold_ms(self) -> int:
+        """How long a kick not taken yet (queued behind others) holds back the
+        next: long enough for a backlogged queue; a lost kick is sent again
+        after it."""
+        return max(KICK_HOLD_MIN_MS, 10 * self.kick_interval_ms)
 
     @property
     def window(self) -> WindowSize:

@@ -97,7 +97,7 @@ def get_elector() -> Elector:
         heartbeat_timeout_s=s.heartbeat_timeout,
         max_offloader_lag_bytes=s.max_offloader_lag_bytes,
         default_seg_size=s.wal_seg_size,
-        kick_interval_ms=max(2000, int(2 * s.election_interval * 1000)),
+        kick_hold_ms=s.kick_hold_ms,
         sweep_rounds=max(1, round(s.election_sweep_interval / s.election_interval)),
         backup_enabled=s.backup_enabled,
         recover=recover_backup_lsn,

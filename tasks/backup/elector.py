@@ -84,7 +84,7 @@ class Elector:
         heartbeat_timeout_s: float,
         max_offloader_lag_bytes: int,
         default_seg_size: int,
-        kick_interval_ms: int,
+        kick_hold_ms: int,
         sweep_rounds: int = 1,
         backup_enabled: bool = True,
         recover: RecoverFn | None = None,
@@ -94,7 +94,10 @@ class Elector:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.max_lag = max_offloader_lag_bytes
         self.default_seg_size = default_seg_size
-        self.kick_interval_ms = kick_interval_ms
+        self.kick_hold_ms = kick_hold_ms
+        """How long a kick holds back the next one that is not forced, unless
+        the offloader takes it sooner (``Leases.backup`` then shortens the
+        hold to ``Settings.kick_interval_ms``)."""
         self.sweep_rounds = sweep_rounds
         self.backup_enabled = backup_enabled
         self.recover = recover
@@ -114,11 +117,18 @@ class Elector:
         return len(ttids)
 
     def elect(
-        self, ttids: Sequence[str], *, force_kick: bool = False, recover: bool = True
+        self,
+        ttids: Sequence[str],
+        *,
+        force_kick: bool = False,
+        recover: bool = True,
+        local: int | None = None,
     ) -> list[Outcome]:
         """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers);
         ``recover``: list the archive of timelines that have no backup_lsn
-        (without it they wait for a call that may)."""
+        (without it they wait for a call that may); ``local``: the calling
+        node, which starts its own uploads itself: no kick is sent to it, and
+        ``Outcome.kicked`` says whether it has work."""
         now = time.time()
         rows = self.state.timelines_with_peers(ttids)
         writes = self.state.pipeline()
@@ -138,11 +148,15 @@ class Elector:
             planned.append((ttid, election, backup_lsn, changed, wants_kick))
             if wants_kick or (backup_lsn is None and election.reason == NOT_RECOVERED):
                 pending.add(ttid)
-        # Kicks forced by a trigger or a new offloader go out now and start the
-        # rate-limit timer; the others go out only when the timer has run out,
-        # and not at all while the offloader has uploads in flight: it refills
-        # its window on every commit and on new WAL (tasks.backup.new_wal).
-        rate_limited = [p for p in planned if p[4] and not (force_kick or p[3])]
+        to_send = [p for p in planned if p[4] and p[1].offloader != local]
+        # Kicks forced by a trigger or a new offloader go out now. The others
+        # go out only when the last one's hold ran out (``kick_hold_ms``, or
+        # the shorter ``kick_interval_ms`` once it was taken), and not at all
+        # while the offloader has
+        # uploads in flight: it refills its window on every commit and on
+        # new WAL (tasks.backup.new_wal). A backlog of queued kicks thus
+        # never grows by a kick per round.
+        rate_limited = [p for p in to_send if not (force_kick or p[3])]
         if rate_limited:
             holders = self.state.uploading([p[0] for p in rate_limited])
             rate_limited = [
@@ -150,10 +164,10 @@ class Elector:
                 for p, holder in zip(rate_limited, holders, strict=True)
                 if holder is None or holder != p[1].offloader
             ]
-        for ttid, *_ in (p for p in planned if p[4] and (force_kick or p[3])):
-            self.state.arm_kick(ttid, self.kick_interval_ms, force=True, pipe=writes)
+        for ttid, *_ in (p for p in to_send if force_kick or p[3]):
+            self.state.arm_kick(ttid, self.kick_hold_ms, force=True, pipe=writes)
         for ttid, *_ in rate_limited:
-            self.state.arm_kick(ttid, self.kick_interval_ms, force=False, pipe=writes)
+            self.state.arm_kick(ttid, self.kick_hold_ms, force=False, pipe=writes)
         results = writes.execute()
         allowed = (
             {
@@ -166,9 +180,12 @@ class Elector:
         )
         outcomes = []
         for ttid, election, backup_lsn, changed, wants_kick in planned:
-            kicked = wants_kick and (force_kick or changed or ttid in allowed)
-            if kicked and election.offloader is not None:
-                self.kick(ttid, election.offloader)
+            if election.offloader is not None and election.offloader == local:
+                kicked = wants_kick
+            else:
+                kicked = wants_kick and (force_kick or changed or ttid in allowed)
+                if kicked and election.offloader is not None:
+                    self.kick(ttid, election.offloader)
             outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked, ttid in pending))
         return outcomes
 

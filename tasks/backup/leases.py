@@ -93,7 +93,7 @@ class Leases:
         offloader (the ``backup_timeline`` task)."""
         if not self.settings.backup_enabled:
             return Skipped.DISABLED
-        record = self.state.timeline(ttid)
+        record = self.state.take_kick(ttid, self.settings.kick_interval_ms)
         if record.offloader != self.node_id:
             token = self.token(ttid)
             if token is not None:

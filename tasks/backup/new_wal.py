@@ -12,8 +12,9 @@ on what its last heartbeat round learnt of the timeline:
 - it is the offloader of record: it takes the lease and fills the window
   (``Leases.backup``), no message;
 - no offloader is recorded (a new timeline, or Redis lost its data), or the
-  offloader's node stopped heartbeating: it elects now and kicks, as the
-  trigger task does;
+  offloader's node stopped heartbeating: it elects now; elected, it takes the
+  lease itself; else it kicks the elected node, unless that node was elected
+  before and kicked lately (it sees the same WAL, and acts on it itself);
 - another, live node offloads it: nothing more. The heartbeat just
   published marks the timeline for beat's next round (``election_interval``),
   which moves it if that node can no longer offload it (a damaged copy, a lag)
@@ -79,13 +80,19 @@ class NewWal:
         return seen is not None and time.time() - seen < self.heartbeat_timeout_s
 
     def elect_now(self, ttids: Sequence[str]) -> None:
-        """Elect ``ttids`` and kick their offloaders. Recovering a lost
-        backup_lsn lists remote storage: beat's rounds do that, never the
-        node thread, whose heartbeats must not wait on S3."""
-        for outcome in self.elector.elect(ttids, force_kick=True, recover=False):
+        """Elect ``ttids``: start our own uploads if we are elected, and kick
+        another elected node if this election chose it, or its last kick is
+        old (``Elector.elect``). Recovering a lost backup_lsn lists remote
+        storage: beat's rounds do that, never the node thread, whose
+        heartbeats must not wait on S3."""
+        for outcome in self.elector.elect(ttids, recover=False, local=self.node_id):
             offloader = outcome.election.offloader
+            if offloader == self.node_id:
+                if outcome.kicked:
+                    self.leases.backup(outcome.ttid)
+                continue
             token = self.leases.token(outcome.ttid)
-            if token is not None and offloader != self.node_id:
+            if token is not None:
                 # Step down now rather than at the next heartbeat, and kick
                 # the new offloader again: its first kick may have found our
                 # lease still held.

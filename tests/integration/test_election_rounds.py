@@ -36,7 +36,7 @@ def make(state: RedisState, kicks: list[tuple[str, int]]) -> Elector:
         heartbeat_timeout_s=TIMEOUT_S,
         max_offloader_lag_bytes=128 << 20,
         default_seg_size=SEG,
-        kick_interval_ms=60_000,
+        kick_hold_ms=60_000,
         sweep_rounds=SWEEP_ROUNDS,
     )
 

@@ -47,14 +47,14 @@ def kicks() -> Kicks:
 
 @pytest.fixture
 def make_elector(state: RedisState, kicks: Kicks) -> Callable[..., Elector]:
-    def make(kick_interval_ms: int = KICK_MS, max_lag: int = LAG) -> Elector:
+    def make(kick_hold_ms: int = KICK_MS, max_lag: int = LAG) -> Elector:
         return Elector(
             state,
             lambda ttid, node: kicks.append((ttid, node)),
             heartbeat_timeout_s=TIMEOUT_S,
             max_offloader_lag_bytes=max_lag,
             default_seg_size=SEG,
-            kick_interval_ms=kick_interval_ms,
+            kick_hold_ms=kick_hold_ms,
         )
 
     return make
@@ -141,7 +141,7 @@ def test_kick_only_when_offloader_has_a_complete_segment_to_upload(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:
     ttid = make_ttid(timeline_int=0)
-    elector = make_elector(kick_interval_ms=1)
+    elector = make_elector(kick_hold_ms=1)
     # commit_lsn == backup_lsn: nothing to upload.
     beat(state, ttid, 1, seg(1), seg(1))
     outcome = elect_one(elector, ttid)
@@ -177,7 +177,7 @@ def test_backup_disabled_never_kicks(state: RedisState, kicks: Kicks) -> None:
         heartbeat_timeout_s=TIMEOUT_S,
         max_offloader_lag_bytes=LAG,
         default_seg_size=SEG,
-        kick_interval_ms=1,
+        kick_hold_ms=1,
         backup_enabled=False,
     )
     outcome = elect_one(elector, ttid, force_kick=True)
@@ -189,7 +189,7 @@ def test_kicks_are_rate_limited_but_a_new_offloader_kicks_at_once(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:
     ttid = make_ttid(timeline_int=0)
-    elector = make_elector(kick_interval_ms=KICK_MS)
+    elector = make_elector(kick_hold_ms=KICK_MS)
     beat(state, ttid, 1, seg(1), seg(1))
     beat(state, ttid, 2, seg(1), seg(1))
     assert not elect_one(elector, ttid).kicked  # node 1 elected, nothing to upload yet
@@ -200,7 +200,7 @@ def test_kicks_are_rate_limited_but_a_new_offloader_kicks_at_once(
     assert elect_one(elector, ttid).kicked
     assert kicks == [(ttid, 1)]
     assert 0 < state.r.pttl(kick_key(ttid)) <= KICK_MS
-    # ...the next ones within kick_interval_ms do not.
+    # ...the next ones within kick_hold_ms do not.
     for _ in range(3):
         outcome = elect_one(elector, ttid)
         assert not outcome.kicked and not outcome.changed
@@ -223,7 +223,7 @@ def test_rate_limit_expires(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:
     ttid = make_ttid(timeline_int=0)
-    elector = make_elector(kick_interval_ms=300)
+    elector = make_elector(kick_hold_ms=300)
     beat(state, ttid, 1, seg(4), seg(1))
     state.r.hset(tl_key(ttid), "offloader", 1)  # already elected: not a change
     assert elect_one(elector, ttid).kicked
@@ -463,7 +463,7 @@ def test_no_rate_limited_kick_while_the_offloader_has_uploads_in_flight(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:
     ttid = make_ttid(timeline_int=0)
-    elector = make_elector(kick_interval_ms=1)
+    elector = make_elector(kick_hold_ms=1)
     beat(state, ttid, 1, seg(4), seg(1))
     assert elect_one(elector, ttid).kicked  # node 1 elected, and kicked
     token = state.acquire_lease(ttid, "1.a", 1, 60_000)
@@ -481,7 +481,7 @@ def test_claims_of_a_node_no_longer_elected_do_not_hold_back_the_kick(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:
     ttid = make_ttid(timeline_int=0)
-    elector = make_elector(kick_interval_ms=1)
+    elector = make_elector(kick_hold_ms=1)
     beat(state, ttid, 1, seg(4), seg(1))
     assert elect_one(elector, ttid).election.offloader == 1
     token = state.acquire_lease(ttid, "1.a", 1, 60_000)
@@ -500,3 +500,30 @@ def test_claims_of_a_node_no_longer_elected_do_not_hold_back_the_kick(
     # Claims whose lease is gone are no upload in flight either.
     state.r.delete(lease_key(ttid))
     assert state.uploading([ttid]) == [None]
+
+
+def test_a_kick_not_taken_yet_holds_back_the_next_until_taken(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_hold_ms=60_000)
+    beat(state, ttid, 1, seg(4), seg(1))
+    assert elect_one(elector, ttid).kicked
+    assert not elect_one(elector, ttid).kicked  # queued, not taken: held back
+    state.take_kick(ttid, 1)  # node 1 took it; the interval is 1 ms
+    time.sleep(0.01)
+    assert elect_one(elector, ttid).kicked
+    assert kicks == [(ttid, 1), (ttid, 1)]
+
+
+def test_the_local_node_is_told_its_work_not_kicked(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector()
+    beat(state, ttid, 1, seg(4), seg(1))
+    (mine,) = elector.elect([ttid], local=1)
+    assert mine.kicked and mine.election.offloader == 1
+    assert kicks == []
+    (other,) = elector.elect([ttid], local=2, force_kick=True)
+    assert other.kicked and kicks == [(ttid, 1)]

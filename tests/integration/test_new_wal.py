@@ -22,12 +22,13 @@ Kicks = list[tuple[str, int]]
 
 
 @pytest.fixture
-def make(tmp_path: Path, state: RedisState) -> Callable[[], tuple[Harness, Kicks]]:
+def make(tmp_path: Path, state: RedisState) -> Callable[..., tuple[Harness, Kicks]]:
     """Node 1 of a timeline with segments 1..8 on its disk, elected its
-    offloader, window of 3; its kicks recorded."""
+    offloader, window of 3; its kicks recorded. ``timeline_int``: of two
+    caught-up nodes 1 and 2, an even one elects node 1, an odd one node 2."""
 
-    def build() -> tuple[Harness, Kicks]:
-        h = Harness(tmp_path, state, parallel_jobs=3, reorder_horizon=4)
+    def build(timeline_int: int = 0) -> tuple[Harness, Kicks]:
+        h = Harness(tmp_path, state, 3, 4, timeline_id=f"{timeline_int:032x}")
         kicks: Kicks = []
         h.elector.kick = lambda ttid, node: kicks.append((ttid, node))
         return h, kicks
@@ -43,7 +44,7 @@ def node2_beats(h: Harness, *, age_s: float = 0.0) -> None:
 
 
 def test_the_offloader_of_record_takes_the_lease_without_a_message(
-    make: Callable[[], tuple[Harness, Kicks]],
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
     h.node._heartbeat_all()  # learns: node 1 offloads it
@@ -55,7 +56,7 @@ def test_the_offloader_of_record_takes_the_lease_without_a_message(
 
 
 def test_the_lease_holder_claims_new_segments_itself(
-    make: Callable[[], tuple[Harness, Kicks]],
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
     token = h.start_window()  # segments 1..3 claimed and sent
@@ -69,7 +70,7 @@ def test_the_lease_holder_claims_new_segments_itself(
 
 
 def test_a_node_that_does_not_offload_leaves_it_to_the_offloader_and_beat(
-    make: Callable[[], tuple[Harness, Kicks]],
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
     node2_beats(h)
@@ -82,7 +83,7 @@ def test_a_node_that_does_not_offload_leaves_it_to_the_offloader_and_beat(
 
 
 def test_an_offloader_that_stopped_heartbeating_is_replaced_at_once(
-    make: Callable[[], tuple[Harness, Kicks]],
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
     node2_beats(h, age_s=60.0)
@@ -90,21 +91,41 @@ def test_an_offloader_that_stopped_heartbeating_is_replaced_at_once(
     h.node._heartbeat_all()
     h.node.new_wal.completed([h.ttid])
     assert h.state.timeline(h.ttid).offloader == 1
-    assert kicks == [(h.ttid, 1)]
+    assert h.sent_segnos() == [1, 2, 3]  # elected here: no message to itself
+    assert kicks == []
 
 
-def test_no_offloader_known_elects_and_kicks(
-    make: Callable[[], tuple[Harness, Kicks]],
+def test_no_offloader_known_elects_and_the_elected_node_starts_itself(
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
+    node2_beats(h)
     h.state.r.hdel(tl_key(h.ttid), "offloader")
     h.node.new_wal.completed([h.ttid])  # no heartbeat round yet: nothing known
     assert h.state.timeline(h.ttid).offloader == 1
-    assert kicks == [(h.ttid, 1)]
+    assert h.sent_segnos() == [1, 2, 3]
+    assert kicks == []
+
+
+def test_no_offloader_known_elects_and_kicks_the_other_elected_node(
+    make: Callable[..., tuple[Harness, Kicks]],
+) -> None:
+    h, kicks = make(timeline_int=1)
+    node2_beats(h)
+    h.state.r.hdel(tl_key(h.ttid), "offloader")
+    h.node.new_wal.completed([h.ttid])
+    assert h.state.timeline(h.ttid).offloader == 2
+    assert kicks == [(h.ttid, 2)]
+    assert h.sent == []
+    # Node 2 has not taken that kick yet: new WAL here sends no other.
+    h.state.r.hdel(tl_key(h.ttid), "offloader")
+    h.state.r.hset(tl_key(h.ttid), "offloader", 2)
+    h.node.new_wal.elect_now([h.ttid])
+    assert kicks == [(h.ttid, 2)]
 
 
 def test_a_heartbeat_round_hands_the_lease_over_and_kicks_the_new_offloader(
-    make: Callable[[], tuple[Harness, Kicks]],
+    make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
     token = h.start_window()

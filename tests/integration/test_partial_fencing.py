@@ -57,7 +57,7 @@ class Node:
         self.storage = Storage(self.remote)
         elector = Elector(
             state, lambda ttid, node: None, heartbeat_timeout_s=5.0,
-            max_offloader_lag_bytes=128 * SEG, default_seg_size=SEG, kick_interval_ms=2000,
+            max_offloader_lag_bytes=128 * SEG, default_seg_size=SEG, kick_hold_ms=2000,
         )  # fmt: skip
         self.node = NodeService(settings, state, self.storage, elector, lambda *a: None)
         self.node._refresh(trigger=False)

@@ -82,12 +82,19 @@ class Storage(LocalStorage):
 
 class Harness:
     def __init__(
-        self, tmp_path: Path, state: RedisState, parallel_jobs: int, reorder_horizon: int
+        self,
+        tmp_path: Path,
+        state: RedisState,
+        parallel_jobs: int,
+        reorder_horizon: int,
+        timeline_id: str | None = None,
     ) -> None:
         self.state = state
         self.clock = Clock()
         self.sent: list[Sent] = []
-        self.ttid_id = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+        self.ttid_id = TenantTimelineId(
+            secrets.token_hex(16), timeline_id or secrets.token_hex(16)
+        )
         self.ttid = str(self.ttid_id)
         workdir = tmp_path / "node1"
         simulate([workdir], [self.ttid_id], segments=8, seg_size=SEG)  # segnos 1..8
@@ -106,7 +113,7 @@ class Harness:
             heartbeat_timeout_s=5.0,
             max_offloader_lag_bytes=128 * SEG,
             default_seg_size=SEG,
-            kick_interval_ms=2000,
+            kick_hold_ms=2000,
         )
         self.node = NodeService(settings, state, self.storage, self.elector, self.send)
         # What the node thread does first: scan WORKDIR, publish a heartbeat.
