@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from tasks.backup.handoff import UploadTasks
 from tasks.config import Settings
 from tasks.state.redis import RedisState
+from tasks.state.window import ClaimRequest
 from tasks.state.workdir import TimelineState
 
 log = logging.getLogger("walbackup.node")
@@ -91,55 +92,72 @@ class Leases:
     def backup(self, ttid: str) -> Skipped | Dispatched:
         """Start or refill the upload window of ``ttid`` if this node is its
         offloader (the ``backup_timeline`` task)."""
+        (outcome,) = self.backup_many([ttid]).values()
+        return outcome
+
+    def backup_many(self, ttids: Sequence[str]) -> dict[str, Skipped | Dispatched]:
+        """``backup`` for each of ``ttids``: three round trips in all, so that
+        a node whose thousands of timelines complete a segment at once
+        starts them all within its heartbeat interval."""
         if not self.settings.backup_enabled:
-            return Skipped.DISABLED
-        record = self.state.take_kick(ttid, self.settings.kick_interval_ms)
-        if record.offloader != self.node_id:
+            return dict.fromkeys(ttids, Skipped.DISABLED)
+        outcomes: dict[str, Skipped | Dispatched] = {}
+        mine: list[str] = []
+        records = self.state.take_kicks(ttids, self.settings.kick_interval_ms)
+        for ttid, record in zip(ttids, records, strict=True):
+            if record.offloader == self.node_id:
+                mine.append(ttid)
+                continue
+            outcomes[ttid] = Skipped.NOT_OFFLOADER
             token = self.token(ttid)
             if token is not None:
                 self.release(ttid, token, f"node {record.offloader} elected")
-            return Skipped.NOT_OFFLOADER
-        token = self.state.acquire_lease(ttid, self.owner, self.node_id, self.ttl_ms)
-        if token is None:
-            return Skipped.LEASE_BUSY
-        with self._lock:
-            if self._held.get(ttid) != token:
-                log.info("Timeline %s: node %s took the lease %s", ttid, self.node_id, token)
-            self._held[ttid] = token
-        st = self.timeline(ttid)
-        if st is None:
-            return Skipped.NO_LOCAL_TIMELINE
-        return Dispatched(self._dispatch(ttid, token, st))
+        tokens = self.state.acquire_leases(mine, self.owner, self.node_id, self.ttl_ms)
+        held: dict[str, str] = {}
+        for ttid, token in zip(mine, tokens, strict=True):
+            if token is None:
+                outcomes[ttid] = Skipped.LEASE_BUSY
+                continue
+            with self._lock:
+                if self._held.get(ttid) != token:
+                    log.info("Timeline %s: node %s took the lease %s", ttid, self.node_id, token)
+                self._held[ttid] = token
+            held[ttid] = token
+        for ttid, count in self._dispatch(held).items():
+            outcomes[ttid] = Skipped.NO_LOCAL_TIMELINE if count is None else Dispatched(count)
+        return outcomes
 
-    def refill(self, ttid: str) -> bool:
-        """New WAL of a timeline whose lease this process holds: claim what
-        the window allows, with no election and no message. ``False`` when
-        it holds no lease (any more), or has no local copy."""
-        token = self.token(ttid)
-        st = self.timeline(ttid) if token is not None else None
-        if token is None or st is None:
-            return False
-        self._dispatch(ttid, token, st)
-        return ttid in self  # a fenced claim forgot the token
+    def refill(self, ttids: Sequence[str]) -> list[str]:
+        """New WAL: for those of ``ttids`` whose lease this process holds,
+        claim what the window allows, with no election and no message (one
+        round trip). Returns the others: no lease (any more), or no local copy."""
+        held = {t: token for t in ttids if (token := self.token(t)) is not None}
+        counts = self._dispatch(held)
+        return [t for t in ttids if counts.get(t) is None or t not in self]
 
-    def _dispatch(self, ttid: str, token: str, st: TimelineState) -> int:
-        """Claim the window's free segments and hand them out; how many."""
-        if st.commit_lsn is None:
-            return 0
-        claimed = self.state.claim_segments(
-            ttid,
-            token,
-            self.settings.parallel_jobs,
-            st.commit_lsn.segment_number(st.wal_seg_size),
-            st.wal_seg_size,
-            claim_timeout_ms(st.wal_seg_size),
-            horizon=self.settings.window.horizon,
-        )
-        if claimed is None:  # fenced between acquire and claim
-            self.forget(ttid, token)
-            return 0
-        self.tasks.hand_out(ttid, token, claimed, st.wal_seg_size)
-        return len(claimed)
+    def _dispatch(self, held: Mapping[str, str]) -> dict[str, int | None]:
+        """Claim the free segments of each timeline's window under its token,
+        and hand them out: how many per timeline, ``None`` for one with no
+        local copy. A fenced claim forgets its token."""
+        counts: dict[str, int | None] = {}
+        requests: list[tuple[ClaimRequest, TimelineState]] = []
+        for ttid, token in held.items():
+            st = self.timeline(ttid)
+            if st is None or st.commit_lsn is None:
+                counts[ttid] = None if st is None else 0
+                continue
+            end = st.commit_lsn.segment_number(st.wal_seg_size)
+            timeout = claim_timeout_ms(st.wal_seg_size)
+            requests.append((ClaimRequest(ttid, token, end, st.wal_seg_size, timeout), st))
+        results = self.state.claim_many([q for q, _ in requests], self.settings.window)
+        for (q, st), claimed in zip(requests, results, strict=True):
+            if claimed is None:  # fenced between acquire and claim
+                self.forget(q.ttid, q.token)
+                counts[q.ttid] = 0
+                continue
+            self.tasks.hand_out(q.ttid, q.token, claimed, st.wal_seg_size)
+            counts[q.ttid] = len(claimed)
+        return counts
 
     # -- keeping and giving up -------------------------------------------------
 

@@ -261,18 +261,18 @@ class NodeService:
         previous, self._timelines = self._timelines, {str(t): s for t, s in states.items()}
         for gone in previous.keys() - self._timelines.keys():
             self._drop(gone)
-        if not changed:
-            return
-        self._digest_wake.set()
         changed_ids = sorted(str(t) for t in changed)
-        self.heartbeats.publish([self._timelines[t] for t in changed_ids])
-        if trigger:
+        if changed_ids:
+            self._digest_wake.set()
+            self.heartbeats.publish([self._timelines[t] for t in changed_ids])
+        if trigger:  # also takes up what an earlier pass left waiting
             self.new_wal.completed(changed_ids)
 
     def _drop(self, ttid: str) -> None:
         """The timeline's directory is gone from this node: stop being its peer."""
         log.warning("Timeline %s: node %s no longer holds it on disk", ttid, self.node_id)
         self.heartbeats.forget(ttid)
+        self.new_wal.forget(ttid)
         token = self.leases.token(ttid)
         if token is not None:
             self.leases.release(ttid, token, "its directory is gone")

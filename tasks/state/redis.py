@@ -145,15 +145,16 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     def timeline(self, ttid: str) -> TimelineRecord:
         return TimelineRecord.from_hash(self.r.hgetall(tl_key(ttid)))
 
-    def take_kick(self, ttid: str, interval_ms: int) -> TimelineRecord:
-        """The offloader took a kick (``backup_timeline``): the next kick that
-        is not forced may go out ``interval_ms`` from now (``arm_kick`` held
-        it longer, for a kick still queued). Returns the timeline's record;
-        one round trip."""
+    def take_kicks(self, ttids: Sequence[str], interval_ms: int) -> list[TimelineRecord]:
+        """The offloader took a kick (``backup_timeline``) for each of
+        ``ttids``: the next kick that is not forced may go out
+        ``interval_ms`` from now (``arm_kick`` held it longer, for a kick
+        still queued). Returns their records; one round trip."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(kick_key(ttid), "1", px=interval_ms)
-        pipe.hgetall(tl_key(ttid))
-        return TimelineRecord.from_hash(pipe.execute()[1])
+        for ttid in ttids:
+            pipe.set(kick_key(ttid), "1", px=interval_ms)
+            pipe.hgetall(tl_key(ttid))
+        return [TimelineRecord.from_hash(raw) for raw in pipe.execute()[1::2]]
 
     def timelines_with_peers(
         self, ttids: Sequence[str]

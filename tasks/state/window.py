@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import redis
 
@@ -22,6 +23,17 @@ from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_k
 from tasks.state.lua import Scripts
 
 REPLICA_WAIT_MS = 100
+
+
+class ClaimRequest(NamedTuple):
+    """One timeline's ``claim_segments``: its lease token, the first segno
+    not complete on the claiming node, segment size, claim deadline."""
+
+    ttid: str
+    token: str
+    end_segno: int
+    seg_size: int
+    claim_timeout_ms: int
 
 
 class CommitRefused(Exception):
@@ -48,12 +60,24 @@ class LeaseWindow:
 
     def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
         """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""
-        token = self._scripts.run(
-            "acquire_lease",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
-            [owner, ttl_ms, node_id],
-        )
-        return str(token) if token else None
+        (token,) = self.acquire_leases([ttid], owner, node_id, ttl_ms)
+        return token
+
+    def acquire_leases(
+        self, ttids: Sequence[str], owner: str, node_id: int, ttl_ms: int
+    ) -> list[str | None]:
+        """``acquire_lease`` for each of ``ttids``, in one round trip."""
+        if not ttids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for ttid in ttids:
+            self._scripts.run(
+                "acquire_lease",
+                [lease_key(ttid), tl_key(ttid), inflight_key(ttid)],
+                [owner, ttl_ms, node_id],
+                pipe,
+            )
+        return [str(token) if token else None for token in pipe.execute()]
 
     def start_upload(
         self, ttid: str, token: str, ttl_ms: int, segno: int, deadline_ms: int
@@ -116,23 +140,38 @@ class LeaseWindow:
         """Segnos to upload now (``tasks.core.commit.claim``), or ``None`` when
         ``token`` is stale. ``horizon`` (segments) defaults to ``parallel_jobs``:
         the reference's window."""
-        now_ms = int(time.time() * 1000)
-        claimed = self._scripts.run(
-            "claim_segments",
-            [lease_key(ttid), tl_key(ttid), inflight_key(ttid), done_key(ttid)],
-            [
-                token,
-                parallel_jobs,
-                end_segno,
-                seg_size,
-                now_ms,
-                now_ms + claim_timeout_ms,
-                parallel_jobs if horizon is None else horizon,
-            ],
+        (claimed,) = self.claim_many(
+            [ClaimRequest(ttid, token, end_segno, seg_size, claim_timeout_ms)],
+            WindowSize(parallel_jobs, parallel_jobs if horizon is None else horizon),
         )
-        if claimed is None:
-            return None
-        return [int(s) for s in claimed]
+        return claimed
+
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], window: WindowSize
+    ) -> list[list[int] | None]:
+        """``claim_segments`` for each of ``requests``, in one round trip."""
+        if not requests:
+            return []
+        now_ms = int(time.time() * 1000)
+        pipe = self.r.pipeline(transaction=False)
+        for q in requests:
+            self._scripts.run(
+                "claim_segments",
+                [lease_key(q.ttid), tl_key(q.ttid), inflight_key(q.ttid), done_key(q.ttid)],
+                [
+                    q.token,
+                    window.parallel_jobs,
+                    q.end_segno,
+                    q.seg_size,
+                    now_ms,
+                    now_ms + q.claim_timeout_ms,
+                    window.horizon,
+                ],
+                pipe,
+            )
+        return [
+            None if claimed is None else [int(s) for s in claimed] for claimed in pipe.execute()
+        ]
 
     def commit_segment(
         self, ttid: str, token: str, segno: int, seg_size: int, entry: LedgerEntry | None = None

@@ -510,7 +510,7 @@ def test_a_kick_not_taken_yet_holds_back_the_next_until_taken(
     beat(state, ttid, 1, seg(4), seg(1))
     assert elect_one(elector, ttid).kicked
     assert not elect_one(elector, ttid).kicked  # queued, not taken: held back
-    state.take_kick(ttid, 1)  # node 1 took it; the interval is 1 ms
+    state.take_kicks([ttid], 1)  # node 1 took it; the interval is 1 ms
     time.sleep(0.01)
     assert elect_one(elector, ttid).kicked
     assert kicks == [(ttid, 1), (ttid, 1)]

@@ -135,3 +135,18 @@ def test_a_heartbeat_round_hands_the_lease_over_and_kicks_the_new_offloader(
     assert h.node.leases.token(h.ttid) is None
     assert h.state.lease_holder_token(h.ttid) is None, f"lease {token} still held"
     assert kicks == [(h.ttid, 2)]
+
+
+def test_a_mass_of_new_wal_is_taken_a_batch_per_pass(
+    make: Callable[..., tuple[Harness, Kicks]],
+) -> None:
+    h, kicks = make()
+    h.node._heartbeat_all()
+    h.node.new_wal.BATCH = 1
+    first = "0" * 32 + "/" + "0" * 32  # sorts first; held by no node
+    h.node.new_wal.completed([first, h.ttid])
+    assert h.sent == []  # this pass took only the first
+    h.node.new_wal.completed([])  # the node thread's next pass
+    assert h.sent_segnos() == [1, 2, 3]
+    h.node.new_wal.completed([])
+    assert h.sent_segnos() == [1, 2, 3] and kicks == []
