@@ -36,7 +36,7 @@ _PER_TIMELINE = (BACKUP_LAG_BYTES, OLDEST_UNARCHIVED_AGE, TIMELINE_OFFLOADER)
 
 
 class ClusterGauges:
-    """Used by the node thread only."""
+    """Used by the node's heartbeat thread, but ``forget`` (its watcher)."""
 
     def __init__(self) -> None:
         self._written: dict[str, tuple[int, float]] = {}

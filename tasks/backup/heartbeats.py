@@ -1,6 +1,6 @@
 """Heartbeats: this node's PeerInfo out to Redis; backup_lsn and offloader back.
 
-Every ``HEARTBEAT_INTERVAL_S`` the node thread calls ``round``: one PeerInfo
+Every ``HEARTBEAT_INTERVAL_S`` the node's heartbeat thread calls ``round``: one PeerInfo
 per timeline (SPEC §4), published with the timeline's registration, so a Redis
 that lost its data learns the timelines again. What comes back per timeline:
 
@@ -40,16 +40,21 @@ log = logging.getLogger("walbackup.node")
 
 HEARTBEAT_INTERVAL_S = 1.0
 STATE_WRITES_PER_HEARTBEAT = 256
-"""At most this many timeline state files (each fsynced, ~1 ms) are updated
-with the cluster's backup_lsn per heartbeat round; the rest wait for the next
+STATE_WRITE_BUDGET_S = 0.2
+"""At most this many timeline state files (each fsynced: ~1 ms on a fast
+disk, ~10 ms on a slow one) are updated with the cluster's backup_lsn per
+heartbeat round, and for at most this long; the rest wait for the next
 rounds. A node catching up 10,000 timelines at once otherwise stopped
-heartbeating for ~10 s (bench/election.py), past heartbeat_timeout."""
+heartbeating for ~10 s (bench/election.py), and on a slow disk 256 writes a
+round let its leases expire (bench/fleet.py, rss shape)."""
 
 
 class Heartbeats:
-    """``round`` runs in the node thread only; ``publish`` also in upload
-    threads (``publish_soon``). ``backup_known`` is replaced whole each round,
-    so readers in other threads see one round's dict or the next."""
+    """``round`` runs in the node's heartbeat thread only; ``publish`` also in
+    its watcher (new WAL) and upload threads (``publish_soon``), ``forget`` in
+    the watcher. ``backup_known``, ``offloaders`` and ``node_seen`` are
+    replaced whole each round, so readers in other threads see one round's
+    dict or the next."""
 
     def __init__(
         self,
@@ -148,9 +153,9 @@ class Heartbeats:
         self._published.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
-        """Learn backup_lsn, offloader and system id, publish, then per
-        timeline: state file, gauges; then lease upkeep, and give Redis back
-        the system ids it lacks; last, the nodes' heartbeats gauge."""
+        """Learn backup_lsn, offloader and system id, publish, lease upkeep;
+        then per timeline: state file, gauges; then give Redis back the
+        system ids it lacks; last, the nodes' heartbeats gauge."""
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -167,8 +172,11 @@ class Heartbeats:
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
+        # Leases first: the state file writes below may take a while.
+        self.keep_leases(self.offloaders)
         now = time.time()
         writes = 0
+        deadline = time.monotonic() + STATE_WRITE_BUDGET_S
         restore: dict[str, int] = {}
         for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
@@ -176,7 +184,11 @@ class Heartbeats:
                 restore[ttid] = st.system_id
             raise_backup = backup_lsn is not None and backup_lsn > st.backup_lsn
             new_system_id = system_id is not None and system_id != st.system_id
-            if (raise_backup or new_system_id) and writes < STATE_WRITES_PER_HEARTBEAT:
+            if (
+                (raise_backup or new_system_id)
+                and writes < STATE_WRITES_PER_HEARTBEAT
+                and time.monotonic() < deadline
+            ):
                 writes += 1
                 try:
                     self.disk.record_cluster_state(
@@ -189,7 +201,6 @@ class Heartbeats:
             self.gauges.timeline(st, backup_lsn, offloader, now)
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)
-        self.keep_leases(self.offloaders)
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()
         self.node_seen = {n: float(beat["ts"]) for n, beat in nodes.items()}

@@ -36,9 +36,9 @@ from tasks.state.redis import RedisState
 
 
 class NewWal:
-    """Runs in the node thread only. Timelines are taken ``BATCH`` at a time,
+    """Runs in the node's watcher thread only. Timelines are taken ``BATCH`` at a time,
     each batch in a few pipelined round trips; the rest wait for the next
-    pass of the node thread, so that a mass of new WAL never holds back its
+    pass of the watcher, so that a mass of new WAL never holds back its
     heartbeats (at 10,000 timelines, one pass over all of them took longer
     than ``heartbeat_timeout``, and the node lost every election)."""
 
@@ -63,7 +63,7 @@ class NewWal:
 
     def completed(self, ttids: Sequence[str]) -> None:
         """``ttids`` have new complete segments on this node (their heartbeats
-        are published already); called on every pass of the node thread."""
+        are published already); called on every pass of the watcher."""
         if ttids:
             self.state.register(ttids)
             self._waiting.update(dict.fromkeys(ttids))
@@ -99,8 +99,8 @@ class NewWal:
         """Elect ``ttids``: start our own uploads if we are elected, and kick
         another elected node if this election chose it, or its last kick is
         old (``Elector.elect``). Recovering a lost backup_lsn lists remote
-        storage: beat's rounds do that, never the node thread, whose
-        heartbeats must not wait on S3."""
+        storage: beat's rounds do that, never the watcher, whose new WAL
+        must not wait on S3."""
         ours: list[str] = []
         for outcome in self.elector.elect(ttids, recover=False, local=self.node_id):
             offloader = outcome.election.offloader

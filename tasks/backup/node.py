@@ -1,24 +1,21 @@
 """The node service: wires a safekeeper node's parts together and runs their threads.
 
-It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its own thread
-(``_run``), every 0.1-1 s:
+It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its watcher
+(``_run``), every 0.1-1 s, scans WORKDIR: a newly completed segment publishes
+a heartbeat and starts its upload at once, no waiting for beat
+(``tasks.backup.new_wal``); a timeline whose directory went is dropped; due
+parked retries are sent (``tasks.backup.retrying``). Its heartbeat thread
+(``_beat``), every ``HEARTBEAT_INTERVAL_S``: a heartbeat round
+(``tasks.backup.heartbeats``), which also keeps its leases alive and releases
+those whose timeline elected another node (``tasks.backup.leases``); then,
+with ``WALBACKUP_REMOVE_WAL``, old WAL below the removal horizon goes
+(``tasks.backup.removal``). Two more threads publish the digests of its
+copies (``tasks.backup.copies``) and keep the archive of the timelines it
+offloads (``tasks.backup.keeper``).
 
-- watches WORKDIR: a newly completed segment publishes a heartbeat and
-  starts its upload at once, no waiting for beat (``tasks.backup.new_wal``);
-  a timeline whose directory went is dropped;
-- every ``HEARTBEAT_INTERVAL_S``, a heartbeat round (``tasks.backup.heartbeats``),
-  which also keeps the leases it holds alive and releases those whose timeline
-  elected another node (``tasks.backup.leases``);
-- sends the parked retries that are due (``tasks.backup.retrying``);
-- with ``WALBACKUP_REMOVE_WAL``, after each heartbeat round, deletes old WAL
-  below the removal horizon (``tasks.backup.removal``).
-
-Two more threads publish the digests of its copies (``tasks.backup.copies``)
-and keep the archive of the timelines it offloads: ledger pages, scrub
-passes (``tasks.backup.keeper``). The two node tasks
-(``tasks.jobs``) call ``backup``, ``chain``, ``upload``, ``hand_out``,
-``park_claimed`` and ``failed``, which go to the parts: ``Leases``,
-``UploadTasks`` (``tasks.backup.handoff``), ``Uploader``
+The two node tasks (``tasks.jobs``) call ``backup``, ``chain``, ``upload``,
+``hand_out``, ``park_claimed`` and ``failed``, which go to the parts:
+``Leases``, ``UploadTasks`` (``tasks.backup.handoff``), ``Uploader``
 (``tasks.backup.uploader``, whose docstring follows a segment's whole trip)
 and ``Retrying``.
 """
@@ -28,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import redis
 
@@ -62,8 +58,8 @@ log = logging.getLogger("walbackup.node")
 
 
 class NodeService:
-    """``_timelines`` (the last WORKDIR scan) is replaced whole by the node
-    thread; other threads read whichever dict is current."""
+    """``_timelines`` (the last WORKDIR scan) is replaced whole by the
+    watcher; other threads read whichever dict is current."""
 
     def __init__(
         self,
@@ -83,8 +79,7 @@ class NodeService:
         self.disk = Workdir(settings.workdir, settings.wal_seg_size)
         self._timelines: dict[str, TimelineState] = {}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._digester: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._digest_wake = threading.Event()
         self._redis_failed = False  # a heartbeat round failed since the last success
         self._complain = Complaints(log, node_id)
@@ -174,7 +169,7 @@ class NodeService:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             return
         if self.settings.metrics_port is not None:
             serve_metrics(self.settings.metrics_port)
@@ -182,17 +177,17 @@ class NodeService:
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.
         self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
-        self._thread = self._spawn(self._run, "node")
-        self._digester = self._spawn(self._digest_loop, "digests")
+        for target, what in (
+            (self._run, "node"),
+            (self._beat, "heartbeat"),
+            (self._digest_loop, "digests"),
+        ):
+            self._threads.append(self._spawn(target, what))
         self.keeper.start(f"walbackup-archive-{self.node_id}")
         self.health.start()
         self.partials.start(f"walbackup-partial-{self.node_id}")
-        log.info(
-            "Node %s: serving %s (%d timelines)",
-            self.node_id,
-            self.settings.workdir,
-            len(self._timelines),
-        )
+        log.info("Node %s: serving %s (%d timelines)", self.node_id, self.settings.workdir,
+                 len(self._timelines))  # fmt: skip
 
     def _spawn(self, target: Callable[[], None], what: str) -> threading.Thread:
         thread = threading.Thread(
@@ -207,30 +202,41 @@ class NodeService:
         self.health.stop()
         self.partials.stop()
         self.keeper.stop()
-        for thread in (self._thread, self._digester):
-            if thread is not None:
-                thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self.leases.release_all("node stopping")
 
     def _run(self) -> None:
-        next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+        """The watcher: WORKDIR scans, new WAL, parked retries."""
         while not self._stop.wait(self._poll_interval()):
-            try:
+            with self._round("watch round"):
                 self.retrying.send_parked()
                 self._refresh(trigger=True)
-                if time.monotonic() >= next_heartbeat:
-                    next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
-                    self._heartbeat_all()
-                    if self.removal is not None:
-                        self.removal.round(self._timelines, self.heartbeats.backup_known)
-                    if self._redis_failed:
-                        self._redis_failed = False
-                        self._republish_digests()
-                        self.retrying.resend_orphans(self.leases.held(), self._timelines)
-            except Exception as exc:  # keep the node alive through Redis restarts and disk hiccups
-                if isinstance(exc, redis.RedisError | BrokerUnavailable):
-                    self._redis_failed = True
-                self._complain("heartbeat/watch round failed", exc)
+
+    def _beat(self) -> None:
+        """Heartbeats and lease upkeep, in a thread of their own: a scan of
+        thousands of timeline dirs (each stat waiting for the GIL behind the
+        upload threads) once took longer than the lease TTL, and the node
+        lost every lease it held."""
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            with self._round("heartbeat round"):
+                self.heartbeats.round(list(self._timelines.values()))
+                if self.removal is not None:
+                    self.removal.round(self._timelines, self.heartbeats.backup_known)
+                if self._redis_failed:
+                    self._redis_failed = False
+                    self._republish_digests()
+                    self.retrying.resend_orphans(self.leases.held(), self._timelines)
+
+    @contextlib.contextmanager
+    def _round(self, what: str) -> Iterator[None]:
+        """Keep the node alive through Redis restarts and disk hiccups."""
+        try:
+            yield
+        except Exception as exc:
+            if isinstance(exc, redis.RedisError | BrokerUnavailable):
+                self._redis_failed = True
+            self._complain(f"{what} failed", exc)
 
     def _poll_interval(self) -> float:
         # Stat'ing thousands of timeline dirs ten times a second is wasteful.
@@ -281,9 +287,6 @@ class NodeService:
     def _keep_leases(self, offloaders: dict[str, int | None]) -> None:
         for ttid, offloader in self.leases.keep(offloaders).items():
             self.elector.kick(ttid, offloader)
-
-    def _heartbeat_all(self) -> None:
-        self.heartbeats.round(list(self._timelines.values()))
 
     def _heartbeat_soon(self, ttid: str) -> None:
         self.heartbeats.publish_soon(self._timelines.get(ttid))

@@ -54,7 +54,7 @@ REMOVAL_INTERVAL_S = 5.0
 """Seconds between two looks at one timeline's horizon (Neon's is 5 s too)."""
 
 MAX_REMOVALS_PER_ROUND = 128
-"""Segment files deleted per round, all timelines together: the node thread
+"""Segment files deleted per round, all timelines together: the heartbeat thread
 heartbeats too, and must never stall on a backlog of deletions."""
 
 # ttid -> the cluster's timeline_start_lsn (Redis), None if not known yet.
@@ -64,7 +64,7 @@ ForgetDigestsFn = Callable[[str, int], object]
 
 
 class WalRemoval:
-    """Used by the node thread only."""
+    """Used by the node's heartbeat thread only."""
 
     def __init__(
         self,

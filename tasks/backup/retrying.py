@@ -4,7 +4,7 @@
   (``tasks.backup.retries.RetryPark``, SPEC §4 backoff);
 - ``park_claimed``: segments claimed for a task that failed before it
   started them;
-- ``send_parked`` (the node thread, every round): sends the retries that are
+- ``send_parked`` (the node's watcher thread, every pass): sends the retries that are
   due, or all of them once remote storage is seen to heal
   (``tasks.backup.health``), and hedges uploads that started before it healed;
 - ``resend_orphans`` (after a Redis disruption): claimed segments that no
@@ -75,8 +75,9 @@ class InFlight:
 
 
 class Retrying:
-    """``failed`` and ``park_claimed`` run in upload threads, the rest in the
-    node thread only (so ``_hedged_for`` and ``_suspected`` need no lock)."""
+    """``failed`` and ``park_claimed`` run in upload threads, ``resend_orphans``
+    in the node's heartbeat thread, the rest in its watcher thread only (so
+    ``_hedged_for`` and ``_suspected``, which only they touch, need no lock)."""
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class Retrying:
 
     def park_claimed(self, ttid: str, token: str, segnos: list[int], seg_size: int) -> None:
         """Segments claimed for a task that failed before starting them: sent
-        again by the node thread (as soon as the broker takes messages)."""
+        again by the node's watcher (as soon as the broker takes messages)."""
         for segno in segnos:
             self.retries.park(UploadRef(ttid, segno, seg_size, token), 0, 0.0, 0)
         PARKED_UPLOADS.set(len(self.retries))
@@ -151,7 +152,7 @@ class Retrying:
         PARKED_UPLOADS.set(len(self.retries))
         return "retrying"
 
-    # -- in the node thread --------------------------------------------------------
+    # -- in the node's watcher and heartbeat threads ---------------------------------
 
     def send_parked(self) -> None:
         """Hedge, then send the retries that are due. A broker that takes no

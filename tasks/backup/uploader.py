@@ -34,13 +34,13 @@ One segment's trip from disk to S3 to ``backup_lsn``, file by file:
 8. back in ``Uploader.upload``: one claimed segment (or all, when
    ``saturated``) is returned for ``upload_segment`` to upload next, the others
    go to ``UploadTasks.hand_out``;
-9. the node thread: ``tasks/backup/heartbeats.py`` ``Heartbeats.round``
+9. the node's heartbeat thread: ``tasks/backup/heartbeats.py`` ``Heartbeats.round``
    (``RedisState.cluster_facts``) → ``Workdir.record_cluster_state``:
    ``backup_lsn`` in the timeline's state file.
 
 A failure on the way: ``upload_segment`` → ``NodeService.failed`` →
 ``tasks/backup/retrying.py`` ``Retrying.failed`` parks the retry, and
-``Retrying.send_parked`` (node thread) sends it again when due.
+``Retrying.send_parked`` (the node's watcher) sends it again when due.
 """
 
 from __future__ import annotations

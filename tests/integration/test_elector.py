@@ -458,7 +458,6 @@ def test_run_round_elects_thousands_in_batches(
     assert kicks == []
 
 
-
 def test_no_rate_limited_kick_while_the_offloader_has_uploads_in_flight(
     state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
 ) -> None:

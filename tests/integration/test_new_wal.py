@@ -36,6 +36,11 @@ def make(tmp_path: Path, state: RedisState) -> Callable[..., tuple[Harness, Kick
     return build
 
 
+def heartbeat_round(h: Harness) -> None:
+    """What the node's heartbeat thread does every second."""
+    h.node.heartbeats.round(list(h.node._timelines.values()))
+
+
 def node2_beats(h: Harness, *, age_s: float = 0.0) -> None:
     """Node 2 holds the timeline too, and heartbeats (``age_s`` ago)."""
     now = time.time() - age_s
@@ -47,7 +52,7 @@ def test_the_offloader_of_record_takes_the_lease_without_a_message(
     make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
-    h.node._heartbeat_all()  # learns: node 1 offloads it
+    heartbeat_round(h)  # learns: node 1 offloads it
     h.node.new_wal.completed([h.ttid])
     token = h.node.leases.token(h.ttid)
     assert token is not None
@@ -60,7 +65,7 @@ def test_the_lease_holder_claims_new_segments_itself(
 ) -> None:
     h, kicks = make()
     token = h.start_window()  # segments 1..3 claimed and sent
-    h.node._heartbeat_all()
+    heartbeat_round(h)
     h.state.commit_segment(h.ttid, token, 1, SEG)  # an upload finished: a slot frees
     h.sent.clear()
     h.node.new_wal.completed([h.ttid])
@@ -75,7 +80,7 @@ def test_a_node_that_does_not_offload_leaves_it_to_the_offloader_and_beat(
     h, kicks = make()
     node2_beats(h)
     h.state.r.hset(tl_key(h.ttid), "offloader", 2)
-    h.node._heartbeat_all()
+    heartbeat_round(h)
     h.node.new_wal.completed([h.ttid])
     assert kicks == [] and h.sent == []
     assert h.node.leases.token(h.ttid) is None
@@ -88,7 +93,7 @@ def test_an_offloader_that_stopped_heartbeating_is_replaced_at_once(
     h, kicks = make()
     node2_beats(h, age_s=60.0)
     h.state.r.hset(tl_key(h.ttid), "offloader", 2)
-    h.node._heartbeat_all()
+    heartbeat_round(h)
     h.node.new_wal.completed([h.ttid])
     assert h.state.timeline(h.ttid).offloader == 1
     assert h.sent_segnos() == [1, 2, 3]  # elected here: no message to itself
@@ -131,7 +136,7 @@ def test_a_heartbeat_round_hands_the_lease_over_and_kicks_the_new_offloader(
     token = h.start_window()
     node2_beats(h)
     h.state.r.hset(tl_key(h.ttid), "offloader", 2)  # beat elected node 2
-    h.node._heartbeat_all()
+    heartbeat_round(h)
     assert h.node.leases.token(h.ttid) is None
     assert h.state.lease_holder_token(h.ttid) is None, f"lease {token} still held"
     assert kicks == [(h.ttid, 2)]
@@ -141,12 +146,12 @@ def test_a_mass_of_new_wal_is_taken_a_batch_per_pass(
     make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:
     h, kicks = make()
-    h.node._heartbeat_all()
+    heartbeat_round(h)
     h.node.new_wal.BATCH = 1
     first = "0" * 32 + "/" + "0" * 32  # sorts first; held by no node
     h.node.new_wal.completed([first, h.ttid])
     assert h.sent == []  # this pass took only the first
-    h.node.new_wal.completed([])  # the node thread's next pass
+    h.node.new_wal.completed([])  # the watcher's next pass
     assert h.sent_segnos() == [1, 2, 3]
     h.node.new_wal.completed([])
     assert h.sent_segnos() == [1, 2, 3] and kicks == []
