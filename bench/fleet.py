@@ -293,7 +293,7 @@ def main() -> None:
         ],
         rows,
     )
-    fleet = {n: r for n, r in results.items() if n != "rss"}
+    fleet = {n: r for n, r in results.items() if n != "rss"} or results  # rss alone
     ratios = {n: r["rate"] / r["baseline_rate"] for n, r in fleet.items()}
     fairness = {n: r["slowest_s"] / r["median_s"] for n, r in fleet.items()}
     rss = (

@@ -34,6 +34,10 @@ def _member(node_id: int, ttid: str) -> str:
     return f"{node_id}:{ttid}"
 
 
+PIPELINE_CHUNK = 1000
+"""Timelines per pipeline in a node's per-round reads and writes."""
+
+
 class ElectionFeed:
     """A part of ``RedisState`` (which provides ``r``)."""
 
@@ -49,30 +53,37 @@ class ElectionFeed:
         changed: Collection[str] | None = None,
     ) -> None:
         """``records`` are ``(ttid, peer JSON)``; one pipelined round trip
-        (two when a peer or timeline is new). ``register``: also
+        per ``PIPELINE_CHUNK`` of them (one more when a peer or timeline is new). ``register``: also
         (re-)register those timelines, so a Redis that lost its data learns
         them again from the nodes, without new WAL. ``changed``: the
         timelines whose facts changed since this node's last heartbeat
         (``None``: all of them); they are marked for election."""
-        pipe = self.r.pipeline(transaction=False)
-        for ttid, payload in records:
-            pipe.hset(peers_key(ttid), str(node_id), payload)
-            pipe.zadd(BEATS_KEY, {_member(node_id, ttid): now})
-        if register and records:
-            pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in records}, nx=True)
-        marked = [t for t, _ in records if changed is None or t in changed]
-        if marked:
-            pipe.sadd(DIRTY_KEY, *marked)
-        pipe.hset(NODES_KEY, str(node_id), json.dumps({"ts": now, "timelines": len(records)}))
-        results = pipe.execute()
-        if changed is None or not records:
-            return
-        if register and results[2 * len(records)]:
-            # New registrations (rare: new timelines, a Redis that lost its data).
-            fresh = [t for t, _ in records]
-        else:
-            # A peer new to the beats ZSET: first heartbeat, or back after expiring.
-            fresh = [t for i, (t, _) in enumerate(records) if results[2 * i + 1]]
+        fresh: list[str] = []
+        # In chunks: one pipeline of 10,000 timelines held ~15 MB of command
+        # buffers at once, which the node's RSS kept afterwards.
+        for start in range(0, max(1, len(records)), PIPELINE_CHUNK):
+            part = records[start : start + PIPELINE_CHUNK]
+            pipe = self.r.pipeline(transaction=False)
+            if start == 0:
+                node = {"ts": now, "timelines": len(records)}
+                pipe.hset(NODES_KEY, str(node_id), json.dumps(node))
+            for ttid, payload in part:
+                pipe.hset(peers_key(ttid), str(node_id), payload)
+                pipe.zadd(BEATS_KEY, {_member(node_id, ttid): now})
+            if register and part:
+                pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
+            marked = [t for t, _ in part if changed is None or t in changed]
+            if marked:
+                pipe.sadd(DIRTY_KEY, *marked)
+            results = pipe.execute()[1 if start == 0 else 0 :]
+            if changed is None or not part:
+                continue
+            if register and results[2 * len(part)]:
+                # New registrations (rare: new timelines, a Redis that lost its data).
+                fresh += [t for t, _ in part]
+            else:
+                # A peer new to the beats ZSET: first heartbeat, or back after expiring.
+                fresh += [t for i, (t, _) in enumerate(part) if results[2 * i + 1]]
         if fresh:
             self.r.sadd(DIRTY_KEY, *fresh)
 

@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
-from tasks.state.beats import ElectionFeed
+from tasks.state.beats import PIPELINE_CHUNK, ElectionFeed
 from tasks.state.connect import connect
 from tasks.state.keys import (
     DIRTY_KEY,
@@ -174,18 +174,22 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         ]
 
     def cluster_facts(self, ttids: Sequence[str]) -> list[ClusterFacts]:
-        """backup_lsn, offloader and system id of each of ``ttids``; one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for ttid in ttids:
-            pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader", "system_id"])
-        return [
-            ClusterFacts(
-                Lsn.parse(backup) if backup else None,
-                int(offloader) if offloader else None,
-                int(system_id) if system_id else None,
-            )
-            for backup, offloader, system_id in pipe.execute()
-        ]
+        """backup_lsn, offloader and system id of each of ``ttids``; one round
+        trip per ``PIPELINE_CHUNK``."""
+        facts = []
+        for start in range(0, len(ttids), PIPELINE_CHUNK):
+            pipe = self.r.pipeline(transaction=False)
+            for ttid in ttids[start : start + PIPELINE_CHUNK]:
+                pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader", "system_id"])
+            facts += [
+                ClusterFacts(
+                    Lsn.parse(backup) if backup else None,
+                    int(offloader) if offloader else None,
+                    int(system_id) if system_id else None,
+                )
+                for backup, offloader, system_id in pipe.execute()
+            ]
+        return facts
 
     def record_system_id(self, ttid: str, system_id: int) -> int:
         """The timeline's system identifier: the first one recorded (HSETNX),

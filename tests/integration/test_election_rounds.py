@@ -18,7 +18,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.dev.simulate import simulate
 from tasks.logutil import Complaints
-from tasks.state.keys import DIRTY_KEY
+from tasks.state.beats import PIPELINE_CHUNK
+from tasks.state.keys import DIRTY_KEY, peers_key
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.workdir import Workdir
@@ -157,3 +158,21 @@ def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
     simulate([workdir], ttids[1:2], 4, 1 << 20)  # segment 4 completes on one timeline
     heartbeats.round(list(disk.scan().values()))
     assert state.r.smembers(DIRTY_KEY) == {str(ttids[1])}
+
+
+def test_heartbeats_of_more_timelines_than_one_pipeline_holds(state: RedisState) -> None:
+    """Published in chunks (``PIPELINE_CHUNK``): every timeline's peer is
+    written and registered, the new ones in every chunk are marked, the
+    node's own heartbeat counts them all; ``cluster_facts`` reads them back."""
+    ttids = [make_ttid() for _ in range(2 * PIPELINE_CHUNK + 3)]
+    publish(state, 1, ttids[:PIPELINE_CHUNK], seg(5), changed=set())
+    state.r.delete(DIRTY_KEY)
+    publish(state, 1, ttids, seg(5), changed={ttids[0]})
+    assert state.r.smembers(DIRTY_KEY) == {ttids[0], *ttids[PIPELINE_CHUNK:]}
+    assert state.registered_count() == len(ttids)
+    assert all(state.r.hexists(peers_key(t), "1") for t in ttids[-5:])
+    assert state.nodes()[1]["timelines"] == len(ttids)
+    state.raise_backup_lsn(ttids[-1], seg(3))
+    facts = state.cluster_facts(ttids)
+    assert len(facts) == len(ttids) and facts[-1].backup_lsn == seg(3)
+    assert facts[0].backup_lsn is None
