@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError
 from beat.schedule import build_schedule
 from tasks.config import get_settings
 from tasks.errors import BrokerUnavailable
+from tasks.memory import limit_arenas
 from tasks.names import ELECT_ALL, SHARED_QUEUE, node_queue
 from tasks.state.keys import REDBEAT_PREFIX
 
@@ -29,6 +30,7 @@ settings = get_settings()
 _queues = [Queue(SHARED_QUEUE)]
 if settings.node_id is not None:
     _queues.append(Queue(node_queue(settings.node_id)))
+    limit_arenas()  # before the worker starts its threads
 
 
 def _transport_options() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 
 import redis
 
+from tasks import memory
 from tasks.archive.scrubber import HealElsewhere
 from tasks.backup.agreement import Agreement
 from tasks.backup.copies import Copies
@@ -177,11 +178,8 @@ class NodeService:
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.
         self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
-        for target, what in (
-            (self._run, "node"),
-            (self._beat, "heartbeat"),
-            (self._digest_loop, "digests"),
-        ):
+        for target, what in ((self._run, "node"), (self._beat, "heartbeat"),
+                             (self._digest_loop, "digests")):  # fmt: skip
             self._threads.append(self._spawn(target, what))
         self.keeper.start(f"walbackup-archive-{self.node_id}")
         self.health.start()
@@ -227,6 +225,7 @@ class NodeService:
                     self._redis_failed = False
                     self._republish_digests()
                     self.retrying.resend_orphans(self.leases.held(), self._timelines)
+            memory.trim()
 
     @contextlib.contextmanager
     def _round(self, what: str) -> Iterator[None]:

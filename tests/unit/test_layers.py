@@ -6,7 +6,8 @@ held to the layers of the README's layout section:
 
     errors, names, fsutil          leaves
     core                           pure rules (no I/O library)
-    config, logutil, metrics       process-wide services
+    config, logutil, metrics,      process-wide services
+    memory
     state, storage                 Redis and object storage edges
     archive                        the archive's ledger, verification, scrubbing
     backup                         the pipeline (node service, elector, uploads)
@@ -43,13 +44,15 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"core", "errors"},
     "logutil": set(),
     "metrics": set(),
+    "memory": set(),
     "state": LEAVES | {"core"},
     "storage": LEAVES | {"core"},
     "archive": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage"},
-    "backup": LEAVES | {"core", "config", "logutil", "metrics", "state", "storage", "archive"},
+    "backup": LEAVES
+    | {"core", "config", "logutil", "metrics", "memory", "state", "storage", "archive"},
     "restore": LEAVES | {"core", "config", "storage"},
     "broker": set(),
-    "app": {"config", "errors", "names", "state", "beat"},
+    "app": {"config", "errors", "memory", "names", "state", "beat"},
     "wiring": LEAVES | {"core", "config", "state", "storage", "archive", "backup", "app"},
     "steps": {"config", "errors", "wiring"},
     "jobs": LEAVES | {"core", "config", "backup", "app", "wiring"},
