@@ -55,8 +55,11 @@ def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
         if entry.is_dir(follow_symlinks=False):
             yield from _scan(Path(entry.path), root)
         elif entry.is_file() and not entry.name.startswith(TEMP_PREFIX):
-            key = Path(entry.path).relative_to(root).as_posix()
-            yield ObjectInfo(key, entry.stat().st_size)
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # deleted since the directory was read: not listed, as on S3
+            yield ObjectInfo(Path(entry.path).relative_to(root).as_posix(), size)
 
 
 class LocalStorage(RemoteStorage):

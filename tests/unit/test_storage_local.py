@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tasks.errors import InvalidInput
 from tasks.storage.base import redact_url, validate_key
-from tasks.storage.local import TEMP_PREFIX, LocalStorage
+from tasks.storage.local import TEMP_PREFIX, LocalStorage, _scan
 
 ROOT = Path("/srv/remote")
 
@@ -70,3 +70,19 @@ def test_delete_prefix_prunes_emptied_directories_only(tmp_path: Path) -> None:
 def test_relative_root_is_refused() -> None:
     with pytest.raises(InvalidInput, match="not an absolute path"):
         LocalStorage(Path("relative"))
+
+
+def test_an_object_deleted_while_listed_is_left_out_not_an_error(tmp_path: Path) -> None:
+    """A listing racing a delete (superseded partials collected while
+    ``restore_command`` looks for one) omits the deleted object, as S3 does."""
+    prefix = tmp_path / "t"
+    prefix.mkdir()
+    for name in ("a", "b", "c"):
+        (prefix / name).write_bytes(b"x")
+    listing = _scan(prefix, tmp_path)
+    first = next(listing)  # the directory has been read
+    gone = next(n for n in ("a", "b", "c") if f"t/{n}" != first.key)
+    (prefix / gone).unlink()
+    rest = list(listing)
+    assert f"t/{gone}" not in {o.key for o in rest}
+    assert len(rest) == 1
