@@ -25,7 +25,7 @@ from tasks.backup.scrub_round import scrub_round
 from tasks.backup.uploader import CHAIN_BUDGET_S
 from tasks.config import get_settings
 from tasks.core.ids import TenantTimelineId
-from tasks.errors import WalBackupError
+from tasks.errors import BrokerUnavailable, WalBackupError
 from tasks.wiring import get_elector, get_node, get_state, send_scrub
 
 log = logging.getLogger("walbackup.jobs")
@@ -49,9 +49,15 @@ def elect_all() -> int:
     A round lock shorter than the interval keeps a second beat (or a backlog
     of ticks) from running rounds back to back."""
     interval_ms = int(get_settings().election_interval * 1000)
-    if not get_state().take_round_lock(max(100, interval_ms * 9 // 10)):
+    try:
+        if not get_state().take_round_lock(max(100, interval_ms * 9 // 10)):
+            return 0
+        return get_elector().run_round()
+    except (redis.RedisError, BrokerUnavailable) as exc:
+        # Redis went away mid-round (a restart): one line, and the next tick
+        # elects again; the timelines' marks are still there or re-made.
+        log.warning("Election round failed, the next tick retries: %s: %s", type(exc).__name__, exc)
         return 0
-    return get_elector().run_round()
 
 
 @app.task(name=names.SCRUB_ALL, send_events=False)
