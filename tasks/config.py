@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     def effective_remote_storage(self) -> str:
         return self.remote_storage or (self.data_dir / "remote").resolve().as_uri()
 
+    # The kick rule, in one place: a kick that is not forced (beat's rounds)
+    # goes out only when the timeline's kick key has expired. Sending one sets
+    # it for ``kick_hold_ms`` (``Elector.elect``): a kick still queued behind
+    # others holds back the next. The offloader taking it (``Leases.backup_many``,
+    # through ``RedisState.take_kicks``) shortens that to ``kick_interval_ms``.
     @property
     def kick_interval_ms(self) -> int:
         """The least time between two kicks of a timeline that are not

@@ -59,6 +59,7 @@ class Leases:
         state: RedisState,
         tasks: UploadTasks,
         timeline: Callable[[str], TimelineState | None],
+        kick: Callable[[str, int], None],
     ) -> None:
         assert settings.node_id is not None
         self.node_id = settings.node_id
@@ -66,6 +67,8 @@ class Leases:
         self.state = state
         self.tasks = tasks
         self.timeline = timeline
+        self.kick = kick
+        """Sends ``backup_timeline`` to a node's queue (``Elector.kick``)."""
         # A new owner per process: a restarted node never reuses the lease of
         # its previous life, whose in-flight claims died with it.
         self.owner = f"{self.node_id}.{secrets.token_hex(4)}"
@@ -109,9 +112,7 @@ class Leases:
                 mine.append(ttid)
                 continue
             outcomes[ttid] = Skipped.NOT_OFFLOADER
-            token = self.token(ttid)
-            if token is not None:
-                self.release(ttid, token, f"node {record.offloader} elected")
+            self.hand_over(ttid, record.offloader)
         tokens = self.state.acquire_leases(mine, self.owner, self.node_id, self.ttl_ms)
         held: dict[str, str] = {}
         for ttid, token in zip(mine, tokens, strict=True):
@@ -161,31 +162,36 @@ class Leases:
 
     # -- keeping and giving up -------------------------------------------------
 
-    def keep(self, offloaders: Mapping[str, int | None]) -> dict[str, int]:
+    def keep(self, offloaders: Mapping[str, int | None]) -> None:
         """Heartbeat upkeep, given each timeline's elected offloader: renew
         the leases of the timelines this node still offloads, all in one
         round trip (a node holding thousands must renew them well within the
-        lease TTL), and release the others' at once. Returns the timelines
-        released for another node: its first kick may have found the lease
-        still held, so it wants another now."""
+        lease TTL), and hand the others' over at once."""
         renew: dict[str, str] = {}
-        handed: dict[str, int] = {}
         for ttid, token in self.held().items():
             if ttid not in offloaders:
                 continue
-            offloader = offloaders[ttid]
-            if offloader != self.node_id:
-                self.release(ttid, token, f"node {offloader} elected")
-                if offloader is not None:
-                    handed[ttid] = offloader
-            else:
+            if offloaders[ttid] == self.node_id:
                 renew[ttid] = token
+            else:
+                self.hand_over(ttid, offloaders[ttid])
         for ttid, renewed in self.state.renew_leases(renew, self.ttl_ms).items():
             if not renewed:
                 token = renew[ttid]
                 log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
                 self.forget(ttid, token)
-        return handed
+
+    def hand_over(self, ttid: str, offloader: int | None) -> None:
+        """Another node (or none) is elected for ``ttid``: release our lease,
+        if we hold it, and kick the new offloader, whose first kick may have
+        found the lease still held (it would otherwise wait for the next
+        kick, up to ``kick_hold_ms``)."""
+        token = self.token(ttid)
+        if token is None:
+            return
+        self.release(ttid, token, f"node {offloader} elected")
+        if offloader is not None:
+            self.kick(ttid, offloader)
 
     def release(self, ttid: str, token: str, why: str) -> None:
         self.forget(ttid, token)

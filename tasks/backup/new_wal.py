@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from tasks.backup.elector import Elector
 from tasks.backup.heartbeats import Heartbeats
 from tasks.backup.leases import Leases
+from tasks.core.election import heard_lately
 from tasks.state.redis import RedisState
 
 
@@ -79,10 +80,9 @@ class NewWal:
         done = set(candidates) - set(self.leases.refill(candidates))
         mine = [t for t in batch if t not in done and offloaders.get(t) == self.node_id]
         self.leases.backup_many(mine)
+        now = time.time()
         elect = [
-            t
-            for t in batch
-            if t not in done and (offloaders.get(t) is None or not self._alive(offloaders[t]))
+            t for t in batch if t not in done and not self._heard_lately(offloaders.get(t), now)
         ]
         if elect:
             self.elect_now(elect)
@@ -91,9 +91,11 @@ class NewWal:
         """The timeline's directory is gone from this node."""
         self._waiting.pop(ttid, None)
 
-    def _alive(self, node_id: int | None) -> bool:
+    def _heard_lately(self, node_id: int | None, now: float) -> bool:
+        """Whether ``node_id`` (the offloader of record) heartbeats: ``False``
+        for none."""
         seen = self.heartbeats.node_seen.get(node_id) if node_id is not None else None
-        return seen is not None and time.time() - seen < self.heartbeat_timeout_s
+        return heard_lately(seen, now, self.heartbeat_timeout_s)
 
     def elect_now(self, ttids: Sequence[str]) -> None:
         """Elect ``ttids``: start our own uploads if we are elected, and kick
@@ -108,12 +110,6 @@ class NewWal:
                 if outcome.kicked:
                     ours.append(outcome.ttid)
                 continue
-            token = self.leases.token(outcome.ttid)
-            if token is not None:
-                # Step down now rather than at the next heartbeat, and kick
-                # the new offloader again: its first kick may have found our
-                # lease still held.
-                self.leases.release(outcome.ttid, token, f"node {offloader} elected")
-                if offloader is not None:
-                    self.elector.kick(outcome.ttid, offloader)
+            # Step down now rather than at the next heartbeat round.
+            self.leases.hand_over(outcome.ttid, offloader)
         self.leases.backup_many(ours)

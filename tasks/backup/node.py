@@ -89,13 +89,13 @@ class NodeService:
         # As many threads as app.py gives the pool: with as many upload tasks
         # running, a segment sent to the queue only waits there.
         self.tasks = UploadTasks(send_upload, slots=settings.parallel_jobs + 4)
-        self.leases = Leases(settings, state, self.tasks, self._timeline)
+        self.leases = Leases(settings, state, self.tasks, self._timeline, elector.kick)
         self.heartbeats = Heartbeats(
             node_id,
             state,
             self.disk,
             self.copies,
-            keep_leases=self._keep_leases,
+            keep_leases=self.leases.keep,
             data_lost=self._republish_digests,
             complain=self._complain,
         )
@@ -282,10 +282,6 @@ class NodeService:
         if token is not None:
             self.leases.release(ttid, token, "its directory is gone")
         self.state.drop_peer(ttid, self.node_id)
-
-    def _keep_leases(self, offloaders: dict[str, int | None]) -> None:
-        for ttid, offloader in self.leases.keep(offloaders).items():
-            self.elector.kick(ttid, offloader)
 
     def _heartbeat_soon(self, ttid: str) -> None:
         self.heartbeats.publish_soon(self._timelines.get(ttid))

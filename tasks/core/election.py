@@ -34,9 +34,15 @@ class Election:
     reason: str
 
 
+def heard_lately(last_heartbeat: float | None, now: float, heartbeat_timeout_s: float) -> bool:
+    """A node is alive while its last heartbeat (wall clock; ``None``: never
+    heard) is younger than the timeout (SPEC §4)."""
+    return last_heartbeat is not None and now - last_heartbeat < heartbeat_timeout_s
+
+
 def is_alive(peer: PeerInfo, now: float, heartbeat_timeout_s: float) -> bool:
-    """A peer is alive while its last heartbeat is younger than the timeout."""
-    return now - peer.ts < heartbeat_timeout_s
+    """A peer is alive while its last heartbeat for the timeline is young."""
+    return heard_lately(peer.ts, now, heartbeat_timeout_s)
 
 
 def determine_offloader(

@@ -107,9 +107,10 @@ class Harness:
             reorder_horizon=reorder_horizon,
         )
         self.storage = Storage(tmp_path / "remote", self.clock)
+        self.kicks: list[tuple[str, int]] = []
         self.elector = Elector(
             state,
-            lambda ttid, node: None,
+            lambda ttid, node: self.kicks.append((ttid, node)),
             heartbeat_timeout_s=5.0,
             max_offloader_lag_bytes=128 * SEG,
             default_seg_size=SEG,
