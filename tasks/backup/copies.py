@@ -30,7 +30,7 @@ from tasks.core.walpage import LONG_HEADER_BYTES, check_long_header
 from tasks.errors import InvalidWalHeader
 from tasks.metrics import DAMAGED_SEGMENTS, INVALID_WAL_HEADERS
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState
+from tasks.state.timeline_state import TimelineState
 from tasks.storage.base import CHUNK_BYTES
 
 log = logging.getLogger("walbackup.copies")

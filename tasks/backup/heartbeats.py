@@ -32,9 +32,11 @@ from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints, Throttle
+from tasks.state.beats import PIPELINE_CHUNK
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 log = logging.getLogger("walbackup.node")
 
@@ -66,6 +68,7 @@ class Heartbeats:
         keep_leases: Callable[[dict[str, int | None]], None],
         data_lost: Callable[[], None],
         complain: Complaints,
+        heartbeat_timeout_s: float,
     ) -> None:
         self.node_id = node_id
         self.state = state
@@ -78,6 +81,8 @@ class Heartbeats:
         self.backup_known: dict[str, Lsn | None] = {}
         """The cluster's backup_lsn per timeline, as of the last round."""
         self._size_errors = Throttle(30.0)
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._slow = Throttle(30.0)
         self.offloaded: dict[str, Lsn] = {}
         """The timelines whose elected offloader is this node (with a
         backup_lsn), as of the last round."""
@@ -91,7 +96,14 @@ class Heartbeats:
         its time: a heartbeat that says something new marks it for election."""
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
-        """One heartbeat for each of ``timelines`` that has complete WAL on disk."""
+        """One heartbeat for each of ``timelines`` that has complete WAL on
+        disk, ``PIPELINE_CHUNK`` at a time, each chunk timestamped when it is
+        built: at 10,000 timelines a round's last chunk went out seconds
+        after its first, carrying the older time."""
+        for start in range(0, max(1, len(timelines)), PIPELINE_CHUNK):  # and the node's, at 0
+            self._publish(timelines[start : start + PIPELINE_CHUNK], register)
+
+    def _publish(self, timelines: list[TimelineState], register: bool) -> None:
         now = time.time()
         records = []
         changed: dict[str, tuple[object, ...]] = {}
@@ -153,6 +165,20 @@ class Heartbeats:
         self._published.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
+        """One round, and a WARNING when it took over half of
+        ``heartbeat_timeout``: the other nodes' elections count a node whose
+        heartbeats are that late as dead."""
+        started = time.monotonic()
+        self._round(timelines)
+        took = time.monotonic() - started
+        if took > self.heartbeat_timeout_s / 2 and self._slow.allow(None):
+            log.warning(
+                "Node %s: a heartbeat round took %.1f s for %d timelines; after %.0f s "
+                "without one the elections count this node dead (WALBACKUP_HEARTBEAT_TIMEOUT)",
+                self.node_id, took, len(timelines), self.heartbeat_timeout_s,
+            )  # fmt: skip
+
+    def _round(self, timelines: list[TimelineState]) -> None:
         """Learn backup_lsn, offloader and system id, publish, lease upkeep;
         then per timeline: state file, gauges; then give Redis back the
         system ids it lacks; last, the nodes' heartbeats gauge."""

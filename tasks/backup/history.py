@@ -14,7 +14,7 @@ import re
 import time
 
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState
+from tasks.state.timeline_state import TimelineState
 from tasks.storage.base import RemoteStorage, segment_key
 
 log = logging.getLogger("walbackup.node")

@@ -28,7 +28,8 @@ from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
 from tasks.metrics import ARCHIVE_VERIFIED_LSN
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 from tasks.storage.base import RemoteStorage
 
 log = logging.getLogger("walbackup.scrub")

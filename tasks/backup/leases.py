@@ -19,8 +19,8 @@ from enum import StrEnum
 from tasks.backup.handoff import UploadTasks
 from tasks.config import Settings
 from tasks.state.redis import RedisState
+from tasks.state.timeline_state import TimelineState
 from tasks.state.window import ClaimRequest
-from tasks.state.workdir import TimelineState
 
 log = logging.getLogger("walbackup.node")
 

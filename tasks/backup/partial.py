@@ -26,6 +26,7 @@ One upload (``upload``), under the lease's fencing token throughout:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,10 +38,11 @@ from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.partials import PartialObject, parse_partials, partial_object, superseded
-from tasks.core.segments import PARTIAL_SUFFIX
+from tasks.core.segments import PARTIAL_SUFFIX, xlog_file_name
 from tasks.metrics import ARCHIVED_LSN, PARTIAL_UPLOADS
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 from tasks.storage.base import RemoteStorage, segment_key
 
 log = logging.getLogger("walbackup.node")
@@ -124,9 +126,11 @@ class PartialBackup:
             self._seen.pop(ttid, None)
             return False
         segno = st.commit_lsn.segment_number(st.wal_seg_size)
-        path = self.disk.segment_path(st.ttid, segno, st.wal_seg_size)
+        name = xlog_file_name(segno, st.wal_seg_size) + PARTIAL_SUFFIX
         try:
-            fst = path.with_name(path.name + PARTIAL_SUFFIX).stat()
+            # A string path: three ``Path`` objects per timeline per round
+            # were most of this thread's CPU at 10,000 timelines.
+            fst = os.stat(os.path.join(st.path, name))
         except FileNotFoundError:
             self._seen.pop(ttid, None)
             return False

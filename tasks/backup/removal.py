@@ -46,7 +46,8 @@ from tasks.metrics import REMOVED_WAL_SEGMENTS
 from tasks.state.listing import list_files
 from tasks.state.redis import RedisState
 from tasks.state.state_file import TimelineStateFile
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 log = logging.getLogger("walbackup.removal")
 

@@ -39,7 +39,8 @@ from tasks.errors import (
 from tasks.logutil import Complaints
 from tasks.metrics import BACKUP_ERRORS, PARKED_UPLOADS
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 log = logging.getLogger("walbackup.node")
 

@@ -63,7 +63,8 @@ from tasks.core.ledger import LedgerEntry, facts_of
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import BACKED_UP_SEGMENTS, UPLOAD_SECONDS, UPLOADED_BYTES
 from tasks.state.redis import CommitRefused, RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 from tasks.storage.base import RemoteStorage, segment_key
 
 log = logging.getLogger("walbackup.node")

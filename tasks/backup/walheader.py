@@ -27,7 +27,7 @@ from tasks.core.walpage import LONG_HEADER_BYTES, LongHeader, check_long_header,
 from tasks.errors import InvalidWalHeader, SegmentFileError
 from tasks.metrics import INVALID_WAL_HEADERS
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState
+from tasks.state.timeline_state import TimelineState
 
 
 class HeaderCheck:

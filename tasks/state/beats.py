@@ -69,21 +69,27 @@ class ElectionFeed:
                 pipe.hset(NODES_KEY, str(node_id), json.dumps(node))
             for ttid, payload in part:
                 pipe.hset(peers_key(ttid), str(node_id), payload)
-                pipe.zadd(BEATS_KEY, {_member(node_id, ttid): now})
+            if part:
+                # One ZMSCORE and one ZADD for the chunk, not a ZADD per
+                # timeline: packing commands was most of a round's CPU.
+                members = [_member(node_id, ttid) for ttid, _ in part]
+                pipe.zmscore(BEATS_KEY, members)  # type: ignore[no-untyped-call]
+                pipe.zadd(BEATS_KEY, {member: now for member in members})
             if register and part:
                 pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
             marked = [t for t, _ in part if changed is None or t in changed]
             if marked:
                 pipe.sadd(DIRTY_KEY, *marked)
-            results = pipe.execute()[1 if start == 0 else 0 :]
+            results = pipe.execute()[(1 if start == 0 else 0) + len(part) :]
             if changed is None or not part:
                 continue
-            if register and results[2 * len(part)]:
+            if register and results[2]:
                 # New registrations (rare: new timelines, a Redis that lost its data).
                 fresh += [t for t, _ in part]
             else:
                 # A peer new to the beats ZSET: first heartbeat, or back after expiring.
-                fresh += [t for i, (t, _) in enumerate(part) if results[2 * i + 1]]
+                scores = results[0]
+                fresh += [t for (t, _), score in zip(part, scores, strict=True) if score is None]
         if fresh:
             self.r.sadd(DIRTY_KEY, *fresh)
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.core.ids import TenantTimelineId, is_hex_id
+from tasks.core.ids import is_hex_id
 from tasks.errors import InvalidInput
 
 
-def timeline_dirs(workdir: Path) -> dict[TenantTimelineId, Path]:
-    """``WORKDIR/TENANT/TIMELINE`` directories with valid ids; every other
-    name is ignored. Raises ``InvalidInput`` when ``workdir`` is no directory."""
-    found: dict[TenantTimelineId, Path] = {}
+def timeline_names(workdir: Path) -> list[tuple[str, str]]:
+    """``(TENANT, TIMELINE)`` of the ``WORKDIR/TENANT/TIMELINE`` directories
+    with valid ids; every other name is ignored. Raises ``InvalidInput`` when
+    ``workdir`` is no directory."""
+    found: list[tuple[str, str]] = []
     try:
         tenants = list(os.scandir(workdir))
     except (FileNotFoundError, NotADirectoryError):
@@ -28,9 +29,11 @@ def timeline_dirs(workdir: Path) -> dict[TenantTimelineId, Path]:
             timelines = list(os.scandir(tenant.path))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        for timeline in timelines:
-            if timeline.is_dir(follow_symlinks=False) and is_hex_id(timeline.name):
-                found[TenantTimelineId(tenant.name, timeline.name)] = Path(timeline.path)
+        found.extend(
+            (tenant.name, timeline.name)
+            for timeline in timelines
+            if timeline.is_dir(follow_symlinks=False) and is_hex_id(timeline.name)
+        )
     return found
 
 

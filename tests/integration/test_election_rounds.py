@@ -148,7 +148,7 @@ def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
     heartbeats = Heartbeats(
         1, state, disk, Copies(1, state),
         keep_leases=lambda offloaders: None, data_lost=lambda: None,
-        complain=Complaints(logging.getLogger("test"), 1),
+        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
     )  # fmt: skip
     heartbeats.round(list(disk.scan().values()))
     assert state.r.smembers(DIRTY_KEY) == {str(t) for t in ttids}  # new peers

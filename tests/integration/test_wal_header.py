@@ -23,7 +23,8 @@ from tasks.dev.simulate import simulate, simulated_system_id
 from tasks.errors import InvalidWalHeader, SegmentFileError
 from tasks.logutil import Complaints
 from tasks.state.redis import RedisState
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ class Node:
         self.heartbeats = Heartbeats(
             1, state, self.disk, self.copies,
             keep_leases=lambda offloaders: None, data_lost=lambda: None,
-            complain=Complaints(logging.getLogger("test"), 1),
+            complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
         )  # fmt: skip
 
     def timeline(self, ttid: str) -> TimelineState | None:

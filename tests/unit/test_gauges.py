@@ -15,7 +15,8 @@ from tasks.backup.gauges import ClusterGauges
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 SEG = 1 << 20
 

@@ -30,7 +30,8 @@ from tasks.state.state_file import (
     read_state_file,
     write_state_file,
 )
-from tasks.state.workdir import TimelineState, Workdir
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
 
 SEG = 1 << 20
 TTID = TenantTimelineId("0123456789abcdef0123456789abcdef", "00000000000000000000000000000007")

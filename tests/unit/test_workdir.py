@@ -355,6 +355,29 @@ def test_removed_timeline_disappears(state: Workdir, tmp_path: Path) -> None:
     assert state.scan_timeline(TTID) is None
 
 
+def test_rescans_reuse_ids_and_paths_and_see_a_recreated_dir(
+    state: Workdir, tmp_path: Path
+) -> None:
+    """A scan of thousands of timelines every second builds no new id or
+    path for a directory it already knew; one removed and made again is
+    scanned afresh."""
+    path = make_timeline(tmp_path, TTID)
+    write_segment(path, 1)
+    first = state.discover()
+    (ttid,) = first
+    again = state.discover()
+    (same,) = again
+    assert same is ttid and again[same] is first[ttid]
+    assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)  # the end of segment 1
+    (path / xlog_file_name(1, SEG)).unlink()
+    path.rmdir()
+    assert state.scan() == {}
+    path = make_timeline(tmp_path, TTID)
+    write_segment(path, 1)
+    write_segment(path, 2)
+    assert state.scan()[TTID].commit_lsn == Lsn(3 * SEG)
+
+
 def test_state_file_partial_uploads_optional_and_old_files_still_read(tmp_path: Path) -> None:
     import hashlib
     import json

@@ -1,0 +1,36 @@
+"""``TimelineState``: one timeline as a node sees it on disk (``tasks.state.workdir`` scans it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineState:
+    """One timeline as this node sees it on disk."""
+
+    ttid: TenantTimelineId
+    path: Path
+    wal_seg_size: int
+    local_start_lsn: Lsn | None
+    """Start of the lowest segment held; ``None`` when no segment is."""
+    commit_lsn: Lsn | None
+    """End of the contiguous complete segments (see ``resolve_commit_lsn``)."""
+    backup_lsn: Lsn
+    """As recorded in the state file; ``Lsn(0)`` without one."""
+    timeline_start_lsn: Lsn | None
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+    damaged: tuple[int, ...] = ()
+    """Segnos whose file has a segment's name but the wrong size."""
+    removal_horizon_lsn: Lsn | None = None
+    """As recorded in the state file (``tasks.backup.removal``)."""
+    system_id: int | None = None
+    """As recorded in the state file (``tasks.backup.walheader``)."""
+    foreign_seg_size: int | None = None
+    """Its segment files are of this other valid segment size: a
+    ``WALBACKUP_WAL_SEG_SIZE`` that does not match the server's."""
