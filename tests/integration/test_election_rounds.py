@@ -4,12 +4,16 @@ left to kick, and the slow sweep that covers every registered timeline."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from tasks.backup import heartbeats as heartbeats_module
 from tasks.backup.copies import Copies
 from tasks.backup.elector import Elector
 from tasks.backup.heartbeats import Heartbeats
@@ -22,6 +26,7 @@ from tasks.state.beats import PIPELINE_CHUNK
 from tasks.state.keys import DIRTY_KEY, peers_key
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
+from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
 from tests.integration.test_elector import SEG, TIMEOUT_S, make_ttid, seg
 
@@ -176,3 +181,71 @@ def test_heartbeats_of_more_timelines_than_one_pipeline_holds(state: RedisState)
     facts = state.cluster_facts(ttids)
     assert len(facts) == len(ttids) and facts[-1].backup_lsn == seg(3)
     assert facts[0].backup_lsn is None
+
+
+def test_each_chunk_of_a_rounds_heartbeats_carries_the_time_it_was_built(
+    tmp_path: Path, state: RedisState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10,000 timelines a round's last chunk went out seconds after its
+    first: had it carried the round's first timestamp, those heartbeats
+    would have reached the elections already old."""
+    clock = itertools.count(1_700_000_000)
+    monkeypatch.setattr(heartbeats_module, "time", SimpleNamespace(time=lambda: float(next(clock))))
+    timelines = [
+        TimelineState(
+            ttid=TenantTimelineId.parse(make_ttid()),
+            path=tmp_path,
+            wal_seg_size=SEG,
+            local_start_lsn=seg(1),
+            commit_lsn=seg(5),
+            backup_lsn=Lsn(0),
+            timeline_start_lsn=None,
+            problems=(),
+            notes=(),
+        )
+        for _ in range(2 * PIPELINE_CHUNK + 1)
+    ]
+    heartbeats = Heartbeats(
+        1, state, Workdir(tmp_path, SEG), Copies(1, state),
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
+    )  # fmt: skip
+    heartbeats.publish(timelines)
+
+    def ts(st: TimelineState) -> float:
+        payload = state.r.hget(peers_key(str(st.ttid)), "1")
+        assert payload is not None
+        return float(json.loads(payload)["ts"])
+
+    chunks = [timelines[i : i + PIPELINE_CHUNK] for i in range(0, len(timelines), PIPELINE_CHUNK)]
+    stamps = [{ts(st) for st in chunk} for chunk in chunks]
+    assert all(len(s) == 1 for s in stamps), stamps
+    firsts = [min(s) for s in stamps]
+    assert firsts == sorted(set(firsts)), "each chunk is stamped after the one before"
+
+
+def test_a_slow_heartbeat_round_is_a_warning_naming_the_timeout(
+    tmp_path: Path,
+    state: RedisState,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A round over half of ``heartbeat_timeout`` tells the operator why
+    the elections may soon count this node dead; once per 30 s."""
+    ticks = itertools.count(0.0, 3.0)  # every monotonic reading 3 s later
+    monkeypatch.setattr(
+        heartbeats_module,
+        "time",
+        SimpleNamespace(time=time.time, monotonic=lambda: next(ticks)),
+    )
+    heartbeats = Heartbeats(
+        7, state, Workdir(tmp_path, SEG), Copies(7, state),
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), 7), heartbeat_timeout_s=5.0,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="walbackup.node"):
+        heartbeats.round([])
+        heartbeats.round([])
+    slow = [r.getMessage() for r in caplog.records if "heartbeat round took" in r.getMessage()]
+    assert len(slow) == 1, slow
+    assert "Node 7" in slow[0] and "WALBACKUP_HEARTBEAT_TIMEOUT" in slow[0]
