@@ -232,6 +232,8 @@ class Settings(BaseSettings):
     # it for ``kick_hold_ms`` (``Elector.elect``): a kick still queued behind
     # others holds back the next. The offloader taking it (``Leases.backup_many``,
     # through ``RedisState.take_kicks``) shortens that to ``kick_interval_ms``.
+    # Not bound by it: triggers (forced), a new election's result, and a kick
+    # after a node releases a lease for another (``Leases.hand_over``).
     @property
     def kick_interval_ms(self) -> int:
         """The least time between two kicks of a timeline that are not

@@ -41,6 +41,9 @@ from tasks.state.workdir import Workdir
 log = logging.getLogger("walbackup.node")
 
 HEARTBEAT_INTERVAL_S = 1.0
+ROUND_GAP_S = 0.05
+"""The least pause between two rounds, when a round outlasts the interval:
+the node's other threads get the GIL for a moment."""
 STATE_WRITES_PER_HEARTBEAT = 256
 STATE_WRITE_BUDGET_S = 0.2
 """At most this many timeline state files (each fsynced: ~1 ms on a fast

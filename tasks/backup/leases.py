@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from tasks.backup.handoff import UploadTasks
 from tasks.config import Settings
+from tasks.errors import BrokerUnavailable
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.window import ClaimRequest
@@ -106,13 +107,14 @@ class Leases:
             return dict.fromkeys(ttids, Skipped.DISABLED)
         outcomes: dict[str, Skipped | Dispatched] = {}
         mine: list[str] = []
+        elsewhere: dict[str, int | None] = {}
         records = self.state.take_kicks(ttids, self.settings.kick_interval_ms)
         for ttid, record in zip(ttids, records, strict=True):
             if record.offloader == self.node_id:
                 mine.append(ttid)
-                continue
-            outcomes[ttid] = Skipped.NOT_OFFLOADER
-            self.hand_over(ttid, record.offloader)
+            else:
+                outcomes[ttid] = Skipped.NOT_OFFLOADER
+                elsewhere[ttid] = record.offloader
         tokens = self.state.acquire_leases(mine, self.owner, self.node_id, self.ttl_ms)
         held: dict[str, str] = {}
         for ttid, token in zip(mine, tokens, strict=True):
@@ -126,6 +128,7 @@ class Leases:
             held[ttid] = token
         for ttid, count in self._dispatch(held).items():
             outcomes[ttid] = Skipped.NO_LOCAL_TIMELINE if count is None else Dispatched(count)
+        self.hand_over(elsewhere)
         return outcomes
 
     def refill(self, ttids: Sequence[str]) -> list[str]:
@@ -168,30 +171,43 @@ class Leases:
         round trip (a node holding thousands must renew them well within the
         lease TTL), and hand the others' over at once."""
         renew: dict[str, str] = {}
+        elsewhere: dict[str, int | None] = {}
         for ttid, token in self.held().items():
             if ttid not in offloaders:
                 continue
             if offloaders[ttid] == self.node_id:
                 renew[ttid] = token
             else:
-                self.hand_over(ttid, offloaders[ttid])
+                elsewhere[ttid] = offloaders[ttid]
         for ttid, renewed in self.state.renew_leases(renew, self.ttl_ms).items():
             if not renewed:
                 token = renew[ttid]
                 log.warning("Timeline %s: node %s lost its lease %s", ttid, self.node_id, token)
                 self.forget(ttid, token)
+        self.hand_over(elsewhere)
 
-    def hand_over(self, ttid: str, offloader: int | None) -> None:
-        """Another node (or none) is elected for ``ttid``: release our lease,
-        if we hold it, and kick the new offloader, whose first kick may have
-        found the lease still held (it would otherwise wait for the next
-        kick, up to ``kick_hold_ms``)."""
-        token = self.token(ttid)
-        if token is None:
-            return
-        self.release(ttid, token, f"node {offloader} elected")
-        if offloader is not None:
-            self.kick(ttid, offloader)
+    def hand_over(self, elected: Mapping[str, int | None]) -> None:
+        """Other nodes (or none) are elected for these timelines: release our
+        leases of them, then kick each new offloader, whose first kick may
+        have found the lease still held (it would otherwise wait up to
+        ``kick_hold_ms``). Callers hand over after their own Redis work, and
+        a broker that cannot take a kick costs a WARNING, not the caller's
+        lease renewals: a kick is a nudge, the elections send more."""
+        kicks: dict[str, int] = {}
+        for ttid, offloader in elected.items():
+            token = self.token(ttid)
+            if token is not None:
+                self.release(ttid, token, f"node {offloader} elected")
+                if offloader is not None:
+                    kicks[ttid] = offloader
+        for ttid, offloader in kicks.items():
+            try:
+                self.kick(ttid, offloader)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "Node %s: %d hand-over kicks not sent: %s", self.node_id, len(kicks), exc
+                )
+                return
 
     def release(self, ttid: str, token: str, why: str) -> None:
         self.forget(ttid, token)

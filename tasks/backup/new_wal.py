@@ -10,7 +10,8 @@ on what its last heartbeat round learnt of the timeline:
 - it holds the lease: it claims the new segments itself (``Leases.refill``,
   one fenced Lua call), no election, no message;
 - it is the offloader of record: it takes the lease and fills the window
-  (``Leases.backup_many``), no message;
+  (``Leases.backup_many``), no message (if an election moved the timeline
+  meanwhile, it hands the lease over: ``Leases.hand_over``);
 - no offloader is recorded (a new timeline, or Redis lost its data), or the
   offloader's node stopped heartbeating: it elects now; elected, it takes the
   lease itself; else it kicks the elected node, unless that node was elected
@@ -104,12 +105,13 @@ class NewWal:
         storage: beat's rounds do that, never the watcher, whose new WAL
         must not wait on S3."""
         ours: list[str] = []
+        elsewhere: dict[str, int | None] = {}
         for outcome in self.elector.elect(ttids, recover=False, local=self.node_id):
             offloader = outcome.election.offloader
-            if offloader == self.node_id:
-                if outcome.kicked:
-                    ours.append(outcome.ttid)
-                continue
-            # Step down now rather than at the next heartbeat round.
-            self.leases.hand_over(outcome.ttid, offloader)
+            if offloader != self.node_id:
+                elsewhere[outcome.ttid] = offloader
+            elif outcome.kicked:
+                ours.append(outcome.ttid)
         self.leases.backup_many(ours)
+        # Step down now rather than at the next heartbeat round.
+        self.leases.hand_over(elsewhere)

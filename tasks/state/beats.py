@@ -65,7 +65,7 @@ class ElectionFeed:
             part = records[start : start + PIPELINE_CHUNK]
             pipe = self.r.pipeline(transaction=False)
             if start == 0:
-                node = {"ts": now, "timelines": len(records)}
+                node = {"ts": now}
                 pipe.hset(NODES_KEY, str(node_id), json.dumps(node))
             for ttid, payload in part:
                 pipe.hset(peers_key(ttid), str(node_id), payload)

@@ -165,7 +165,8 @@ class Workdir:
     def discover(self) -> dict[TenantTimelineId, Path]:
         """``WORKDIR/TENANT/TIMELINE`` directories with valid ids; symlinks
         and every other name are ignored."""
-        return {d.ttid: d.path for d in self._discover()}
+        with self._scan_lock:
+            return {d.ttid: d.path for d in self._discover()}
 
     def _discover(self) -> list[_Dir]:
         known: dict[tuple[str, str], _Dir] = {}
