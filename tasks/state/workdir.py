@@ -61,8 +61,7 @@ class _Dir:
 
     ttid: TenantTimelineId
     path: Path
-    dir: str
-    state_file: str
+    state_file: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +177,7 @@ class Workdir:
 
     def _dir(self, ttid: TenantTimelineId) -> _Dir:
         path = self.timeline_dir(ttid)
-        return _Dir(ttid, path, str(path), str(path / STATE_FILE_NAME))
+        return _Dir(ttid, path, path / STATE_FILE_NAME)
 
     def scan(self) -> dict[TenantTimelineId, TimelineState]:
         return self.scan_changes().states
@@ -222,7 +221,7 @@ class Workdir:
         ttid, path = d.ttid, d.path
         now_ns = time.time_ns()
         try:
-            dir_st = os.stat(d.dir, follow_symlinks=False)
+            dir_st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             dir_st = None
         if dir_st is None or not stat.S_ISDIR(dir_st.st_mode):
@@ -247,7 +246,7 @@ class Workdir:
         ):
             return cached.state
 
-        recorded = read_state_file(path / STATE_FILE_NAME)
+        recorded = read_state_file(d.state_file)
         seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
         try:
             entries = list_files(path)
