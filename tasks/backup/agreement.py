@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from tasks.backup.copies import Copies
 from tasks.config import Settings
 from tasks.core.agreement import Decision, judge
-from tasks.core.election import is_alive
+from tasks.core.election import heard_lately, is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import AgreementPending, DamagedCopy, NoAgreement, SegmentFileError
@@ -26,6 +27,13 @@ from tasks.storage.base import SegmentDigest, digest_segment_file
 
 log = logging.getLogger("walbackup.node")
 
+HOLDER_GRACE_S = 3.0
+"""How late a live node may tell of a segment that completed on our disk: its
+watcher's pass (up to 1 s), its WORKDIR scan (~1 s at 10,000 timelines),
+its heartbeat. A node whose heartbeats since our copy completed (plus this)
+still do not show the segment does not hold it; until then its digest is
+waited for, so that an offloader that saw its segment first does not archive
+its bytes unchecked, as if it were alone."""
 AGREEMENT_POLL_S = 0.5
 """How long an upload waits in its thread for the peers' digests before it
 parks and tries again (``tasks.backup.retrying.AGREEMENT_RETRY_S`` later)."""
@@ -52,6 +60,7 @@ class Agreement:
         self.needs_md5 = needs_md5
         """Whether the storage wants the MD5 too (``RemoteStorage.needs_md5``)."""
         self._peers: dict[str, tuple[float, list[PeerRecord]]] = {}
+        self._nodes: tuple[float, dict[int, dict[str, Any]]] = (0.0, {})
         self._pending_since: dict[tuple[str, int], float] = {}
 
     def verify(
@@ -61,10 +70,14 @@ class Agreement:
         ``None`` when no other live node holds the segment (nothing to agree
         with: the backend hashes the bytes as it sends them). Raises as
         ``_check`` does, and ``DamagedCopy`` when our copy cannot be read."""
-        if not self.holders(ttid, segno, seg_size):
+        try:
+            completed = path.stat().st_mtime
+        except OSError:
+            completed = time.time()  # _read_copy tells what is wrong with it
+        if not self.holders(ttid, segno, seg_size, completed):
             return None
         digest = self._read_copy(ttid, segno, path, seg_size)
-        self._check(ttid, segno, seg_size, digest, name)
+        self._check(ttid, segno, seg_size, digest, name, completed)
         return digest
 
     def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
@@ -76,7 +89,13 @@ class Agreement:
             raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc
 
     def _check(
-        self, ttid: str, segno: int, seg_size: int, digest: SegmentDigest, name: str
+        self,
+        ttid: str,
+        segno: int,
+        seg_size: int,
+        digest: SegmentDigest,
+        name: str,
+        completed: float,
     ) -> None:
         """Return when enough nodes' copies equal ours (SPEC §4 "Agreement");
         raise ``DamagedCopy`` when the others outvote ours, ``NoAgreement`` when
@@ -89,7 +108,7 @@ class Agreement:
         published_own = False
         warned = False
         while True:
-            holders = self.holders(ttid, segno, seg_size)
+            holders = self.holders(ttid, segno, seg_size, completed)
             if holders and not published_own:
                 # For the node that may take over this upload (a lone node
                 # skips the round trip: nobody would read it).
@@ -145,27 +164,56 @@ class Agreement:
             )
         raise AgreementPending(f"{name}: waiting for the digests of nodes {list(verdict.pending)}")
 
-    def holders(self, ttid: str, segno: int, seg_size: int) -> list[int]:
+    def holders(self, ttid: str, segno: int, seg_size: int, completed: float) -> list[int]:
         """Other live (or lately live) nodes that hold ``segno`` complete or are
-        writing it now (their digest will come), and do not report it damaged. The peers are
-        read from Redis at most every ``PEERS_CACHE_S`` per timeline."""
+        writing it now (their digest will come), and do not report it damaged;
+        and, for ``HOLDER_GRACE_S`` after our copy ``completed`` (its mtime),
+        live nodes that have not told since whether they hold it (their WAL
+        or their watcher may be a moment behind ours). The peers are read
+        from Redis at most every ``PEERS_CACHE_S`` per timeline, the nodes
+        at most every ``PEERS_CACHE_S``."""
         now = time.time()
         cached = self._peers.get(ttid)
         if cached is None or now - cached[0] > PEERS_CACHE_S:
             cached = (now, self.state.peers(ttid))
             self._peers[ttid] = cached
         start = Lsn.from_segment(segno, 0, seg_size)
+        unsure_until = completed + HOLDER_GRACE_S
+        timeout = self.settings.heartbeat_timeout
         # A peer that missed a few heartbeats (a pause, an overloaded host) is
         # still waited for: forgetting it at once would make this node a lone
         # node that archives its bytes unchecked. ``_check`` stops waiting for
         # an unpublished digest after AGREEMENT_WAIT_S, so a peer that really
         # died delays a segment by that much at most.
-        recent = self.settings.heartbeat_timeout + AGREEMENT_WAIT_S
-        return sorted(
-            p.node_id
-            for p in (r.peer for r in cached[1])
-            if p.node_id != self.node_id
-            and is_alive(p, now, recent)
-            and p.local_start_lsn <= start <= p.commit_lsn
-            and p.damaged_lsn != start
-        )
+        recent = timeout + AGREEMENT_WAIT_S
+        holders: set[int] = set()
+        told = {self.node_id}
+        for p in (r.peer for r in cached[1]):
+            told.add(p.node_id)
+            if (
+                p.node_id != self.node_id
+                and p.local_start_lsn <= start
+                and p.damaged_lsn != start
+                and (
+                    (start <= p.commit_lsn and is_alive(p, now, recent))
+                    or (p.ts < unsure_until and is_alive(p, now, timeout))
+                )
+            ):
+                holders.add(p.node_id)
+        if now < unsure_until + timeout:
+            # Nodes with no heartbeat for the timeline yet (it is new to them,
+            # or they do not hold it): waited for until a whole heartbeat
+            # round of theirs began after ``unsure_until``.
+            holders.update(
+                n
+                for n, entry in self._live_nodes(now).items()
+                if n not in told
+                and heard_lately(float(entry["ts"]), now, timeout)
+                and float(entry.get("round", 0.0)) < unsure_until
+            )
+        return sorted(holders)
+
+    def _live_nodes(self, now: float) -> dict[int, dict[str, Any]]:
+        if now - self._nodes[0] > PEERS_CACHE_S:
+            self._nodes = (now, self.state.nodes())
+        return self._nodes[1]

@@ -94,6 +94,8 @@ class Heartbeats:
         self.node_seen: dict[int, float] = {}
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
+        self.round_started: float | None = None
+        """When this node's last whole round (every timeline published) began."""
         self._published: dict[str, tuple[object, ...]] = {}
         """What the last heartbeat that reached Redis said per timeline, but
         its time: a heartbeat that says something new marks it for election."""
@@ -126,7 +128,12 @@ class Heartbeats:
                 if self._published.get(ttid) != facts:
                     changed[ttid] = facts
         self.state.publish_heartbeats(
-            self.node_id, records, now, register=register, changed=changed.keys()
+            self.node_id,
+            records,
+            now,
+            register=register,
+            changed=changed.keys(),
+            round_started=self.round_started,
         )
         self._published.update(changed)
 
@@ -185,6 +192,7 @@ class Heartbeats:
         """Learn backup_lsn, offloader and system id, publish, lease upkeep;
         then per timeline: state file, gauges; then give Redis back the
         system ids it lacks; last, the nodes' heartbeats gauge."""
+        started = time.time()
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -201,6 +209,11 @@ class Heartbeats:
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
+        # Every timeline this node held at ``started`` has told its disk now:
+        # the other nodes' agreement stops waiting for a digest from this
+        # node of segments it does not report (tasks.backup.agreement).
+        self.state.publish_round(self.node_id, time.time(), started)
+        self.round_started = started
         # Leases first: the state file writes below may take a while.
         self.keep_leases(self.offloaders)
         now = time.time()

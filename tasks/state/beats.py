@@ -38,6 +38,16 @@ PIPELINE_CHUNK = 1000
 """Timelines per pipeline in a node's per-round reads and writes."""
 
 
+def node_entry(now: float, round_started: float | None) -> str:
+    """A node's entry in the nodes hash: ``ts``, its last heartbeat (liveness);
+    ``round``, when its last whole heartbeat round began (every timeline its
+    WORKDIR held then has a heartbeat at least that recent)."""
+    entry: dict[str, float] = {"ts": now}
+    if round_started is not None:
+        entry["round"] = round_started
+    return json.dumps(entry)
+
+
 class ElectionFeed:
     """A part of ``RedisState`` (which provides ``r``)."""
 
@@ -51,13 +61,15 @@ class ElectionFeed:
         *,
         register: bool = False,
         changed: Collection[str] | None = None,
+        round_started: float | None = None,
     ) -> None:
         """``records`` are ``(ttid, peer JSON)``; one pipelined round trip
         per ``PIPELINE_CHUNK`` of them (one more when a peer or timeline is new). ``register``: also
         (re-)register those timelines, so a Redis that lost its data learns
         them again from the nodes, without new WAL. ``changed``: the
         timelines whose facts changed since this node's last heartbeat
-        (``None``: all of them); they are marked for election."""
+        (``None``: all of them); they are marked for election.
+        ``round_started``: the node's entry's ``round`` (``node_entry``)."""
         fresh: list[str] = []
         # In chunks: one pipeline of 10,000 timelines held ~15 MB of command
         # buffers at once, which the node's RSS kept afterwards.
@@ -65,8 +77,7 @@ class ElectionFeed:
             part = records[start : start + PIPELINE_CHUNK]
             pipe = self.r.pipeline(transaction=False)
             if start == 0:
-                node = {"ts": now}
-                pipe.hset(NODES_KEY, str(node_id), json.dumps(node))
+                pipe.hset(NODES_KEY, str(node_id), node_entry(now, round_started))
             for ttid, payload in part:
                 pipe.hset(peers_key(ttid), str(node_id), payload)
             if part:
@@ -92,6 +103,10 @@ class ElectionFeed:
                 fresh += [t for (t, _), score in zip(part, scores, strict=True) if score is None]
         if fresh:
             self.r.sadd(DIRTY_KEY, *fresh)
+
+    def publish_round(self, node_id: int, now: float, round_started: float) -> None:
+        """The node's heartbeat round that began at ``round_started`` is out."""
+        self.r.hset(NODES_KEY, str(node_id), node_entry(now, round_started))
 
     def drop_peer(self, ttid: str, node_id: int) -> None:
         """The node no longer holds the timeline: its heartbeat goes at once,

@@ -21,7 +21,8 @@ walbackup:problems:{ttid}    HASH   segno -> archive problem the scrubber found 
 walbackup:partials:{ttid}    HASH   partial upload object name -> "uploading" | "uploaded"
                                     (tasks.core.partials; not yet garbage-collected)
 walbackup:kick:{ttid}        STRING rate limit for election-driven kicks
-walbackup:nodes              HASH   node id -> last heartbeat JSON
+walbackup:nodes              HASH   node id -> {ts: last heartbeat, round: start of
+                                    its last whole heartbeat round} (JSON)
 walbackup:beats              ZSET   "NODE:ttid" -> that node's last heartbeat (unix s);
                                     the elector finds expiring peers here
 walbackup:dirty              SET    timelines to elect in the next round (facts changed,

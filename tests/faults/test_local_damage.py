@@ -29,6 +29,7 @@ from tests.faults.harness import (
     seg_lsn,
     start_cluster,
     timeline_dir,
+    ttid_offloaded_by,
     write_segment,
 )
 
@@ -87,6 +88,38 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     log = cluster.log_path("node1").read_text()
     lines = [line for line in log.splitlines() if "ERROR" in line and bad.name in line]
     assert lines, cluster.tail_logs()
+
+
+def test_a_damaged_copy_that_arrives_before_the_peers_copies_is_not_archived(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """A new timeline's first segment reaches node 1 with bytes rewritten,
+    and the good copies reach nodes 2 and 3 1.5 s later: for that moment
+    node 1 is the only node that has told of the timeline. It must not
+    archive its copy as a lone node would: it waits for the nodes that have
+    not told yet, and their copies outvote its own. (Seen under load: the
+    peers' heartbeats a round behind, the offloader archived a divergent
+    copy unchecked.)"""
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs)
+    nodes = [workdirs[n] for n in NODES]
+    ttid = ttid_offloaded_by(1)
+    archive = Archive(ttid, root=tmp_path / "remote")
+
+    with BackupSampler(cluster, ttid) as sampler:
+        simulate(nodes[:1], [ttid], 0, SEG_SIZE)  # the timeline's directory, on node 1 only
+        good = expected_segment_bytes(ttid, 1, SEG_SIZE)
+        bad = write_segment(nodes[0], ttid, 1, damaged_bytes(good, "divergent"))
+        time.sleep(1.5)
+        simulate(nodes[1:], [ttid], 1, SEG_SIZE)
+        WalWriter(nodes, ttid, next_segno=2).write(3)
+        cluster.wait_backup(ttid, seg_lsn(5), timeout=30)
+    assert archive.read(1) == good, "node 1's divergent copy of segment 1 was archived"
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=5, expected_end=5)
+    log = cluster.log_path("node1").read_text()
+    assert any("ERROR" in line and bad.name in line for line in log.splitlines()), (
+        cluster.tail_logs()
+    )
 
 
 def offloaded_by_node1(

@@ -1,0 +1,86 @@
+"""Whose digest the offloader waits for (``Agreement.holders``), against the
+private redis-server: a node that has not yet told of a segment that just
+completed on the offloader's disk is waited for, for ``HOLDER_GRACE_S``; a
+node that told since and does not hold it, or that went silent, is not.
+
+Under load, an offloader whose peers' heartbeats were a round behind judged
+itself a lone node and archived its damaged copy unchecked
+(tests/faults/test_local_damage.py, divergent, in a parallel test run)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.backup.agreement import HOLDER_GRACE_S, Agreement
+from tasks.core.election import PeerInfo
+from tasks.core.lsn import Lsn
+from tasks.state.records import peer_to_json
+from tasks.state.redis import RedisState
+from tests.integration.test_uploader import SEG, Harness, seg
+
+pytestmark = pytest.mark.integration
+
+SEGNO = 9
+"""The segment just completed on node 1 (segments 1..8 are on every disk)."""
+
+
+@pytest.fixture
+def h(tmp_path: Path, state: RedisState) -> Harness:
+    return Harness(tmp_path, state, 3, 4)
+
+
+def holders(h: Harness, completed: float) -> list[int]:
+    """A fresh ``Agreement`` each time: no cached reads of Redis."""
+    node = h.node
+    agreement = Agreement(node.settings, h.state, node.disk, node.copies, needs_md5=False)
+    return agreement.holders(h.ttid, SEGNO, SEG, completed)
+
+
+def beat(h: Harness, node_id: int, commit: Lsn, at: float) -> None:
+    """``node_id`` heartbeats the timeline at ``at``: WAL up to ``commit``."""
+    peer = PeerInfo(node_id, commit, seg(1), seg(1), at)
+    h.state.publish_heartbeats(node_id, [(h.ttid, peer_to_json(peer, SEG, None))], at)
+
+
+def test_a_peer_that_reported_before_our_copy_completed_is_waited_for(h: Harness) -> None:
+    now = time.time()
+    beat(h, 2, seg(8), now - 0.5)  # before segment 8 completed there: not yet writing 9
+    assert holders(h, completed=now - 0.2) == [2]
+
+
+def test_a_peer_that_reported_since_without_the_segment_does_not_hold_it(h: Harness) -> None:
+    now = time.time()
+    completed = now - HOLDER_GRACE_S - 1.0
+    beat(h, 2, seg(8), now - 0.5)  # after completed + grace: it lags
+    beat(h, 3, seg(SEGNO), now - 0.5)  # writing segment 9 now: its digest will come
+    assert holders(h, completed) == [3]
+
+
+def test_a_silent_peer_is_not_waited_for_the_segment_it_never_reported(h: Harness) -> None:
+    now = time.time()
+    timeout = h.node.settings.heartbeat_timeout
+    beat(h, 2, seg(8), now - timeout - 0.5)  # SIGSTOPped before segment 9
+    assert holders(h, completed=now - 0.2) == []
+
+
+def test_a_node_with_no_heartbeat_of_the_timeline_is_waited_for_until_its_round(
+    h: Harness,
+) -> None:
+    """A new timeline: node 2 heartbeats (the nodes hash) but not yet for it."""
+    now = time.time()
+    h.state.publish_round(2, now, round_started=now - 1.0)
+    assert holders(h, completed=now - 0.2) == [2]
+    # Its whole round that began after the grace did not list the timeline:
+    # node 2 does not hold it.
+    completed = now - HOLDER_GRACE_S - 1.0
+    h.state.publish_round(2, now, round_started=now - 0.5)
+    assert holders(h, completed) == []
+
+
+def test_a_lone_node_waits_for_nobody(h: Harness) -> None:
+    """Only node 1 (the harness's own) heartbeats: it archives unchecked."""
+    assert set(h.state.nodes()) == {1}
+    assert holders(h, completed=time.time()) == []
