@@ -24,6 +24,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import PARTIAL_SUFFIX, parse_xlog_file_name, xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate
+from tasks.state.keys import lease_key
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 
 if TYPE_CHECKING:
@@ -183,6 +184,16 @@ def backed_up_timeline(
     writer = WalWriter(workdirs, ttid, next_segno=1)
     writer.write(segments)
     cluster.wait_backup(ttid, seg_lsn(segments + 1), timeout=30)
+
+    def settled() -> bool:
+        # The node that saw the WAL first may have been elected among the
+        # peers it knew, and still hold the lease: until its next heartbeat
+        # round hands it over, it claims new segments itself.
+        holder = cluster.state.r.get(lease_key(str(ttid)))
+        offloaded = cluster.state.timeline(str(ttid)).offloader == offloader
+        return offloaded and (holder is None or holder.startswith(f"{offloader}."))
+
+    wait_for(settled, 10, f"node {offloader} to be the only offloader")
     return ttid, writer
 
 
