@@ -193,13 +193,9 @@ class Leases:
         ``kick_hold_ms``). Callers hand over after their own Redis work, and
         a broker that cannot take a kick costs a WARNING, not the caller's
         lease renewals: a kick is a nudge, the elections send more."""
-        kicks: dict[str, int] = {}
-        for ttid, offloader in elected.items():
-            token = self.token(ttid)
-            if token is not None:
-                self.release(ttid, token, f"node {offloader} elected")
-                if offloader is not None:
-                    kicks[ttid] = offloader
+        held = {t: token for t in elected if (token := self.token(t)) is not None}
+        self._release(held, {t: f"node {elected[t]} elected" for t in held})
+        kicks = {t: offloader for t in held if (offloader := elected[t]) is not None}
         for ttid, offloader in kicks.items():
             try:
                 self.kick(ttid, offloader)
@@ -210,15 +206,24 @@ class Leases:
                 return
 
     def release(self, ttid: str, token: str, why: str) -> None:
-        self.forget(ttid, token)
-        if self.state.release_lease(ttid, token):
-            log.info("Timeline %s: node %s stepping down from backup (%s)", ttid, self.node_id, why)
+        self._release({ttid: token}, {ttid: why})
 
     def release_all(self, why: str) -> None:
         with self._lock:
             held, self._held = self._held, {}
-        for ttid, token in held.items():
-            self.release(ttid, token, why)
+        self._release(held, dict.fromkeys(held, why))
+
+    def _release(self, leases: Mapping[str, str], why: Mapping[str, str]) -> None:
+        """Release ``leases`` (ttid -> token) in one round trip: after a mass
+        re-election, one per lease held the heartbeat round up for seconds."""
+        for ttid, token in leases.items():
+            self.forget(ttid, token)
+        for ttid, released in self.state.release_leases(leases).items():
+            if released:
+                log.info(
+                    "Timeline %s: node %s stepping down from backup (%s)",
+                    ttid, self.node_id, why[ttid],
+                )  # fmt: skip
 
     def forget(self, ttid: str, token: str) -> None:
         """Redis refused ``token`` (a newer lease exists): stop using it. A

@@ -19,6 +19,7 @@ import redis
 from tasks.core.commit import WindowSize
 from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
+from tasks.state.beats import PIPELINE_CHUNK
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
 
@@ -103,7 +104,23 @@ class LeaseWindow:
         return {ttid: bool(ok) for ttid, ok in zip(leases, pipe.execute(), strict=True)}
 
     def release_lease(self, ttid: str, token: str) -> bool:
-        return bool(self._scripts.run("release_lease", [lease_key(ttid), tl_key(ttid)], [token]))
+        (released,) = self.release_leases({ttid: token}).values()
+        return released
+
+    def release_leases(self, leases: Mapping[str, str]) -> dict[str, bool]:
+        """``release_lease`` for each ttid -> token, a round trip per
+        ``PIPELINE_CHUNK``."""
+        items = list(leases.items())
+        released: dict[str, bool] = {}
+        for start in range(0, len(items), PIPELINE_CHUNK):
+            part = items[start : start + PIPELINE_CHUNK]
+            pipe = self.r.pipeline(transaction=False)
+            for ttid, token in part:
+                self._scripts.run("release_lease", [lease_key(ttid), tl_key(ttid)], [token], pipe)
+            released.update(
+                (ttid, bool(ok)) for (ttid, _), ok in zip(part, pipe.execute(), strict=True)
+            )
+        return released
 
     def claimed(self, ttid: str) -> list[int]:
         """The segnos claimed for upload (the inflight ZSET)."""

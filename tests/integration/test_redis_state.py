@@ -112,6 +112,22 @@ def test_acquire_renew_release(state: RedisState, ttid: str) -> None:
     assert state.acquire_lease(ttid, A, 1, LONG_TTL) == f"{A}:{epoch + 2}"
 
 
+def test_a_hand_over_releases_many_leases_fenced_each(state: RedisState) -> None:
+    """``release_leases``: per timeline as ``release_lease``, a round trip per
+    1,000 (a mass re-election released 3,000 leases one by one)."""
+    ttids = [f"{secrets.token_hex(16)}/{secrets.token_hex(16)}" for _ in range(1003)]
+    tokens = {t: state.acquire_lease(t, A, 1, LONG_TTL) for t in ttids}
+    stale, *rest = ttids
+    newer = tokens[stale]
+    assert newer is not None and state.release_lease(stale, newer)
+    assert state.acquire_lease(stale, B, 2, LONG_TTL) is not None  # another node's now
+    released = state.release_leases({t: str(tokens[t]) for t in ttids})
+    assert released == {stale: False, **dict.fromkeys(rest, True)}
+    assert state.lease_holder_token(stale) is not None
+    assert all(state.lease_holder_token(t) is None for t in rest[-3:])
+    assert state.release_leases({}) == {}
+
+
 def test_epochs_keep_rising_after_redis_lost_its_data(state: RedisState, ttid: str) -> None:
     token = state.acquire_lease(ttid, A, 1, LONG_TTL)
     assert token is not None
