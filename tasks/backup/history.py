@@ -10,7 +10,6 @@ different bytes are an ERROR (and ``last_error``), never overwritten.
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from tasks.state.redis import RedisState
@@ -19,10 +18,13 @@ from tasks.storage.base import RemoteStorage, segment_key
 
 log = logging.getLogger("walbackup.node")
 
-HISTORY_NAME = re.compile(r"[0-9A-F]{8}\.history")
 MAX_HISTORY_BYTES = 1 << 20
 """A history file is a line per timeline switch; anything bigger is not one."""
 LOOK_EVERY_S = 10.0
+
+
+RETRY_S = 10.0
+"""A timeline's history file that failed to upload is tried again this much later."""
 
 
 class HistoryFiles:
@@ -32,24 +34,23 @@ class HistoryFiles:
         self.state = state
         self.storage = storage
         self._done: dict[str, set[str]] = {}
-        self._looked: dict[str, float] = {}
+        self._tried: dict[str, float] = {}
 
     def archive(self, st: TimelineState) -> int:
-        """Upload the history files of ``st`` not yet archived (looking at
-        most every ``LOOK_EVERY_S``); how many were uploaded."""
+        """Upload the history files of ``st`` not yet archived; how many were
+        uploaded. The WORKDIR scan lists them (``TimelineState.history``):
+        before, this thread listed every offloaded timeline's directory,
+        thousands of segment names each, every 10 s."""
         ttid = str(st.ttid)
-        now = time.monotonic()
-        if now - self._looked.get(ttid, -LOOK_EVERY_S) < LOOK_EVERY_S:
-            return 0
-        self._looked[ttid] = now
-        try:
-            names = sorted(p.name for p in st.path.iterdir() if HISTORY_NAME.fullmatch(p.name))
-        except OSError:
-            return 0
         done = self._done.setdefault(ttid, set())
+        new = [name for name in st.history if name not in done]
+        now = time.monotonic()
+        if not new or now - self._tried.get(ttid, -RETRY_S) < RETRY_S:
+            return 0
+        self._tried[ttid] = now
         uploaded = 0
-        for name in names:
-            if name not in done and self._archive(st, name):
+        for name in new:
+            if self._archive(st, name):
                 uploaded += 1
             done.add(name)
         return uploaded
@@ -78,4 +79,4 @@ class HistoryFiles:
     def forget(self, keep: set[str]) -> None:
         for ttid in [t for t in self._done if t not in keep]:
             self._done.pop(ttid, None)
-            self._looked.pop(ttid, None)
+            self._tried.pop(ttid, None)

@@ -13,6 +13,9 @@ MAX_SEG_SIZE = 1 << 30
 DEFAULT_SEG_SIZE = 16 << 20
 PARTIAL_SUFFIX = ".partial"
 
+HISTORY_NAME_RE = re.compile(r"[0-9A-F]{8}\.history")
+"""A timeline history file's name (``fullmatch``): ``0000000N.history``."""
+
 SEGMENT_NAME_RE = re.compile(r"[0-9A-F]{24}")
 """The shape of every segment file name (``fullmatch``): 24 upper-case hex
 characters, 8 each for timeline, log and segment. The one copy in ``core``;

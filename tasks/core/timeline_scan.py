@@ -16,8 +16,8 @@ WAL the node cannot upload:
   ``local_start_lsn == commit_lsn``: nothing to upload yet, position known.
 - Complete segments after a gap are noted, not counted.
 - Segment names of a timeline other than 1 (``PG_TLI``), or invalid for
-  ``seg_size``, are problems and ignored. Other names (the state file,
-  ``.history`` files, temp files) are ignored silently.
+  ``seg_size``, are problems and ignored. ``.history`` files are listed
+  (``history``). Other names (the state file, temp files) are ignored silently.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from tasks.core.lsn import Lsn
 from tasks.core.segments import (
+    HISTORY_NAME_RE,
     PARTIAL_SUFFIX,
     PG_TLI,
     SEGMENT_NAME_RE,
@@ -54,6 +55,8 @@ class ScanResult:
     foreign_seg_size: int | None = None
     """The size of those files when it is another valid segment size (the
     most common one): WAL of another ``wal_segment_size``, a setting to fix."""
+    history: tuple[str, ...] = ()
+    """Timeline history files (``0000000N.history``), sorted."""
 
 
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
@@ -67,8 +70,12 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     other_sizes: dict[int, int] = {}
     partials: list[tuple[int, str]] = []
     problems: list[str] = []
+    history: list[str] = []
 
     for name, size in sorted(entries):
+        if HISTORY_NAME_RE.fullmatch(name):
+            history.append(name)
+            continue
         is_partial = name.endswith(PARTIAL_SUFFIX)
         base = name[: -len(PARTIAL_SUFFIX)] if is_partial else name
         if SEGMENT_NAME_RE.fullmatch(base) is None:
@@ -108,7 +115,9 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     held = complete | wrong_size | {segno for segno, _ in partials}
     foreign = max(other_sizes, key=lambda k: other_sizes[k]) if other_sizes else None
     if not held:
-        return ScanResult(seg_size, range(0), None, None, partial, tuple(problems), (), ())
+        return ScanResult(
+            seg_size, range(0), None, None, partial, tuple(problems), (), (), None, tuple(history)
+        )
 
     first = min(held)
     end = first
@@ -131,6 +140,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         notes=notes,
         damaged=tuple(sorted(wrong_size)),
         foreign_seg_size=foreign,
+        history=tuple(history),
     )
 
 

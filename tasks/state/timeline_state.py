@@ -34,3 +34,5 @@ class TimelineState:
     foreign_seg_size: int | None = None
     """Its segment files are of this other valid segment size: a
     ``WALBACKUP_WAL_SEG_SIZE`` that does not match the server's."""
+    history: tuple[str, ...] = ()
+    """Its timeline history files' names (``tasks.backup.history``)."""

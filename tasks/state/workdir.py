@@ -289,4 +289,5 @@ def _timeline_state(
         removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
         system_id=recorded.system_id if recorded else None,
         foreign_seg_size=scanned.foreign_seg_size,
+        history=scanned.history,
     )

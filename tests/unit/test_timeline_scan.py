@@ -41,6 +41,12 @@ def test_pg_receivewal_dir() -> None:
     assert (result.local_start_lsn, result.commit_lsn) == (lsn(1), lsn(4))
     assert result.partial == "000000010000000000000004.partial"
     assert result.problems == ()
+    assert result.history == ("00000001.history",)
+
+
+def test_history_files_are_listed_even_without_segments() -> None:
+    entries = [("00000003.history", 80), ("00000002.history", 40), ("0000000a.history", 9)]
+    assert scan_entries(entries, SEG).history == ("00000002.history", "00000003.history")
 
 
 def test_only_partial_of_first_segment() -> None:
