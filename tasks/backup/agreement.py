@@ -59,8 +59,9 @@ class Agreement:
         self.copies = copies
         self.needs_md5 = needs_md5
         """Whether the storage wants the MD5 too (``RemoteStorage.needs_md5``)."""
-        self._peers: dict[str, tuple[float, list[PeerRecord]]] = {}
-        self._nodes: tuple[float, dict[int, dict[str, Any]]] = (0.0, {})
+        self._peers: dict[
+            str, tuple[float, dict[int, dict[str, Any]], list[PeerRecord]]
+        ] = {}
         self._pending_since: dict[tuple[str, int], float] = {}
 
     def verify(
@@ -71,7 +72,8 @@ class Agreement:
         with: the backend hashes the bytes as it sends them). Raises as
         ``_check`` does, and ``DamagedCopy`` when our copy cannot be read."""
         try:
-            completed = path.stat().st_mtime
+            st = path.stat()
+            completed = max(st.st_mtime, st.st_ctime)  # its last write, or its rename
         except OSError:
             completed = time.time()  # _read_copy tells what is wrong with it
         if not self.holders(ttid, segno, seg_size, completed):
@@ -170,13 +172,15 @@ class Agreement:
         and, for ``HOLDER_GRACE_S`` after our copy ``completed`` (its mtime),
         live nodes that have not told since whether they hold it (their WAL
         or their watcher may be a moment behind ours). The peers are read
-        from Redis at most every ``PEERS_CACHE_S`` per timeline, the nodes
-        at most every ``PEERS_CACHE_S``."""
+        and the nodes from Redis at most every ``PEERS_CACHE_S`` per timeline,
+        together (``nodes_then_peers``). The clocks of the nodes are taken to
+        agree to well within ``HOLDER_GRACE_S``."""
         now = time.time()
         cached = self._peers.get(ttid)
         if cached is None or now - cached[0] > PEERS_CACHE_S:
-            cached = (now, self.state.peers(ttid))
+            cached = (now, *self.state.nodes_then_peers(ttid))
             self._peers[ttid] = cached
+        _, nodes, peers = cached
         start = Lsn.from_segment(segno, 0, seg_size)
         unsure_until = completed + HOLDER_GRACE_S
         timeout = self.settings.heartbeat_timeout
@@ -188,32 +192,25 @@ class Agreement:
         recent = timeout + AGREEMENT_WAIT_S
         holders: set[int] = set()
         told = {self.node_id}
-        for p in (r.peer for r in cached[1]):
+        for p in (r.peer for r in peers):
             told.add(p.node_id)
             if (
                 p.node_id != self.node_id
+                and is_alive(p, now, recent)
                 and p.local_start_lsn <= start
                 and p.damaged_lsn != start
-                and (
-                    (start <= p.commit_lsn and is_alive(p, now, recent))
-                    or (p.ts < unsure_until and is_alive(p, now, timeout))
-                )
+                and (start <= p.commit_lsn or p.ts < unsure_until)
             ):
                 holders.add(p.node_id)
-        if now < unsure_until + timeout:
-            # Nodes with no heartbeat for the timeline yet (it is new to them,
-            # or they do not hold it): waited for until a whole heartbeat
-            # round of theirs began after ``unsure_until``.
-            holders.update(
-                n
-                for n, entry in self._live_nodes(now).items()
-                if n not in told
-                and heard_lately(float(entry["ts"]), now, timeout)
-                and float(entry.get("round", 0.0)) < unsure_until
-            )
+        # Nodes with no heartbeat for the timeline yet (it is new to them, or
+        # they do not hold it): waited for until a whole heartbeat round of
+        # theirs (``round``: when the scan it published began) began after
+        # ``unsure_until``; a node that has not finished one yet, too.
+        holders.update(
+            n
+            for n, entry in nodes.items()
+            if n not in told
+            and heard_lately(float(entry["ts"]), now, recent)
+            and float(entry.get("round", 0.0)) < unsure_until
+        )
         return sorted(holders)
-
-    def _live_nodes(self, now: float) -> dict[int, dict[str, Any]]:
-        if now - self._nodes[0] > PEERS_CACHE_S:
-            self._nodes = (now, self.state.nodes())
-        return self._nodes[1]

@@ -95,7 +95,8 @@ class Heartbeats:
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
         self.round_started: float | None = None
-        """When this node's last whole round (every timeline published) began."""
+        """The last whole round (every timeline published) told the disk as
+        the WORKDIR scans found it from this time (wall clock) on."""
         self._published: dict[str, tuple[object, ...]] = {}
         """What the last heartbeat that reached Redis said per timeline, but
         its time: a heartbeat that says something new marks it for election."""
@@ -192,7 +193,10 @@ class Heartbeats:
         """Learn backup_lsn, offloader and system id, publish, lease upkeep;
         then per timeline: state file, gauges; then give Redis back the
         system ids it lacks; last, the nodes' heartbeats gauge."""
-        started = time.time()
+        # What this round publishes is what a recent WORKDIR scan found: the
+        # round covers what was on disk when the scan before the last began
+        # (the last may have ended after ``timelines`` were taken).
+        covers = min(time.time(), self.disk.scans_began[0])
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -209,11 +213,11 @@ class Heartbeats:
             # backup_lsn vanished: Redis lost its data, our digests with it.
             self.data_lost()
         self.publish(timelines, register=True)
-        # Every timeline this node held at ``started`` has told its disk now:
+        # Every timeline this node held at ``covers`` has told its disk now:
         # the other nodes' agreement stops waiting for a digest from this
         # node of segments it does not report (tasks.backup.agreement).
-        self.state.publish_round(self.node_id, time.time(), started)
-        self.round_started = started
+        self.state.publish_round(self.node_id, time.time(), covers)
+        self.round_started = covers
         # Leases first: the state file writes below may take a while.
         self.keep_leases(self.offloaders)
         now = time.time()

@@ -20,8 +20,6 @@ log = logging.getLogger("walbackup.node")
 
 MAX_HISTORY_BYTES = 1 << 20
 """A history file is a line per timeline switch; anything bigger is not one."""
-LOOK_EVERY_S = 10.0
-
 
 RETRY_S = 10.0
 """A timeline's history file that failed to upload is tried again this much later."""
@@ -34,7 +32,7 @@ class HistoryFiles:
         self.state = state
         self.storage = storage
         self._done: dict[str, set[str]] = {}
-        self._tried: dict[str, float] = {}
+        self._failed: dict[str, float] = {}
 
     def archive(self, st: TimelineState) -> int:
         """Upload the history files of ``st`` not yet archived; how many were
@@ -44,14 +42,15 @@ class HistoryFiles:
         ttid = str(st.ttid)
         done = self._done.setdefault(ttid, set())
         new = [name for name in st.history if name not in done]
-        now = time.monotonic()
-        if not new or now - self._tried.get(ttid, -RETRY_S) < RETRY_S:
+        if not new or time.monotonic() - self._failed.get(ttid, -RETRY_S) < RETRY_S:
             return 0
-        self._tried[ttid] = now
         uploaded = 0
         for name in new:
-            if self._archive(st, name):
-                uploaded += 1
+            try:
+                uploaded += self._archive(st, name)
+            except Exception:
+                self._failed[ttid] = time.monotonic()
+                raise
             done.add(name)
         return uploaded
 
@@ -79,4 +78,4 @@ class HistoryFiles:
     def forget(self, keep: set[str]) -> None:
         for ttid in [t for t in self._done if t not in keep]:
             self._done.pop(ttid, None)
-            self._tried.pop(ttid, None)
+            self._failed.pop(ttid, None)

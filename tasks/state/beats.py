@@ -40,8 +40,8 @@ PIPELINE_CHUNK = 1000
 
 def node_entry(now: float, round_started: float | None) -> str:
     """A node's entry in the nodes hash: ``ts``, its last heartbeat (liveness);
-    ``round``, when its last whole heartbeat round began (every timeline its
-    WORKDIR held then has a heartbeat at least that recent)."""
+    ``round``: its last whole heartbeat round told of every timeline its
+    WORKDIR held from this time on (the start of the scan it published)."""
     entry: dict[str, float] = {"ts": now}
     if round_started is not None:
         entry["round"] = round_started

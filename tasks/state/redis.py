@@ -140,6 +140,18 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     def nodes(self) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.r.hgetall(NODES_KEY).items()}
 
+    def nodes_then_peers(self, ttid: str) -> tuple[dict[int, dict[str, Any]], list[PeerRecord]]:
+        """``nodes()`` and ``peers(ttid)`` in one round trip, the nodes read
+        first: every heartbeat round a node entry says is done is in the peers."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(NODES_KEY)
+        pipe.hgetall(peers_key(ttid))
+        nodes, peers = pipe.execute()
+        return (
+            {int(k): json.loads(v) for k, v in nodes.items()},
+            [PeerRecord.from_json(v) for v in peers.values()],
+        )
+
     # -- timeline records ----------------------------------------------------
 
     def timeline(self, ttid: str) -> TimelineRecord:

@@ -88,6 +88,8 @@ class Workdir:
         self._dirs: dict[tuple[str, str], _Dir] = {}
         """The last discovery's directories, by ``(TENANT, TIMELINE)`` name."""
         self._prev_commit: dict[TenantTimelineId, Lsn | None] = {}
+        self.scans_began: tuple[float, float] = (0.0, 0.0)
+        """When the last two whole ``scan_changes`` began (wall clock)."""
         self._locks_guard = threading.Lock()
         self._locks: dict[TenantTimelineId, threading.Lock] = {}
         self.failures: dict[TenantTimelineId, str] = {}
@@ -186,6 +188,7 @@ class Workdir:
         """Scan every timeline; a timeline whose state file is unreadable is
         left out, logged and listed in ``failures``."""
         with self._scan_lock:
+            began = time.time()
             states: dict[TenantTimelineId, TimelineState] = {}
             failures: dict[TenantTimelineId, str] = {}
             for d in self._discover():
@@ -208,6 +211,7 @@ class Workdir:
             for gone in self._cache.keys() - states.keys():
                 del self._cache[gone]
             self.failures = failures
+            self.scans_began = (self.scans_began[1], began)
             return ScanChanges(states, changed)
 
     def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:

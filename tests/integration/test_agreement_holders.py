@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backup.agreement import HOLDER_GRACE_S, Agreement
+from tasks.backup.agreement import AGREEMENT_WAIT_S, HOLDER_GRACE_S, Agreement
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
+from tasks.state.beats import node_entry
+from tasks.state.keys import NODES_KEY
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tests.integration.test_uploader import SEG, Harness, seg
@@ -59,11 +61,15 @@ def test_a_peer_that_reported_since_without_the_segment_does_not_hold_it(h: Harn
     assert holders(h, completed) == [3]
 
 
-def test_a_silent_peer_is_not_waited_for_the_segment_it_never_reported(h: Harness) -> None:
+def test_a_peer_silent_for_a_while_is_waited_for_and_a_dead_one_is_not(h: Harness) -> None:
+    """Frozen (SIGSTOP, an overloaded host) past the heartbeat timeout before
+    the segment completed, it may still vote once it thaws (``_check`` stops
+    waiting after AGREEMENT_WAIT_S); silent past that as well, it is dead."""
     now = time.time()
     timeout = h.node.settings.heartbeat_timeout
-    beat(h, 2, seg(8), now - timeout - 0.5)  # SIGSTOPped before segment 9
-    assert holders(h, completed=now - 0.2) == []
+    beat(h, 2, seg(8), now - timeout - 0.5)
+    beat(h, 3, seg(8), now - timeout - AGREEMENT_WAIT_S - 0.5)
+    assert holders(h, completed=now - 0.2) == [2]
 
 
 def test_a_node_with_no_heartbeat_of_the_timeline_is_waited_for_until_its_round(
@@ -78,6 +84,13 @@ def test_a_node_with_no_heartbeat_of_the_timeline_is_waited_for_until_its_round(
     completed = now - HOLDER_GRACE_S - 1.0
     h.state.publish_round(2, now, round_started=now - 0.5)
     assert holders(h, completed) == []
+
+
+def test_a_node_that_has_not_finished_a_round_is_waited_for(h: Harness) -> None:
+    """Just started: its entry has no ``round`` yet (``node_entry``)."""
+    now = time.time()
+    h.state.r.hset(NODES_KEY, "2", node_entry(now, None))
+    assert holders(h, completed=now - HOLDER_GRACE_S - 60) == [2]
 
 
 def test_a_lone_node_waits_for_nobody(h: Harness) -> None:
