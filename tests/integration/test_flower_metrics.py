@@ -95,9 +95,22 @@ def test_flower_shows_node_workers_and_their_uploads(flower: tuple[Cluster, str]
     assert http_get(f"{url}/metrics")[0] == 200
     assert http_get(f"{url}/healthcheck")[0] == 200
 
-    workers = api(url, "/api/workers?refresh=1")
+    # A refresh is a broadcast inspect that Flower waits 1 s for: on a loaded
+    # machine a worker's reply can miss it, and the next refresh shows it.
+    seen: dict[str, Any] = {}
+
+    def all_workers() -> bool:
+        replies = api(url, "/api/workers?refresh=1")
+        seen.update(
+            (name, info)
+            for name, info in replies.items()
+            if info.get("registered") and info.get("active_queues")
+        )
+        return {f"node{n}" for n in NODE_IDS} <= {name.partition("@")[0] for name in seen}
+
+    wait_for(all_workers, 20, "Flower's worker inspection to show the three nodes")
+    workers = seen
     names = {name.partition("@")[0]: name for name in workers}
-    assert {f"node{n}" for n in NODE_IDS} <= set(names), sorted(workers)
     for n in NODE_IDS:
         registered = workers[names[f"node{n}"]]["registered"]
         assert "walbackup.upload_segment" in registered
