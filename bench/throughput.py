@@ -8,6 +8,12 @@ before each (it keeps every object in memory). Bars: ratio >= 1.0 at P = 8,
 
     .venv/bin/python -m bench.throughput [--segments 48] [--parallel 4 8]
         [--reorder-horizon N]   # N = 1: the reference's window, for comparison
+        [--verifying-server]    # through tests/faults/s3proxy --verify-checksums
+
+``--verifying-server`` puts our S3 proxy in front of moto, refusing bodies
+that fail their checksums as AWS S3 does: the node's checksum probe then
+trusts the server and its uploads compute no MD5. Every run goes through the
+proxy (its CPU is a row of its own), so the ratios carry its cost too.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from bench.common import (
 )
 from bench.overhead import move_in
 from tasks.core.ids import TenantTimelineId
+from tests.faults.s3proxy import S3FaultProxy
 from tests.fixtures_s3 import s3_client
 from tests.servers import free_port
 
@@ -53,6 +60,14 @@ def moto_pid(moto: Moto) -> int:
     return proc.pid
 
 
+def server_pids(moto: Moto, proxy: S3FaultProxy | None) -> dict[str, int]:
+    """The processes serving S3: moto, and the proxy in front of it if any."""
+    pids = {"moto": moto_pid(moto)}
+    if proxy is not None and proxy._proc is not None:
+        pids["verifying proxy"] = proxy._proc.pid
+    return pids
+
+
 def run_ours(
     root: Path,
     redis_url: str,
@@ -64,6 +79,7 @@ def run_ours(
     spy_out: Path | None = None,
     reorder_horizon: int | None = None,
     spy_gil: bool = True,
+    proxy: S3FaultProxy | None = None,
 ) -> float:
     url = moto.fresh(BUCKET)
     ttid = staged[0][0]
@@ -74,7 +90,7 @@ def run_ours(
         redis_url,
         url,
         seg_size=SEG_SIZE,
-        s3_endpoint_url=moto.endpoint_url,
+        s3_endpoint_url=proxy.endpoint_url if proxy else moto.endpoint_url,
         settings={
             "WALBACKUP_PARALLEL_JOBS": str(parallel),
             **(
@@ -93,7 +109,7 @@ def run_ours(
         watcher = BackupWatcher(redis_url, [ttid], SEG_SIZE, interval_s=0.02)
         watcher.start()
         workdir = c.workdir(1)
-        pids = {"worker": c.procs["node1"].pid, "moto": moto_pid(moto)}
+        pids = {"worker": c.procs["node1"].pid, **server_pids(moto, proxy)}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         with py_spy(pids["worker"], spy_out, gil=spy_gil):
             started = time.perf_counter()
@@ -120,11 +136,12 @@ def run_baseline(
     cpu: dict[str, float],
     *,
     sha256: bool = False,
+    proxy: S3FaultProxy | None = None,
 ) -> float:
     """The plain boto3 pool; ``sha256`` makes it send SHA-256 checksums, as
     the pipeline must (SPEC §5), instead of botocore's default CRC32."""
     moto.fresh(BUCKET)
-    client = s3_client(moto.endpoint_url)
+    client = s3_client(proxy.endpoint_url if proxy else moto.endpoint_url)
 
     def put(item: tuple[TenantTimelineId, int, Path]) -> None:
         ttid, _, path = item
@@ -135,7 +152,7 @@ def run_baseline(
             else:
                 client.put_object(Bucket=BUCKET, Key=key, Body=body)
 
-    pids = {"boto3 pool (bench)": os.getpid(), "moto": moto_pid(moto)}
+    pids = {"boto3 pool (bench)": os.getpid(), **server_pids(moto, proxy)}
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -147,14 +164,18 @@ def run_baseline(
 
 
 def run_storage_pool(
-    moto: Moto, staged: list[tuple[TenantTimelineId, int, Path]], parallel: int
+    moto: Moto,
+    staged: list[tuple[TenantTimelineId, int, Path]],
+    parallel: int,
+    proxy: S3FaultProxy | None = None,
 ) -> float:
     """walbackup's own S3Storage.upload_file (SHA-256, conditional put) from a
     plain pool of P threads: the storage layer without the pipeline."""
     from tasks.storage.s3 import S3Storage
 
     moto.fresh(BUCKET)
-    storage = S3Storage(BUCKET, endpoint_url=moto.endpoint_url, parallel_jobs=parallel)
+    endpoint = proxy.endpoint_url if proxy else moto.endpoint_url
+    storage = S3Storage(BUCKET, endpoint_url=endpoint, parallel_jobs=parallel)
 
     def put(item: tuple[TenantTimelineId, int, Path]) -> None:
         ttid, _, path = item
@@ -181,6 +202,11 @@ def main() -> None:
     parser.add_argument(
         "--reorder-horizon", type=int, help="WALBACKUP_REORDER_HORIZON (default: the setting's)"
     )
+    parser.add_argument(
+        "--verifying-server",
+        action="store_true",
+        help="every run through a proxy that verifies checksums as AWS S3 does",
+    )
     args = parser.parse_args()
 
     ttid = ttid_for(0, "throughput")
@@ -192,6 +218,14 @@ def main() -> None:
         log(f"staging {args.segments} segments of 16 MiB")
         staged = stage_segments(staging, [ttid], args.segments, SEG_SIZE)
         moto = Moto(root)
+        moto.server.start()
+        proxy = (
+            S3FaultProxy(moto.endpoint_url, log_path=root / "proxy.log", verify_checksums=True)
+            if args.verifying_server
+            else None
+        )
+        if proxy is not None:
+            proxy.start()
         try:
             for parallel in args.parallel:
                 log(f"P={parallel}: ours")
@@ -212,10 +246,11 @@ def main() -> None:
                     spy_out,
                     args.reorder_horizon,
                     not args.py_spy_cpu,
+                    proxy,
                 )
                 log(f"P={parallel}: plain boto3 thread pool")
                 base_cpu: dict[str, float] = {}
-                base_s = run_baseline(moto, staged, parallel, base_cpu)
+                base_s = run_baseline(moto, staged, parallel, base_cpu, proxy=proxy)
                 n = args.segments
                 for label, used in (("ours", ours_cpu), ("boto3", base_cpu)):
                     cpu_rows += [[parallel, label, k, v / n * 1000] for k, v in used.items()]
@@ -223,18 +258,21 @@ def main() -> None:
                 if parallel == max(args.parallel):
                     log(f"P={parallel}: boto3 thread pool sending SHA-256 checksums, like ours")
                     sha_cpu: dict[str, float] = {}
-                    sha_s = run_baseline(moto, staged, parallel, sha_cpu, sha256=True)
+                    sha_s = run_baseline(moto, staged, parallel, sha_cpu, sha256=True, proxy=proxy)
                     same_work = args.segments / sha_s
                     log(f"P={parallel}: S3Storage.upload_file from a plain thread pool")
-                    storage_only = args.segments / run_storage_pool(moto, staged, parallel)
+                    storage_only = args.segments / run_storage_pool(moto, staged, parallel, proxy)
                     cpu_rows += [
                         [parallel, "boto3+sha256", k, v / n * 1000] for k, v in sha_cpu.items()
                     ]
         finally:
+            if proxy is not None:
+                proxy.stop()
             moto.stop()
 
     table(
-        f"throughput: {args.segments} segments of 16 MiB to moto S3, one node",
+        f"throughput: {args.segments} segments of 16 MiB to moto S3, one node"
+        + (" (through a proxy that verifies checksums)" if args.verifying_server else ""),
         ["P", "ours seg/s", "boto3 pool seg/s", "ratio", "ours MB/s", "ours: uploads in flight"],
         [[p, o, b, o / b, o * 16.777, IN_FLIGHT.get(p, 0.0)] for p, (o, b) in results.items()],
     )
@@ -268,6 +306,7 @@ def main() -> None:
         storage_pool=round(storage_only, 3),
         mean_in_flight=round(IN_FLIGHT.get(top, 0.0), 2),
         reorder_horizon=args.reorder_horizon,
+        verifying_server=args.verifying_server,
         ratio_vs_storage_pool=round(ours / storage_only, 4),
         segments=args.segments,
         by_parallel={

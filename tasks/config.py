@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     s3_sse_kms_key_id: str | None = None
     """The KMS key (id, ARN or alias) for ``s3_sse = aws:kms``; unset: the
     account's ``aws/s3`` key. Not a secret: ``walbackup status`` shows it."""
+    s3_upload_check: Literal["auto", "etag"] = "auto"
+    """``auto``: trust an S3 server the checksum probe finds verifying (``s3_probe``)."""
     wal_header_check: bool = True
     """Upload a complete segment only if its first page is a valid PostgreSQL
     long page header for it, with the timeline's system identifier

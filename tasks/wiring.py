@@ -48,6 +48,7 @@ def get_storage() -> RemoteStorage:
         read_timeout_s=10.0,
         sse=s.s3_sse,
         sse_kms_key_id=s.s3_sse_kms_key_id,
+        upload_check=s.s3_upload_check,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,12 @@ class Agreement:
     and a lost update only costs a Redis read or restarts a wait."""
 
     def __init__(
-        self, settings: Settings, state: RedisState, disk: Workdir, copies: Copies, needs_md5: bool
+        self,
+        settings: Settings,
+        state: RedisState,
+        disk: Workdir,
+        copies: Copies,
+        needs_md5: Callable[[], bool],
     ) -> None:
         assert settings.node_id is not None
         self.node_id = settings.node_id
@@ -58,10 +64,9 @@ class Agreement:
         self.disk = disk
         self.copies = copies
         self.needs_md5 = needs_md5
-        """Whether the storage wants the MD5 too (``RemoteStorage.needs_md5``)."""
-        self._peers: dict[
-            str, tuple[float, dict[int, dict[str, Any]], list[PeerRecord]]
-        ] = {}
+        """Whether the storage wants the MD5 too (``RemoteStorage.needs_md5``;
+        it can change: ``s3_probe``)."""
+        self._peers: dict[str, tuple[float, dict[int, dict[str, Any]], list[PeerRecord]]] = {}
         self._pending_since: dict[tuple[str, int], float] = {}
 
     def verify(
@@ -85,7 +90,7 @@ class Agreement:
     def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
         """Our copy's digests (one read pass); a copy we cannot read is damaged."""
         try:
-            return digest_segment_file(path, seg_size, self.needs_md5)
+            return digest_segment_file(path, seg_size, self.needs_md5())
         except (SegmentFileError, OSError) as exc:
             self.copies.mark_damaged(ttid, segno, path, str(exc))
             raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc

@@ -125,7 +125,7 @@ class NodeService:
             disk=self.disk,
             leases=self.leases,
             tasks=self.tasks,
-            agreement=Agreement(settings, state, self.disk, self.copies, storage.needs_md5),
+            agreement=Agreement(settings, state, self.disk, self.copies, lambda: storage.needs_md5),
             headers=HeaderCheck(settings, state, self.copies, self._timeline),
             in_flight=in_flight,
             timeline=self._timeline,

@@ -45,6 +45,7 @@ def _storage(settings: Settings) -> RemoteStorage:
         create=False,
         sse=settings.s3_sse,
         sse_kms_key_id=settings.s3_sse_kms_key_id,
+        upload_check=settings.s3_upload_check,
     )
 
 

@@ -53,6 +53,7 @@ def open_storage(
     create: bool = True,
     sse: str | None = None,
     sse_kms_key_id: str | None = None,
+    upload_check: str = "auto",
 ) -> RemoteStorage:
     """The backend for ``url``; a malformed or unsupported URL raises
     ``InvalidInput`` before anything is created or contacted.
@@ -66,7 +67,8 @@ def open_storage(
     with its own backoff and must see (and count) every failed attempt,
     passes ``max_attempts=1, connect_timeout_s=2, read_timeout_s=10``.
     ``sse``/``sse_kms_key_id``: server-side encryption for every PUT
-    (``S3Storage.put_args``); ``file://`` has none.
+    (``S3Storage.put_args``); ``file://`` has none. ``upload_check``:
+    ``Settings.s3_upload_check``.
 
     ``create=False`` (readers): a ``file://`` directory that does not exist is
     ``StorageUnavailable``, not created (an empty archive would read as "no
@@ -105,6 +107,7 @@ def open_storage(
                 read_timeout_s=read_timeout_s,
                 sse=sse,
                 sse_kms_key_id=sse_kms_key_id,
+                upload_check=upload_check,
             )
         except InvalidInput as exc:
             raise InvalidInput(f"invalid storage URL {shown!r}: {exc}") from None

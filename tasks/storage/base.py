@@ -74,6 +74,14 @@ class SegmentDigest:
     def md5_hex(self) -> str:
         return self.md5.hex()
 
+    def matches(self, other: SegmentDigest) -> bool:
+        """The same bytes: SHA-256 and size equal, and the MD5s where both have one."""
+        return (
+            self.sha256 == other.sha256
+            and self.size == other.size
+            and (not self.md5 or not other.md5 or self.md5 == other.md5)
+        )
+
 
 def segment_key(ttid: TenantTimelineId, segment_name: str) -> str:
     """``TENANT/TIMELINE/SEGMENT``: the segment's path relative to WORKDIR."""
@@ -211,9 +219,13 @@ class RemoteStorage(ABC):
     """Object storage holding the WAL of many timelines."""
 
     url: str  # printable form, never with credentials
-    needs_md5: bool = True
-    """Whether ``upload_file``'s ``digest`` must carry the MD5 (S3 checks the
-    ETag against it; a backend without ETags skips that hashing)."""
+
+    @property
+    def needs_md5(self) -> bool:
+        """Whether ``upload_file``'s ``digest`` should carry the MD5 (S3 checks
+        the ETag against it unless the server verifies checksums; a backend
+        without ETags skips that hashing). A digest without it is hashed again."""
+        return True
 
     @abstractmethod
     def upload_file(

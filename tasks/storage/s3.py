@@ -9,6 +9,9 @@ Whole-object reads ask for the stored checksum (``ChecksumMode=ENABLED``): a
 body that does not match it raises ``ChecksumMismatch`` (the stored object is
 corrupt) at its end.
 
+Uploads skip their MD5 where the server verifies the SHA-256 sent with them
+(``s3_probe``; ``upload_check="etag"`` never skips it).
+
 Server-side encryption (``sse``, ``sse_kms_key_id``) is asked for on every
 PUT through ``put_args``, the one place any kind of PUT takes its extra
 arguments from. Under SSE-KMS an ETag is not the MD5 of the bytes, so
@@ -27,7 +30,6 @@ import hashlib
 import io
 import itertools
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,6 +51,8 @@ from tasks.storage.base import (
     validate_key,
 )
 from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
+from tasks.storage.s3_options import UPLOAD_CHECKS, sse_args, validate_bucket_name
+from tasks.storage.s3_probe import ChecksumProbe
 from tasks.storage.s3_small import put_small
 from tasks.storage.s3_upload import S3Uploads
 
@@ -58,34 +62,7 @@ if TYPE_CHECKING:
 
 DEFAULT_REGION = "us-east-1"
 
-SSE_MODES = ("AES256", "aws:kms")
-"""Server-side encryption a PUT may ask for: S3-managed keys, or a KMS key."""
-
 DEFAULT_PROBE_TIMEOUT_S = 1.0
-
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
-
-
-def validate_bucket_name(bucket: str) -> str:
-    """S3's bucket naming rules (the ones that matter for a URL)."""
-    if _BUCKET_NAME.fullmatch(bucket) is None or ".." in bucket or _IPV4.fullmatch(bucket):
-        raise InvalidInput(
-            f"invalid S3 bucket name {bucket!r}: 3 to 63 lower-case letters, digits, '.' "
-            "or '-', starting and ending with a letter or digit"
-        )
-    return bucket
-
-
-def _sse_args(sse: str | None, kms_key_id: str | None) -> dict[str, Any]:
-    if sse is not None and sse not in SSE_MODES:
-        raise InvalidInput(f"server-side encryption {sse!r}: expected {' or '.join(SSE_MODES)}")
-    if kms_key_id and sse != "aws:kms":
-        raise InvalidInput("a KMS key id is only used with server-side encryption aws:kms")
-    args: dict[str, Any] = {"ServerSideEncryption": sse} if sse else {}
-    if kms_key_id:
-        args["SSEKMSKeyId"] = kms_key_id
-    return args
 
 
 class S3Storage(RemoteStorage):
@@ -110,10 +87,11 @@ class S3Storage(RemoteStorage):
         probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
+        upload_check: str = "auto",
     ) -> None:
         if max_attempts < 1:
             raise InvalidInput(f"max_attempts must be >= 1, got {max_attempts}")
-        self._put_args = _sse_args(sse, sse_kms_key_id)
+        self._put_args = sse_args(sse, sse_kms_key_id)
         # Under SSE-KMS an ETag is not the MD5 of the bytes (the scrub compares them).
         self._etags_are_md5 = sse != "aws:kms"
         self.bucket = validate_bucket_name(bucket)
@@ -128,9 +106,9 @@ class S3Storage(RemoteStorage):
             # (ChecksumMode on reads), not on the read-backs we hash ourselves.
             "response_checksum_validation": "when_required",
             # No SHA-256 pass of botocore's over every body for SigV4 (it signs
-            # payloads on http:// endpoints): every PUT carries Content-MD5 (a
-            # segment also x-amz-checksum-sha256), both signed headers, so the
-            # body stays bound to the signature, as botocore does on https.
+            # payloads on http:// endpoints): every PUT carries Content-MD5 or
+            # x-amz-checksum-sha256 (a segment at least the latter), signed
+            # headers, so the body stays bound to the signature, as on https.
             "s3": {"payload_signing_enabled": False},
         }
         if endpoint_url:
@@ -151,9 +129,29 @@ class S3Storage(RemoteStorage):
         )
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[S3Client, int]] = {}
-        self._uploads = S3Uploads(
-            bucket, self._errors, self._client, self._full_key, self.put_args()
+        if upload_check not in UPLOAD_CHECKS:
+            raise InvalidInput(f"upload check {upload_check!r}: expected one of {UPLOAD_CHECKS}")
+        self._checksums = ChecksumProbe(
+            self._probe_client,
+            bucket,
+            self._root,
+            self._put_args,
+            where,
+            enabled=upload_check == "auto",
         )
+        self._uploads = S3Uploads(
+            bucket,
+            self._errors,
+            self._client,
+            self._full_key,
+            self.put_args(),
+            self._checksums.verifies,
+        )
+
+    @property
+    def needs_md5(self) -> bool:
+        """No MD5 where the server verifies the SHA-256 of what it stores."""
+        return not self._checksums.verifies()
 
     def put_args(self) -> dict[str, Any]:
         """What every PUT of this storage carries besides its own arguments:

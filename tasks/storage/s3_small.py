@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from tasks.storage.s3_errors import EXISTS_CODES, error_code
-from tasks.storage.s3_upload import md5_etag
+from tasks.storage.s3_stored import md5_etag
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

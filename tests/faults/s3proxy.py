@@ -40,14 +40,22 @@ Modes (``MODES``):
   body only; a ``Transfer-Encoding: chunked`` body is flipped as framed),
   then forward.
 
+With ``--verify-checksums`` the proxy also does what AWS S3 does and moto
+does not: a request whose body (after any fault) does not match its
+``Content-MD5`` or ``x-amz-checksum-sha256`` is answered 400 ``BadDigest``
+and not forwarded.
+
 Counters, per HTTP method: ``seen`` (requests received), ``faulted`` (given a
-mode other than pass), ``forwarded`` (sent to the upstream).
+mode other than pass), ``forwarded`` (sent to the upstream), ``with_md5``
+(carrying ``Content-MD5``), ``refused`` (``BadDigest`` from the verification).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import socket
@@ -93,7 +101,22 @@ _ERRORS = {
                                "We encountered an internal error. Please try again."),
     "slowdown503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "bad_gateway": (502, "Bad Gateway", "BadGateway", "The upstream S3 server did not answer."),
+    "bad_digest": (400, "Bad Request", "BadDigest",
+                   "The checksum you specified did not match the calculated checksum."),
 }  # fmt: skip
+
+
+def checksum_refused(headers: dict[str, str], body: bytes) -> bool:
+    """Whether ``body`` does not match the Content-MD5 or x-amz-checksum-sha256
+    among ``headers`` (lower-case names), as S3 verifies them."""
+    sent = [
+        (headers.get("content-md5"), hashlib.md5),
+        (headers.get("x-amz-checksum-sha256"), hashlib.sha256),
+    ]
+    return any(
+        value is not None and value != base64.b64encode(algo(body).digest()).decode()
+        for value, algo in sent
+    )
 
 
 # --- the proxy process --------------------------------------------------------
@@ -119,7 +142,8 @@ class Fault:
 class ProxyState:
     """The current fault and the counters, shared by the connection threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, verify: bool = False) -> None:
+        self.verify = verify
         self.cond = threading.Condition()
         self.fault = Fault()
         self.generation = 0  # bumped whenever the fault changes
@@ -127,6 +151,8 @@ class ProxyState:
         self.seen: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()
         self.forwarded: Counter[str] = Counter()
+        self.with_md5: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
 
     def pick(self, method: str, has_body: bool) -> Fault:
         """The fault for one incoming request (counted)."""
@@ -166,6 +192,10 @@ class ProxyState:
         with self.cond:
             self.forwarded[method] += 1
 
+    def count(self, counter: Counter[str], method: str) -> None:
+        with self.cond:
+            counter[method] += 1
+
     def snapshot(self) -> dict[str, Any]:
         with self.cond:
             return {
@@ -173,6 +203,8 @@ class ProxyState:
                 "seen": dict(self.seen),
                 "faulted": dict(self.faulted),
                 "forwarded": dict(self.forwarded),
+                "with_md5": dict(self.with_md5),
+                "refused": dict(self.refused),
                 "held": self.held,
             }
 
@@ -181,6 +213,8 @@ class ProxyState:
             self.seen.clear()
             self.faulted.clear()
             self.forwarded.clear()
+            self.with_md5.clear()
+            self.refused.clear()
 
 
 def parse_fault(payload: Any) -> Fault:
@@ -355,6 +389,13 @@ class Connection:
         elif mode == "flip_byte":
             middle = len(body) // 2
             body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+        if "content-md5" in lower:
+            self.state.count(self.state.with_md5, method)
+        if self.state.verify and not chunked and checksum_refused(lower, body):
+            self.state.count(self.state.refused, method)
+            self.note(f"refused: {method} {target}: the body does not match its checksum")
+            self.send_error("bad_digest", method, path, keep_alive)
+            return keep_alive
 
         try:
             status, reason, resp_headers, resp_body = self.forward(method, target, headers, body)
@@ -482,12 +523,12 @@ class Connection:
         print(f"{time.strftime('%H:%M:%S')} s3proxy: {message}", file=self.log, flush=True)
 
 
-def serve(host: str, port: int, upstream_url: str) -> None:
+def serve(host: str, port: int, upstream_url: str, verify: bool = False) -> None:
     parts = urlsplit(upstream_url)
     if parts.scheme != "http" or not parts.hostname:
         raise SystemExit(f"s3proxy: --upstream must be http://HOST:PORT, got {upstream_url!r}")
     upstream = (parts.hostname, parts.port or 80)
-    state = ProxyState()
+    state = ProxyState(verify)
     server = socket.create_server((host, port), backlog=256)
     print(f"s3proxy: listening on {host}:{port}, upstream {upstream_url}", flush=True)
     while True:
@@ -502,9 +543,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--upstream", required=True, help="http://HOST:PORT of the S3 server")
+    parser.add_argument(
+        "--verify-checksums", action="store_true", help="refuse bodies that fail their checksums"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.host, args.port, args.upstream)
+        serve(args.host, args.port, args.upstream, args.verify_checksums)
 
 
 # --- the test side ------------------------------------------------------------
@@ -518,6 +562,8 @@ class ProxyStats:
     faulted: dict[str, int] = field(default_factory=dict)
     forwarded: dict[str, int] = field(default_factory=dict)
     held: int = 0  # requests waiting in a black hole now
+    with_md5: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class S3FaultProxy:
@@ -534,7 +580,14 @@ class S3FaultProxy:
         proxy.stop()
     """
 
-    def __init__(self, upstream: str, *, port: int | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        verify_checksums: bool = False,
+    ):
         if port is None:
             from tests.servers import free_port
 
@@ -542,6 +595,7 @@ class S3FaultProxy:
         self.upstream = upstream
         self.port = port
         self.log_path = log_path
+        self.verify_checksums = verify_checksums
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -564,6 +618,7 @@ class S3FaultProxy:
             str(self.port),
             "--upstream",
             self.upstream,
+            *(["--verify-checksums"] if self.verify_checksums else []),
         ]
         root = Path(__file__).resolve().parents[2]
         if self.log_path is not None:
@@ -633,7 +688,14 @@ class S3FaultProxy:
 
     def stats(self) -> ProxyStats:
         data = self._control("GET")
-        return ProxyStats(data["seen"], data["faulted"], data["forwarded"], data["held"])
+        return ProxyStats(
+            data["seen"],
+            data["faulted"],
+            data["forwarded"],
+            data["held"],
+            data["with_md5"],
+            data["refused"],
+        )
 
     def reset_stats(self) -> None:
         self._control("POST", f"{CONTROL_PATH}/reset-stats", {})

@@ -25,10 +25,11 @@ from botocore.exceptions import ClientError
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import xlog_file_name
-from tasks.errors import ChecksumMismatch, StorageUnavailable, UploadCorrupted
+from tasks.errors import ChecksumMismatch, SegmentFileError, StorageUnavailable, UploadCorrupted
 from tasks.storage import digest_segment_file, open_storage, segment_key
 from tasks.storage.s3 import S3Storage
-from tasks.storage.s3_upload import SHA256_METADATA
+from tasks.storage.s3_probe import PROBE_PREFIX, PROBE_TTL_S, RETRY_S, ChecksumProbe
+from tasks.storage.s3_stored import SHA256_METADATA
 from tests.faults.s3proxy import S3FaultProxy
 from tests.fixtures_s3 import AWS_ENV, MotoServer
 from tests.servers import env_without_walbackup
@@ -106,7 +107,9 @@ class Moto:
 
 @pytest.fixture
 def storage(proxy: S3FaultProxy, s3_bucket_url: str) -> Iterator[S3Storage]:
-    """What a node worker gets: one attempt, short timeouts, via the proxy."""
+    """What a node worker gets: one attempt, short timeouts, via the proxy.
+    Its checksum probe (a PUT and a DELETE, at the first upload) runs here,
+    so that a test's fault and counters concern the test's own requests."""
     backend = open_storage(
         s3_bucket_url,
         s3_endpoint_url=proxy.endpoint_url,
@@ -115,6 +118,8 @@ def storage(proxy: S3FaultProxy, s3_bucket_url: str) -> Iterator[S3Storage]:
         read_timeout_s=READ_TIMEOUT_S,
     )
     assert isinstance(backend, S3Storage)
+    assert backend.needs_md5  # moto stores bytes that fail their checksum
+    proxy.reset_stats()
     yield backend
     backend.close()
 
@@ -269,6 +274,8 @@ def test_server_errors_reach_the_caller_after_max_attempts(
 ) -> None:
     storage = open_storage(s3_bucket_url, s3_endpoint_url=proxy.endpoint_url, max_attempts=attempts)
     path, data = segment
+    assert storage.needs_md5  # the checksum probe, before the fault
+    proxy.reset_stats()
     proxy.set(mode)
     with pytest.raises(StorageUnavailable, match=code):
         storage.upload_file(KEY, path, SEG)
@@ -393,3 +400,170 @@ def test_fetch_of_an_object_corrupted_in_storage_exits_5(
     assert stderr.startswith("walbackup: checksum mismatch: ") and stderr.count("\n") == 1
     assert key in stderr
     assert list(pg_wal.iterdir()) == []  # nothing half-written left
+
+
+# --- a server that verifies checksums (the proxy in front of moto plays AWS S3) ---
+
+
+@pytest.fixture(scope="module")
+def verifying_process(
+    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3FaultProxy]:
+    log_path = tmp_path_factory.mktemp("s3proxy-verifying") / "s3proxy.log"
+    with S3FaultProxy(moto_server.endpoint_url, log_path=log_path, verify_checksums=True) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def verifying(verifying_process: S3FaultProxy) -> Iterator[S3FaultProxy]:
+    verifying_process.clear()
+    verifying_process.reset_stats()
+    yield verifying_process
+    verifying_process.clear()
+
+
+def worker_storage(url: str, endpoint_url: str, **extra: Any) -> S3Storage:
+    backend = open_storage(
+        url, s3_endpoint_url=endpoint_url, max_attempts=1, read_timeout_s=READ_TIMEOUT_S, **extra
+    )
+    assert isinstance(backend, S3Storage)
+    return backend
+
+
+def test_a_verifying_server_is_trusted_and_no_md5_is_computed(
+    verifying: S3FaultProxy, s3_bucket_url: str, moto: Moto, segment: tuple[Path, bytes]
+) -> None:
+    path, data = segment
+    storage = worker_storage(s3_bucket_url, verifying.endpoint_url)
+    assert not storage.needs_md5  # the probe was refused with BadDigest
+    assert verifying.stats().refused == {"PUT": 1}
+    verifying.reset_stats()
+
+    digest = digest_segment_file(path, SEG, md5=storage.needs_md5)
+    assert digest.md5 == b""
+    result = storage.upload_file(KEY, path, SEG, digest=digest)
+    stats = verifying.stats()
+    assert stats.seen == {"PUT": 1} and stats.with_md5 == {}  # no MD5, no read-back
+    # The ledger still gets the MD5: the ETag of bytes the server verified.
+    assert result.md5_hex == hashlib.md5(data).hexdigest() and not result.already_present
+    assert moto.get(KEY) == data
+
+    # The key exists: the stored SHA-256 (the server verified it) decides, no GET.
+    again = storage.upload_file(KEY, path, SEG, digest=digest)
+    assert again.already_present and again.md5_hex == result.md5_hex
+    assert verifying.stats().seen == {"PUT": 2, "HEAD": 1}
+    # Small objects (ledger pages) pass the server's checks as they are.
+    assert storage.create_bytes("ledger/page", b"ledger bytes")
+    assert verifying.stats().refused == {} and moto.get("ledger/page") == b"ledger bytes"
+    storage.close()
+
+
+def test_a_verifying_server_refuses_a_flipped_byte_and_nothing_is_stored(
+    verifying: S3FaultProxy, s3_bucket_url: str, moto: Moto, segment: tuple[Path, bytes]
+) -> None:
+    path, data = segment
+    storage = worker_storage(s3_bucket_url, verifying.endpoint_url)
+    assert not storage.needs_md5
+    verifying.reset_stats()
+    verifying.set("flip_byte", methods=["PUT"], count=1)
+    with pytest.raises(UploadCorrupted, match="BadDigest"):
+        storage.upload_file(KEY, path, SEG)  # no digest given: hashed without MD5
+    stats = verifying.stats()
+    assert stats.refused == {"PUT": 1} and stats.forwarded == {}
+    assert moto.get(KEY) is None
+    assert storage.upload_file(KEY, path, SEG).already_present is False
+    assert moto.get(KEY) == data
+    storage.close()
+
+
+def test_a_changed_file_is_told_from_a_corrupted_transfer(
+    verifying: S3FaultProxy, s3_bucket_url: str, moto: Moto, tmp_path: Path
+) -> None:
+    """The file changed after it was hashed: the server refuses what we send,
+    and the error names the file, not the network."""
+    data = os.urandom(SEG)
+    path = tmp_path / "000000010000000000000001"
+    path.write_bytes(data)
+    storage = worker_storage(s3_bucket_url, verifying.endpoint_url)
+    digest = digest_segment_file(path, SEG, md5=storage.needs_md5)
+    path.write_bytes(flip(data))
+    with pytest.raises(SegmentFileError, match="changed between being hashed and being stored"):
+        storage.upload_file(KEY, path, SEG, digest=digest)
+    assert moto.get(KEY) is None
+    storage.close()
+
+
+def test_upload_check_etag_never_trusts_the_server(
+    verifying: S3FaultProxy, s3_bucket_url: str, moto: Moto, segment: tuple[Path, bytes]
+) -> None:
+    path, data = segment
+    storage = worker_storage(s3_bucket_url, verifying.endpoint_url, upload_check="etag")
+    assert storage.needs_md5
+    assert storage.upload_file(KEY, path, SEG).md5_hex == hashlib.md5(data).hexdigest()
+    stats = verifying.stats()
+    assert stats.seen == {"PUT": 1} and stats.with_md5 == {"PUT": 1}  # no probe
+    storage.close()
+
+
+def test_a_digest_without_md5_is_hashed_again_for_a_server_that_does_not_verify(
+    storage: S3Storage, proxy: S3FaultProxy, moto: Moto, segment: tuple[Path, bytes]
+) -> None:
+    """The digest was taken while the server verified; now it does not (the
+    probe's answer changed): the upload hashes the MD5 it needs."""
+    path, data = segment
+    digest = digest_segment_file(path, SEG, md5=False)
+    proxy.set("flip_byte", methods=["PUT"], count=1)
+    with pytest.raises(UploadCorrupted):
+        storage.upload_file(KEY, path, SEG, digest=digest)  # caught by the MD5 ETag
+    assert moto.get(KEY) is None
+    result = storage.upload_file(KEY, path, SEG, digest=digest)
+    assert result.md5_hex == hashlib.md5(data).hexdigest()
+    assert proxy.stats().with_md5 == {"PUT": 2}
+    assert moto.get(KEY) == data
+
+
+def test_the_checksum_probe_is_asked_again(
+    proxy: S3FaultProxy, verifying: S3FaultProxy, moto: Moto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe that fails tells nothing (the MD5 stays) and is retried after
+    RETRY_S; an answer holds for PROBE_TTL_S, then the server is asked again
+    (here the endpoint is swapped for one that does not verify)."""
+    config = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1})
+    clients = {
+        p.endpoint_url: boto3.client(
+            "s3",
+            endpoint_url=p.endpoint_url,
+            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+            config=config,
+        )
+        for p in (proxy, verifying)
+    }
+    endpoint = [proxy.endpoint_url]
+    now = [0.0]
+    probe = ChecksumProbe(
+        lambda: clients[endpoint[0]], moto.bucket, f"{moto.prefix}/", {}, "test-s3",
+        clock=lambda: now[0],
+    )  # fmt: skip
+    proxy.set("error500", methods=["PUT"])
+    with caplog.at_level(logging.WARNING, logger="tasks.storage.s3_probe"):
+        assert not probe.verifies()
+    assert "checksum probe failed (InternalError)" in caplog.text
+    proxy.clear()
+    endpoint[0] = verifying.endpoint_url
+    now[0] += RETRY_S - 1
+    assert not probe.verifies()  # not asked again yet
+    assert verifying.stats().seen == {}
+    now[0] += 2
+    assert probe.verifies()
+    endpoint[0] = proxy.endpoint_url
+    now[0] += PROBE_TTL_S - 1
+    assert probe.verifies()
+    now[0] += 2
+    with caplog.at_level(logging.WARNING, logger="tasks.storage.s3_probe"):
+        assert not probe.verifies()
+    assert "every upload is verified by its MD5 ETag" in caplog.text
+    assert proxy.stats().seen == {"PUT": 2, "DELETE": 1}  # the stored probe, deleted
+    listed = moto.client.list_objects_v2(Bucket=moto.bucket, Prefix=f"{moto.prefix}/")
+    assert not [o["Key"] for o in listed.get("Contents", []) if PROBE_PREFIX in o["Key"]]
+    for client in clients.values():
+        client.close()

@@ -37,7 +37,7 @@ def h(tmp_path: Path, state: RedisState) -> Harness:
 def holders(h: Harness, completed: float) -> list[int]:
     """A fresh ``Agreement`` each time: no cached reads of Redis."""
     node = h.node
-    agreement = Agreement(node.settings, h.state, node.disk, node.copies, needs_md5=False)
+    agreement = Agreement(node.settings, h.state, node.disk, node.copies, needs_md5=lambda: False)
     return agreement.holders(h.ttid, SEGNO, SEG, completed)
 
 

@@ -1,0 +1,145 @@
+"""Does the S3 endpoint verify the checksums it is sent?
+
+AWS S3 refuses a PUT whose body does not match its ``x-amz-checksum-sha256``
+(``BadDigest``): there, a segment's SHA-256, which we compute anyway (the
+nodes' agreement and the ledger compare it), is all the proof an upload
+needs. A server that ignores checksums (moto, some S3-compatible stores)
+stores whatever arrived, so every upload to it also needs our MD5 to compare
+with its ETag (``s3_upload``): ~24 ms of CPU per 16 MiB segment here.
+
+``ChecksumProbe`` asks the server directly instead of trusting what it says
+of itself: a PUT of a few bytes under a fresh key with a SHA-256 that does
+not match them. Refused with a checksum error: the server verifies. Stored:
+it does not, and the probe object is deleted. Anything else (unreachable,
+access denied, another error) tells nothing, and uploads keep the MD5 until
+a probe answers. The answer is asked again every ``PROBE_TTL_S``, so an
+endpoint swapped behind the same URL is noticed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tasks.storage.s3_errors import CORRUPT_CODES, error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+PROBE_TTL_S = 600.0
+"""How long an answer is trusted before the server is asked again."""
+RETRY_S = 60.0
+"""After a probe that told nothing, the next one waits this long."""
+PROBE_PREFIX = "walbackup-checksum-probe/"
+PROBE_BODY = b"walbackup: does this server verify x-amz-checksum-sha256?\n"
+WRONG_SHA256 = base64.b64encode(hashlib.sha256(b"not the probe body").digest()).decode()
+
+
+class ChecksumProbe:
+    """Whether the server behind ``client()`` verifies checksums (``verifies``),
+    probed under ``root`` (the storage's prefix, ``""`` or ending in ``/``)
+    with the storage's ``put_args``. ``enabled`` false: never trusted, never
+    probed (``WALBACKUP_S3_UPLOAD_CHECK=etag``)."""
+
+    def __init__(
+        self,
+        client: Callable[[], S3Client],
+        bucket: str,
+        root: str,
+        put_args: Mapping[str, Any],
+        where: str,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._root = root
+        self._put_args = dict(put_args)
+        self._where = where
+        self._enabled = enabled
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._verifies = False
+        self._next = float("-inf")
+        self._said: bool | None = None
+
+    def verifies(self) -> bool:
+        """The last answer (``False`` until one came). When it is due, the
+        calling thread probes; the others meanwhile get the last answer
+        rather than wait for the server."""
+        if not self._enabled or self._clock() < self._next:
+            return self._verifies
+        if not self._lock.acquire(blocking=False):
+            return self._verifies
+        try:
+            if self._clock() >= self._next:
+                answer = self._probe()
+                self._verifies = bool(answer)
+                self._next = self._clock() + (RETRY_S if answer is None else PROBE_TTL_S)
+                if answer is not None:
+                    self._tell(answer)
+        finally:
+            self._lock.release()
+        return self._verifies
+
+    def _probe(self) -> bool | None:
+        key = f"{self._root}{PROBE_PREFIX}{uuid.uuid4().hex}"
+        client = self._client()
+        try:
+            client.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=PROBE_BODY,
+                ChecksumSHA256=WRONG_SHA256,
+                **self._put_args,
+            )
+        except ClientError as exc:
+            if error_code(exc) in CORRUPT_CODES:
+                return True
+            log.warning(
+                "%s: the checksum probe failed (%s); uploads are checked by their MD5 ETag "
+                "until it answers",
+                self._where,
+                error_code(exc) or exc,
+            )
+            return None
+        except BotoCoreError as exc:
+            log.warning(
+                "%s: the checksum probe failed (%s); uploads are checked by their MD5 ETag "
+                "until it answers",
+                self._where,
+                exc,
+            )
+            return None
+        try:
+            client.delete_object(Bucket=self._bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("%s: could not delete the checksum probe %s: %s", self._where, key, exc)
+        return False
+
+    def _tell(self, verifies: bool) -> None:
+        if verifies == self._said:
+            return
+        self._said = verifies
+        if verifies:
+            log.info(
+                "%s verifies the SHA-256 sent with each upload: uploads skip the MD5 ETag check",
+                self._where,
+            )
+        else:
+            log.warning(
+                "%s stored bytes that did not match the SHA-256 sent with them (the checksum "
+                "probe): every upload is verified by its MD5 ETag, ~1.5 ms of CPU per MiB",
+                self._where,
+            )
