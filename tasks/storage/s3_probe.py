@@ -40,6 +40,8 @@ PROBE_TTL_S = 600.0
 """How long an answer is trusted before the server is asked again."""
 RETRY_S = 60.0
 """After a probe that told nothing, the next one waits this long."""
+FIRST_WAIT_S = 5.0
+"""How long an upload waits for the first probe another thread runs."""
 PROBE_PREFIX = "walbackup-checksum-probe/"
 PROBE_BODY = b"walbackup: does this server verify x-amz-checksum-sha256?\n"
 WRONG_SHA256 = base64.b64encode(hashlib.sha256(b"not the probe body").digest()).decode()
@@ -76,11 +78,13 @@ class ChecksumProbe:
 
     def verifies(self) -> bool:
         """The last answer (``False`` until one came). When it is due, the
-        calling thread probes; the others meanwhile get the last answer
-        rather than wait for the server."""
+        calling thread probes; the others wait for the first probe (the
+        first uploads would hash an MD5 for nothing), and later get the last
+        answer rather than wait for the server."""
         if not self._enabled or self._clock() < self._next:
             return self._verifies
-        if not self._lock.acquire(blocking=False):
+        first = self._said is None
+        if not self._lock.acquire(timeout=FIRST_WAIT_S if first else 0):
             return self._verifies
         try:
             if self._clock() >= self._next:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -567,3 +568,17 @@ def test_the_checksum_probe_is_asked_again(
     assert not [o["Key"] for o in listed.get("Contents", []) if PROBE_PREFIX in o["Key"]]
     for client in clients.values():
         client.close()
+
+
+def test_uploads_wait_for_the_first_checksum_probe(
+    verifying: S3FaultProxy, s3_bucket_url: str
+) -> None:
+    """The first uploads, started together, all get the first probe's answer
+    (and none hashes an MD5 for nothing): one probe, whoever runs it."""
+    storage = worker_storage(s3_bucket_url, verifying.endpoint_url)
+    verifying.set("latency", ms=500)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: storage.needs_md5, range(4)))
+    assert answers == [False] * 4
+    assert verifying.stats().seen == {"PUT": 1}
+    storage.close()
