@@ -124,7 +124,7 @@ class LedgerFlusher:
         ``None`` when the object is missing, short, or differs from this
         node's copy."""
         name = xlog_file_name(segno, seg_size)
-        hasher = Hasher(md5=self.storage.needs_md5)
+        hasher = Hasher(md5=self.storage.lists_md5_etags)
         first = b""
         try:
             with self.storage.open_read(segment_key(ttid, name)) as stream:

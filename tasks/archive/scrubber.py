@@ -257,8 +257,9 @@ def heal_from_copy(
     if path is None:
         return False
     storage = scrubber.storage
+    md5 = storage.needs_md5  # may ask the server (s3_probe): outside the copy's errors
     try:
-        digest = digest_segment_file(path, seg_size, storage.needs_md5)
+        digest = digest_segment_file(path, seg_size, md5)
     except (SegmentFileError, OSError):
         return False
     key = segment_key(ttid, xlog_file_name(segno, seg_size))

@@ -89,8 +89,9 @@ class Agreement:
 
     def _read_copy(self, ttid: str, segno: int, path: Path, seg_size: int) -> SegmentDigest:
         """Our copy's digests (one read pass); a copy we cannot read is damaged."""
+        md5 = self.needs_md5()  # may ask the server (s3_probe): not a damaged copy if it fails
         try:
-            return digest_segment_file(path, seg_size, self.needs_md5())
+            return digest_segment_file(path, seg_size, md5)
         except (SegmentFileError, OSError) as exc:
             self.copies.mark_damaged(ttid, segno, path, str(exc))
             raise DamagedCopy(f"node {self.node_id}'s copy {path}: {exc}") from exc

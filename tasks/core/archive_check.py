@@ -69,7 +69,7 @@ def check_object(
     # A multipart ETag ("…-N") is not an MD5 of the bytes: nothing to compare.
     if seen.etag and entry.md5 and "-" not in seen.etag and seen.etag != entry.md5:
         return Problem(
-            segno, name, Kind.CHANGED, f"ETag {seen.etag}, the upload verified MD5 {entry.md5}"
+            segno, name, Kind.CHANGED, f"ETag {seen.etag}, the ledger recorded MD5 {entry.md5}"
         )
     return None
 

@@ -43,7 +43,8 @@ class LedgerEntry:
     size: int
     sha256: str
     md5: str
-    """Hex; ``""`` where the backend did not compute it (``file://``)."""
+    """Hex; ``""`` where none is known (``file://``; SSE-KMS on a server
+    trusted to verify checksums, whose ETag is what it records otherwise)."""
     wal: WalFacts | None = None
     """``None``: the header check was off and the first page was not WAL."""
     source: str = "upload"

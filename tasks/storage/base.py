@@ -76,11 +76,8 @@ class SegmentDigest:
 
     def matches(self, other: SegmentDigest) -> bool:
         """The same bytes: SHA-256 and size equal, and the MD5s where both have one."""
-        return (
-            self.sha256 == other.sha256
-            and self.size == other.size
-            and (not self.md5 or not other.md5 or self.md5 == other.md5)
-        )
+        same_md5 = not self.md5 or not other.md5 or self.md5 == other.md5
+        return self.sha256 == other.sha256 and self.size == other.size and same_md5
 
 
 def segment_key(ttid: TenantTimelineId, segment_name: str) -> str:
@@ -226,6 +223,11 @@ class RemoteStorage(ABC):
         the ETag against it unless the server verifies checksums; a backend
         without ETags skips that hashing). A digest without it is hashed again."""
         return True
+
+    @property
+    def lists_md5_etags(self) -> bool:
+        """Whether listings' ``ObjectInfo.etag`` is the MD5 (the ledger's is compared)."""
+        return False
 
     @abstractmethod
     def upload_file(

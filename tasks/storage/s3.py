@@ -131,22 +131,14 @@ class S3Storage(RemoteStorage):
         self._clients: dict[str, tuple[S3Client, int]] = {}
         if upload_check not in UPLOAD_CHECKS:
             raise InvalidInput(f"upload check {upload_check!r}: expected one of {UPLOAD_CHECKS}")
-        self._checksums = ChecksumProbe(
-            self._probe_client,
-            bucket,
-            self._root,
-            self._put_args,
-            where,
-            enabled=upload_check == "auto",
-        )
-        self._uploads = S3Uploads(
-            bucket,
-            self._errors,
-            self._client,
-            self._full_key,
-            self.put_args(),
-            self._checksums.verifies,
-        )
+        self._checksums = ChecksumProbe(self._probe_client, bucket, self._root, self._put_args,
+                                        where, enabled=upload_check == "auto")  # fmt: skip
+        self._uploads = S3Uploads(bucket, self._errors, self._client, self._full_key,
+                                  self.put_args(), self._checksums.verifies)  # fmt: skip
+
+    @property
+    def lists_md5_etags(self) -> bool:
+        return self._etags_are_md5
 
     @property
     def needs_md5(self) -> bool:

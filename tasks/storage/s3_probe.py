@@ -8,12 +8,19 @@ stores whatever arrived, so every upload to it also needs our MD5 to compare
 with its ETag (``s3_upload``): ~24 ms of CPU per 16 MiB segment here.
 
 ``ChecksumProbe`` asks the server directly instead of trusting what it says
-of itself: a PUT of a few bytes under a fresh key with a SHA-256 that does
-not match them. Refused with a checksum error: the server verifies. Stored:
-it does not, and the probe object is deleted. Anything else (unreachable,
-access denied, another error) tells nothing, and uploads keep the MD5 until
-a probe answers. The answer is asked again every ``PROBE_TTL_S``, so an
-endpoint swapped behind the same URL is noticed.
+of itself: a PUT shaped like a segment upload (``x-amz-sdk-checksum-algorithm``
+and ``x-amz-checksum-sha256``, the storage's encryption arguments) of a few
+bytes whose SHA-256 does not match. Refused with ``BadDigest``: the server
+verifies. Stored: it does not, and the probe object is deleted (one fixed
+key, so a bucket policy without DELETE leaves one object, not one per
+probe). Anything else (unreachable, access denied, another error) tells
+nothing, and uploads keep the MD5 until a probe answers; such probes are
+retried after ``RETRY_S``, doubling up to ``PROBE_TTL_S``.
+
+Trusting the answer is a decision, not a proof: for up to ``PROBE_TTL_S``
+an endpoint swapped behind the same URL for one that does not verify would
+go unchecked (then the next probe notices). ``WALBACKUP_S3_UPLOAD_CHECK=etag``
+never trusts the server.
 """
 
 from __future__ import annotations
@@ -23,13 +30,12 @@ import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.storage.s3_errors import CORRUPT_CODES, error_code
+from tasks.storage.s3_errors import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -42,7 +48,11 @@ RETRY_S = 60.0
 """After a probe that told nothing, the next one waits this long."""
 FIRST_WAIT_S = 5.0
 """How long an upload waits for the first probe another thread runs."""
-PROBE_PREFIX = "walbackup-checksum-probe/"
+PROBE_KEY = "walbackup-checksum-probe"
+VERIFIED_CODES = frozenset({"BadDigest"})
+"""What S3 answers a body that does not match its checksum (not
+``XAmzContentSHA256Mismatch``: that is the SigV4 payload hash, which our
+unsigned payloads do not send)."""
 PROBE_BODY = b"walbackup: does this server verify x-amz-checksum-sha256?\n"
 WRONG_SHA256 = base64.b64encode(hashlib.sha256(b"not the probe body").digest()).decode()
 
@@ -75,6 +85,8 @@ class ChecksumProbe:
         self._verifies = False
         self._next = float("-inf")
         self._said: bool | None = None
+        self._retry_s = RETRY_S
+        self._said_delete = False
 
     def verifies(self) -> bool:
         """The last answer (``False`` until one came). When it is due, the
@@ -90,46 +102,53 @@ class ChecksumProbe:
             if self._clock() >= self._next:
                 answer = self._probe()
                 self._verifies = bool(answer)
-                self._next = self._clock() + (RETRY_S if answer is None else PROBE_TTL_S)
-                if answer is not None:
+                if answer is None:
+                    self._next = self._clock() + self._retry_s
+                    self._retry_s = min(self._retry_s * 2, PROBE_TTL_S)
+                else:
+                    self._next = self._clock() + PROBE_TTL_S
+                    self._retry_s = RETRY_S
                     self._tell(answer)
         finally:
             self._lock.release()
         return self._verifies
 
     def _probe(self) -> bool | None:
-        key = f"{self._root}{PROBE_PREFIX}{uuid.uuid4().hex}"
-        client = self._client()
+        key = f"{self._root}{PROBE_KEY}"
         try:
+            client = self._client()
             client.put_object(
                 Bucket=self._bucket,
                 Key=key,
                 Body=PROBE_BODY,
+                ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=WRONG_SHA256,
                 **self._put_args,
             )
-        except ClientError as exc:
-            if error_code(exc) in CORRUPT_CODES:
+        except Exception as exc:  # any failure tells nothing: MD5 until one answers
+            code = error_code(exc) if isinstance(exc, ClientError) else ""
+            if code in VERIFIED_CODES:
                 return True
-            log.warning(
-                "%s: the checksum probe failed (%s); uploads are checked by their MD5 ETag "
-                "until it answers",
-                self._where,
-                error_code(exc) or exc,
-            )
-            return None
-        except BotoCoreError as exc:
-            log.warning(
-                "%s: the checksum probe failed (%s); uploads are checked by their MD5 ETag "
-                "until it answers",
-                self._where,
-                exc,
-            )
+            if self._retry_s == RETRY_S:  # once per failing streak
+                log.warning(
+                    "%s: the checksum probe failed (%s); uploads are checked by their MD5 "
+                    "ETag until it answers",
+                    self._where,
+                    code or exc,
+                )
             return None
         try:
             client.delete_object(Bucket=self._bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
-            log.warning("%s: could not delete the checksum probe %s: %s", self._where, key, exc)
+            if not self._said_delete:
+                self._said_delete = True
+                log.warning(
+                    "%s: could not delete the checksum probe %s (%s); it stays, overwritten "
+                    "by later probes",
+                    self._where,
+                    key,
+                    exc,
+                )
         return False
 
     def _tell(self, verifies: bool) -> None:

@@ -118,10 +118,11 @@ class S3Uploads:
                     return UploadResult(
                         key, expected_size, digest.sha256_hex, md5_hex, already_present=True
                     )
-                if trusted:
-                    # The server checked the bytes against our SHA-256; its
-                    # ETag (the MD5 it computed) goes to the ledger for scrubs.
-                    md5_hex = md5_etag(response) or digest.md5_hex
+                etag = md5_etag(response)
+                if trusted and (not digest.md5 or etag in (None, digest.md5_hex)):
+                    # The server checked the bytes against our SHA-256; with no
+                    # MD5 of ours, its ETag (the MD5 it computed) goes to the ledger.
+                    md5_hex = digest.md5_hex or etag or ""
                 else:
                     self._verify_created(client, key, path, digest, response)
                     md5_hex = digest.md5_hex

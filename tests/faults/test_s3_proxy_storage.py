@@ -29,7 +29,7 @@ from tasks.core.segments import xlog_file_name
 from tasks.errors import ChecksumMismatch, SegmentFileError, StorageUnavailable, UploadCorrupted
 from tasks.storage import digest_segment_file, open_storage, segment_key
 from tasks.storage.s3 import S3Storage
-from tasks.storage.s3_probe import PROBE_PREFIX, PROBE_TTL_S, RETRY_S, ChecksumProbe
+from tasks.storage.s3_probe import PROBE_KEY, PROBE_TTL_S, RETRY_S, ChecksumProbe
 from tasks.storage.s3_stored import SHA256_METADATA
 from tests.faults.s3proxy import S3FaultProxy
 from tests.fixtures_s3 import AWS_ENV, MotoServer
@@ -487,6 +487,7 @@ def test_a_changed_file_is_told_from_a_corrupted_transfer(
     path.write_bytes(data)
     storage = worker_storage(s3_bucket_url, verifying.endpoint_url)
     digest = digest_segment_file(path, SEG, md5=storage.needs_md5)
+    assert digest.md5 == b""  # the server's check alone catches it
     path.write_bytes(flip(data))
     with pytest.raises(SegmentFileError, match="changed between being hashed and being stored"):
         storage.upload_file(KEY, path, SEG, digest=digest)
@@ -523,6 +524,20 @@ def test_a_digest_without_md5_is_hashed_again_for_a_server_that_does_not_verify(
     assert moto.get(KEY) == data
 
 
+def test_a_digest_without_md5_and_a_file_changed_since_are_never_uploaded(
+    storage: S3Storage, proxy: S3FaultProxy, moto: Moto, tmp_path: Path
+) -> None:
+    """Hashing again for the MD5 finds the file changed since its digest."""
+    data = os.urandom(SEG)
+    path = tmp_path / "000000010000000000000001"
+    path.write_bytes(data)
+    digest = digest_segment_file(path, SEG, md5=False)
+    path.write_bytes(flip(data))
+    with pytest.raises(SegmentFileError, match="changed between being hashed and being stored"):
+        storage.upload_file(KEY, path, SEG, digest=digest)
+    assert proxy.stats().seen == {} and moto.get(KEY) is None
+
+
 def test_the_checksum_probe_is_asked_again(
     proxy: S3FaultProxy, verifying: S3FaultProxy, moto: Moto, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -548,10 +563,13 @@ def test_the_checksum_probe_is_asked_again(
     proxy.set("error500", methods=["PUT"])
     with caplog.at_level(logging.WARNING, logger="tasks.storage.s3_probe"):
         assert not probe.verifies()
-    assert "checksum probe failed (InternalError)" in caplog.text
+        now[0] += RETRY_S + 1
+        assert not probe.verifies()  # failing again: the next try waits twice as long
+    assert caplog.text.count("checksum probe failed (InternalError)") == 1  # once a streak
+    assert proxy.stats().seen == {"PUT": 2}
     proxy.clear()
     endpoint[0] = verifying.endpoint_url
-    now[0] += RETRY_S - 1
+    now[0] += 2 * RETRY_S - 1
     assert not probe.verifies()  # not asked again yet
     assert verifying.stats().seen == {}
     now[0] += 2
@@ -563,9 +581,9 @@ def test_the_checksum_probe_is_asked_again(
     with caplog.at_level(logging.WARNING, logger="tasks.storage.s3_probe"):
         assert not probe.verifies()
     assert "every upload is verified by its MD5 ETag" in caplog.text
-    assert proxy.stats().seen == {"PUT": 2, "DELETE": 1}  # the stored probe, deleted
+    assert proxy.stats().seen == {"PUT": 3, "DELETE": 1}  # the stored probe, deleted
     listed = moto.client.list_objects_v2(Bucket=moto.bucket, Prefix=f"{moto.prefix}/")
-    assert not [o["Key"] for o in listed.get("Contents", []) if PROBE_PREFIX in o["Key"]]
+    assert not [o["Key"] for o in listed.get("Contents", []) if PROBE_KEY in o["Key"]]
     for client in clients.values():
         client.close()
 

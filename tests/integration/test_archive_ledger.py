@@ -232,9 +232,7 @@ def test_scrubber_gauge_stops_at_the_first_problem_and_heals_from_copies(
         asked.append(segno)
         return True
 
-    scrubber = Scrubber(
-        state, flusher(node), Unmetered(), lambda t, s: node.copy(s), elsewhere
-    )
+    scrubber = Scrubber(state, flusher(node), Unmetered(), lambda t, s: node.copy(s), elsewhere)
     backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
     result = scrubber.run(TTID, SEG, backup, SEGNOS.start)
     assert result.verified_lsn == backup and not result.open

@@ -54,8 +54,10 @@ def test_history_files_are_archived_once_and_fetched(
     assert run.returncode == 0, run.stderr
     assert dest.read_bytes() == HISTORY
     wait_for(
-        lambda: "00000003.history is archived with other bytes"
-        in cluster.state.timeline(str(ttid)).last_error,
+        lambda: (
+            "00000003.history is archived with other bytes"
+            in cluster.state.timeline(str(ttid)).last_error
+        ),
         30,
         "the conflict in last_error",
     )

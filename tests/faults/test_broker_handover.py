@@ -1,0 +1,99 @@
+"""The offloader must change while the broker is down (SPEC §9).
+
+Three node workers and beat; Redis coordinates, a second private
+redis-server is the Celery broker. WAL comes into every WORKDIR until backup
+runs, then the broker is SIGKILLed and node 1, the offloader, stops getting
+WAL: nodes 2 and 3 run ahead and node 1 falls further behind than
+``max_offloader_lag_bytes``. Elections are beat's tasks, so none runs while
+the broker is down: node 1 keeps the timeline. The broker comes back empty
+on the same port (what was queued is lost). Then the next election hands the
+timeline over (node 1 steps down and kicks the new offloader, which uploads
+through messages of its own), every process is alive, backup moves within
+SPEC §9's 10 s and reaches the end of the WAL, and the archive holds every
+segment once, as written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    WalWriter,
+    assert_invariant,
+    seg_lsn,
+    time_to_advance,
+    ttid_offloaded_by,
+)
+from tests.servers import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+RESUME_BAR_S = 10.0
+"""SPEC §9: progress within 10 s of the broker returning."""
+DOWN_S = 4.0
+"""How long the broker stays down: node 1 falls ~30 segments behind."""
+
+
+def log_text(cluster: Cluster, name: str) -> str:
+    return cluster.log_path(name).read_text(errors="replace")
+
+
+def test_offloader_change_while_the_broker_is_down(make_cluster: Callable[..., Cluster]) -> None:
+    broker = RedisServer()
+    broker.start()
+    try:
+        cluster = make_cluster(
+            broker_url=broker.url,
+            settings={"WALBACKUP_MAX_OFFLOADER_LAG_BYTES": str(2 * SEG_SIZE)},
+        )
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        ttid = ttid_offloaded_by(1)
+        workdirs = {n: cluster.workdir(n) for n in NODES}
+        everyone = WalWriter(list(workdirs.values()), ttid, next_segno=1, rate=8.0).start()
+        with BackupSampler(cluster, ttid) as sampler:
+            cluster.wait_backup(ttid, seg_lsn(6), timeout=30)
+            assert cluster.state.timeline(str(ttid)).offloader == 1
+            broker.kill()
+            ahead = WalWriter([workdirs[2], workdirs[3]], ttid, everyone.stop(), rate=8.0)
+            ahead.start()
+            try:
+                time.sleep(DOWN_S)
+                assert cluster.state.timeline(str(ttid)).offloader == 1  # no election ran
+                broker.start()  # empty: what was queued is lost
+                back = time.monotonic()
+                moved_s = time_to_advance(cluster, ttid, back, timeout=30)
+                time.sleep(1)  # WAL written after the broker returned
+            finally:
+                written_end = ahead.stop()
+            cluster.wait_backup(ttid, seg_lsn(written_end), timeout=60)
+            caught_up_s = time.monotonic() - back
+        assert_invariant(
+            cluster,
+            Archive(ttid, root=cluster.root / "remote"),
+            sampler,
+            first_segno=1,
+            written_end=written_end,
+            expected_end=written_end,
+        )
+        assert cluster.state.timeline(str(ttid)).offloader in (2, 3)
+        assert "stepping down from backup (node " in log_text(cluster, "node1")
+        for name, proc in cluster.procs.items():
+            assert proc.poll() is None, f"{name} exited: {proc.returncode}"
+            assert "Unrecoverable error" not in log_text(cluster, name)
+        print(
+            f"\nbroker down {DOWN_S:.0f} s while the offloader fell behind: backup_lsn "
+            f"moved {moved_s:.1f} s after it returned, reached the end of the WAL "
+            f"({written_end - 1} segments) {caught_up_s:.1f} s after"
+        )
+        assert moved_s <= RESUME_BAR_S
+    finally:
+        broker.close()
