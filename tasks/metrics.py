@@ -131,6 +131,14 @@ REMOVED_WAL_SEGMENTS = Counter(
 )
 
 
-def serve(port: int) -> None:
-    """Serve ``/metrics`` on ``port`` from a daemon thread."""
+WAL_SEGMENT_SIZE = Gauge(
+    "wal_segment_size_bytes",
+    "WALBACKUP_WAL_SEG_SIZE of this node (the alert rules count backup_lag_bytes in segments)",
+)
+
+
+def serve(port: int, seg_size: int) -> None:
+    """Serve ``/metrics`` on ``port`` from a daemon thread; ``seg_size``: the
+    node's segment size, exported as ``wal_segment_size_bytes``."""
+    WAL_SEGMENT_SIZE.set(seg_size)
     start_http_server(port)

@@ -176,7 +176,7 @@ class NodeService:
         if self._threads:
             return
         if self.settings.metrics_port is not None:
-            serve_metrics(self.settings.metrics_port)
+            serve_metrics(self.settings.metrics_port, self.settings.wal_seg_size)
         self._refresh(trigger=False)
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.

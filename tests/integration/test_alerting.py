@@ -263,6 +263,8 @@ def test_prometheus_loads_the_rules_and_every_query_names_exported_metrics(
         20,
         "lag and unarchived age to read 0 once the backup caught up",
     )
+    # The lag alert counts segments of the cluster's own size.
+    assert prometheus.query("8 * max(wal_segment_size_bytes)") == {"": 8.0 * SEG_SIZE}
     ages = prometheus.query("time() - max by (node) (last_heartbeat_timestamp_seconds)")
     assert set(ages) == {f"node={n}" for n in NODE_IDS} and max(ages.values()) < 10, ages
 
