@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument(
         "--reorder-horizon", type=int, help="WALBACKUP_REORDER_HORIZON (default: the setting's)"
     )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch dir and logs")
     parser.add_argument(
         "--verifying-server",
         action="store_true",
@@ -213,7 +214,7 @@ def main() -> None:
     results: dict[int, tuple[float, float]] = {}
     cpu_rows: list[list[object]] = []
     same_work = storage_only = 0.0
-    with workspace("throughput") as root, aws_env(), private_redis() as server:
+    with workspace("throughput", keep=args.keep) as root, aws_env(), private_redis() as server:
         staging = root / "staging"
         log(f"staging {args.segments} segments of 16 MiB")
         staged = stage_segments(staging, [ttid], args.segments, SEG_SIZE)
