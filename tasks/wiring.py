@@ -19,7 +19,15 @@ from tasks.config import get_settings
 from tasks.core.election import is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.names import BACKUP_TIMELINE, HEAL_SEGMENT, SCRUB_TIMELINES, UPLOAD_SEGMENT, node_queue
+from tasks.names import (
+    BACKUP_TIMELINE,
+    HEAL_SEGMENT,
+    SCRUB_TIMELINES,
+    SHARED_QUEUE,
+    TRIGGER,
+    UPLOAD_SEGMENT,
+    node_queue,
+)
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
 from tasks.storage.base import RemoteStorage
@@ -68,6 +76,16 @@ def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int =
     send(UPLOAD_SEGMENT, [ttid, segno, seg_size, token], node_queue(node_id), {"attempt": attempt})
 
 
+def recover_later(ttids: list[str]) -> None:
+    """``trigger`` (no forced kick) for timelines whose backup_lsn the
+    watcher could not recover: to this node's own queue, else the default one."""
+    node_id = get_settings().node_id
+    queue = node_queue(node_id) if node_id is not None else SHARED_QUEUE
+    # Sent from the watcher thread: fail at once rather than hold it (beat
+    # recovers them anyway, a round later).
+    send(TRIGGER, [ttids], queue, {"force_kick": False}, retry_policy={"max_retries": 0})
+
+
 def send_scrub(node_id: int, ttids: list[str]) -> None:
     send(SCRUB_TIMELINES, [ttids], node_queue(node_id))
 
@@ -102,6 +120,7 @@ def get_elector() -> Elector:
         sweep_rounds=max(1, round(s.election_sweep_interval / s.election_interval)),
         backup_enabled=s.backup_enabled,
         recover=recover_backup_lsn,
+        recover_later=recover_later,
     )
 
 

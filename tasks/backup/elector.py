@@ -10,6 +10,8 @@ one pipelined read and one pipelined write.
 A timeline without a backup_lsn in Redis (new, or Redis lost its data) gets
 one only once the archive was listed (``tasks.backup.recovery``): the nodes' state
 files alone may lag the lost value, and backup_lsn must never move backwards.
+A caller that may not list (a node's watcher) hands them to ``recover_later``
+(a task, on a worker thread) rather than wait for beat's next round.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ log = logging.getLogger("walbackup.election")
 KickFn = Callable[[str, int], None]
 # (ttid, timeline start, seg_size) -> end of the contiguous archive from there.
 RecoverFn = Callable[[str, Lsn, int], Lsn]
+# Elects these timelines soon where listing the archive is allowed.
+RecoverLaterFn = Callable[[list[str]], None]
+RECOVER_LATER_HOLD_S = 5.0
+"""A timeline handed to ``recover_later`` is not handed again this soon."""
 
 RECOVERY_BUDGET_S = 0.5
 """Time one ``elect`` call may spend listing the archive; timelines left over
@@ -88,6 +94,7 @@ class Elector:
         sweep_rounds: int = 1,
         backup_enabled: bool = True,
         recover: RecoverFn | None = None,
+        recover_later: RecoverLaterFn | None = None,
     ) -> None:
         self.state = state
         self.kick = kick
@@ -101,6 +108,8 @@ class Elector:
         self.sweep_rounds = sweep_rounds
         self.backup_enabled = backup_enabled
         self.recover = recover
+        self.recover_later = recover_later
+        self._handed: dict[str, float] = {}  # ttid -> when handed to recover_later
         self._throttle = Throttle(30.0)
 
     def run_round(self, batch_size: int = 1000) -> int:
@@ -187,7 +196,28 @@ class Elector:
                 if kicked and election.offloader is not None:
                     self.kick(ttid, election.offloader)
             outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked, ttid in pending))
+        if not recovery.allowed:
+            self._hand_over_recovery(outcomes)
         return outcomes
+
+    def _hand_over_recovery(self, outcomes: list[Outcome]) -> None:
+        """``recover_later`` what this call could not recover, each timeline at
+        most once per ``RECOVER_LATER_HOLD_S``; a broker that cannot take it
+        leaves them to beat's rounds."""
+        now, hold = time.monotonic(), RECOVER_LATER_HOLD_S
+        due = [o.ttid for o in outcomes if o.backup_lsn is None
+               and o.election.reason == NOT_RECOVERED
+               and now - self._handed.get(o.ttid, -hold) >= hold]  # fmt: skip
+        if not due or self.recover_later is None:
+            return
+        if len(self._handed) > 10_000:
+            self._handed = {t: at for t, at in self._handed.items() if now - at < hold}
+        self._handed.update(dict.fromkeys(due, now))
+        try:
+            self.recover_later(due)
+        except WalBackupError as exc:
+            if self._throttle.allow(("recover_later", type(exc))):
+                log.warning("%d timelines wait for beat to recover backup_lsn: %s", len(due), exc)
 
     def _decide(
         self,
@@ -255,19 +285,11 @@ class Elector:
 
     @staticmethod
     def _log_change(ttid: str, record: TimelineRecord, election: Election) -> None:
+        what, reason = election.offloader, election.reason
         if record.offloader is not None:
-            log.info(
-                "Timeline %s: node %s stepping down from backup: %s",
-                ttid,
-                record.offloader,
-                election.reason,
-            )
-        if election.offloader is not None:
-            log.info(
-                "Timeline %s: elected node %s for backup: %s",
-                ttid,
-                election.offloader,
-                election.reason,
-            )
+            log.info("Timeline %s: node %s stepping down from backup: %s",
+                     ttid, record.offloader, reason)  # fmt: skip
+        if what is not None:
+            log.info("Timeline %s: elected node %s for backup: %s", ttid, what, reason)
         else:
-            log.info("Timeline %s: no offloader: %s", ttid, election.reason)
+            log.info("Timeline %s: no offloader: %s", ttid, reason)

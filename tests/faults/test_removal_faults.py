@@ -1,9 +1,10 @@
 """Local WAL removal across faults (SPEC §9, issue 10): Redis lost its data,
 and a node that died half way through a batch of deletions.
 
-- Redis SIGKILLed and restarted empty: the nodes' state files say backup_lsn
-  is far ahead, but until beat recovered the cluster's backup_lsn nothing is
-  removed; then removal resumes and nothing is lost.
+- Redis SIGKILLed and restarted empty while the archive cannot be listed:
+  the nodes' state files say backup_lsn is far ahead, but until the
+  cluster's backup_lsn is recovered from the archive nothing is removed;
+  then removal resumes and nothing is lost.
 - A node died mid-batch (its state file records a horizon above its lowest
   segment): restarted, it finishes the batch, even with a larger keep-back,
   and keeps the keep-back for new WAL.
@@ -23,6 +24,7 @@ from tasks.dev.simulate import simulate
 from tasks.state.state_file import STATE_FILE_NAME
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import NODES, Archive, WalWriter, assert_invariant, seg_lsn
+from tests.fixtures_s3 import AWS_ENV
 from tests.removal_support import (
     REMOVAL_ON,
     held,
@@ -31,7 +33,7 @@ from tests.removal_support import (
     timeline_dir,
     wait_held,
 )
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,10 @@ def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: 
     cluster = Cluster(tmp_path, server.url, (tmp_path / "remote").as_uri())
     workdirs = [cluster.workdir(n) for n in NODES]
     ttid = new_ttid()
+    storage_down = AWS_ENV | {
+        "WALBACKUP_REMOTE_STORAGE": "s3://walbackup-unreachable",
+        "WALBACKUP_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+    }
     try:
         # Removal off (the default): 12 segments archived, nothing removed.
         for n in NODES:
@@ -70,16 +76,18 @@ def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: 
             assert held(w, ttid) == list(range(1, 13)), "removal is off by default"
             assert state_of(w, ttid).removal_horizon_lsn is None
 
-        # Redis dies and comes back empty; beat, which would recover
-        # backup_lsn from the archive, is down. The nodes restart with removal
-        # on: their state files say 1..12 are archived, the cluster does not.
+        # Redis dies and comes back empty, and the archive cannot be listed
+        # (the nodes restart with an S3 endpoint where nothing answers), so
+        # neither beat nor a node's new WAL can recover backup_lsn. The nodes
+        # restart with removal on: their state files say 1..12 are archived,
+        # the cluster does not.
         with BackupSampler(cluster, ttid) as sampler:
             cluster.kill("beat")
             server.kill()
             server.start()
             for n in NODES:
                 cluster.kill(f"node{n}")
-                cluster.start_node(n, REMOVAL_ON)
+                cluster.start_node(n, REMOVAL_ON | storage_down)
             cluster.wait_nodes(list(NODES))
             writer.write(4)  # 13..16 while backup_lsn is unknown
             time.sleep(QUIET_S)
@@ -90,7 +98,12 @@ def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: 
                 log = cluster.log_path(f"node{n}").read_text(errors="replace")
                 assert "WAL segment(s)" not in log
 
-            # Beat returns, recovers backup_lsn from the archive: removal resumes.
+            # The archive can be listed again (the nodes restart with it), beat
+            # returns: backup_lsn is recovered from the archive, removal resumes.
+            for n in NODES:
+                cluster.kill(f"node{n}")
+                cluster.start_node(n, REMOVAL_ON)
+            cluster.wait_nodes(list(NODES))
             cluster.start_beat()
             cluster.wait_backup(ttid, seg_lsn(17), timeout=30)
             for n in NODES:

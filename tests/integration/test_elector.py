@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from tasks.backup.elector import Elector, Outcome
+from tasks.backup.elector import NOT_RECOVERED, Elector, Outcome
 from tasks.core.election import PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.errors import BrokerUnavailable
 from tasks.state.keys import kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
@@ -347,6 +348,54 @@ def test_backup_lsn_recovered_after_redis_data_loss(
     assert rec.backup_lsn == seg(7)
     assert rec.offloader in (1, 2)
     assert kicks == [(ttid, rec.offloader)]
+
+
+def test_a_watcher_hands_timelines_it_may_not_recover_to_recover_later(
+    state: RedisState, kicks: Kicks, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node's watcher may not list the archive (``recover=False``): a new
+    timeline goes to ``recover_later`` at once, not to beat's next round, and
+    not again within RECOVER_LATER_HOLD_S; a broker that cannot take it is
+    logged and left to beat."""
+    handed: list[list[str]] = []
+    failing = [False]
+
+    def recover_later(ttids: list[str]) -> None:
+        if failing[0]:
+            raise BrokerUnavailable("cannot send walbackup.trigger: broker down")
+        handed.append(ttids)
+
+    listed: list[str] = []
+    elector = Elector(
+        state,
+        lambda ttid, node: kicks.append((ttid, node)),
+        heartbeat_timeout_s=TIMEOUT_S,
+        max_offloader_lag_bytes=LAG,
+        default_seg_size=SEG,
+        kick_hold_ms=KICK_MS,
+        recover=lambda ttid, start, size: listed.append(ttid) or start,
+        recover_later=recover_later,
+    )
+    new, known = make_ttid(timeline_int=0), make_ttid(timeline_int=0)
+    for ttid in (new, known):
+        beat(state, ttid, 1, seg(3), seg(1))
+    state.raise_backup_lsn(known, seg(1))
+    outcomes = elector.elect([new, known], recover=False, local=1)
+    assert [o.election.reason == NOT_RECOVERED for o in outcomes] == [True, False]
+    assert handed == [[new]] and listed == []
+    elector.elect([new], recover=False, local=1)
+    assert handed == [[new]]  # held back
+    # What recover_later's task does: an election that may list.
+    [outcome] = elector.elect([new])
+    assert listed == [new] and outcome.backup_lsn == seg(1)
+    assert outcome.election.offloader == 1 and kicks == [(new, 1)]
+
+    other = make_ttid(timeline_int=0)
+    beat(state, other, 1, seg(3), seg(1))
+    failing[0] = True
+    with caplog.at_level(logging.WARNING, logger="walbackup.election"):
+        elector.elect([other], recover=False, local=1)
+    assert "1 timelines wait for beat to recover backup_lsn" in caplog.text
 
 
 # -- dead peers ---------------------------------------------------------------------------

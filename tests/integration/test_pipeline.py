@@ -215,6 +215,24 @@ def test_cli_trigger_elects_at_once_and_status_reports_done(
     assert sorted(p["node_id"] for p in row["peers"]) == nodes
 
 
+def test_a_new_timeline_is_backed_up_without_waiting_for_beat(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """No beat runs. A timeline that appears with new WAL has no backup_lsn
+    yet, which only a listing of the archive may give; the nodes' watchers
+    may not list, so they hand it to a task (``Elector.recover_later``) that
+    lists, elects and kicks at once, instead of waiting for beat's round."""
+    cluster = make_cluster()
+    nodes = [1, 2, 3]
+    for n in nodes:
+        cluster.start_node(n)
+    cluster.wait_nodes(nodes)
+    ttid = new_ttid()
+    simulate([cluster.workdir(n) for n in nodes], [ttid], segments=4, seg_size=SEG_SIZE)
+    cluster.wait_backup(ttid, Lsn.from_segment(5, 0, SEG_SIZE), timeout=30)
+    assert cluster.state.timeline(str(ttid)).offloader in nodes
+
+
 def test_bad_timeline_id_is_refused_by_trigger(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     for bad in ["../x", "A" * 32 + "/" + "b" * 32, "a" * 31 + "/" + "b" * 32]:
