@@ -10,6 +10,7 @@ when the timeline's directory goes, or when the node stops.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,8 @@ class Leases:
         self.ttl_ms = int(settings.lease_ttl_s * 1000)
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # ttid -> token held by this process
+        self._kicks: queue.SimpleQueue[dict[str, int]] = queue.SimpleQueue()
+        self._kicker: threading.Thread | None = None
 
     def token(self, ttid: str) -> str | None:
         with self._lock:
@@ -192,18 +195,32 @@ class Leases:
         have found the lease still held (it would otherwise wait up to
         ``kick_hold_ms``). Callers hand over after their own Redis work, and
         a broker that cannot take a kick costs a WARNING, not the caller's
-        lease renewals: a kick is a nudge, the elections send more."""
+        lease renewals: the kicks go out from a thread of their own (a publish
+        waits up to ~30 s for a broker that is down, and the heartbeat round
+        that called us must not: its node would look dead and lose its leases)."""
         held = {t: token for t in elected if (token := self.token(t)) is not None}
         self._release(held, {t: f"node {elected[t]} elected" for t in held})
         kicks = {t: offloader for t in held if (offloader := elected[t]) is not None}
-        for ttid, offloader in kicks.items():
-            try:
-                self.kick(ttid, offloader)
-            except BrokerUnavailable as exc:
-                log.warning(
-                    "Node %s: %d hand-over kicks not sent: %s", self.node_id, len(kicks), exc
-                )
-                return
+        if not kicks:
+            return
+        self._kicks.put(kicks)
+        with self._lock:
+            if self._kicker is None:
+                self._kicker = threading.Thread(target=self._kick_loop, name="kicks", daemon=True)
+                self._kicker.start()
+
+    def _kick_loop(self) -> None:
+        while True:
+            kicks = self._kicks.get()
+            for ttid, offloader in kicks.items():
+                try:
+                    self.kick(ttid, offloader)
+                except BrokerUnavailable as exc:
+                    log.warning("Node %s: %d hand-over kicks not sent: %s",
+                                self.node_id, len(kicks), exc)  # fmt: skip
+                    break
+                except Exception:  # a bug: logged, the thread goes on
+                    log.exception("Node %s: hand-over kick of %s failed", self.node_id, ttid)
 
     def release(self, ttid: str, token: str, why: str) -> None:
         self._release({ttid: token}, {ttid: why})

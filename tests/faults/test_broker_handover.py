@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cluster import SEG_SIZE, BackupSampler, Cluster
+from tasks.state.keys import lease_key
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
     NODES,
     Archive,
@@ -95,5 +96,54 @@ def test_offloader_change_while_the_broker_is_down(make_cluster: Callable[..., C
             f"({written_end - 1} segments) {caught_up_s:.1f} s after"
         )
         assert moved_s <= RESUME_BAR_S
+    finally:
+        broker.close()
+
+
+def test_a_hand_over_kick_the_broker_cannot_take_never_stalls_the_heartbeats(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """An election moved node 1's timeline to node 2 just before the broker
+    died (the test writes that election's result, as beat's round would):
+    node 1's next heartbeat round hands the lease over and kicks node 2, and
+    the kick cannot be sent. The round must go on: node 1 keeps heartbeating
+    and keeps the lease of the other timeline it offloads."""
+    broker = RedisServer()
+    broker.start()
+    try:
+        cluster = make_cluster(broker_url=broker.url)
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        moved, kept = ttid_offloaded_by(1), ttid_offloaded_by(1)
+        workdirs = [cluster.workdir(n) for n in NODES]
+        for ttid in (moved, kept):
+            WalWriter(workdirs, ttid, next_segno=1).write(3)
+            cluster.wait_backup(ttid, seg_lsn(4), timeout=30)
+        # The first election may run before every node has told of the new
+        # timelines; beat's rounds settle both on node 1.
+        for ttid in (moved, kept):
+            wait_for(
+                lambda t=ttid: (cluster.state.r.get(lease_key(str(t))) or "").startswith("1."),
+                15,
+                f"node 1 to hold the lease of {ttid}",
+            )
+        kept_lease = cluster.state.r.get(lease_key(str(kept)))
+        cluster.kill("beat")  # no round undoes the election below
+        broker.kill()
+        pipe = cluster.state.pipeline()
+        cluster.state.record_election(str(moved), 2, "test: node 2 elected", time.time(), pipe)
+        pipe.execute()
+        started = time.monotonic()
+        while time.monotonic() - started < DOWN_S:
+            age = time.time() - cluster.state.nodes()[1]["ts"]
+            assert age < 2.0, f"node 1's heartbeat is {age:.1f} s old: its round is stuck"
+            time.sleep(0.2)
+        text = log_text(cluster, "node1")
+        assert "stepping down from backup (node 2 elected)" in text
+        assert cluster.state.r.get(lease_key(str(kept))) == kept_lease
+        assert "lost its lease" not in text
+        broker.start()
     finally:
         broker.close()
