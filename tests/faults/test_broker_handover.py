@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tasks.core.ids import TenantTimelineId
 from tasks.state.keys import lease_key
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
 from tests.faults.harness import (
@@ -45,6 +46,21 @@ def log_text(cluster: Cluster, name: str) -> str:
     return cluster.log_path(name).read_text(errors="replace")
 
 
+def wait_node1_leases(cluster: Cluster, *ttids: TenantTimelineId) -> None:
+    """Until node 1 holds the leases of ``ttids`` (offloaded by it): a new
+    timeline's first election may run before every node told of it, and
+    beat's rounds then move it to node 1."""
+    for ttid in ttids:
+        wait_for(
+            lambda t=ttid: (
+                cluster.state.timeline(str(t)).offloader == 1
+                and (cluster.state.r.get(lease_key(str(t))) or "").startswith("1.")
+            ),
+            15,
+            f"node 1 to hold the lease of {ttid}",
+        )
+
+
 def test_offloader_change_while_the_broker_is_down(make_cluster: Callable[..., Cluster]) -> None:
     broker = RedisServer()
     broker.start()
@@ -62,7 +78,7 @@ def test_offloader_change_while_the_broker_is_down(make_cluster: Callable[..., C
         everyone = WalWriter(list(workdirs.values()), ttid, next_segno=1, rate=8.0).start()
         with BackupSampler(cluster, ttid) as sampler:
             cluster.wait_backup(ttid, seg_lsn(6), timeout=30)
-            assert cluster.state.timeline(str(ttid)).offloader == 1
+            wait_node1_leases(cluster, ttid)
             broker.kill()
             ahead = WalWriter([workdirs[2], workdirs[3]], ttid, everyone.stop(), rate=8.0)
             ahead.start()
@@ -121,14 +137,7 @@ def test_a_hand_over_kick_the_broker_cannot_take_never_stalls_the_heartbeats(
         for ttid in (moved, kept):
             WalWriter(workdirs, ttid, next_segno=1).write(3)
             cluster.wait_backup(ttid, seg_lsn(4), timeout=30)
-        # The first election may run before every node has told of the new
-        # timelines; beat's rounds settle both on node 1.
-        for ttid in (moved, kept):
-            wait_for(
-                lambda t=ttid: (cluster.state.r.get(lease_key(str(t))) or "").startswith("1."),
-                15,
-                f"node 1 to hold the lease of {ttid}",
-            )
+        wait_node1_leases(cluster, moved, kept)
         kept_lease = cluster.state.r.get(lease_key(str(kept)))
         cluster.kill("beat")  # no round undoes the election below
         broker.kill()

@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def kicks() -> Kicks:
 
 @pytest.fixture
 def make_elector(state: RedisState, kicks: Kicks) -> Callable[..., Elector]:
-    def make(kick_hold_ms: int = KICK_MS, max_lag: int = LAG) -> Elector:
+    def make(kick_hold_ms: int = KICK_MS, max_lag: int = LAG, **extra: Any) -> Elector:
         return Elector(
             state,
             lambda ttid, node: kicks.append((ttid, node)),
@@ -56,6 +57,7 @@ def make_elector(state: RedisState, kicks: Kicks) -> Callable[..., Elector]:
             max_offloader_lag_bytes=max_lag,
             default_seg_size=SEG,
             kick_hold_ms=kick_hold_ms,
+            **extra,
         )
 
     return make
@@ -351,7 +353,10 @@ def test_backup_lsn_recovered_after_redis_data_loss(
 
 
 def test_a_watcher_hands_timelines_it_may_not_recover_to_recover_later(
-    state: RedisState, kicks: Kicks, caplog: pytest.LogCaptureFixture
+    state: RedisState,
+    make_elector: Callable[..., Elector],
+    kicks: Kicks,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A node's watcher may not list the archive (``recover=False``): a new
     timeline goes to ``recover_later`` at once, not to beat's next round, and
@@ -366,13 +371,7 @@ def test_a_watcher_hands_timelines_it_may_not_recover_to_recover_later(
         handed.append(ttids)
 
     listed: list[str] = []
-    elector = Elector(
-        state,
-        lambda ttid, node: kicks.append((ttid, node)),
-        heartbeat_timeout_s=TIMEOUT_S,
-        max_offloader_lag_bytes=LAG,
-        default_seg_size=SEG,
-        kick_hold_ms=KICK_MS,
+    elector = make_elector(
         recover=lambda ttid, start, size: listed.append(ttid) or start,
         recover_later=recover_later,
     )
