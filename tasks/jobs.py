@@ -39,7 +39,7 @@ def trigger(ttids: list[str], force_kick: bool = True) -> dict[str, Any]:
     watcher sends False (``Elector.recover_later``)."""
     ids = [str(TenantTimelineId.parse(t)) for t in ttids]
     get_state().register(ids)
-    outcomes = get_elector().elect(ids, force_kick=force_kick)
+    outcomes = get_elector().elect(ids, force_kick=force_kick, settle=not force_kick)
     return {o.ttid: o.election.offloader for o in outcomes}
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from redis.client import Pipeline
 
-from tasks.core.election import Election, determine_offloader, is_alive
+from tasks.core.election import Election, determine_offloader, is_alive, live_nodes, reported_by
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import WalBackupError
@@ -33,12 +33,9 @@ from tasks.state.redis import RedisState
 
 log = logging.getLogger("walbackup.election")
 
-# Sends the backup task for a timeline to a node's queue.
-KickFn = Callable[[str, int], None]
-# (ttid, timeline start, seg_size) -> end of the contiguous archive from there.
-RecoverFn = Callable[[str, Lsn, int], Lsn]
-# Elects these timelines soon where listing the archive is allowed.
-RecoverLaterFn = Callable[[list[str]], None]
+KickFn = Callable[[str, int], None]  # backup_timeline to a node's queue
+RecoverFn = Callable[[str, Lsn, int], Lsn]  # (ttid, start, seg_size) -> archive's end
+RecoverLaterFn = Callable[[list[str]], None]  # elect soon, where listing is allowed
 RECOVER_LATER_HOLD_S = 5.0
 """A timeline handed to ``recover_later`` is not handed again this soon."""
 
@@ -46,10 +43,10 @@ RECOVERY_BUDGET_S = 0.5
 """Time one ``elect`` call may spend listing the archive; timelines left over
 wait for the next round."""
 NOT_RECOVERED = "backup_lsn not recovered yet"
+NOT_REPORTED = "not every live node has told of it yet"
 MAX_MARKED_PER_ROUND = 5000
-"""Marked timelines one round elects at most (~0.5 s on the 2-core machine);
-a mass of marks (every timeline after a Redis that lost its data, a node of
-many timelines gone) is worked off over several rounds, each under the bar."""
+"""Marked timelines one round elects at most (~0.5 s on the 2-core machine): a
+mass of marks (Redis lost its data, a node gone) takes several rounds."""
 
 
 @dataclass(slots=True)
@@ -132,13 +129,17 @@ class Elector:
         force_kick: bool = False,
         recover: bool = True,
         local: int | None = None,
+        settle: bool = False,
     ) -> list[Outcome]:
         """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers);
         ``recover``: list the archive of timelines that have no backup_lsn
         (without it they wait for a call that may); ``local``: the calling
         node, which starts its own uploads itself: no kick is sent to it, and
-        ``Outcome.kicked`` says whether it has work."""
+        ``Outcome.kicked`` says whether it has work. ``settle``: a first election
+        waits until every live node told of the timeline (else beat's round
+        does it): one node's new WAL alone elects whom the others' move away."""
         now = time.time()
+        live = live_nodes(self.state.nodes(), now, self.heartbeat_timeout_s) if settle else None
         rows = self.state.timelines_with_peers(ttids)
         writes = self.state.pipeline()
         recovery = _Recovery(allowed=recover and self.recover is not None)
@@ -146,7 +147,7 @@ class Elector:
         pending: set[str] = set()
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
             election, backup_lsn, wants_kick = self._decide(
-                ttid, record, peers, now, writes, recovery
+                ttid, record, peers, now, writes, recovery, live
             )
             changed = election.offloader != record.offloader
             if changed:
@@ -227,6 +228,7 @@ class Elector:
         now: float,
         pipe: Pipeline[str],
         recovery: _Recovery,
+        live: frozenset[int] | None,
     ) -> tuple[Election, Lsn | None, bool]:
         alive = [r for r in peers if is_alive(r.peer, now, self.heartbeat_timeout_s)]
         seg_size = record.wal_seg_size or (
@@ -250,6 +252,9 @@ class Elector:
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:
             self.state.raise_backup_lsn(ttid, backup_lsn, pipe=pipe)
+        waiting = live is not None and record.offloader is None
+        if waiting and not reported_by(live or frozenset(), (r.peer.node_id for r in alive)):
+            return Election(None, NOT_REPORTED), backup_lsn, False
         election = determine_offloader(
             [r.peer for r in alive],
             backup_lsn,

@@ -30,11 +30,13 @@ import itertools
 import time
 from collections.abc import Sequence
 
-from tasks.backup.elector import Elector
+from tasks.backup.elector import NOT_RECOVERED, NOT_REPORTED, Elector
 from tasks.backup.heartbeats import Heartbeats
 from tasks.backup.leases import Leases
 from tasks.core.election import heard_lately
 from tasks.state.redis import RedisState
+
+UNDECIDED = (NOT_RECOVERED, NOT_REPORTED)
 
 
 class NewWal:
@@ -102,12 +104,16 @@ class NewWal:
         """Elect ``ttids``: start our own uploads if we are elected, and kick
         another elected node if this election chose it, or its last kick is
         old (``Elector.elect``). Recovering a lost backup_lsn lists remote
-        storage: beat's rounds do that, never the watcher, whose new WAL
-        must not wait on S3."""
+        storage: never the watcher, whose new WAL must not wait on S3 (a
+        task does it, ``Elector.recover_later``). An election that could not
+        decide yet (backup_lsn not recovered, not every node told of the
+        timeline) hands nothing over: a lease taken meanwhile stays."""
         ours: list[str] = []
         elsewhere: dict[str, int | None] = {}
-        for outcome in self.elector.elect(ttids, recover=False, local=self.node_id):
+        for outcome in self.elector.elect(ttids, recover=False, local=self.node_id, settle=True):
             offloader = outcome.election.offloader
+            if outcome.election.reason in UNDECIDED:
+                continue
             if offloader != self.node_id:
                 elsewhere[outcome.ttid] = offloader
             elif outcome.kicked:

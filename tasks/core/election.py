@@ -8,8 +8,9 @@ node undesirable, so the choice is deterministic among caught-up candidates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tasks.core.lsn import Lsn
 
@@ -80,3 +81,17 @@ def determine_offloader(
         f"elected {offloader} among [{listed}] peers, with {len(caught_up)} of them being "
         f"caughtup{skipped}",
     )
+
+
+def live_nodes(
+    nodes: Mapping[int, Mapping[str, Any]], now: float, heartbeat_timeout_s: float
+) -> frozenset[int]:
+    """The nodes whose last heartbeat (the nodes hash's ``ts``) is recent."""
+    return frozenset(
+        n for n, entry in nodes.items() if heard_lately(entry.get("ts"), now, heartbeat_timeout_s)
+    )
+
+
+def reported_by(live: frozenset[int], peers: Iterable[int]) -> bool:
+    """Whether every live node is among a timeline's (live) ``peers``."""
+    return live <= set(peers)

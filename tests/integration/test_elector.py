@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tasks.backup.elector import NOT_RECOVERED, Elector, Outcome
-from tasks.core.election import PeerInfo, determine_offloader
+from tasks.backup.elector import NOT_RECOVERED, NOT_REPORTED, Elector, Outcome
+from tasks.core.election import Election, PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import BrokerUnavailable
@@ -395,6 +395,33 @@ def test_a_watcher_hands_timelines_it_may_not_recover_to_recover_later(
     with caplog.at_level(logging.WARNING, logger="walbackup.election"):
         elector.elect([other], recover=False, local=1)
     assert "1 timelines wait for beat to recover backup_lsn" in caplog.text
+
+
+def test_a_settled_first_election_waits_for_every_live_node(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    """``settle``: a timeline with no offloader is elected only once every
+    live node (heartbeating in the nodes hash) told of it; backup_lsn is
+    raised meanwhile. Beat's rounds (no settle) and a timeline that has an
+    offloader already are not held back."""
+    ttid = make_ttid(timeline_int=0)
+    state.publish_heartbeats(3, [], time.time())  # node 3 is live, has not told of it
+    beat(state, ttid, 1, seg(3), seg(1))
+    beat(state, ttid, 2, seg(3), seg(1))
+    elector = make_elector()
+    [waiting] = elector.elect([ttid], settle=True, local=1)
+    assert waiting.election == Election(None, NOT_REPORTED) and not waiting.changed
+    assert record(state, ttid).offloader is None and record(state, ttid).backup_lsn == seg(1)
+    assert kicks == []
+    beat(state, ttid, 3, seg(3), seg(1))
+    [elected] = elector.elect([ttid], settle=True, local=1)
+    assert elected.election.offloader == 1 and elected.changed
+    # With an offloader of record, a node that stops telling of it changes nothing.
+    state.drop_peer(ttid, 3)
+    assert elector.elect([ttid], settle=True, local=1)[0].election.offloader == 1
+    other = make_ttid(timeline_int=0)
+    beat(state, other, 2, seg(3), seg(1))
+    assert elector.elect([other])[0].election.offloader == 2  # beat's round
 
 
 # -- dead peers ---------------------------------------------------------------------------

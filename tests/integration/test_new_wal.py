@@ -112,6 +112,25 @@ def test_no_offloader_known_elects_and_the_elected_node_starts_itself(
     assert kicks == []
 
 
+def test_a_first_election_waits_for_every_live_node_and_hands_nothing_over(
+    make: Callable[..., tuple[Harness, Kicks]],
+) -> None:
+    """Node 2 heartbeats but has not told of the timeline yet: the watcher's
+    election decides nothing, and a lease node 1 holds (taken meanwhile)
+    stays; once node 2 tells of it, node 1 is elected."""
+    h, kicks = make()
+    token = h.start_window()
+    h.state.publish_heartbeats(2, [], time.time())  # live, no word of the timeline
+    h.state.r.hdel(tl_key(h.ttid), "offloader")
+    h.node.new_wal.elect_now([h.ttid])
+    assert h.state.timeline(h.ttid).offloader is None
+    assert h.node.leases.token(h.ttid) == token == h.state.lease_holder_token(h.ttid)
+    node2_beats(h)
+    h.node.new_wal.elect_now([h.ttid])
+    assert h.state.timeline(h.ttid).offloader == 1
+    assert kicks == []
+
+
 def test_no_offloader_known_elects_and_kicks_the_other_elected_node(
     make: Callable[..., tuple[Harness, Kicks]],
 ) -> None:

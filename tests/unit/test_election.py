@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.core.election import Election, PeerInfo, determine_offloader, is_alive
+from tasks.core.election import (
+    Election,
+    PeerInfo,
+    determine_offloader,
+    is_alive,
+    live_nodes,
+    reported_by,
+)
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import LSN_MAX, Lsn
 
@@ -288,3 +295,17 @@ def test_all_damaged_falls_back_to_the_reference_rule() -> None:
 def test_incapable_healthy_peer_does_not_exclude_a_damaged_capable_one() -> None:
     peers = [damaged(1, 10 * MiB, 7 * MiB), peer(2, 10 * MiB, local_start=5 * MiB)]
     assert determine_offloader(peers, Lsn(0), 0, LAG).offloader == 1
+
+
+def test_live_nodes_are_those_heard_within_the_timeout() -> None:
+    nodes = {1: {"ts": 100.0}, 2: {"ts": 94.9}, 3: {"ts": 96.0}, 4: {}}
+    assert live_nodes(nodes, now=100.0, heartbeat_timeout_s=5.0) == {1, 3}
+    assert live_nodes({}, now=100.0, heartbeat_timeout_s=5.0) == frozenset()
+
+
+def test_reported_by_every_live_node() -> None:
+    live = frozenset({1, 3})
+    assert reported_by(live, [1, 2, 3])
+    assert reported_by(live, iter([3, 1]))
+    assert not reported_by(live, [1, 2])
+    assert reported_by(frozenset(), [])
