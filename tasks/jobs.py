@@ -32,14 +32,14 @@ log = logging.getLogger("walbackup.jobs")
 
 
 @app.task(name=names.TRIGGER)
-def trigger(ttids: list[str], force_kick: bool = True) -> dict[str, Any]:
+def trigger(ttids: list[str], force_kick: bool = True, settle: bool = False) -> dict[str, Any]:
     """Register timelines as needing backup and elect them at once (listing
     the archive where backup_lsn is unknown). ``force_kick``: kick the
     offloader even if it was kicked lately (``walbackup trigger``); a node's
-    watcher sends False (``Elector.recover_later``)."""
+    watcher sends neither that nor ``settle`` (``Elector.recover_later``)."""
     ids = [str(TenantTimelineId.parse(t)) for t in ttids]
     get_state().register(ids)
-    outcomes = get_elector().elect(ids, force_kick=force_kick, settle=not force_kick)
+    outcomes = get_elector().elect(ids, force_kick=force_kick, settle=settle)
     return {o.ttid: o.election.offloader for o in outcomes}
 
 

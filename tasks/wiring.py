@@ -83,7 +83,13 @@ def recover_later(ttids: list[str]) -> None:
     queue = node_queue(node_id) if node_id is not None else SHARED_QUEUE
     # Sent from the watcher thread: fail at once rather than hold it (beat
     # recovers them anyway, a round later).
-    send(TRIGGER, [ttids], queue, {"force_kick": False}, retry_policy={"max_retries": 0})
+    send(
+        TRIGGER,
+        [ttids],
+        queue,
+        {"force_kick": False, "settle": True},
+        retry_policy={"max_retries": 0},
+    )
 
 
 def send_scrub(node_id: int, ttids: list[str]) -> None:

@@ -65,8 +65,7 @@ class Outcome:
     backup_lsn: Lsn | None
     changed: bool
     kicked: bool
-    pending: bool
-    """Elect again next round: work to kick, or backup_lsn not recovered yet."""
+    pending: bool  # elect again next round: work to kick, or backup_lsn not recovered
 
 
 def timeline_start(peers: Sequence[PeerRecord]) -> Lsn:
@@ -197,14 +196,15 @@ class Elector:
                 if kicked and election.offloader is not None:
                     self.kick(ttid, election.offloader)
             outcomes.append(Outcome(ttid, election, backup_lsn, changed, kicked, ttid in pending))
+        waiting = [o.ttid for o in outcomes if o.election.reason == NOT_REPORTED]
+        self.state.mark_for_election(waiting)  # beat's next round elects them, unsettled
         if not recovery.allowed:
             self._hand_over_recovery(outcomes)
         return outcomes
 
     def _hand_over_recovery(self, outcomes: list[Outcome]) -> None:
-        """``recover_later`` what this call could not recover, each timeline at
-        most once per ``RECOVER_LATER_HOLD_S``; a broker that cannot take it
-        leaves them to beat's rounds."""
+        """``recover_later`` what this call could not recover, each timeline at most
+        once per ``RECOVER_LATER_HOLD_S``; if that fails, beat's rounds do it."""
         now, hold = time.monotonic(), RECOVER_LATER_HOLD_S
         due = [o.ttid for o in outcomes if o.backup_lsn is None
                and o.election.reason == NOT_RECOVERED
@@ -216,7 +216,7 @@ class Elector:
         self._handed.update(dict.fromkeys(due, now))
         try:
             self.recover_later(due)
-        except WalBackupError as exc:
+        except Exception as exc:  # a nudge: never the caller's failure
             if self._throttle.allow(("recover_later", type(exc))):
                 log.warning("%d timelines wait for beat to recover backup_lsn: %s", len(due), exc)
 

@@ -205,19 +205,20 @@ class Leases:
             return
         self._kicks.put(kicks)
         with self._lock:
-            if self._kicker is None:
-                self._kicker = threading.Thread(target=self._kick_loop, name="kicks", daemon=True)
-                self._kicker.start()
+            if self._kicker is None or not self._kicker.is_alive():
+                kicker = threading.Thread(target=self._kick_loop, name="kicks", daemon=True)
+                kicker.start()
+                self._kicker = kicker
 
     def _kick_loop(self) -> None:
         while True:
             kicks = self._kicks.get()
-            for ttid, offloader in kicks.items():
+            for sent, (ttid, offloader) in enumerate(kicks.items()):
                 try:
                     self.kick(ttid, offloader)
                 except BrokerUnavailable as exc:
                     log.warning("Node %s: %d hand-over kicks not sent: %s",
-                                self.node_id, len(kicks), exc)  # fmt: skip
+                                self.node_id, len(kicks) - sent, exc)  # fmt: skip
                     break
                 except Exception:  # a bug: logged, the thread goes on
                     log.exception("Node %s: hand-over kick of %s failed", self.node_id, ttid)

@@ -17,7 +17,7 @@ from tasks.core.election import Election, PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import BrokerUnavailable
-from tasks.state.keys import kick_key, lease_key, tl_key
+from tasks.state.keys import DIRTY_KEY, kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
 
@@ -413,6 +413,7 @@ def test_a_settled_first_election_waits_for_every_live_node(
     assert waiting.election == Election(None, NOT_REPORTED) and not waiting.changed
     assert record(state, ttid).offloader is None and record(state, ttid).backup_lsn == seg(1)
     assert kicks == []
+    assert state.r.sismember(DIRTY_KEY, ttid)  # beat's next round elects it
     beat(state, ttid, 3, seg(3), seg(1))
     [elected] = elector.elect([ttid], settle=True, local=1)
     assert elected.election.offloader == 1 and elected.changed
