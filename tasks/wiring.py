@@ -23,7 +23,6 @@ from tasks.names import (
     BACKUP_TIMELINE,
     HEAL_SEGMENT,
     SCRUB_TIMELINES,
-    SHARED_QUEUE,
     TRIGGER,
     UPLOAD_SEGMENT,
     node_queue,
@@ -77,10 +76,11 @@ def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int =
 
 
 def recover_later(ttids: list[str]) -> None:
-    """``trigger`` (no forced kick) for timelines whose backup_lsn the
-    watcher could not recover: to this node's own queue, else the default one."""
+    """``trigger`` (settled, no forced kick) for timelines whose backup_lsn a
+    node's watcher could not recover, to that node's own queue."""
     node_id = get_settings().node_id
-    queue = node_queue(node_id) if node_id is not None else SHARED_QUEUE
+    assert node_id is not None, "only a node's watcher elects without listing"
+    queue = node_queue(node_id)
     # Sent from the watcher thread: fail at once rather than hold it (beat
     # recovers them anyway, a round later).
     send(

@@ -145,8 +145,9 @@ class Elector:
         planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
         pending: set[str] = set()
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
+            settle_for = live if record.offloader is None else None  # first elections only
             election, backup_lsn, wants_kick = self._decide(
-                ttid, record, peers, now, writes, recovery, live
+                ttid, record, peers, now, writes, recovery, settle_for
             )
             changed = election.offloader != record.offloader
             if changed:
@@ -206,8 +207,7 @@ class Elector:
         """``recover_later`` what this call could not recover, each timeline at most
         once per ``RECOVER_LATER_HOLD_S``; if that fails, beat's rounds do it."""
         now, hold = time.monotonic(), RECOVER_LATER_HOLD_S
-        due = [o.ttid for o in outcomes if o.backup_lsn is None
-               and o.election.reason == NOT_RECOVERED
+        due = [o.ttid for o in outcomes if o.election.reason == NOT_RECOVERED
                and now - self._handed.get(o.ttid, -hold) >= hold]  # fmt: skip
         if not due or self.recover_later is None:
             return
@@ -228,7 +228,7 @@ class Elector:
         now: float,
         pipe: Pipeline[str],
         recovery: _Recovery,
-        live: frozenset[int] | None,
+        settle_for: frozenset[int] | None,
     ) -> tuple[Election, Lsn | None, bool]:
         alive = [r for r in peers if is_alive(r.peer, now, self.heartbeat_timeout_s)]
         seg_size = record.wal_seg_size or (
@@ -252,8 +252,7 @@ class Elector:
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:
             self.state.raise_backup_lsn(ttid, backup_lsn, pipe=pipe)
-        waiting = live is not None and record.offloader is None
-        if waiting and not reported_by(live or frozenset(), (r.peer.node_id for r in alive)):
+        if settle_for is not None and not reported_by(settle_for, (r.peer.node_id for r in alive)):
             return Election(None, NOT_REPORTED), backup_lsn, False
         election = determine_offloader(
             [r.peer for r in alive],

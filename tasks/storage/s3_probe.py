@@ -25,7 +25,6 @@ never trusts the server.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import threading
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.storage.s3_errors import error_code
+from tasks.storage.s3_stored import b64
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,7 +54,7 @@ VERIFIED_CODES = frozenset({"BadDigest"})
 ``XAmzContentSHA256Mismatch``: that is the SigV4 payload hash, which our
 unsigned payloads do not send)."""
 PROBE_BODY = b"walbackup: does this server verify x-amz-checksum-sha256?\n"
-WRONG_SHA256 = base64.b64encode(hashlib.sha256(b"not the probe body").digest()).decode()
+WRONG_SHA256 = b64(hashlib.sha256(b"not the probe body").digest())
 
 
 class ChecksumProbe:
