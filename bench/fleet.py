@@ -15,7 +15,9 @@ node whose WORKDIR also holds idle timeline dirs (a sparse ``.partial``
 each) up to ``--rss-timelines`` = 10,000, for its RSS idle and after the run
 (3 nodes of 10,000 dirs each overload the 2-core machine: heartbeats expire).
 Also: per-timeline fairness (the slowest timeline's completion vs the
-median), Redis commands (``INFO commandstats`` delta, the bench's own
+median), the CPU time of the nodes (all three, moto's excluded) and of the
+pool per segment, each node's CPU while it holds its timelines idle (before
+T0, a share of one core), Redis commands (``INFO commandstats`` delta, the bench's own
 polling taken out) and Celery messages (``LPUSH`` on the broker: kombu's
 publish) per segment.
 
@@ -40,6 +42,7 @@ from bench.common import (
     cluster,
     command_counts,
     counts_delta,
+    cpu_seconds,
     emit,
     log,
     private_redis,
@@ -60,6 +63,8 @@ NODES = (1, 2, 3)
 BAR_RATIO = 0.9
 BAR_FAIRNESS = 2.0
 BAR_RSS_MIB = 150.0
+IDLE_S = 10.0
+"""How long the nodes' CPU is measured while they hold their timelines idle."""
 BUCKET = "walbackup-bench-fleet"
 Staged = list[tuple[TenantTimelineId, int, Path]]
 
@@ -94,8 +99,20 @@ def idle_dirs(workdir: Path, count: int, seg_size: int) -> None:
             f.truncate(seg_size)
 
 
-def baseline(staged: Staged, threads: int, seg_size: int, root: Path, moto: Moto | None) -> float:
-    """The plain pool: each file uploaded once, ``threads`` at a time."""
+def idle_cpu_share(pids: list[int], seconds: float) -> float:
+    """The mean share of a core each of ``pids`` used over ``seconds``."""
+    before = [cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    time.sleep(seconds)
+    took = time.monotonic() - started
+    return sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)) / took / len(pids)
+
+
+def baseline(
+    staged: Staged, threads: int, seg_size: int, root: Path, moto: Moto | None
+) -> tuple[float, float]:
+    """The plain pool: each file uploaded once, ``threads`` at a time; its
+    wall time and CPU time (this process's)."""
     if moto is None:
         store = LocalStorage(root / "baseline-remote")
 
@@ -110,10 +127,10 @@ def baseline(staged: Staged, threads: int, seg_size: int, root: Path, moto: Moto
             with item[2].open("rb") as body:
                 client.put_object(Bucket=BUCKET, Key=segment_key(item[0], item[2].name), Body=body)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(put, staged))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def run_ours(
@@ -150,7 +167,10 @@ def run_ours(
         c.wait_nodes(list(nodes), timeout=120)
         time.sleep(5)  # first scans and heartbeats of every timeline settle
         rss_idle = rss_kib(c.procs["node1"].pid) / 1024
+        idle_cpu = idle_cpu_share([c.procs[f"node{n}"].pid for n in nodes], IDLE_S)
         watcher = BackupWatcher(redis_url, ttids, seg_size, interval_s=0.25)
+        pids = {name: p.pid for name, p in c.procs.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         before = command_counts(c.state.r)
         watcher.start()
         with py_spy(c.procs["node1"].pid, spy_out):
@@ -161,6 +181,7 @@ def run_ours(
             wall = time.time() - started
         watcher.stop()
         after = command_counts(c.state.r)
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         if not ok:
             print(c.tail_logs())
             raise SystemExit(
@@ -179,7 +200,9 @@ def run_ours(
         "median_s": statistics.median(done),
         "redis_per_seg": sum(v for v in delta.values() if v > 0) / segments,
         "messages_per_seg": delta.get("lpush", 0) / segments,
+        "node_cpu_ms_per_seg": 1000 * sum(cpu[n] for n in cpu if n.startswith("node")) / segments,
         "rss_idle_mib": rss_idle,
+        "idle_cpu_pct": 100 * idle_cpu,
         "rss_after_mib": rss_after,
     }
 
@@ -200,7 +223,7 @@ def shape(
         log(f"{name}: staging {timelines} x {per_tl} segments of {seg_size // MIB} MiB")
         staging = root / "staging"
         staged = stage_segments(staging, ttids, per_tl, seg_size)
-        base_s = baseline(staged, threads, seg_size, root, moto)
+        base_s, base_cpu = baseline(staged, threads, seg_size, root, moto)
         log(f"{name}: pool of {threads} threads took {base_s:.2f} s; now the fleet")
         ours = run_ours(
             root,
@@ -218,6 +241,7 @@ def shape(
     segments = len(staged)
     ours["rate"] = segments / ours["wall_s"]
     ours["baseline_rate"] = segments / base_s
+    ours["pool_cpu_ms_per_seg"] = 1000 * base_cpu / segments
     ours["segments"] = segments
     ours["threads"] = threads
     ours["nodes"] = len(nodes)
@@ -268,7 +292,10 @@ def main() -> None:
             r["slowest_s"] / r["median_s"],
             r["redis_per_seg"],
             r["messages_per_seg"],
+            r["node_cpu_ms_per_seg"],
+            r["pool_cpu_ms_per_seg"],
             r["nodes"],
+            r["idle_cpu_pct"],
             r["rss_idle_mib"],
             r["rss_after_mib"],
         ]
@@ -287,7 +314,10 @@ def main() -> None:
             "slow/median",
             "redis cmds/seg",
             "celery msgs/seg",
+            "nodes' CPU ms/seg",
+            "pool CPU ms/seg",
             "nodes",
+            "idle CPU %/node",
             "node1 RSS idle MiB",
             "after MiB",
         ],

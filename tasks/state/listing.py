@@ -13,11 +13,12 @@ from tasks.core.ids import is_hex_id
 from tasks.errors import InvalidInput
 
 
-def timeline_names(workdir: Path) -> list[tuple[str, str]]:
-    """``(TENANT, TIMELINE)`` of the ``WORKDIR/TENANT/TIMELINE`` directories
-    with valid ids; every other name is ignored. Raises ``InvalidInput`` when
-    ``workdir`` is no directory."""
+def timeline_names(workdir: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ``TENANT`` directories of ``workdir`` and ``(TENANT, TIMELINE)`` of
+    the ``WORKDIR/TENANT/TIMELINE`` directories, with valid ids; every other
+    name is ignored. Raises ``InvalidInput`` when ``workdir`` is no directory."""
     found: list[tuple[str, str]] = []
+    tenant_names: list[str] = []
     try:
         tenants = list(os.scandir(workdir))
     except (FileNotFoundError, NotADirectoryError):
@@ -29,12 +30,13 @@ def timeline_names(workdir: Path) -> list[tuple[str, str]]:
             timelines = list(os.scandir(tenant.path))
         except (FileNotFoundError, NotADirectoryError):
             continue
+        tenant_names.append(tenant.name)
         found.extend(
             (tenant.name, timeline.name)
             for timeline in timelines
             if timeline.is_dir(follow_symlinks=False) and is_hex_id(timeline.name)
         )
-    return found
+    return tenant_names, found
 
 
 def list_files(path: Path) -> list[tuple[str, int]]:

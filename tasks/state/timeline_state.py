@@ -1,4 +1,4 @@
-"""``TimelineState``: one timeline as a node sees it on disk (``tasks.state.workdir`` scans it)."""
+"""``TimelineState``: one timeline as a node sees it on disk (``tasks.state.scanner`` scans it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.core.timeline_scan import ScanResult, resolve_commit_lsn
+from tasks.state.state_file import TimelineStateFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +38,30 @@ class TimelineState:
     ``WALBACKUP_WAL_SEG_SIZE`` that does not match the server's."""
     history: tuple[str, ...] = ()
     """Its timeline history files' names (``tasks.backup.history``)."""
+
+
+def timeline_state(
+    ttid: TenantTimelineId,
+    path: Path,
+    scanned: ScanResult,
+    recorded: TimelineStateFile | None,
+) -> TimelineState:
+    """What a listing of the timeline's directory and its state file say."""
+    return TimelineState(
+        ttid=ttid,
+        path=path,
+        wal_seg_size=scanned.seg_size,
+        local_start_lsn=scanned.local_start_lsn,
+        commit_lsn=resolve_commit_lsn(
+            scanned.commit_lsn, recorded.commit_lsn if recorded else None, scanned.seg_size
+        ),
+        backup_lsn=recorded.backup_lsn if recorded else Lsn(0),
+        timeline_start_lsn=recorded.timeline_start_lsn if recorded else None,
+        problems=scanned.problems,
+        notes=scanned.notes,
+        damaged=scanned.damaged,
+        removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
+        system_id=recorded.system_id if recorded else None,
+        foreign_seg_size=scanned.foreign_seg_size,
+        history=scanned.history,
+    )

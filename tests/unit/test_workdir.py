@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, SegmentFileError
+from tasks.state import scanner as scanner_module
 from tasks.state import state_file
-from tasks.state import workdir as workdir_module
 from tasks.state.state_file import (
     STATE_FILE_NAME,
     TimelineStateFile,
@@ -54,9 +54,13 @@ def age_dir(path: Path) -> None:
     os.utime(path, (PAST, PAST))
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Workdir:
-    return Workdir(tmp_path, SEG)
+@pytest.fixture(params=[True, False], ids=["inotify", "scanning"])
+def state(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workdir]:
+    """Every scan test runs with inotify and without (where it is not to be had)."""
+    disk = Workdir(tmp_path, SEG, watch=request.param)
+    assert disk.watching is request.param
+    yield disk
+    disk.close()
 
 
 # -- state file --------------------------------------------------------------
@@ -288,13 +292,13 @@ def test_unchanged_old_dir_is_not_relisted(
     state.scan()
 
     listed: list[Path] = []
-    real_list = workdir_module.list_files
+    real_list = scanner_module.list_files
 
     def counting_list(p: Path) -> list[tuple[str, int]]:
         listed.append(p)
         return real_list(p)
 
-    monkeypatch.setattr(workdir_module, "list_files", counting_list)
+    monkeypatch.setattr(scanner_module, "list_files", counting_list)
     for _ in range(3):
         assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)
     assert listed == []

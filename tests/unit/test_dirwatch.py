@@ -1,0 +1,185 @@
+"""tasks.state.dirwatch and the watched scans of tasks.state.scanner: a pass
+rescans what inotify named, and falls back to full scans when it must."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.core.segments import xlog_file_name
+from tasks.state import scanner as scanner_module
+from tasks.state.dirwatch import Changes, DirWatch
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
+
+SEG = 1 << 20
+PAST = 1_000_000_000.0
+
+
+def ttid(i: int) -> TenantTimelineId:
+    return TenantTimelineId(f"{i % 3:032x}", f"{i:032x}")
+
+
+def make(workdir: Path, t: TenantTimelineId, segments: int = 1) -> Path:
+    path = workdir / t.tenant_id / t.timeline_id
+    path.mkdir(parents=True, exist_ok=True)
+    for segno in range(1, segments + 1):
+        (path / xlog_file_name(segno, SEG)).write_bytes(b"\0" * SEG)
+    return path
+
+
+def age(workdir: Path) -> None:
+    """Old mtimes everywhere, so that every listing is trusted."""
+    for path in sorted(workdir.rglob("*"), key=lambda p: -len(p.parts)):
+        os.utime(path, (PAST, PAST))
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Workdir]:
+    for i in range(12):
+        make(tmp_path, ttid(i))
+    age(tmp_path)
+    disk = Workdir(tmp_path, SEG)
+    assert disk.watching
+    assert len(disk.scan()) == 12
+    disk.scan()  # the first pass watched new tenants: this one lists them again
+    yield disk
+    disk.close()
+
+
+class Counting:
+    """Which timelines a pass rescanned, and how often it listed the tenants."""
+
+    def __init__(self, disk: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rescanned: list[TenantTimelineId] = []
+        self.discoveries = 0
+        real_scan, real_names = disk._scan_timeline, scanner_module.timeline_names
+
+        def scan(d: scanner_module._Dir) -> TimelineState | None:
+            self.rescanned.append(d.ttid)
+            return real_scan(d)
+
+        def names(workdir: Path) -> tuple[list[str], list[tuple[str, str]]]:
+            self.discoveries += 1
+            return real_names(workdir)
+
+        monkeypatch.setattr(disk, "_scan_timeline", scan)
+        monkeypatch.setattr(scanner_module, "timeline_names", names)
+
+    def reset(self) -> None:
+        self.rescanned.clear()
+        self.discoveries = 0
+
+
+def test_a_quiet_pass_reads_no_directory(disk: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = Counting(disk, monkeypatch)
+    first = disk.scan_changes()
+    again = disk.scan_changes()
+    assert seen.rescanned == [] and seen.discoveries == 0
+    assert again.states is first.states and again.changed == set()
+
+
+def test_a_pass_rescans_the_timeline_that_changed_only(
+    disk: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = Counting(disk, monkeypatch)
+    before = disk.scan_changes().states
+    make(tmp_path, ttid(4), segments=2)
+    states, changed = disk.scan_changes()
+    assert seen.rescanned == [ttid(4)] and seen.discoveries == 0
+    assert changed == {ttid(4)} and states[ttid(4)].commit_lsn == Lsn(3 * SEG)
+    assert before[ttid(4)].commit_lsn == Lsn(2 * SEG)  # the last pass's dict is untouched
+    assert len(states) == 12
+
+
+def test_a_new_tenant_and_timeline_are_found_by_their_events(
+    disk: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = Counting(disk, monkeypatch)
+    new = TenantTimelineId("ab" * 16, "cd" * 16)
+    make(tmp_path, new)
+    states, changed = disk.scan_changes()
+    assert changed == {new} and len(states) == 13
+    assert seen.rescanned == [new] and seen.discoveries == 1
+    # Its tenant's watch is new: the next pass lists the tenants again, for a
+    # timeline made there before the watch; then quiet again.
+    seen.reset()
+    assert disk.scan_changes().changed == set() and seen.discoveries == 1
+    seen.reset()
+    disk.scan_changes()
+    assert seen.discoveries == 0
+    (tmp_path / new.tenant_id / new.timeline_id / xlog_file_name(2, SEG)).write_bytes(b"\0" * SEG)
+    assert disk.scan_changes().changed == {new}
+
+
+def test_a_removed_timeline_goes(disk: Workdir, tmp_path: Path) -> None:
+    path = tmp_path / ttid(5).tenant_id / ttid(5).timeline_id
+    (path / xlog_file_name(1, SEG)).unlink()
+    path.rmdir()
+    states = disk.scan()
+    assert ttid(5) not in states and len(states) == 11
+
+
+def test_lost_events_mean_a_full_scan(disk: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = Counting(disk, monkeypatch)
+    watch = disk._watch
+    assert watch is not None
+    monkeypatch.setattr(watch, "changes", lambda: Changes(lost=True))
+    disk.scan_changes()
+    assert sorted(seen.rescanned, key=str) == sorted(map(ttid, range(12)), key=str)
+
+
+def test_a_full_scan_every_full_scan_s(disk: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = Counting(disk, monkeypatch)
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + scanner_module.FULL_SCAN_S - 0.1)
+    disk.scan_changes()
+    assert seen.rescanned == [] and seen.discoveries == 0
+    monkeypatch.setattr(time, "monotonic", lambda: now + scanner_module.FULL_SCAN_S + 0.1)
+    disk.scan_changes()
+    assert len(seen.rescanned) == 12 and seen.discoveries == 1
+
+
+def test_no_watch_left_means_scanning_every_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kernel refuses a watch (``fs.inotify.max_user_watches``): a
+    warning, and every pass scans every directory, as without inotify."""
+    for i in range(4):
+        make(tmp_path, ttid(i))
+    real_watch = DirWatch.watch
+
+    def limited(self: DirWatch, key: tuple[str, ...]) -> None:
+        if len(key) == 2 and key[1] == ttid(3).timeline_id:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_watch(self, key)
+
+    monkeypatch.setattr(DirWatch, "watch", limited)
+    disk = Workdir(tmp_path, SEG)
+    with caplog.at_level(logging.WARNING):
+        assert len(disk.scan()) == 4
+    assert not disk.watching
+    assert "cannot add an inotify watch" in caplog.text and "No space left" in caplog.text
+    make(tmp_path, ttid(3), segments=2)
+    assert disk.scan_changes().changed == {ttid(3)}
+
+
+def test_a_directory_gone_before_its_watch_is_found_again(tmp_path: Path) -> None:
+    watch = DirWatch(tmp_path)
+    try:
+        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)])
+        assert synced.rediscover and synced.added == set()
+        make(tmp_path, TenantTimelineId("00" * 16, "11" * 16))
+        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)])
+        assert synced.added == {("00" * 16, "11" * 16)}
+        assert watch.changes().layout  # the WORKDIR's own event: a tenant came
+    finally:
+        watch.close()
