@@ -2,7 +2,9 @@
 
 Every ``HEARTBEAT_INTERVAL_S`` the node's heartbeat thread calls ``round``: one PeerInfo
 per timeline (SPEC §4), published with the timeline's registration, so a Redis
-that lost its data learns the timelines again. What comes back per timeline:
+that lost its data learns the timelines again. The PeerInfo's time is the
+beat's score in a ZSET; the rest of it, its record, is written only when it
+changed (``tasks.state.beats``). What comes back per timeline:
 
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
   data recovers it from the nodes (at most ``STATE_WRITES_PER_HEARTBEAT`` a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -44,6 +47,11 @@ HEARTBEAT_INTERVAL_S = 1.0
 ROUND_GAP_S = 0.05
 """The least pause between two rounds, when a round outlasts the interval:
 the node's other threads get the GIL for a moment."""
+REWRITE_S = 60.0
+"""A peer record whose facts did not change is written again after about
+this long (0.5-1.5 x, spread) all the same: a heartbeat round otherwise
+writes only the records that changed (one HSET each; the beats are one ZADD
+per 1,000 timelines), and a record deleted by hand would stay gone."""
 STATE_WRITES_PER_HEARTBEAT = 256
 STATE_WRITE_BUDGET_S = 0.2
 """At most this many timeline state files (each fsynced: ~1 ms on a fast
@@ -97,9 +105,11 @@ class Heartbeats:
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""
-        self._published: dict[str, tuple[object, ...]] = {}
-        """What the last heartbeat that reached Redis said per timeline, but
-        its time: a heartbeat that says something new marks it for election."""
+        self._published: dict[str, tuple[tuple[object, ...], str, float]] = {}
+        """Per timeline, what the last record written to Redis said (but its
+        time), that record, and when to write it again all the same: a
+        heartbeat that says something new writes it and marks the timeline
+        for election; the others are a beat only (``publish_heartbeats``)."""
 
     def publish(self, timelines: list[TimelineState], *, register: bool = False) -> None:
         """One heartbeat for each of ``timelines`` that has complete WAL on
@@ -112,31 +122,40 @@ class Heartbeats:
     def _publish(self, timelines: list[TimelineState], register: bool) -> None:
         now = time.time()
         records = []
-        changed: dict[str, tuple[object, ...]] = {}
+        changed: set[str] = set()
+        written: dict[str, tuple[tuple[object, ...], str, float]] = {}
         for st in timelines:
             peer = self._peer(st, now)
-            if peer is not None:
-                ttid = str(st.ttid)
-                records.append((ttid, peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn)))
-                facts = (
-                    peer.commit_lsn,
-                    peer.local_start_lsn,
-                    peer.backup_lsn,
-                    peer.damaged_lsn,
-                    st.wal_seg_size,
-                    st.timeline_start_lsn,
-                )
-                if self._published.get(ttid) != facts:
-                    changed[ttid] = facts
+            if peer is None:
+                continue
+            ttid = str(st.ttid)
+            facts = (
+                peer.commit_lsn,
+                peer.local_start_lsn,
+                peer.backup_lsn,
+                peer.damaged_lsn,
+                st.wal_seg_size,
+                st.timeline_start_lsn,
+            )
+            last = self._published.get(ttid)
+            if last is not None and last[0] == facts and now < last[2]:
+                records.append((ttid, last[1]))  # the beat alone: its time
+                continue
+            payload = peer_to_json(peer, st.wal_seg_size, st.timeline_start_lsn)
+            records.append((ttid, payload))
+            written[ttid] = (facts, payload, now + REWRITE_S * random.uniform(0.5, 1.5))
+            if last is None or last[0] != facts:
+                changed.add(ttid)
         self.state.publish_heartbeats(
             self.node_id,
             records,
             now,
             register=register,
-            changed=changed.keys(),
+            changed=changed,
+            write=written.keys(),
             round_started=self.round_started,
         )
-        self._published.update(changed)
+        self._published.update(written)
 
     def publish_soon(self, st: TimelineState | None) -> None:
         """Now rather than at the next round; a Redis error waits for the round."""

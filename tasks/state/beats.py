@@ -6,9 +6,11 @@ walbackup:dirty  SET   timelines whose facts a node saw change (commit_lsn,
                        start, backup_lsn, damage), with a new peer, a peer
                        gone, or work the round must keep kicking; a round
                        takes a bounded number, the rest wait for the next
-walbackup:beats  ZSET  "NODE:ttid" -> last heartbeat: the round takes out
-                       those older than heartbeat_timeout (the peers that
-                       just died); their next heartbeat adds them back as new
+walbackup:beats  ZSET  "NODE:ttid" -> last heartbeat: the time of a peer
+                       (its record in the peers hash is rewritten only when
+                       its facts change); the round takes out those older
+                       than heartbeat_timeout (the peers that just died);
+                       their next heartbeat adds them back as new
 walbackup:sweep  STRING cursor of the slow sweep over every registered
                        timeline (a lost mark, a Redis that lost its data)
 """
@@ -16,7 +18,7 @@ walbackup:sweep  STRING cursor of the slow sweep over every registered
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import redis
 
@@ -28,6 +30,7 @@ from tasks.state.keys import (
     TIMELINES_KEY,
     peers_key,
 )
+from tasks.state.records import PeerRecord
 
 
 def _member(node_id: int, ttid: str) -> str:
@@ -61,14 +64,19 @@ class ElectionFeed:
         *,
         register: bool = False,
         changed: Collection[str] | None = None,
+        write: Collection[str] | None = None,
         round_started: float | None = None,
     ) -> None:
-        """``records`` are ``(ttid, peer JSON)``; one pipelined round trip
-        per ``PIPELINE_CHUNK`` of them (one more when a peer or timeline is new). ``register``: also
-        (re-)register those timelines, so a Redis that lost its data learns
-        them again from the nodes, without new WAL. ``changed``: the
-        timelines whose facts changed since this node's last heartbeat
-        (``None``: all of them); they are marked for election.
+        """A heartbeat, at ``now``, for each of ``records`` (``(ttid, peer JSON)``):
+        one pipelined round trip per ``PIPELINE_CHUNK`` of them (one more when
+        a peer or timeline is new). A heartbeat's time is the peer's score in
+        the beats ZSET; its record in the timeline's peers hash is written only
+        for the timelines in ``write`` (``None``: all), and for any whose score
+        was missing (a first heartbeat, one that expired, a Redis that lost its
+        data). ``register``: also (re-)register those timelines, so a Redis
+        that lost its data learns them again from the nodes, without new WAL.
+        ``changed``: the timelines whose facts changed since this node's last
+        heartbeat (``None``: all of them); they are marked for election.
         ``round_started``: the node's entry's ``round`` (``node_entry``)."""
         fresh: list[str] = []
         # In chunks: one pipeline of 10,000 timelines held ~15 MB of command
@@ -78,10 +86,11 @@ class ElectionFeed:
             pipe = self.r.pipeline(transaction=False)
             if start == 0:
                 pipe.hset(NODES_KEY, str(node_id), node_entry(now, round_started))
-            for ttid, payload in part:
+            written = [(t, p) for t, p in part if write is None or t in write]
+            for ttid, payload in written:
                 pipe.hset(peers_key(ttid), str(node_id), payload)
             if part:
-                # One ZMSCORE and one ZADD for the chunk, not a ZADD per
+                # One ZMSCORE and one ZADD for the chunk, not a command per
                 # timeline: packing commands was most of a round's CPU.
                 members = [_member(node_id, ttid) for ttid, _ in part]
                 pipe.zmscore(BEATS_KEY, members)  # type: ignore[no-untyped-call]
@@ -91,18 +100,45 @@ class ElectionFeed:
             marked = [t for t, _ in part if changed is None or t in changed]
             if marked:
                 pipe.sadd(DIRTY_KEY, *marked)
-            results = pipe.execute()[(1 if start == 0 else 0) + len(part) :]
-            if changed is None or not part:
+            results = pipe.execute()[(1 if start == 0 else 0) + len(written) :]
+            if not part:
+                continue
+            missing = [rec for rec, score in zip(part, results[0], strict=True) if score is None]
+            if write is not None and missing:
+                # No beat to go with: its record may be gone too (a Redis
+                # that lost its data) or stale; written now.
+                again = self.r.pipeline(transaction=False)
+                for ttid, payload in missing:
+                    again.hset(peers_key(ttid), str(node_id), payload)
+                again.execute()
+            if changed is None:
                 continue
             if register and results[2]:
                 # New registrations (rare: new timelines, a Redis that lost its data).
                 fresh += [t for t, _ in part]
             else:
                 # A peer new to the beats ZSET: first heartbeat, or back after expiring.
-                scores = results[0]
-                fresh += [t for (t, _), score in zip(part, scores, strict=True) if score is None]
+                fresh += [t for t, _ in missing]
         if fresh:
             self.r.sadd(DIRTY_KEY, *fresh)
+
+    def beaten(
+        self, ttids: Sequence[str], raws: Sequence[Mapping[str, str]]
+    ) -> list[list[PeerRecord]]:
+        """The peer records of each of ``ttids`` (``raws``: its peers hash),
+        each with the time of its last heartbeat: its score in the beats ZSET
+        where newer than the record's own ``ts`` (when it was written). A
+        score the election round took out as expired leaves the record's."""
+        parsed = [[PeerRecord.from_json(v) for v in raw.values()] for raw in raws]
+        members = [
+            _member(r.peer.node_id, ttid)
+            for ttid, recs in zip(ttids, parsed, strict=True)
+            for r in recs
+        ]
+        if not members:
+            return parsed
+        scores = iter(self.r.zmscore(BEATS_KEY, members))  # type: ignore[no-untyped-call]
+        return [[r.beaten(next(scores)) for r in recs] for recs in parsed]
 
     def publish_round(self, node_id: int, now: float, round_started: float) -> None:
         """The node's heartbeat round that began at ``round_started`` is out."""

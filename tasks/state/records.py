@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from tasks.core.election import PeerInfo
@@ -86,6 +86,12 @@ class PeerRecord:
     peer: PeerInfo
     wal_seg_size: int
     timeline_start_lsn: Lsn | None
+
+    def beaten(self, ts: float | None) -> PeerRecord:
+        """This record with a later heartbeat's time ``ts``."""
+        if ts is None or ts <= self.peer.ts:
+            return self
+        return replace(self, peer=replace(self.peer, ts=float(ts)))
 
     @classmethod
     def from_json(cls, text: str) -> PeerRecord:

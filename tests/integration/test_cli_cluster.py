@@ -55,7 +55,8 @@ def heartbeat(state: RedisState, timeline: str, node_id: int, age_s: float = 0.0
         backup_lsn=Lsn(SEG),
         ts=time.time() - age_s,
     )
-    state.publish_heartbeats(node_id, [(timeline, peer_to_json(peer, SEG, None))], time.time())
+    # The beat's time is its own (the record's ts is when its facts were written).
+    state.publish_heartbeats(node_id, [(timeline, peer_to_json(peer, SEG, None))], peer.ts)
 
 
 def assert_one_line(run: subprocess.CompletedProcess[str], code: int, text: str) -> None:

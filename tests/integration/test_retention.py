@@ -185,7 +185,7 @@ def test_the_scrub_leaves_retained_segments_alone(
 
 def heartbeat(state: RedisState, ttid: TenantTimelineId, node_id: int, age_s: float) -> None:
     peer = PeerInfo(node_id, Lsn(13 * SEG), Lsn(SEG), Lsn(12 * SEG), time.time() - age_s)
-    state.publish_heartbeats(node_id, [(str(ttid), peer_to_json(peer, SEG, None))], time.time())
+    state.publish_heartbeats(node_id, [(str(ttid), peer_to_json(peer, SEG, None))], peer.ts)
 
 
 def test_delete_removes_every_object_and_then_the_redis_state(

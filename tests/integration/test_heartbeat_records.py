@@ -1,0 +1,137 @@
+"""A heartbeat round writes a timeline's peer record only when what it says
+changed (SPEC §4, ``tasks.state.beats``): the beat itself, the PeerInfo's
+time, is a score in the beats ZSET, and every reader of peers sees it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tasks.backup import heartbeats as heartbeats_module
+from tasks.backup.copies import Copies
+from tasks.backup.heartbeats import Heartbeats
+from tasks.core.election import is_alive
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.logutil import Complaints
+from tasks.state.keys import BEATS_KEY, DIRTY_KEY, peers_key
+from tasks.state.redis import RedisState
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
+from tests.integration.test_elector import SEG, make_ttid, seg
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(heartbeats_module, "time", SimpleNamespace(time=clock.time))
+    return clock
+
+
+def timeline(tmp_path: Path, ttid: str, commit: Lsn) -> TimelineState:
+    return TimelineState(
+        ttid=TenantTimelineId.parse(ttid),
+        path=tmp_path,
+        wal_seg_size=SEG,
+        local_start_lsn=seg(1),
+        commit_lsn=commit,
+        backup_lsn=Lsn(0),
+        timeline_start_lsn=None,
+        problems=(),
+        notes=(),
+    )
+
+
+def node(state: RedisState, tmp_path: Path) -> Heartbeats:
+    return Heartbeats(
+        1, state, Workdir(tmp_path, SEG, watch=False), Copies(1, state),
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
+    )  # fmt: skip
+
+
+def record_ts(state: RedisState, ttid: str) -> float:
+    payload = state.r.hget(peers_key(ttid), "1")
+    assert payload is not None
+    return float(json.loads(payload)["ts"])
+
+
+def test_an_unchanged_timeline_is_a_beat_and_every_reader_sees_its_time(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    clock.now = T0 + 4
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+
+    assert record_ts(state, ttid) == T0  # the record was not written again
+    (peer,) = state.peers(ttid)
+    assert peer.peer.ts == T0 + 4 and peer.peer.commit_lsn == seg(5)
+    assert state.nodes_then_peers(ttid)[1] == [peer]
+    ((_, batch),) = state.timelines_with_peers([ttid])
+    assert batch == [peer]
+    assert is_alive(peer.peer, T0 + 8, 5.0) and not is_alive(peer.peer, T0 + 10, 5.0)
+
+
+def test_a_change_writes_the_record(tmp_path: Path, state: RedisState, clock: Clock) -> None:
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.r.delete(DIRTY_KEY)
+    clock.now = T0 + 1
+    beats.publish([timeline(tmp_path, ttid, seg(6))])
+    assert record_ts(state, ttid) == T0 + 1
+    (peer,) = state.peers(ttid)
+    assert peer.peer.commit_lsn == seg(6)
+    assert state.r.sismember(DIRTY_KEY, ttid)  # marked for election
+
+
+def test_a_beat_gone_from_the_zset_writes_the_record_again(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    """The election round took the beat out as expired, or Redis lost its
+    data: the record may be gone or stale, so the next beat writes it."""
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.r.delete(peers_key(ttid), BEATS_KEY)  # as after a restart that kept nothing
+    clock.now = T0 + 2
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    (peer,) = state.peers(ttid)
+    assert peer.peer.ts == T0 + 2 and peer.peer.commit_lsn == seg(5)
+    assert state.r.sismember(DIRTY_KEY, ttid)  # a peer back from the dead is news
+
+
+def test_an_unchanged_record_is_written_again_in_time(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    """A record deleted by hand (the beats left) comes back within
+    ``REWRITE_S`` x 1.5."""
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.r.hdel(peers_key(ttid), "1")
+    clock.now = T0 + 1
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    assert state.peers(ttid) == []
+    clock.now = T0 + 1.5 * heartbeats_module.REWRITE_S + 1
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    (peer,) = state.peers(ttid)
+    assert peer.peer.ts == clock.now
