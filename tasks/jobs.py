@@ -12,6 +12,7 @@ walbackup.heal_segment     node.<id>     upload this node's copy of a segment th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from typing import Any
@@ -39,7 +40,7 @@ def trigger(ttids: list[str], force_kick: bool = True, settle: bool = False) -> 
     watcher sends neither that nor ``settle`` (``Elector.recover_later``)."""
     ids = [str(TenantTimelineId.parse(t)) for t in ttids]
     get_state().register(ids)
-    outcomes = get_elector().elect(ids, force_kick=force_kick, settle=settle)
+    outcomes = get_elector().elect(ids, force_kick=force_kick, settle=math.inf if settle else None)
     return {o.ttid: o.election.offloader for o in outcomes}
 
 

@@ -17,16 +17,17 @@ A caller that may not list (a node's watcher) hands them to ``recover_later``
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.client import Pipeline
 
+from tasks.backup.recovery_budget import RecoverFn, RecoveryBudget
 from tasks.core.election import Election, determine_offloader, is_alive, live_nodes, reported_by
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.errors import WalBackupError
 from tasks.logutil import Throttle
 from tasks.state.records import PeerRecord, TimelineRecord
 from tasks.state.redis import RedisState
@@ -34,28 +35,20 @@ from tasks.state.redis import RedisState
 log = logging.getLogger("walbackup.election")
 
 KickFn = Callable[[str, int], None]  # backup_timeline to a node's queue
-RecoverFn = Callable[[str, Lsn, int], Lsn]  # (ttid, start, seg_size) -> archive's end
 RecoverLaterFn = Callable[[list[str]], None]  # elect soon, where listing is allowed
 RECOVER_LATER_HOLD_S = 5.0
 """A timeline handed to ``recover_later`` is not handed again this soon."""
 
-RECOVERY_BUDGET_S = 0.5
-"""Time one ``elect`` call may spend listing the archive; timelines left over
-wait for the next round."""
 NOT_RECOVERED = "backup_lsn not recovered yet"
 NOT_REPORTED = "not every live node has told of it yet"
+FIRST_SETTLE_S = 3.0
+"""Beat's rounds wait this long after a timeline registered for every live
+node to tell of it before its first election (the watcher's, without end):
+a round that elected it when one node had told of it gave it to a node that
+the next round moved it from once the others had."""
 MAX_MARKED_PER_ROUND = 5000
 """Marked timelines one round elects at most (~0.5 s on the 2-core machine): a
 mass of marks (Redis lost its data, a node gone) takes several rounds."""
-
-
-@dataclass(slots=True)
-class _Recovery:
-    """What one ``elect`` call may still do to recover backup_lsn values."""
-
-    allowed: bool
-    deadline: float = field(default_factory=lambda: time.monotonic() + RECOVERY_BUDGET_S)
-    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +109,7 @@ class Elector:
         )
         again: list[str] = []
         for start in range(0, len(ttids), batch_size):
-            outcomes = self.elect(ttids[start : start + batch_size])
+            outcomes = self.elect(ttids[start : start + batch_size], settle=FIRST_SETTLE_S)
             again += [o.ttid for o in outcomes if o.pending]
         self.state.mark_for_election(again)
         return len(ttids)
@@ -128,24 +121,28 @@ class Elector:
         force_kick: bool = False,
         recover: bool = True,
         local: int | None = None,
-        settle: bool = False,
+        settle: float | None = None,
     ) -> list[Outcome]:
         """Elect ``ttids``; ``force_kick`` skips the kick rate limit (triggers);
         ``recover``: list the archive of timelines that have no backup_lsn
         (without it they wait for a call that may); ``local``: the calling
         node, which starts its own uploads itself: no kick is sent to it, and
-        ``Outcome.kicked`` says whether it has work. ``settle``: a first election
-        waits until every live node told of the timeline (else beat's round
-        does it): one node's new WAL alone elects whom the others' move away."""
+        ``Outcome.kicked`` says whether it has work. ``settle``: the first
+        election of a timeline registered less than this many seconds ago
+        waits until every live node told of it (``math.inf``: always; beat's
+        next round does it): one node's new WAL alone elects whom the
+        others' move away."""
         now = time.time()
-        live = live_nodes(self.state.nodes(), now, self.heartbeat_timeout_s) if settle else None
+        nodes = self.state.nodes() if settle is not None else None
+        live = None if nodes is None else live_nodes(nodes, now, self.heartbeat_timeout_s)
         rows = self.state.timelines_with_peers(ttids)
+        young = self._young(ttids, rows, now, settle) if live is not None else set()
         writes = self.state.pipeline()
-        recovery = _Recovery(allowed=recover and self.recover is not None)
+        recovery = RecoveryBudget(self.recover if recover else None, self._throttle)
         planned: list[tuple[str, Election, Lsn | None, bool, bool]] = []
         pending: set[str] = set()
         for ttid, (record, peers) in zip(ttids, rows, strict=True):
-            settle_for = live if record.offloader is None else None  # first elections only
+            settle_for = live if ttid in young else None
             election, backup_lsn, wants_kick = self._decide(
                 ttid, record, peers, now, writes, recovery, settle_for
             )
@@ -203,6 +200,15 @@ class Elector:
             self._hand_over_recovery(outcomes)
         return outcomes
 
+    def _young(self, ttids: Sequence[str], rows: Sequence[tuple[TimelineRecord, object]],
+               now: float, settle: float | None) -> set[str]:  # fmt: skip
+        """The timelines with no offloader yet registered within ``settle`` s."""
+        new = [t for t, (record, _) in zip(ttids, rows, strict=True) if record.offloader is None]
+        if not new or settle is None or settle == math.inf:
+            return set(new) if settle is not None else set()
+        since = self.state.registered_at(new)
+        return {t for t, at in zip(new, since, strict=True) if at is not None and at > now - settle}
+
     def _hand_over_recovery(self, outcomes: list[Outcome]) -> None:
         """``recover_later`` what this call could not recover, each timeline at most
         once per ``RECOVER_LATER_HOLD_S``; if that fails, beat's rounds do it."""
@@ -227,7 +233,7 @@ class Elector:
         peers: list[PeerRecord],
         now: float,
         pipe: Pipeline[str],
-        recovery: _Recovery,
+        recovery: RecoveryBudget,
         settle_for: frozenset[int] | None,
     ) -> tuple[Election, Lsn | None, bool]:
         alive = [r for r in peers if is_alive(r.peer, now, self.heartbeat_timeout_s)]
@@ -245,7 +251,7 @@ class Elector:
         if not candidates:
             return Election(None, "no connected peers to elect from"), None, False
         if record.backup_lsn is None and self.recover is not None:
-            archived = self._recover(ttid, start or min(candidates), seg_size, recovery)
+            archived = recovery.archive_end(ttid, start or min(candidates), seg_size)
             if archived is None:
                 return Election(record.offloader, NOT_RECOVERED), None, False
             candidates.append(archived)
@@ -267,25 +273,6 @@ class Elector:
                 seg_size
             )
         return election, backup_lsn, wants_kick
-
-    def _recover(self, ttid: str, start: Lsn, seg_size: int, recovery: _Recovery) -> Lsn | None:
-        """The end of the contiguous archive from ``start``, or ``None`` when it
-        cannot be had in this call (not allowed, out of time, storage failing)."""
-        assert self.recover is not None
-        if not recovery.allowed or recovery.failed or time.monotonic() > recovery.deadline:
-            return None
-        try:
-            archived = self.recover(ttid, start, seg_size)
-        except WalBackupError as exc:
-            recovery.failed = True  # one slow or failing listing per call is enough
-            if self._throttle.allow(("recover", type(exc))):
-                log.warning(
-                    "Timeline %s: cannot list the archive to recover backup_lsn: %s", ttid, exc
-                )
-            return None
-        if archived > start:
-            log.info("Timeline %s: the archive is contiguous up to %s", ttid, archived)
-        return archived
 
     @staticmethod
     def _log_change(ttid: str, record: TimelineRecord, election: Election) -> None:

@@ -27,6 +27,7 @@ The election is the same everywhere; this only decides who asks for it now.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 
@@ -110,7 +111,9 @@ class NewWal:
         timeline) hands nothing over: a lease taken meanwhile stays."""
         ours: list[str] = []
         elsewhere: dict[str, int | None] = {}
-        for outcome in self.elector.elect(ttids, recover=False, local=self.node_id, settle=True):
+        for outcome in self.elector.elect(
+            ttids, recover=False, local=self.node_id, settle=math.inf
+        ):
             offloader = outcome.election.offloader
             if outcome.election.reason in UNDECIDED:
                 continue

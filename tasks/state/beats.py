@@ -153,6 +153,10 @@ class ElectionFeed:
         pipe.sadd(DIRTY_KEY, ttid)
         pipe.execute()
 
+    def registered_at(self, ttids: Sequence[str]) -> list[float | None]:
+        """When each of ``ttids`` was registered (``None``: it is not)."""
+        return list(self.r.zmscore(TIMELINES_KEY, list(ttids)))  # type: ignore[no-untyped-call]
+
     def mark_for_election(self, ttids: Collection[str]) -> None:
         if ttids:
             self.r.sadd(DIRTY_KEY, *ttids)

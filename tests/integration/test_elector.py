@@ -5,6 +5,7 @@ backup_lsn recovery, dead peers, and batched rounds over many timelines."""
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -12,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from tasks.backup.elector import NOT_RECOVERED, NOT_REPORTED, Elector, Outcome
+from tasks.backup.elector import FIRST_SETTLE_S, NOT_RECOVERED, NOT_REPORTED, Elector, Outcome
 from tasks.core.election import Election, PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.errors import BrokerUnavailable
-from tasks.state.keys import DIRTY_KEY, kick_key, lease_key, tl_key
+from tasks.state.keys import DIRTY_KEY, TIMELINES_KEY, kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
 
@@ -402,27 +403,32 @@ def test_a_settled_first_election_waits_for_every_live_node(
 ) -> None:
     """``settle``: a timeline with no offloader is elected only once every
     live node (heartbeating in the nodes hash) told of it; backup_lsn is
-    raised meanwhile. Beat's rounds (no settle) and a timeline that has an
-    offloader already are not held back."""
+    raised meanwhile. A timeline that has an offloader already is not held
+    back, nor (beat's rounds) one registered ``settle`` seconds ago."""
     ttid = make_ttid(timeline_int=0)
     state.publish_heartbeats(3, [], time.time())  # node 3 is live, has not told of it
     beat(state, ttid, 1, seg(3), seg(1))
     beat(state, ttid, 2, seg(3), seg(1))
     elector = make_elector()
-    [waiting] = elector.elect([ttid], settle=True, local=1)
+    [waiting] = elector.elect([ttid], settle=math.inf, local=1)
     assert waiting.election == Election(None, NOT_REPORTED) and not waiting.changed
     assert record(state, ttid).offloader is None and record(state, ttid).backup_lsn == seg(1)
     assert kicks == []
     assert state.r.sismember(DIRTY_KEY, ttid)  # beat's next round elects it
     beat(state, ttid, 3, seg(3), seg(1))
-    [elected] = elector.elect([ttid], settle=True, local=1)
+    [elected] = elector.elect([ttid], settle=math.inf, local=1)
     assert elected.election.offloader == 1 and elected.changed
     # With an offloader of record, a node that stops telling of it changes nothing.
     state.drop_peer(ttid, 3)
-    assert elector.elect([ttid], settle=True, local=1)[0].election.offloader == 1
+    assert elector.elect([ttid], settle=math.inf, local=1)[0].election.offloader == 1
+    # Beat's rounds wait FIRST_SETTLE_S after the registration, then elect.
     other = make_ttid(timeline_int=0)
     beat(state, other, 2, seg(3), seg(1))
-    assert elector.elect([other])[0].election.offloader == 2  # beat's round
+    state.register([other], now=time.time() - FIRST_SETTLE_S + 1)
+    [young] = elector.elect([other], settle=FIRST_SETTLE_S)
+    assert young.election == Election(None, NOT_REPORTED) and young.pending is False
+    state.r.zadd(TIMELINES_KEY, {other: time.time() - FIRST_SETTLE_S - 0.1})
+    assert elector.elect([other], settle=FIRST_SETTLE_S)[0].election.offloader == 2
 
 
 # -- dead peers ---------------------------------------------------------------------------
