@@ -8,7 +8,8 @@ queue instead and rescans only what it names.
 
 What the watches see: a file or directory created, removed, renamed in or
 out, closed after writing, or its attributes changed (``chmod``, ``touch``);
-the watched directory itself removed or moved. Not seen: writes into a file
+the watched directory itself removed or moved away (its watch is dropped:
+one under the same name again is watched anew). Not seen: writes into a file
 that stays open (a ``.partial`` being filled), which no scan needs. An event
 queue that overflowed, or a watch that could not be added (the
 ``fs.inotify.max_user_watches`` limit), is reported: the caller falls back to
@@ -58,7 +59,7 @@ class DirWatch:
     """The watches of one WORKDIR. Not thread-safe: one scanner uses it."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.root = root.resolve()  # a WORKDIR that is a symlink: its target
         self._inotify = INotify(nonblocking=True)
         self._keys: dict[int, Key] = {}
         self._wds: dict[Key, int] = {}
@@ -76,32 +77,41 @@ class DirWatch:
         wd = self._inotify.add_watch(self.root.joinpath(*key), mask | flags.DONT_FOLLOW)
         old = self._wds.get(key)
         if old is not None and old != wd:
-            self._keys.pop(old, None)
+            self._drop(old)  # it follows the directory that was moved away
         self._wds[key] = wd
         self._keys[wd] = key
 
-    def forget(self, key: Key) -> None:
-        """Stop watching ``key``; a directory already gone lost its watch."""
-        wd = self._wds.pop(key, None)
-        if wd is None:
-            return
+    def _drop(self, wd: int) -> None:
         self._keys.pop(wd, None)
         with contextlib.suppress(OSError):  # the kernel dropped it with the directory
             self._inotify.rm_watch(wd)
 
-    def sync(self, tenants: Iterable[str], timelines: Iterable[tuple[str, str]]) -> Synced:
+    def forget(self, key: Key) -> None:
+        """Stop watching ``key``; a directory already gone lost its watch."""
+        wd = self._wds.pop(key, None)
+        if wd is not None:
+            self._drop(wd)
+
+    def sync(
+        self, tenants: Iterable[str], timelines: Iterable[tuple[str, str]], *, refresh: bool
+    ) -> Synced:
         """Watch the WORKDIR, ``tenants`` and ``timelines`` (a discovery's),
-        and nothing else. Raises ``OSError`` when a watch could not be added
+        and nothing else; ``refresh``: add every watch again, not only the
+        missing ones (a directory replaced under the same name while its
+        event was lost). Raises ``OSError`` when a watch could not be added
         for another reason than its directory being gone."""
         wanted: set[Key] = {(), *((tenant,) for tenant in tenants), *timelines}
         for key in self._wds.keys() - wanted:
             self.forget(key)
         synced = Synced()
-        for key in sorted(wanted - self._wds.keys(), key=len):
+        for key in sorted(wanted if refresh else wanted - self._wds.keys(), key=len):
+            known = self._wds.get(key)
             try:
                 self.watch(key)
             except (FileNotFoundError, NotADirectoryError):
                 synced.rediscover = True  # gone meanwhile: the next discovery tells
+                continue
+            if self._wds[key] == known:
                 continue
             if len(key) == 1:
                 # A timeline made in this tenant after its listing and before
@@ -121,9 +131,10 @@ class DirWatch:
             key = self._keys.get(event.wd)
             if key is None:
                 continue  # a watch already forgotten
-            if event.mask & flags.IGNORED:
-                # The directory is gone (or unmounted): so is its watch.
-                del self._keys[event.wd]
+            if event.mask & (flags.IGNORED | flags.MOVE_SELF):
+                # The directory is gone (or unmounted, or moved away: its
+                # watch would follow it): so is its watch.
+                self._drop(event.wd)
                 if self._wds.get(key) == event.wd:
                     del self._wds[key]
             if len(key) == 2:
@@ -142,9 +153,10 @@ def open_watch(root: Path) -> DirWatch | None:
     """A watch on ``root``, or ``None`` (logged) where inotify is not to be had."""
     try:
         return DirWatch(root)
-    except OSError as exc:
+    except (OSError, AttributeError) as exc:  # AttributeError: a libc without inotify
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else exc
         log.warning(
             "WORKDIR %s: no inotify watch (%s); scanning every timeline directory each pass",
-            root, os.strerror(exc.errno) if exc.errno else exc,
+            root, reason,
         )  # fmt: skip
         return None

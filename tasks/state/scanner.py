@@ -1,12 +1,6 @@
-"""Scanning a node's WORKDIR for its timelines (SPEC §3), the part of ``Workdir``
-that reads directories.
-
-Layout: ``WORKDIR/TENANT_ID/TIMELINE_ID/`` holds the segment files (see
-``tasks.core.timeline_scan``) and, once walbackup has written one, the state
-file (``tasks.state.state_file``); ``tasks.state.listing`` reads the
-directories.
-
-Rescanning is cheap twice over:
+"""Scanning a node's WORKDIR for its timelines (SPEC §3): ``WORKDIR/TENANT_ID/TIMELINE_ID/``
+holds segment files (``tasks.core.timeline_scan``) and a state file
+(``tasks.state.state_file``). Rescanning is cheap twice over:
 
 - with inotify (``tasks.state.dirwatch``), a pass rescans only the timeline
   directories an event named, and lists the WORKDIR's tenants again only when
@@ -29,7 +23,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tasks.core.ids import TenantTimelineId
-from tasks.core.lsn import Lsn
 from tasks.core.segments import validate_seg_size, xlog_file_name
 from tasks.core.timeline_scan import scan_entries
 from tasks.errors import InvalidInput
@@ -44,8 +37,9 @@ _RACY_NS = 2_000_000_000
 """A listing taken less than this after the directory's mtime is not trusted
 for the next scan: mtime has clock-tick (or coarser) granularity, so a second
 change within the same tick would leave it unchanged (git's "racy" problem).
-Watched, such a directory is rescanned every pass until it is trusted: a file
-still being written when it was listed may not be closed yet."""
+Watched, such a directory is rescanned every pass until then: a file still
+being written when it was listed may not be closed yet (one with problems is
+listed again on its next event, or at the next full scan)."""
 
 FULL_SCAN_S = 30.0
 """With inotify, a full scan this often all the same."""
@@ -62,9 +56,8 @@ class ScanChanges(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _Dir:
-    """A timeline directory's id and paths, built once while it exists: a
-    scan of 10,000 timelines every second otherwise built 40,000 ``Path``
-    objects, a tenth of the node's CPU (bench/README.md, fleet)."""
+    """A timeline directory's id and paths, built once while it exists: 40,000
+    ``Path`` objects a second were a tenth of a node's CPU at 10,000 timelines."""
 
     ttid: TenantTimelineId
     path: Path
@@ -73,7 +66,7 @@ class _Dir:
 
 @dataclass(frozen=True, slots=True)
 class _CacheEntry:
-    dir_mtime_ns: int
+    dir_key: tuple[int, int]  # mtime, inode: a directory replaced under its name differs
     state_key: tuple[int, int, int] | None
     trusted: bool
     state: TimelineState
@@ -92,7 +85,6 @@ class WorkdirScanner:
         self._dirs: dict[tuple[str, str], _Dir] = {}
         """The last discovery's directories, by ``(TENANT, TIMELINE)`` name."""
         self._tenants: list[str] = []
-        self._prev_commit: dict[TenantTimelineId, Lsn | None] = {}
         self._states: dict[TenantTimelineId, TimelineState] = {}
         self._watch: DirWatch | None = open_watch(self.workdir) if watch else None
         self._full_due = 0.0
@@ -104,8 +96,7 @@ class WorkdirScanner:
         """Timelines left out of the last scan because their state is unreadable."""
 
     @property
-    def watching(self) -> bool:
-        """Scans read inotify's events rather than every directory."""
+    def watching(self) -> bool:  # scans read inotify's events, not every directory
         return self._watch is not None
 
     def close(self) -> None:
@@ -142,68 +133,84 @@ class WorkdirScanner:
         listed in ``failures``."""
         with self._scan_lock:
             began = time.time()
-            changed: set[TenantTimelineId] = set()
-            states = self._states
-            for d in self._todo():
-                state = self._rescan(d)
-                if state is states.get(d.ttid):
-                    continue
-                if states is self._states:
-                    states = dict(self._states)  # the last scan's dict stays as it was
-                if state is None:
-                    del states[d.ttid]
-                    self._forget(d.ttid)
-                    continue
-                states[d.ttid] = state
-                if state.commit_lsn != self._prev_commit.get(d.ttid):
-                    changed.add(d.ttid)
-                    self._prev_commit[d.ttid] = state.commit_lsn
+            try:
+                states, changed = self._scan_pass()
+            except BaseException:
+                # The events are taken and the pass half done: scan everything next.
+                self._full_due = 0.0
+                raise
             self._states = states
             self.scans_began = (self.scans_began[1], began)
             return ScanChanges(states, changed)
 
-    def _todo(self) -> list[_Dir]:
+    def _scan_pass(self) -> ScanChanges:
+        before = states = self._states
+        changed: set[TenantTimelineId] = set()
+        todo, gone = self._todo()
+        for d in todo:
+            state = self._rescan(d)
+            old = before.get(d.ttid)
+            if state is old:
+                continue
+            if states is before:
+                states = dict(before)  # the last scan's dict stays as it was
+            if state is None:
+                del states[d.ttid]
+                self._forget(d.ttid)
+                continue
+            states[d.ttid] = state
+            if state.commit_lsn != (old.commit_lsn if old is not None else None):
+                changed.add(d.ttid)
+        for ttid in gone:
+            # Not rescanned by path: a tenant replaced by a symlink resolves.
+            if ttid in states:
+                states = dict(states) if states is before else states
+                del states[ttid]
+            self._forget(ttid)
+            self.failures.pop(ttid, None)
+        return ScanChanges(states, changed)
+
+    def _todo(self) -> tuple[list[_Dir], list[TenantTimelineId]]:
         """The directories this pass rescans: all of them, or, watched, those
-        an event named, new ones, gone ones and those not trusted yet."""
+        an event named, new ones and those listed too recently to be trusted;
+        and the timelines the discovery of this pass no longer finds."""
         watch = self._watch
         events = watch.changes() if watch is not None else None
         if watch is None or events is None or events.lost or time.monotonic() >= self._full_due:
             self._full_due = time.monotonic() + FULL_SCAN_S
             dirs = self._discover()
             if watch is not None:
-                self._watch_all(watch)
-            return dirs + self._gone()
-        keys = events.timelines
+                self._watch_all(watch, refresh=True)
+            return dirs, self._gone()
+        keys, gone = events.timelines, []
         if events.layout or self._rediscover:
             self._rediscover = False
             self._discover()
-            added = self._watch_all(watch)
+            added = self._watch_all(watch, refresh=False)
             if added is None:  # no inotify from now on
-                return list(self._dirs.values()) + self._gone()
+                return list(self._dirs.values()), self._gone()
             keys |= added
-            keys.update((d.ttid.tenant_id, d.ttid.timeline_id) for d in self._gone())
+            gone = self._gone()
         keys.update((t.tenant_id, t.timeline_id) for t in self._untrusted)
-        return [self._dirs.get(k) or self._dir(TenantTimelineId(*k)) for k in keys]
+        return [self._dirs[k] for k in keys if k in self._dirs], gone
 
-    def _gone(self) -> list[_Dir]:
-        """Timelines of the last scan (or left out of it) that the last
-        discovery did not find."""
-        return [
-            self._dir(t)
-            for t in [*self._states, *self.failures]
-            if (t.tenant_id, t.timeline_id) not in self._dirs
-        ]
+    def _gone(self) -> list[TenantTimelineId]:
+        """Timelines of the last scan (or left out of it) the last discovery did not find."""
+        ids = [*self._states, *self.failures]
+        return [t for t in ids if (t.tenant_id, t.timeline_id) not in self._dirs]
 
-    def _watch_all(self, watch: DirWatch) -> set[tuple[str, str]] | None:
+    def _watch_all(self, watch: DirWatch, *, refresh: bool) -> set[tuple[str, str]] | None:
         """Watches on what the last discovery found, before it is listed (a
-        change after its watch is an event); the timelines newly watched, or
-        ``None`` when a watch could not be added: no inotify from now on."""
+        change after its watch is an event); ``refresh``: every one added
+        again (a directory replaced under its name gets a new watch). The
+        timelines newly watched, or ``None`` when a watch could not be added:
+        no inotify from now on."""
         try:
-            synced = watch.sync(self._tenants, self._dirs.keys())
+            synced = watch.sync(self._tenants, self._dirs.keys(), refresh=refresh)
         except OSError as exc:
             log.warning(
                 "WORKDIR %s: cannot add an inotify watch (%s; fs.inotify.max_user_watches?): "
-                "scanning every timeline directory each pass from now on",
+                "scanning every timeline directory each pass until the node restarts",
                 self.workdir, os.strerror(exc.errno or 0),
             )  # fmt: skip
             watch.close()
@@ -225,7 +232,6 @@ class WorkdirScanner:
         return state
 
     def _forget(self, ttid: TenantTimelineId) -> None:
-        self._prev_commit.pop(ttid, None)
         self._cache.pop(ttid, None)
         self._untrusted.discard(ttid)
 
@@ -261,7 +267,7 @@ class WorkdirScanner:
         if (
             cached is not None
             and cached.trusted
-            and cached.dir_mtime_ns == dir_st.st_mtime_ns
+            and cached.dir_key == (dir_st.st_mtime_ns, dir_st.st_ino)
             and cached.state_key == state_key
         ):
             return cached.state
@@ -283,10 +289,12 @@ class WorkdirScanner:
                 level = logging.ERROR if problem.split(":")[0] in damaged else logging.WARNING
                 log.log(level, "Timeline %s: damaged copy %s", ttid, path / problem)
         newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
-        trusted = now_ns - newest_ns >= _RACY_NS and not state.problems
-        self._cache[ttid] = _CacheEntry(dir_st.st_mtime_ns, state_key, trusted, state)
-        if trusted:
-            self._untrusted.discard(ttid)
-        else:
+        racy = now_ns - newest_ns < _RACY_NS
+        self._cache[ttid] = _CacheEntry(
+            (dir_st.st_mtime_ns, dir_st.st_ino), state_key, not racy and not state.problems, state
+        )
+        if racy:
             self._untrusted.add(ttid)
+        else:
+            self._untrusted.discard(ttid)
         return state

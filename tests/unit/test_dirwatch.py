@@ -175,11 +175,67 @@ def test_no_watch_left_means_scanning_every_directory(
 def test_a_directory_gone_before_its_watch_is_found_again(tmp_path: Path) -> None:
     watch = DirWatch(tmp_path)
     try:
-        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)])
+        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)], refresh=False)
         assert synced.rediscover and synced.added == set()
         make(tmp_path, TenantTimelineId("00" * 16, "11" * 16))
-        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)])
+        synced = watch.sync(["00" * 16], [("00" * 16, "11" * 16)], refresh=False)
         assert synced.added == {("00" * 16, "11" * 16)}
         assert watch.changes().layout  # the WORKDIR's own event: a tenant came
     finally:
         watch.close()
+
+
+def test_a_timeline_directory_replaced_under_its_name_is_watched_anew(
+    disk: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mv L L.old; mv L.new L``: the old watch follows L.old; the new L
+    gets its own, so its next segment is an event like any other."""
+    t = ttid(7)
+    tenant = tmp_path / t.tenant_id
+    fresh = tenant / "incoming"
+    fresh.mkdir()
+    (fresh / xlog_file_name(1, SEG)).write_bytes(b"\0" * SEG)
+    (fresh / xlog_file_name(2, SEG)).write_bytes(b"\0" * SEG)
+    (tenant / t.timeline_id).rename(tenant / "old")
+    fresh.rename(tenant / t.timeline_id)
+    age(tmp_path)  # listings trusted at once: only events make a pass rescan
+    states, changed = disk.scan_changes()
+    assert changed == {t} and states[t].commit_lsn == Lsn(3 * SEG)
+    seen = Counting(disk, monkeypatch)
+    disk.scan_changes()
+    assert seen.rescanned == [] and seen.discoveries == 0
+    (tenant / t.timeline_id / xlog_file_name(3, SEG)).write_bytes(b"\0" * SEG)
+    assert disk.scan_changes().changed == {t} and seen.discoveries == 0
+    (tenant / "old" / xlog_file_name(2, SEG)).write_bytes(b"\0" * SEG)  # not a timeline
+    assert disk.scan_changes().changed == set()
+
+
+def test_timelines_under_a_tenant_turned_symlink_go(disk: Workdir, tmp_path: Path) -> None:
+    """Discovery never follows a symlink, so neither does a rescan of what it lost."""
+    t = ttid(0)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-moved"
+    (tmp_path / t.tenant_id).rename(elsewhere)
+    (tmp_path / t.tenant_id).symlink_to(elsewhere)
+    states = disk.scan()
+    assert len(states) == 8 and all(s.tenant_id != t.tenant_id for s in states)
+
+
+def test_a_pass_that_failed_half_way_is_made_good_by_the_next(
+    disk: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make(tmp_path, ttid(1), segments=2)
+    make(tmp_path, ttid(2), segments=2)
+    real_list = scanner_module.list_files
+    calls = []
+
+    def failing(path: Path) -> list[tuple[str, int]]:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_list(path)
+
+    monkeypatch.setattr(scanner_module, "list_files", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        disk.scan_changes()
+    states, changed = disk.scan_changes()  # events gone with the failed pass: a full scan
+    assert changed == {ttid(1), ttid(2)} and states[ttid(2)].commit_lsn == Lsn(3 * SEG)
