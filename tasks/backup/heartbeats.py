@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -48,8 +49,8 @@ ROUND_GAP_S = 0.05
 """The least pause between two rounds, when a round outlasts the interval:
 the node's other threads get the GIL for a moment."""
 REWRITE_S = 60.0
-"""A peer record whose facts did not change is written again after about
-this long (0.5-1.5 x, spread) all the same: a heartbeat round otherwise
+"""A peer record whose facts did not change is written again after
+0.5-1.5 x this long (spread) all the same: a heartbeat round otherwise
 writes only the records that changed (one HSET each; the beats are one ZADD
 per 1,000 timelines), and a record deleted by hand would stay gone."""
 STATE_WRITES_PER_HEARTBEAT = 256
@@ -105,6 +106,7 @@ class Heartbeats:
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""
+        self._publish_lock = threading.Lock()
         self._published: dict[str, tuple[tuple[object, ...], str, float]] = {}
         """Per timeline, what the last record written to Redis said (but its
         time), that record, and when to write it again all the same: a
@@ -119,7 +121,19 @@ class Heartbeats:
         for start in range(0, max(1, len(timelines)), PIPELINE_CHUNK):  # and the node's, at 0
             self._publish(timelines[start : start + PIPELINE_CHUNK], register)
 
+    def rewrite_all(self) -> None:
+        """Every record is written with its next beat (Redis may have lost them)."""
+        with self._publish_lock:
+            self._published.clear()
+
     def _publish(self, timelines: list[TimelineState], register: bool) -> None:
+        # One publish at a time (round, watcher, uploads): a slower one's
+        # older facts must not land after a newer one's and then count as
+        # written, which left the stale record until its rewrite.
+        with self._publish_lock:
+            self._publish_locked(timelines, register)
+
+    def _publish_locked(self, timelines: list[TimelineState], register: bool) -> None:
         now = time.time()
         records = []
         changed: set[str] = set()
@@ -192,7 +206,8 @@ class Heartbeats:
         self.offloaded.pop(ttid, None)
         self.offloaders.pop(ttid, None)
         self.gauges.forget(ttid)
-        self._published.pop(ttid, None)
+        with self._publish_lock:
+            self._published.pop(ttid, None)
 
     def round(self, timelines: list[TimelineState]) -> None:
         """One round, and a WARNING when it took over half of
@@ -229,8 +244,9 @@ class Heartbeats:
             if facts.offloader == self.node_id and facts.backup_lsn is not None
         }
         if any(previous.get(t) is not None and b is None for t, b in self.backup_known.items()):
-            # backup_lsn vanished: Redis lost its data, our digests with it.
+            # backup_lsn vanished: Redis lost its data, our digests and records with it.
             self.data_lost()
+            self.rewrite_all()
         self.publish(timelines, register=True)
         # Every timeline this node held at ``covers`` has told its disk now:
         # the other nodes' agreement stops waiting for a digest from this

@@ -225,6 +225,7 @@ class NodeService:
                 if self._redis_failed:
                     self._redis_failed = False
                     self._republish_digests()
+                    self.heartbeats.rewrite_all()  # records written meanwhile may be lost
                     self.retrying.resend_orphans(self.leases.held(), self._timelines)
             memory.trim()
 

@@ -23,7 +23,7 @@ class PeerInfo:
     commit_lsn: Lsn
     local_start_lsn: Lsn
     backup_lsn: Lsn
-    ts: float  # unix time of the heartbeat
+    ts: float  # unix time of the last heartbeat (as read: tasks.state.beats.ElectionFeed.beaten)
     damaged_lsn: Lsn | None = None
     """Start of the lowest segment at or above backup_lsn whose local copy is
     damaged (wrong size, unreadable, or outvoted by the other nodes' copies)."""

@@ -7,7 +7,8 @@ walbackup:tl:{ttid}          HASH   backup_lsn, timeline_start_lsn, wal_seg_size
                                     verified_lsn, archive_problems (the scrubber's),
                                     archive_start_lsn (set by `walbackup retain`),
                                     system_id (of the WAL's first checked segment)
-walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON (heartbeats)
+walbackup:peers:{ttid}       HASH   node id -> PeerInfo JSON, written when its facts change
+                                    (its ts: then); the heartbeat's time is in walbackup:beats
 walbackup:lease:{ttid}       STRING "NODE.INSTANCE:EPOCH" upload lease (fencing token)
 walbackup:inflight:{ttid}    ZSET   claimed segno -> redispatch deadline (ms)
 walbackup:done:{ttid}        ZSET   finished segnos not yet committed
@@ -25,6 +26,8 @@ walbackup:nodes              HASH   node id -> {ts: last heartbeat, round: start
                                     its last whole heartbeat round} (JSON)
 walbackup:beats              ZSET   "NODE:ttid" -> that node's last heartbeat (unix s);
                                     the elector finds expiring peers here
+walbackup:expired            ZSET   "NODE:ttid" -> last heartbeat of a peer the elector
+                                    found expired (taken out of walbackup:beats)
 walbackup:dirty              SET    timelines to elect in the next round (facts changed,
                                     a new or expired peer, work left to kick)
 walbackup:sweep              STRING the election sweep's cursor (rank in timelines)
@@ -43,6 +46,7 @@ ROUND_LOCK_KEY = f"{PREFIX}round"
 BEATS_KEY = f"{PREFIX}beats"
 DIRTY_KEY = f"{PREFIX}dirty"
 SWEEP_KEY = f"{PREFIX}sweep"
+EXPIRED_KEY = f"{PREFIX}expired"
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"
 
 

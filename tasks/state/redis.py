@@ -8,7 +8,6 @@ round's work ``beats.ElectionFeed``'s, which ``RedisState`` extends.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,10 +18,12 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
-from tasks.state.beats import PIPELINE_CHUNK, ElectionFeed
+from tasks.state.beats import ElectionFeed
 from tasks.state.connect import connect
 from tasks.state.keys import (
+    BEATS_KEY,
     DIRTY_KEY,
+    EXPIRED_KEY,
     NODES_KEY,
     ROUND_LOCK_KEY,
     TIMELINES_KEY,
@@ -35,7 +36,7 @@ from tasks.state.keys import (
     tl_key,
 )
 from tasks.state.lua import Scripts
-from tasks.state.records import ClusterFacts, PeerRecord, TimelineRecord
+from tasks.state.records import PeerRecord, TimelineRecord
 from tasks.state.window import CommitRefused, LeaseWindow
 
 __all__ = ["CommitRefused", "RedisState"]
@@ -96,8 +97,14 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         return [raw[i] is not None or bool(raw[i + 1]) for i in range(0, len(raw), 2)]
 
     def forget(self, ttid: str) -> None:
-        """Unregister ``ttid`` and delete its coordination state (one transaction)."""
+        """Unregister ``ttid`` and delete its coordination state (one
+        transaction), its peers' beats too: a node still holding it writes
+        its record again with its next beat."""
+        beats = [f"{node}:{ttid}" for node in self.r.hkeys(peers_key(ttid))]
         pipe = self.r.pipeline(transaction=True)
+        if beats:
+            pipe.zrem(BEATS_KEY, *beats)
+            pipe.zrem(EXPIRED_KEY, *beats)
         pipe.zrem(TIMELINES_KEY, ttid)
         pipe.srem(DIRTY_KEY, ttid)
         pipe.delete(*timeline_keys(ttid))
@@ -181,17 +188,6 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         raw = pipe.execute()
         peers = self.beaten(ttids, raw[1::2])
         return [(TimelineRecord.from_hash(r), p) for r, p in zip(raw[::2], peers, strict=True)]
-
-    def cluster_facts(self, ttids: Sequence[str]) -> list[ClusterFacts]:
-        """backup_lsn, offloader and system id of each of ``ttids``; one round
-        trip per ``PIPELINE_CHUNK``."""
-        facts = []
-        for start in range(0, len(ttids), PIPELINE_CHUNK):
-            pipe = self.r.pipeline(transaction=False)
-            for ttid in ttids[start : start + PIPELINE_CHUNK]:
-                pipe.hmget(tl_key(ttid), ["backup_lsn", "offloader", "system_id"])
-            facts += [_facts(*raw) for raw in pipe.execute()]
-        return facts
 
     def record_system_id(self, ttid: str, system_id: int) -> int:
         """The timeline's system identifier: the first one recorded (HSETNX),
@@ -287,14 +283,3 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     """A flat ``HGETALL`` reply from Lua as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _facts(backup: str | None, offloader: str | None, system_id: str | None) -> ClusterFacts:
-    """Parsed once while they stay the same: every heartbeat round reads them
-    for every timeline, and parsing was a fifth of a round at 10,000."""
-    return ClusterFacts(
-        Lsn.parse(backup) if backup else None,
-        int(offloader) if offloader else None,
-        int(system_id) if system_id else None,
-    )

@@ -18,7 +18,7 @@ from tasks.core.election import is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
-from tasks.state.keys import BEATS_KEY, DIRTY_KEY, peers_key
+from tasks.state.keys import BEATS_KEY, DIRTY_KEY, EXPIRED_KEY, peers_key
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -135,3 +135,69 @@ def test_an_unchanged_record_is_written_again_in_time(
     beats.publish([timeline(tmp_path, ttid, seg(5))])
     (peer,) = state.peers(ttid)
     assert peer.peer.ts == clock.now
+
+
+def test_an_expired_peer_keeps_its_last_beat_time(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    """The election round marks a peer whose beat expired but leaves the
+    beat: the agreement still waits a while for a peer a few beats late,
+    by the time of its last beat, not of its last record."""
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    clock.now = T0 + 50
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.register([ttid])
+    state.r.delete(DIRTY_KEY)
+    assert ttid in state.election_work(T0 + 56, 1 << 30, 100)  # expired: marked
+    assert state.r.zscore(BEATS_KEY, f"1:{ttid}") is None  # taken out, kept aside
+    assert state.r.zscore(EXPIRED_KEY, f"1:{ttid}") == T0 + 50
+    (peer,) = state.peers(ttid)
+    assert peer.peer.ts == T0 + 50
+
+
+def test_a_beat_after_expiring_writes_the_record_and_marks_the_timeline(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.r.hdel(peers_key(ttid), "1")  # stale or lost while the node was away
+    state.register([ttid])
+    state.election_work(T0 + 1, 1 << 30, 100)  # the round found it expired
+    state.r.delete(DIRTY_KEY)
+    clock.now = T0 + 6
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    (peer,) = state.peers(ttid)
+    assert peer.peer.ts == T0 + 6 and state.r.sismember(DIRTY_KEY, ttid)
+
+
+def test_a_forgotten_timeline_comes_back_whole_with_the_next_beat(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    """``walbackup forget`` on a timeline a node still holds: its next beat
+    writes its record again, not only its registration."""
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))], register=True)
+    state.election_work(T0 + 1, 1 << 30, 100)  # expired meanwhile
+    state.forget(ttid)
+    assert state.peers(ttid) == [] and state.r.zscore(EXPIRED_KEY, f"1:{ttid}") is None
+    clock.now = T0 + 1
+    beats.publish([timeline(tmp_path, ttid, seg(5))], register=True)
+    (peer,) = state.peers(ttid)
+    assert peer.peer.commit_lsn == seg(5) and state.registered_count() == 1
+
+
+def test_after_redis_failed_every_record_is_written_again(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    state.r.hdel(peers_key(ttid), "1")  # a write lost in a failover: the beat survived
+    beats.rewrite_all()  # what the node does once Redis answers again
+    clock.now = T0 + 1
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    assert record_ts(state, ttid) == T0 + 1

@@ -92,9 +92,7 @@ class Harness:
         self.state = state
         self.clock = Clock()
         self.sent: list[Sent] = []
-        self.ttid_id = TenantTimelineId(
-            secrets.token_hex(16), timeline_id or secrets.token_hex(16)
-        )
+        self.ttid_id = TenantTimelineId(secrets.token_hex(16), timeline_id or secrets.token_hex(16))
         self.ttid = str(self.ttid_id)
         workdir = tmp_path / "node1"
         simulate([workdir], [self.ttid_id], segments=8, seg_size=SEG)  # segnos 1..8
