@@ -66,6 +66,14 @@ def node(state: RedisState, tmp_path: Path) -> Heartbeats:
     )  # fmt: skip
 
 
+def first_beat(state: RedisState, tmp_path: Path) -> tuple[str, Heartbeats]:
+    """A new timeline and node 1's first heartbeat of it, at ``T0``."""
+    ttid = make_ttid()
+    beats = node(state, tmp_path)
+    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    return ttid, beats
+
+
 def record_ts(state: RedisState, ttid: str) -> float:
     payload = state.r.hget(peers_key(ttid), "1")
     assert payload is not None
@@ -75,9 +83,7 @@ def record_ts(state: RedisState, ttid: str) -> float:
 def test_an_unchanged_timeline_is_a_beat_and_every_reader_sees_its_time(
     tmp_path: Path, state: RedisState, clock: Clock
 ) -> None:
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     clock.now = T0 + 4
     beats.publish([timeline(tmp_path, ttid, seg(5))])
 
@@ -91,9 +97,7 @@ def test_an_unchanged_timeline_is_a_beat_and_every_reader_sees_its_time(
 
 
 def test_a_change_writes_the_record(tmp_path: Path, state: RedisState, clock: Clock) -> None:
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     state.r.delete(DIRTY_KEY)
     clock.now = T0 + 1
     beats.publish([timeline(tmp_path, ttid, seg(6))])
@@ -108,9 +112,7 @@ def test_a_beat_gone_from_the_zset_writes_the_record_again(
 ) -> None:
     """The election round took the beat out as expired, or Redis lost its
     data: the record may be gone or stale, so the next beat writes it."""
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     state.r.delete(peers_key(ttid), BEATS_KEY)  # as after a restart that kept nothing
     clock.now = T0 + 2
     beats.publish([timeline(tmp_path, ttid, seg(5))])
@@ -124,9 +126,7 @@ def test_an_unchanged_record_is_written_again_in_time(
 ) -> None:
     """A record deleted by hand (the beats left) comes back within
     ``REWRITE_S`` x 1.5."""
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     state.r.hdel(peers_key(ttid), "1")
     clock.now = T0 + 1
     beats.publish([timeline(tmp_path, ttid, seg(5))])
@@ -143,9 +143,7 @@ def test_an_expired_peer_keeps_its_last_beat_time(
     """The election round marks a peer whose beat expired but leaves the
     beat: the agreement still waits a while for a peer a few beats late,
     by the time of its last beat, not of its last record."""
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     clock.now = T0 + 50
     beats.publish([timeline(tmp_path, ttid, seg(5))])
     state.register([ttid])
@@ -160,9 +158,7 @@ def test_an_expired_peer_keeps_its_last_beat_time(
 def test_a_beat_after_expiring_writes_the_record_and_marks_the_timeline(
     tmp_path: Path, state: RedisState, clock: Clock
 ) -> None:
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     state.r.hdel(peers_key(ttid), "1")  # stale or lost while the node was away
     state.register([ttid])
     state.election_work(T0 + 1, 1 << 30, 100)  # the round found it expired
@@ -193,9 +189,7 @@ def test_a_forgotten_timeline_comes_back_whole_with_the_next_beat(
 def test_after_redis_failed_every_record_is_written_again(
     tmp_path: Path, state: RedisState, clock: Clock
 ) -> None:
-    ttid = make_ttid()
-    beats = node(state, tmp_path)
-    beats.publish([timeline(tmp_path, ttid, seg(5))])
+    ttid, beats = first_beat(state, tmp_path)
     state.r.hdel(peers_key(ttid), "1")  # a write lost in a failover: the beat survived
     beats.rewrite_all()  # what the node does once Redis answers again
     clock.now = T0 + 1
