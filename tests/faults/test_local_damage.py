@@ -133,6 +133,37 @@ def offloaded_by_node1(
     return cluster, nodes, ttid, writer, Archive(ttid, root=tmp_path / "remote")
 
 
+def test_a_timeline_directory_replaced_under_the_offloader(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Node 1's timeline directory is swapped for a copy made beside it
+    (``mv L old; mv incoming L``, as a restore script might). The node's
+    inotify watch on L followed the old directory away: the new one must be
+    watched at once, so its next segments are backed up within seconds, not
+    at the next full scan (30 s)."""
+    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
+    with BackupSampler(cluster, ttid) as sampler:
+        path = timeline_dir(nodes[0], ttid)
+        shutil.copytree(path, path.parent / "incoming")
+        path.rename(path.parent / "old")
+        (path.parent / "incoming").rename(path)
+        time.sleep(3.0)  # past the 2 s in which a fresh listing is redone every pass
+        started = time.monotonic()
+        writer.write(2)  # segments 5 and 6, on every node
+        cluster.wait_backup(ttid, seg_lsn(7), timeout=40)
+
+        def node1_sees_them() -> bool:
+            mine = [p.peer for p in cluster.state.peers(str(ttid)) if p.peer.node_id == 1]
+            return bool(mine) and mine[0].commit_lsn >= seg_lsn(7)
+
+        wait_for(node1_sees_them, 40, "node 1 to report the segments after the swap")
+        took = time.monotonic() - started
+    print(f"\nafter the swap: node 1 saw the next segments in {took:.2f} s")
+    assert cluster.state.timeline(str(ttid)).offloader == 1
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=7, expected_end=7)
+    assert took < 5
+
+
 def test_divergent_copy_while_its_peers_stall(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
