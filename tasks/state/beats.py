@@ -39,7 +39,7 @@ from tasks.state.lua import Scripts
 from tasks.state.records import ClusterFacts, PeerRecord
 
 
-def _member(node_id: int, ttid: str) -> str:
+def beat_member(node_id: int, ttid: str) -> str:
     return f"{node_id}:{ttid}"
 
 
@@ -113,7 +113,7 @@ class ElectionFeed:
             if part:
                 # One ZMSCORE and one ZADD for the chunk, not a command per
                 # timeline: packing commands was most of a round's CPU.
-                members = [_member(node_id, ttid) for ttid, _ in part]
+                members = [beat_member(node_id, ttid) for ttid, _ in part]
                 pipe.zmscore(BEATS_KEY, members)  # type: ignore[no-untyped-call]
                 pipe.zadd(BEATS_KEY, {member: now for member in members})
             if register and part:
@@ -153,7 +153,7 @@ class ElectionFeed:
         ZSET) where newer than the record's own ``ts`` (when it was written)."""
         parsed = [[PeerRecord.from_json(v) for v in raw.values()] for raw in raws]
         members = [
-            _member(r.peer.node_id, ttid)
+            beat_member(r.peer.node_id, ttid)
             for ttid, recs in zip(ttids, parsed, strict=True)
             for r in recs
         ]
@@ -193,8 +193,8 @@ class ElectionFeed:
         rather than after ``heartbeat_timeout``, and the timeline is re-elected."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hdel(peers_key(ttid), str(node_id))
-        pipe.zrem(BEATS_KEY, _member(node_id, ttid))
-        pipe.zrem(EXPIRED_KEY, _member(node_id, ttid))
+        pipe.zrem(BEATS_KEY, beat_member(node_id, ttid))
+        pipe.zrem(EXPIRED_KEY, beat_member(node_id, ttid))
         pipe.sadd(DIRTY_KEY, ttid)
         pipe.execute()
 

@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
-from tasks.state.beats import ElectionFeed
+from tasks.state.beats import ElectionFeed, beat_member
 from tasks.state.connect import connect
 from tasks.state.keys import (
     BEATS_KEY,
@@ -100,7 +100,7 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         """Unregister ``ttid`` and delete its coordination state (one
         transaction), its peers' beats too: a node still holding it writes
         its record again with its next beat."""
-        beats = [f"{node}:{ttid}" for node in self.r.hkeys(peers_key(ttid))]
+        beats = [beat_member(int(node), ttid) for node in self.r.hkeys(peers_key(ttid))]
         pipe = self.r.pipeline(transaction=True)
         if beats:
             pipe.zrem(BEATS_KEY, *beats)
