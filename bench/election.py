@@ -132,7 +132,14 @@ def main() -> None:
         settings = load_settings(
             node_id=1, workdir=workdir, wal_seg_size=SEG_SIZE, data_dir=root / "data"
         )
-        node = NodeService(settings, state, LocalStorage(root / "remote"), elector, lambda *a: None)
+        node = NodeService(
+            settings,
+            state,
+            LocalStorage(root / "remote"),
+            elector,
+            lambda *a: None,
+            lambda jobs: None,
+        )
         # The node's loop: rescan WORKDIR, then publish and do the upkeep.
         scans: list[float] = []
         beats: list[float] = []

@@ -4,6 +4,7 @@ walbackup.trigger          shared queue  register timelines, elect them now
 walbackup.elect_all        shared queue  beat's tick: elect what changed, and a sweep slice
 walbackup.backup_timeline  node.<id>     offloader: take the lease, fill the upload window
 walbackup.upload_segment   node.<id>     upload one segment, ordered commit, refill
+walbackup.upload_segments  node.<id>     the same for several segments, when the queue is backed up
 walbackup.scrub_all        shared queue  beat's tick: ask each offloader to scrub its timelines
 walbackup.scrub_timelines  node.<id>     scrub these timelines (in the node's archive thread)
 walbackup.heal_segment     node.<id>     upload this node's copy of a segment the archive lost
@@ -21,6 +22,7 @@ import redis
 
 from tasks import names
 from tasks.app import app
+from tasks.backup.node import NodeService
 from tasks.backup.retries import UploadRef
 from tasks.backup.scrub_round import scrub_round
 from tasks.backup.uploader import CHAIN_BUDGET_S
@@ -96,32 +98,68 @@ def upload_segment(ttid: str, segno: int, seg_size: int, token: str, attempt: in
     commits claim. ``attempt``: failures of this segment so far. A failure
     parks the segment in the node until its retry is due (``tasks.backup.retries``)."""
     node = get_node()
-    chain_until = time.monotonic() + CHAIN_BUDGET_S
-    pending: deque[int] = deque()  # claimed for this task, not started yet
-    started = False
     with node.chain():
-        try:
-            while True:
-                outcome = node.upload(
-                    ttid,
-                    segno,
-                    seg_size,
-                    token,
-                    started=started,
-                    chain_until=chain_until,
-                    backlog=len(pending),
-                )
-                if outcome.status != "committed":
-                    return outcome.status  # fenced: the new lease holder claims anew
-                pending.extend(outcome.next_segnos)
-                if not pending:
-                    return outcome.status
-                if time.monotonic() >= chain_until:
-                    node.hand_out(ttid, token, list(pending), seg_size)
-                    return outcome.status
-                # The attempt count resets on success: a chained segment is
-                # on its first attempt.
-                segno, started, attempt = pending.popleft(), True, 0
-        except _RETRIED as exc:
-            node.park_claimed(ttid, token, list(pending), seg_size)
-            return node.failed(UploadRef(ttid, segno, seg_size, token), attempt, exc)
+        return _upload_chain(node, ttid, segno, seg_size, token, attempt, started=False)
+
+
+@app.task(name=names.UPLOAD_SEGMENTS)
+def upload_segments(jobs: list[list[Any]]) -> list[str]:
+    """Claimed segments ``[ttid, segno, seg_size, token]``, of any timelines,
+    uploaded in turn as ``upload_segment`` would, the chaining within one
+    ``CHAIN_BUDGET_S``: sent in one message when the node's queue is backed up
+    (``tasks.backup.handoff.UploadTasks.send``). A failure parks only its
+    own segment (and what its chain claimed); the next ones still run."""
+    node = get_node()
+    chain_until = time.monotonic() + CHAIN_BUDGET_S
+    with node.chain():
+        return [
+            _upload_chain(node, str(t), int(n), int(z), str(k), 0, False, chain_until)
+            for t, n, z, k in jobs
+        ]
+
+
+# What a failed upload attempt may raise; anything else is a bug and lets the
+# task fail loudly. A lost broker surfaces as BrokerUnavailable (tasks.wiring).
+_RETRIED = (WalBackupError, redis.RedisError, OSError)
+
+
+def _upload_chain(
+    node: NodeService,
+    ttid: str,
+    segno: int,
+    seg_size: int,
+    token: str,
+    attempt: int,
+    started: bool,
+    chain_until: float | None = None,
+) -> str:
+    """Upload ``segno`` and, until ``chain_until`` (monotonic; default
+    ``CHAIN_BUDGET_S`` from now), the segments its commits claim."""
+    if chain_until is None:
+        chain_until = time.monotonic() + CHAIN_BUDGET_S
+    pending: deque[int] = deque()  # claimed for this task, not started yet
+    try:
+        while True:
+            outcome = node.upload(
+                ttid,
+                segno,
+                seg_size,
+                token,
+                started=started,
+                chain_until=chain_until,
+                backlog=len(pending),
+            )
+            if outcome.status != "committed":
+                return outcome.status  # fenced: the new lease holder claims anew
+            pending.extend(outcome.next_segnos)
+            if not pending:
+                return outcome.status
+            if time.monotonic() >= chain_until:
+                node.hand_out(ttid, token, list(pending), seg_size)
+                return outcome.status
+            # The attempt count resets on success: a chained segment is
+            # on its first attempt.
+            segno, started, attempt = pending.popleft(), True, 0
+    except _RETRIED as exc:
+        node.park_claimed(ttid, token, list(pending), seg_size)
+        return node.failed(UploadRef(ttid, segno, seg_size, token), attempt, exc)

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from tasks.app import send
 from tasks.backup.elector import Elector
+from tasks.backup.handoff import UploadJob
 from tasks.backup.node import NodeService
 from tasks.backup.recovery import remote_backup_end
 from tasks.config import get_settings
@@ -25,6 +26,7 @@ from tasks.names import (
     SCRUB_TIMELINES,
     TRIGGER,
     UPLOAD_SEGMENT,
+    UPLOAD_SEGMENTS,
     node_queue,
 )
 from tasks.state.redis import RedisState
@@ -73,6 +75,13 @@ def send_upload(ttid: str, segno: int, seg_size: int, token: str, attempt: int =
     node_id = get_settings().node_id
     assert node_id is not None, "only a node (WALBACKUP_NODE_ID set) uploads"
     send(UPLOAD_SEGMENT, [ttid, segno, seg_size, token], node_queue(node_id), {"attempt": attempt})
+
+
+def send_uploads(jobs: list[UploadJob]) -> None:
+    """Send ``upload_segments`` (several claimed segments) to this node's own queue."""
+    node_id = get_settings().node_id
+    assert node_id is not None, "only a node (WALBACKUP_NODE_ID set) uploads"
+    send(UPLOAD_SEGMENTS, [[list(job) for job in jobs]], node_queue(node_id))
 
 
 def recover_later(ttids: list[str]) -> None:
@@ -140,6 +149,7 @@ def get_node() -> NodeService:
                 get_storage(),
                 get_elector(),
                 send_upload,
+                send_uploads,
                 heal_elsewhere,
             )
         return _node

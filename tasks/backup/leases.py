@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tasks.backup.handoff import UploadTasks
+from tasks.backup.handoff import UploadJob, UploadTasks
 from tasks.config import Settings
 from tasks.errors import BrokerUnavailable
 from tasks.state.redis import RedisState
@@ -157,13 +157,17 @@ class Leases:
             timeout = claim_timeout_ms(st.wal_seg_size)
             requests.append((ClaimRequest(ttid, token, end, st.wal_seg_size, timeout), st))
         results = self.state.claim_many([q for q, _ in requests], self.settings.window)
+        jobs: list[UploadJob] = []
         for (q, st), claimed in zip(requests, results, strict=True):
             if claimed is None:  # fenced between acquire and claim
                 self.forget(q.ttid, q.token)
                 counts[q.ttid] = 0
                 continue
-            self.tasks.hand_out(q.ttid, q.token, claimed, st.wal_seg_size)
+            jobs += self.tasks.offer(q.ttid, q.token, claimed, st.wal_seg_size)
             counts[q.ttid] = len(claimed)
+        # All timelines' segments at once: a burst fills the free pool
+        # threads, and the rest of it goes in batches.
+        self.tasks.send(jobs)
         return counts
 
     # -- keeping and giving up -------------------------------------------------

@@ -36,7 +36,7 @@ from tasks.archive.scrubber import HealElsewhere
 from tasks.backup.agreement import Agreement
 from tasks.backup.copies import Copies
 from tasks.backup.elector import Elector
-from tasks.backup.handoff import SendUploadFn, UploadTasks
+from tasks.backup.handoff import SendBatchFn, SendUploadFn, UploadTasks
 from tasks.backup.health import StorageHealth
 from tasks.backup.heartbeats import HEARTBEAT_INTERVAL_S, ROUND_GAP_S, Heartbeats
 from tasks.backup.keeper import ArchiveKeeper
@@ -72,6 +72,7 @@ class NodeService:
         storage: RemoteStorage,
         elector: Elector,
         send_upload: SendUploadFn,
+        send_batch: SendBatchFn,
         heal_elsewhere: HealElsewhere = lambda ttid, segno, seg_size: False,
     ) -> None:
         assert settings.node_id is not None and settings.workdir is not None
@@ -92,7 +93,7 @@ class NodeService:
         self.health = StorageHealth(storage.probe)
         # As many threads as app.py gives the pool: with as many upload tasks
         # running, a segment sent to the queue only waits there.
-        self.tasks = UploadTasks(send_upload, slots=settings.parallel_jobs + 4)
+        self.tasks = UploadTasks(send_upload, send_batch, slots=settings.parallel_jobs + 4)
         self.leases = Leases(settings, state, self.tasks, self._timeline, elector.kick)
         self.heartbeats = Heartbeats(
             node_id,

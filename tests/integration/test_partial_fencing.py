@@ -59,7 +59,9 @@ class Node:
             state, lambda ttid, node: None, heartbeat_timeout_s=5.0,
             max_offloader_lag_bytes=128 * SEG, default_seg_size=SEG, kick_hold_ms=2000,
         )  # fmt: skip
-        self.node = NodeService(settings, state, self.storage, elector, lambda *a: None)
+        self.node = NodeService(
+            settings, state, self.storage, elector, lambda *a: None, lambda jobs: None
+        )
         self.node._refresh(trigger=False)
         [outcome] = elector.elect([self.ttid])
         assert outcome.election.offloader == 1

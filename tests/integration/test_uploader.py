@@ -23,6 +23,7 @@ import pytest
 import tasks.backup.uploader as uploader_module
 import tasks.jobs as jobs
 from tasks.backup.elector import Elector
+from tasks.backup.handoff import UploadJob
 from tasks.backup.leases import Dispatched
 from tasks.backup.node import NodeService
 from tasks.backup.retries import RetryPark, UploadRef
@@ -114,7 +115,10 @@ class Harness:
             default_seg_size=SEG,
             kick_hold_ms=2000,
         )
-        self.node = NodeService(settings, state, self.storage, self.elector, self.send)
+        # A batch (upload_segments) is recorded as its segments' messages.
+        self.node = NodeService(
+            settings, state, self.storage, self.elector, self.send, self.send_batch
+        )
         # What the node thread does first: scan WORKDIR, publish a heartbeat.
         self.node._refresh(trigger=False)
         [outcome] = self.elector.elect([self.ttid])
@@ -123,6 +127,10 @@ class Harness:
 
     def send(self, ttid: str, segno: int, seg_size: int, token: str, attempt: int) -> None:
         self.sent.append((ttid, segno, seg_size, token, attempt))
+
+    def send_batch(self, jobs: list[UploadJob]) -> None:
+        for job in jobs:
+            self.send(*job, 0)
 
     def start_window(self) -> str:
         """``backup_timeline``: take the lease, claim and send the first window."""

@@ -60,6 +60,7 @@ def test_node_worker_config(tmp_path: Path) -> None:
         "walbackup.scrub_timelines",
         "walbackup.trigger",
         "walbackup.upload_segment",
+        "walbackup.upload_segments",
     ]
 
 
