@@ -235,7 +235,11 @@ class Settings(BaseSettings):
     # others holds back the next. The offloader taking it (``Leases.backup_many``,
     # through ``RedisState.take_kicks``) shortens that to ``kick_interval_ms``.
     # Not bound by it: triggers (forced), a new election's result, and a kick
-    # after a node releases a lease for another (``Leases.hand_over``).
+    # after a node releases a lease for another (``Leases.hand_over``). The
+    # offloader's heartbeat telling of new WAL, which it takes up itself
+    # (``tasks.backup.new_wal``), starts a ``kick_interval_ms`` hold too
+    # (``Heartbeats``): beat's round, marked by that heartbeat, would
+    # otherwise kick it for what it claims a moment later.
     @property
     def kick_interval_ms(self) -> int:
         """The least time between two kicks of a timeline that are not

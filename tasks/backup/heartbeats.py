@@ -81,8 +81,12 @@ class Heartbeats:
         data_lost: Callable[[], None],
         complain: Complaints,
         heartbeat_timeout_s: float,
+        kick_interval_ms: int = 0,
     ) -> None:
         self.node_id = node_id
+        self.kick_interval_ms = kick_interval_ms
+        """How long a heartbeat with new WAL of a timeline this node offloads
+        holds back beat's kick of it (``publish_heartbeats``'s ``hold_kicks``)."""
         self.state = state
         self.disk = disk
         self.copies = copies
@@ -137,6 +141,7 @@ class Heartbeats:
         now = time.time()
         records = []
         changed: set[str] = set()
+        grown: set[str] = set()
         written: dict[str, tuple[tuple[object, ...], str, float]] = {}
         for st in timelines:
             peer = self._peer(st, now)
@@ -160,6 +165,10 @@ class Heartbeats:
             written[ttid] = (facts, payload, now + REWRITE_S * random.uniform(0.5, 1.5))
             if last is None or last[0] != facts:
                 changed.add(ttid)
+            if (last is None or last[0][0] != peer.commit_lsn) and self.offloaders.get(
+                ttid
+            ) == self.node_id:
+                grown.add(ttid)  # new WAL this node takes up itself (NewWal)
         self.state.publish_heartbeats(
             self.node_id,
             records,
@@ -168,6 +177,8 @@ class Heartbeats:
             changed=changed,
             write=written.keys(),
             round_started=self.round_started,
+            hold_kicks=grown,
+            hold_ms=self.kick_interval_ms,
         )
         self._published.update(written)
 

@@ -104,6 +104,7 @@ class NodeService:
             data_lost=self._republish_digests,
             complain=self._complain,
             heartbeat_timeout_s=settings.heartbeat_timeout,
+            kick_interval_ms=settings.kick_interval_ms,
         )
         self.new_wal = NewWal(
             node_id, state, elector, self.leases, self.heartbeats, settings.heartbeat_timeout

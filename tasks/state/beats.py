@@ -32,6 +32,7 @@ from tasks.state.keys import (
     NODES_KEY,
     SWEEP_KEY,
     TIMELINES_KEY,
+    kick_key,
     peers_key,
     tl_key,
 )
@@ -85,6 +86,8 @@ class ElectionFeed:
         changed: Collection[str] | None = None,
         write: Collection[str] | None = None,
         round_started: float | None = None,
+        hold_kicks: Collection[str] = (),
+        hold_ms: int = 0,
     ) -> None:
         """A heartbeat, at ``now``, for each of ``records`` (``(ttid, peer JSON)``):
         one pipelined round trip per ``PIPELINE_CHUNK`` of them (one more when
@@ -98,7 +101,11 @@ class ElectionFeed:
         ``changed``: the timelines whose facts changed since this node's last
         heartbeat (``None``: all of them); they are marked for election, as
         are those whose beat was missing.
-        ``round_started``: the node's entry's ``round`` (``node_entry``)."""
+        ``round_started``: the node's entry's ``round`` (``node_entry``).
+        ``hold_kicks``: timelines whose new WAL this node, their offloader,
+        takes up itself: their kick hold starts (``hold_ms``, unless one runs)
+        in the same round trip, so beat's round, marked by this heartbeat,
+        sends no kick for what the node claims a moment later."""
         fresh: list[str] = []
         # In chunks: one pipeline of 10,000 timelines held ~15 MB of command
         # buffers at once, which the node's RSS kept afterwards.
@@ -118,6 +125,9 @@ class ElectionFeed:
                 pipe.zadd(BEATS_KEY, {member: now for member in members})
             if register and part:
                 pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
+            for ttid, _ in part:
+                if ttid in hold_kicks:
+                    pipe.set(kick_key(ttid), "1", nx=True, px=hold_ms)
             marked = [t for t, _ in part if changed is None or t in changed]
             if marked:
                 pipe.sadd(DIRTY_KEY, *marked)

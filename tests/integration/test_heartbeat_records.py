@@ -18,7 +18,7 @@ from tasks.core.election import is_alive
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
-from tasks.state.keys import BEATS_KEY, DIRTY_KEY, EXPIRED_KEY, peers_key
+from tasks.state.keys import BEATS_KEY, DIRTY_KEY, EXPIRED_KEY, kick_key, peers_key
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -195,3 +195,27 @@ def test_after_redis_failed_every_record_is_written_again(
     clock.now = T0 + 1
     beats.publish([timeline(tmp_path, ttid, seg(5))])
     assert record_ts(state, ttid) == T0 + 1
+
+
+def test_new_wal_of_a_timeline_this_node_offloads_holds_beats_kick(
+    tmp_path: Path, state: RedisState, clock: Clock
+) -> None:
+    """The offloader takes up its own new WAL (``tasks.backup.new_wal``): the
+    heartbeat that tells of it starts the timeline's kick hold in the same
+    round trip, so beat's round, which that heartbeat marks, sends no
+    ``backup_timeline`` for what the node claims a moment later. Only new
+    WAL does, only for the offloader, and a longer hold is kept."""
+    ttid, beats = first_beat(state, tmp_path)
+    other = make_ttid()
+    beats.kick_interval_ms = 2000
+    beats.offloaders = {ttid: 1, other: 2}
+    beats.publish([timeline(tmp_path, ttid, seg(5)), timeline(tmp_path, other, seg(5))])
+    assert state.r.get(kick_key(ttid)) is None  # commit_lsn as before: nothing to take up
+
+    beats.publish([timeline(tmp_path, ttid, seg(6)), timeline(tmp_path, other, seg(6))])
+    assert 0 < state.r.pttl(kick_key(ttid)) <= 2000
+    assert state.r.get(kick_key(other)) is None  # node 2 offloads it: beat may kick node 2
+
+    state.r.set(kick_key(ttid), "1", px=60_000)  # a kick sent and still queued
+    beats.publish([timeline(tmp_path, ttid, seg(7))])
+    assert state.r.pttl(kick_key(ttid)) > 2000
