@@ -144,7 +144,8 @@ def run_ours(
     moto: Moto | None,
     idle: int,
     nodes: tuple[int, ...],
-    spy_out: Path | None,
+    spy: argparse.Namespace,
+    redis_pid: int,
 ) -> dict[str, Any]:
     remote = moto.fresh(BUCKET) if moto else (root / "remote").as_uri()
     ttids = sorted({t for t, _, _ in staged}, key=str)
@@ -169,11 +170,11 @@ def run_ours(
         rss_idle = rss_kib(c.procs["node1"].pid) / 1024
         idle_cpu = idle_cpu_share([c.procs[f"node{n}"].pid for n in nodes], IDLE_S)
         watcher = BackupWatcher(redis_url, ttids, seg_size, interval_s=0.25)
-        pids = {name: p.pid for name, p in c.procs.items()}
+        pids = {name: p.pid for name, p in c.procs.items()} | {"redis": redis_pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         before = command_counts(c.state.r)
         watcher.start()
-        with py_spy(c.procs["node1"].pid, spy_out):
+        with py_spy(c.procs[spy.py_spy_proc].pid, spy.py_spy, gil=not spy.py_spy_cpu):
             started = time.time()
             for src, dest in renames:
                 os.rename(src, dest)
@@ -201,6 +202,7 @@ def run_ours(
         "redis_per_seg": sum(v for v in delta.values() if v > 0) / segments,
         "messages_per_seg": delta.get("lpush", 0) / segments,
         "node_cpu_ms_per_seg": 1000 * sum(cpu[n] for n in cpu if n.startswith("node")) / segments,
+        "cpu_ms_per_seg_by_process": {n: round(1000 * v / segments, 2) for n, v in cpu.items()},
         "rss_idle_mib": rss_idle,
         "idle_cpu_pct": 100 * idle_cpu,
         "rss_after_mib": rss_after,
@@ -219,7 +221,7 @@ def shape(
 ) -> dict[str, Any]:
     threads = len(nodes) * args.parallel_jobs
     ttids = [ttid_for(i, f"fleet-{name}") for i in range(timelines)]
-    with workspace(f"fleet-{name}") as root, private_redis() as server:
+    with workspace(f"fleet-{name}", keep=args.keep) as root, private_redis() as server:
         log(f"{name}: staging {timelines} x {per_tl} segments of {seg_size // MIB} MiB")
         staging = root / "staging"
         staged = stage_segments(staging, ttids, per_tl, seg_size)
@@ -236,7 +238,8 @@ def shape(
             moto,
             idle,
             nodes,
-            args.py_spy,
+            args,
+            server.proc.pid if server.proc else 0,
         )
     segments = len(staged)
     ours["rate"] = segments / ours["wall_s"]
@@ -259,7 +262,12 @@ def main() -> None:
     parser.add_argument("--s3-segments", type=int, default=4, help="16 MiB, per timeline")
     parser.add_argument("--rss-timelines", type=int, default=10_000, help="dirs per node")
     parser.add_argument("--parallel-jobs", type=int, default=5)
-    parser.add_argument("--py-spy", type=Path, help="record node 1 (.txt: collapsed stacks)")
+    parser.add_argument("--py-spy", type=Path, help="record a process (.txt: collapsed stacks)")
+    parser.add_argument("--keep", action="store_true", help="keep the workspace (worker logs)")
+    parser.add_argument("--py-spy-proc", default="node1", help="node1, node2, node3 or beat")
+    parser.add_argument(
+        "--py-spy-cpu", action="store_true", help="every thread on a CPU, not the GIL holder"
+    )
     args = parser.parse_args()
 
     results: dict[str, dict[str, Any]] = {}
