@@ -235,15 +235,11 @@ class Settings(BaseSettings):
     # others holds back the next. The offloader taking it (``Leases.backup_many``,
     # through ``RedisState.take_kicks``) shortens that to ``kick_interval_ms``.
     # Not bound by it: triggers (forced), a new election's result, and a kick
-    # after a node releases a lease for another (``Leases.hand_over``). The
-    # offloader's heartbeat telling of new WAL, which it takes up itself
-    # (``tasks.backup.new_wal``), starts a ``kick_interval_ms`` hold too
-    # (``Heartbeats``): beat's round, marked by that heartbeat, would
-    # otherwise kick it for what it claims a moment later.
+    # after a node releases a lease for another (``Leases.hand_over``).
     @property
     def kick_interval_ms(self) -> int:
-        """The least time between two kicks of a timeline that are not
-        forced, counted from when its offloader took the last one."""
+        """The least time between two unforced kicks of a timeline, from when its offloader
+        took the last one or told of new WAL it takes up itself (``Heartbeats``)."""
         return max(2000, int(2 * self.election_interval * 1000))
 
     @property
