@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tasks.core.election import PeerInfo
@@ -89,9 +89,15 @@ class PeerRecord:
 
     def beaten(self, ts: float | None) -> PeerRecord:
         """This record with a later heartbeat's time ``ts``."""
-        if ts is None or ts <= self.peer.ts:
+        p = self.peer
+        if ts is None or ts <= p.ts:
             return self
-        return replace(self, peer=replace(self.peer, ts=float(ts)))
+        # Not dataclasses.replace: every read of peers calls this for every
+        # record, and replace() was most of an election round's parsing.
+        peer = PeerInfo(
+            p.node_id, p.commit_lsn, p.local_start_lsn, p.backup_lsn, float(ts), p.damaged_lsn
+        )
+        return PeerRecord(peer, self.wal_seg_size, self.timeline_start_lsn)
 
     @classmethod
     def from_json(cls, text: str) -> PeerRecord:

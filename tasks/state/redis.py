@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
-from tasks.state.beats import ElectionFeed, beat_member
+from tasks.state.beats import PIPELINE_CHUNK, ElectionFeed, beat_member
 from tasks.state.connect import connect
 from tasks.state.keys import (
     BEATS_KEY,
@@ -179,13 +179,15 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     def timelines_with_peers(
         self, ttids: Sequence[str]
     ) -> list[tuple[TimelineRecord, list[PeerRecord]]]:
-        """Batch read for elections and status: two commands per timeline in
-        one round trip, and the peers' heartbeats in a second."""
-        pipe = self.r.pipeline(transaction=False)
-        for ttid in ttids:
-            pipe.hgetall(tl_key(ttid))
-            pipe.hgetall(peers_key(ttid))
-        raw = pipe.execute()
+        """Batch read for elections and status: both hashes of a thousand
+        timelines per command (``hgetall_many.lua``), and the peers'
+        heartbeats in one more round trip."""
+        raw: list[dict[str, str]] = []
+        for start in range(0, len(ttids), PIPELINE_CHUNK):  # Redis is not held long
+            keys = [
+                k for t in ttids[start : start + PIPELINE_CHUNK] for k in (tl_key(t), peers_key(t))
+            ]
+            raw += [_pairs(flat) for flat in self._scripts.run("hgetall_many", keys, [])]
         peers = self.beaten(ttids, raw[1::2])
         return [(TimelineRecord.from_hash(r), p) for r, p in zip(raw[::2], peers, strict=True)]
 

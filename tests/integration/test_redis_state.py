@@ -626,3 +626,29 @@ def test_exact_segment_arithmetic(
     assert result == Lsn.from_segment(segno + 1, 0, seg_size)
     assert str(result) == after
     assert stored_backup(state, ttid) == after
+
+
+def test_batch_reads_keep_unset_fields_and_unknown_timelines_in_place(state: RedisState) -> None:
+    """``cluster_facts`` and ``timelines_with_peers`` read through Lua
+    (``cluster_facts.lua``, ``hgetall_many.lua``): an unset field in the
+    middle, a timeline Redis does not know and more timelines than one
+    command takes keep every answer with its own timeline."""
+    full, no_offloader, unknown = new_ttid(), new_ttid(), new_ttid()
+    state.r.hset(
+        tl_key(full), mapping={"backup_lsn": "0/3000000", "offloader": "2", "system_id": "7"}
+    )
+    state.r.hset(tl_key(no_offloader), mapping={"backup_lsn": "0/1000000", "system_id": "9"})
+    facts = state.cluster_facts([full, no_offloader, unknown])
+    assert facts == [
+        (Lsn.parse("0/3000000"), 2, 7),
+        (Lsn.parse("0/1000000"), None, 9),
+        (None, None, None),
+    ]
+    many = [new_ttid() for _ in range(1500)]  # two commands
+    for i, t in enumerate(many[::100]):
+        state.r.hset(tl_key(t), "offloader", str(i))
+    read = state.timelines_with_peers([full, unknown, *many])
+    assert [r.offloader for r, _ in read[:2]] == [2, None]
+    assert [r.offloader for r, _ in read[2:]][::100] == list(range(15))
+    assert sum(r.offloader is not None for r, _ in read[2:]) == 15
+    assert all(peers == [] for _, peers in read)
