@@ -92,16 +92,18 @@ class LeaseWindow:
         )
 
     def renew_lease(self, ttid: str, token: str, ttl_ms: int) -> bool:
-        return bool(self._scripts.run("renew_lease", [lease_key(ttid)], [token, ttl_ms]))
+        return self.renew_leases({ttid: token}, ttl_ms)[ttid]
 
     def renew_leases(self, leases: Mapping[str, str], ttl_ms: int) -> dict[str, bool]:
-        """``renew_lease`` for each ttid -> token, in one round trip."""
-        if not leases:
-            return {}
-        pipe = self.r.pipeline(transaction=False)
-        for ttid, token in leases.items():
-            self._scripts.run("renew_lease", [lease_key(ttid)], [token, ttl_ms], pipe)
-        return {ttid: bool(ok) for ttid, ok in zip(leases, pipe.execute(), strict=True)}
+        """Renew each ttid -> token still held, one command per ``PIPELINE_CHUNK``."""
+        items = list(leases.items())
+        renewed: dict[str, bool] = {}
+        for start in range(0, len(items), PIPELINE_CHUNK):
+            part = items[start : start + PIPELINE_CHUNK]
+            keys = [lease_key(ttid) for ttid, _ in part]
+            oks = self._scripts.run("renew_lease", keys, [ttl_ms, *(token for _, token in part)])
+            renewed.update((ttid, bool(ok)) for (ttid, _), ok in zip(part, oks, strict=True))
+        return renewed
 
     def release_lease(self, ttid: str, token: str) -> bool:
         (released,) = self.release_leases({ttid: token}).values()

@@ -152,6 +152,22 @@ def test_renew_extends_the_lease(state: RedisState, ttid: str) -> None:
     assert state.r.pttl(lease_key(ttid)) > LONG_TTL
 
 
+def test_renewing_many_leases_extends_only_those_still_held(state: RedisState) -> None:
+    """A heartbeat round renews every lease its node holds, a thousand per
+    command: one that went stale (or expired) is reported, not renewed."""
+    ttids = [new_ttid() for _ in range(1200)]
+    tokens = dict(zip(ttids, state.acquire_leases(ttids, A, 1, 5_000), strict=True))
+    assert None not in tokens.values()
+    stale, gone = ttids[3], ttids[1100]
+    state.r.set(lease_key(stale), "2.other:9", px=5_000)  # taken over meanwhile
+    state.r.delete(lease_key(gone))  # expired
+    renewed = state.renew_leases({t: str(token) for t, token in tokens.items()}, LONG_TTL)
+    assert [t for t, ok in renewed.items() if not ok] == [stale, gone]
+    assert state.r.pttl(lease_key(ttids[1199])) > 5_000
+    assert 0 < state.r.pttl(lease_key(stale)) <= 5_000  # the other holder's, untouched
+    assert state.r.get(lease_key(gone)) is None
+
+
 def test_expired_lease_goes_to_another_owner_and_clears_inflight(
     state: RedisState, ttid: str
 ) -> None:
