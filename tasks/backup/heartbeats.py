@@ -7,8 +7,9 @@ beat's score in a ZSET; the rest of it, its record, is written only when it
 changed (``tasks.state.beats``). What comes back per timeline:
 
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
-  data recovers it from the nodes (at most ``STATE_WRITES_PER_HEARTBEAT`` a
-  round), and kept in ``backup_known`` for the digester and the scrubber;
+  data recovers it from the nodes (``tasks.backup.state_writes``: a bounded
+  number a round, each timeline at most every 2 s), and kept in
+  ``backup_known`` for the digester and the scrubber;
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;
@@ -32,9 +33,9 @@ import redis
 
 from tasks.backup.copies import Copies
 from tasks.backup.gauges import ClusterGauges
+from tasks.backup.state_writes import StateWrites
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
-from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints, Throttle
 from tasks.state.beats import PIPELINE_CHUNK
 from tasks.state.records import peer_to_json
@@ -53,14 +54,6 @@ REWRITE_S = 60.0
 0.5-1.5 x this long (spread) all the same: a heartbeat round otherwise
 writes only the records that changed (one HSET each; the beats are one ZADD
 per 1,000 timelines), and a record deleted by hand would stay gone."""
-STATE_WRITES_PER_HEARTBEAT = 256
-STATE_WRITE_BUDGET_S = 0.2
-"""At most this many timeline state files (each fsynced: ~1 ms on a fast
-disk, ~10 ms on a slow one) are updated with the cluster's backup_lsn per
-heartbeat round, and for at most this long; the rest wait for the next
-rounds. A node catching up 10,000 timelines at once otherwise stopped
-heartbeating for ~10 s (bench/election.py), and on a slow disk 256 writes a
-round let its leases expire (bench/fleet.py, rss shape)."""
 
 
 class Heartbeats:
@@ -107,6 +100,7 @@ class Heartbeats:
         self.node_seen: dict[int, float] = {}
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
+        self.state_writes = StateWrites(disk, complain)
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""
@@ -217,6 +211,7 @@ class Heartbeats:
         self.offloaded.pop(ttid, None)
         self.offloaders.pop(ttid, None)
         self.gauges.forget(ttid)
+        self.state_writes.forget(ttid)
         with self._publish_lock:
             self._published.pop(ttid, None)
 
@@ -267,29 +262,13 @@ class Heartbeats:
         # Leases first: the state file writes below may take a while.
         self.keep_leases(self.offloaders)
         now = time.time()
-        writes = 0
-        deadline = time.monotonic() + STATE_WRITE_BUDGET_S
+        self.state_writes.new_round()
         restore: dict[str, int] = {}
         for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
             if system_id is None and st.system_id is not None:
                 restore[ttid] = st.system_id
-            raise_backup = backup_lsn is not None and backup_lsn > st.backup_lsn
-            new_system_id = system_id is not None and system_id != st.system_id
-            if (
-                (raise_backup or new_system_id)
-                and writes < STATE_WRITES_PER_HEARTBEAT
-                and time.monotonic() < deadline
-            ):
-                writes += 1
-                try:
-                    self.disk.record_cluster_state(
-                        st.ttid, backup_lsn, system_id if new_system_id else None
-                    )
-                except (OSError, SegmentFileError) as exc:
-                    # A full or failing disk must not stop heartbeats and
-                    # lease renewals: Redis still has backup_lsn.
-                    self.complain("cannot record backup_lsn in the state file", exc, ttid)
+            self.state_writes.record(st, backup_lsn, system_id)
             self.gauges.timeline(st, backup_lsn, offloader, now)
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)

@@ -1,0 +1,79 @@
+"""The cluster's backup_lsn and system id, copied into the timelines' state files.
+
+The heartbeat round (``tasks.backup.heartbeats``) reads both from Redis for
+every timeline its node holds and hands them here. The state file keeps them
+for a Redis that loses its data (the nodes' recorded backup_lsn recovers it),
+for the node's own PeerInfo, and for WAL removal (``tasks.core.horizon``
+takes the lower of it and the cluster's).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tasks.core.lsn import Lsn
+from tasks.errors import SegmentFileError
+from tasks.logutil import Complaints
+from tasks.state.timeline_state import TimelineState
+from tasks.state.workdir import Workdir
+
+STATE_WRITES_PER_HEARTBEAT = 256
+STATE_WRITE_BUDGET_S = 0.2
+"""At most this many timeline state files (each fsynced: ~1 ms on a fast
+disk, ~10 ms on a slow one) are updated with the cluster's backup_lsn per
+heartbeat round, and for at most this long; the rest wait for the next
+rounds. A node catching up 10,000 timelines at once otherwise stopped
+heartbeating for ~10 s (bench/election.py), and on a slow disk 256 writes a
+round let its leases expire (bench/fleet.py, rss shape)."""
+
+BACKUP_WRITE_INTERVAL_S = 2.0
+"""A timeline's state file takes a newer backup_lsn at most this often (the
+latest, when it is due; a new system id at once). Each write is an fsync,
+wakes the node's WORKDIR watch, which rescans the timeline, and changes the
+node's heartbeat record, which marks the timeline for election: a timeline
+whose backup_lsn moved at every segment did all that at every segment, for a
+copy that may lag Redis (recovery and WAL removal take the lower one)."""
+
+
+class StateWrites:
+    """Runs in the heartbeat thread only."""
+
+    def __init__(self, disk: Workdir, complain: Complaints) -> None:
+        self.disk = disk
+        self.complain = complain
+        self._last: dict[str, float] = {}  # ttid -> monotonic time of its last write
+        self._writes = 0
+        self._deadline = 0.0
+
+    def new_round(self) -> None:
+        self._writes = 0
+        self._deadline = time.monotonic() + STATE_WRITE_BUDGET_S
+
+    def record(self, st: TimelineState, backup_lsn: Lsn | None, system_id: int | None) -> None:
+        """Write what ``st``'s state file lacks of the cluster's ``backup_lsn``
+        and ``system_id``, if this round's budget and the timeline's
+        interval allow; else a later round does."""
+        raise_backup = backup_lsn is not None and backup_lsn > st.backup_lsn
+        new_system_id = system_id is not None and system_id != st.system_id
+        if not (raise_backup or new_system_id):
+            return
+        now = time.monotonic()
+        if self._writes >= STATE_WRITES_PER_HEARTBEAT or now >= self._deadline:
+            return
+        ttid = str(st.ttid)
+        last = self._last.get(ttid)
+        if not new_system_id and last is not None and now - last < BACKUP_WRITE_INTERVAL_S:
+            return
+        self._writes += 1
+        self._last[ttid] = now
+        try:
+            self.disk.record_cluster_state(
+                st.ttid, backup_lsn, system_id if new_system_id else None
+            )
+        except (OSError, SegmentFileError) as exc:
+            # A full or failing disk must not stop heartbeats and lease
+            # renewals: Redis still has backup_lsn.
+            self.complain("cannot record backup_lsn in the state file", exc, ttid)
+
+    def forget(self, ttid: str) -> None:
+        self._last.pop(ttid, None)
