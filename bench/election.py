@@ -148,7 +148,7 @@ def main() -> None:
             node._refresh(trigger=False)
             scans.append(time.perf_counter() - started)
             started = time.perf_counter()
-            node._heartbeat_all()
+            node.heartbeats.round(list(node._timelines.values()))
             beats.append(time.perf_counter() - started)
         state.r.close()
 
