@@ -22,6 +22,7 @@ import redis
 
 from tasks import names
 from tasks.app import app
+from tasks.backup.handoff import UploadJob
 from tasks.backup.node import NodeService
 from tasks.backup.retries import UploadRef
 from tasks.backup.scrub_round import scrub_round
@@ -108,19 +109,24 @@ def upload_segments(jobs: list[list[Any]]) -> list[str]:
     uploaded in turn as ``upload_segment`` would, the chaining within one
     ``CHAIN_BUDGET_S``: sent in one message when the node's queue is backed up
     (``tasks.backup.handoff.UploadTasks.send``). A failure parks only its
-    own segment (and what its chain claimed); the next ones still run."""
+    own segment (and what its chain claimed); the next ones still run. An
+    unexpected error (a bug) sends the jobs not started yet back to the
+    queue, then fails the task loudly."""
     node = get_node()
     chain_until = time.monotonic() + CHAIN_BUDGET_S
+    todo = deque(UploadJob(str(t), int(n), int(z), str(k)) for t, n, z, k in jobs)
+    results: list[str] = []
     with node.chain():
-        return [
-            _upload_chain(node, str(t), int(n), int(z), str(k), 0, False, chain_until)
-            for t, n, z, k in jobs
-        ]
-
-
-# What a failed upload attempt may raise; anything else is a bug and lets the
-# task fail loudly. A lost broker surfaces as BrokerUnavailable (tasks.wiring).
-_RETRIED = (WalBackupError, redis.RedisError, OSError)
+        while todo:
+            job = todo.popleft()
+            try:
+                # The batch's other jobs count as this one's backlog: it
+                # does not wait for a segment handed out by another task.
+                results.append(_upload_chain(node, *job, 0, False, chain_until, len(todo)))
+            except Exception:
+                node.tasks.send(list(todo))  # claimed for this task, never started
+                raise
+    return results
 
 
 def _upload_chain(
@@ -132,9 +138,11 @@ def _upload_chain(
     attempt: int,
     started: bool,
     chain_until: float | None = None,
+    queued: int = 0,
 ) -> str:
     """Upload ``segno`` and, until ``chain_until`` (monotonic; default
-    ``CHAIN_BUDGET_S`` from now), the segments its commits claim."""
+    ``CHAIN_BUDGET_S`` from now), the segments its commits claim; the task
+    has ``queued`` more jobs of its own."""
     if chain_until is None:
         chain_until = time.monotonic() + CHAIN_BUDGET_S
     pending: deque[int] = deque()  # claimed for this task, not started yet
@@ -147,7 +155,7 @@ def _upload_chain(
                 token,
                 started=started,
                 chain_until=chain_until,
-                backlog=len(pending),
+                backlog=len(pending) + queued,
             )
             if outcome.status != "committed":
                 return outcome.status  # fenced: the new lease holder claims anew

@@ -140,7 +140,7 @@ class ElectionFeed:
             if register and part:
                 pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
             for ttid, _ in part:
-                if ttid in hold_kicks:
+                if hold_ms > 0 and ttid in hold_kicks:  # PX 0 is an error
                     pipe.set(kick_key(ttid), "1", nx=True, px=hold_ms)
             marked = [t for t, _ in part if changed is None or t in changed]
             if marked:

@@ -1,8 +1,9 @@
 """Batched upload tasks under a node kill (SPEC §9). A node that offloads many
 timelines completing segments at once sends their uploads several to a
 ``walbackup.upload_segments`` message. SIGKILL it with batches queued and
-running: the other nodes take its timelines over, the restarted node's stale
-batches are fenced, nothing is lost, and the invariant holds on every
+running: the other nodes take its timelines over, nothing is lost, the
+restarted node (which finds stale batches in its queue, fenced, unless it
+had taken them all when killed) goes on, and the invariant holds on every
 timeline, also after more WAL."""
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from tasks.backup.handoff import UploadJob
 from tasks.backup.leases import Dispatched
 from tasks.backup.node import NodeService
 from tasks.backup.retries import RetryPark, UploadRef
+from tasks.backup.uploader import UploadOutcome
 from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
@@ -355,3 +357,43 @@ def test_a_failed_upload_parks_its_retry_and_the_segments_it_held(
     harness.node.retrying.send_parked()
     assert harness.sent[2:] == [(harness.ttid, 4, SEG, token, 1)]
     assert len(park) == 0
+
+
+def test_a_batch_uploads_its_segments_in_turn_and_a_failure_parks_only_its_own(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``upload_segments`` (several claimed segments in one message): 1, 2, 3
+    in turn; 2 fails and is parked, 3 is uploaded all the same."""
+    park = RetryPark(harness.clock.monotonic)
+    monkeypatch.setattr(harness.node.retrying, "retries", park)
+    token = harness.start_window()
+    harness.storage.failing = {2}
+    batch = [[harness.ttid, s, SEG, token] for s in (1, 2, 3)]
+    with ExitStack() as stack:
+        harness.occupy_pool(stack, leave=1)  # saturated: no chaining past the batch
+        assert jobs.upload_segments(batch) == ["committed", "retrying", "committed"]
+    # 1's commit claimed 4, which the saturated task uploaded next (chaining).
+    assert harness.storage.uploaded == [1, 4, 3]
+    assert park.uploads() == {UploadRef(harness.ttid, 2, SEG, token)}
+    assert harness.backup_lsn() == seg(2)  # 2 is the hole
+
+
+def test_a_bug_in_one_job_of_a_batch_sends_the_rest_back_and_fails_loudly(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs after an unexpected error were claimed for this task and never
+    started: they go back to the queue instead of waiting out their claims."""
+    token = harness.start_window()
+    harness.sent.clear()
+    upload = harness.node.upload
+
+    def buggy(ttid: str, segno: int, *args: Any, **kwargs: Any) -> UploadOutcome:
+        if segno == 2:
+            raise RuntimeError("a bug")
+        return upload(ttid, segno, *args, **kwargs)
+
+    monkeypatch.setattr(harness.node, "upload", buggy)
+    with pytest.raises(RuntimeError, match="a bug"):
+        jobs.upload_segments([[harness.ttid, s, SEG, token] for s in (1, 2, 3)])
+    assert harness.storage.uploaded == [1, 4]  # 4: claimed by 1's commit, chained
+    assert harness.sent_segnos() == [3]
