@@ -159,17 +159,19 @@ class Elector:
         # Kicks forced by a trigger or a new offloader go out now. The others
         # go out only when the last one's hold ran out (``kick_hold_ms``, or
         # the shorter ``kick_interval_ms`` once it was taken), and not at all
-        # while the offloader has
-        # uploads in flight: it refills its window on every commit and on
-        # new WAL (tasks.backup.new_wal). A backlog of queued kicks thus
-        # never grows by a kick per round.
+        # while the offloader has uploads in flight (it refills its window on
+        # every commit and on new WAL, tasks.backup.new_wal) or committed
+        # since this round read backup_lsn (at a thousand busy timelines such
+        # kicks found every segment done; the next round looks again). A
+        # backlog of queued kicks thus never grows by a kick per round.
         rate_limited = [p for p in to_send if not (force_kick or p[3])]
         if rate_limited:
-            holders = self.state.uploading([p[0] for p in rate_limited])
+            read = {ttid: record.backup_lsn for ttid, (record, _) in zip(ttids, rows, strict=True)}
+            current = self.state.uploading([p[0] for p in rate_limited])
             rate_limited = [
                 p
-                for p, holder in zip(rate_limited, holders, strict=True)
-                if holder is None or holder != p[1].offloader
+                for p, u in zip(rate_limited, current, strict=True)
+                if u.holder != p[1].offloader and u.backup_lsn == read[p[0]]
             ]
         for ttid, *_ in (p for p in to_send if force_kick or p[3]):
             self.state.arm_kick(ttid, self.kick_hold_ms, force=True, pipe=writes)

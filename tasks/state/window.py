@@ -37,6 +37,12 @@ class ClaimRequest(NamedTuple):
     claim_timeout_ms: int
 
 
+class Uploading(NamedTuple):
+    holder: int | None
+    """The node whose lease has claims in flight, if any."""
+    backup_lsn: Lsn | None
+
+
 class CommitRefused(Exception):
     """Internal signal: the caller's lease token is stale (fenced)."""
 
@@ -128,18 +134,20 @@ class LeaseWindow:
         """The segnos claimed for upload (the inflight ZSET)."""
         return [int(m) for m in self.r.zrange(inflight_key(ttid), 0, -1)]
 
-    def uploading(self, ttids: Sequence[str]) -> list[int | None]:
+    def uploading(self, ttids: Sequence[str]) -> list[Uploading]:
         """Per timeline, the node whose lease has claims in flight (their
-        deadline not passed), else ``None``; one round trip."""
+        deadline not passed), else ``None``, and the stored backup_lsn; one
+        round trip."""
         now_ms = int(time.time() * 1000)
         pipe = self.r.pipeline(transaction=False)
         for ttid in ttids:
             pipe.get(lease_key(ttid))
             pipe.zcount(inflight_key(ttid), f"({now_ms}", "+inf")
+            pipe.hget(tl_key(ttid), "backup_lsn")
         results = pipe.execute()
         return [
-            _token_node(token) if token and live else None
-            for token, live in zip(results[::2], results[1::2], strict=True)
+            Uploading(_token_node(token) if token and live else None, Lsn.parse(b) if b else None)
+            for token, live, b in zip(results[::3], results[1::3], results[2::3], strict=True)
         ]
 
     def lease_holder_token(self, ttid: str) -> str | None:

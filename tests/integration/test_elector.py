@@ -21,6 +21,7 @@ from tasks.errors import BrokerUnavailable
 from tasks.state.keys import DIRTY_KEY, TIMELINES_KEY, kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
+from tasks.state.window import Uploading
 
 pytestmark = pytest.mark.integration
 
@@ -550,11 +551,40 @@ def test_no_rate_limited_kick_while_the_offloader_has_uploads_in_flight(
     token = state.acquire_lease(ttid, "1.a", 1, 60_000)
     assert token is not None
     assert state.claim_segments(ttid, token, 2, 4, SEG, 60_000) == [1, 2]
-    assert state.uploading([ttid, make_ttid()]) == [1, None]
+    assert [u.holder for u in state.uploading([ttid, make_ttid()])] == [1, None]
     # Node 1 is uploading: beat's rounds do not kick it; a trigger still does.
     time.sleep(0.01)
     assert not elect_one(elector, ttid).kicked
     assert elect_one(elector, ttid, force_kick=True).kicked
+    assert kicks == [(ttid, 1), (ttid, 1)]
+
+
+def test_no_rate_limited_kick_when_the_offloader_committed_during_the_round(
+    state: RedisState,
+    make_elector: Callable[..., Elector],
+    kicks: Kicks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The round read backup_lsn, then the offloader committed (its last
+    claim done, nothing in flight): a kick now would find nothing. It waits
+    for the next round, which kicks if work is still left."""
+    ttid = make_ttid(timeline_int=0)
+    elector = make_elector(kick_hold_ms=1)
+    beat(state, ttid, 1, seg(4), seg(1))
+    assert elect_one(elector, ttid).kicked  # node 1 elected, and kicked
+    original = state.uploading
+
+    def committed_meanwhile(ttids: Sequence[str]) -> list[Uploading]:
+        state.r.hset(tl_key(ttid), "backup_lsn", str(seg(2)))
+        return original(ttids)
+
+    monkeypatch.setattr(state, "uploading", committed_meanwhile)
+    time.sleep(0.01)
+    outcome = elect_one(elector, ttid)
+    assert not outcome.kicked and outcome.pending
+    monkeypatch.setattr(state, "uploading", original)
+    time.sleep(0.01)
+    assert elect_one(elector, ttid).kicked  # segments 2 and 3 are still to do
     assert kicks == [(ttid, 1), (ttid, 1)]
 
 
@@ -580,7 +610,7 @@ def test_claims_of_a_node_no_longer_elected_do_not_hold_back_the_kick(
     assert kicks == [(ttid, 1), (ttid, 2)]
     # Claims whose lease is gone are no upload in flight either.
     state.r.delete(lease_key(ttid))
-    assert state.uploading([ttid]) == [None]
+    assert [u.holder for u in state.uploading([ttid])] == [None]
 
 
 def test_a_kick_not_taken_yet_holds_back_the_next_until_taken(
