@@ -146,18 +146,15 @@ class UploadTasks:
                 self._sent.popleft()
             waiting = len(self._sent)
             free = max(0, self.slots - self._running - waiting)
-        for job in jobs[:free]:
-            self.send_upload(job.ttid, job.segno, job.seg_size, job.token, 0)
-            self._count_sent()
-        # Enough messages that no thread idles while another works through a
-        # batch, counting those already waiting.
-        for batch in _batches(jobs[free:], max(1, self.slots - waiting)):
-            if len(batch) == 1:
-                self.send_upload(
-                    batch[0].ttid, batch[0].segno, batch[0].seg_size, batch[0].token, 0
-                )
+        # The first ``free`` go alone; then enough messages that no thread
+        # idles while another works through a batch, counting those waiting.
+        messages = [[job] for job in jobs[:free]]
+        messages += _batches(jobs[free:], max(1, self.slots - waiting))
+        for message in messages:
+            if len(message) == 1:
+                self.send_upload(*message[0], 0)
             else:
-                self.send_batch(batch)
+                self.send_batch(message)
             self._count_sent()
 
     def _count_sent(self) -> None:

@@ -20,7 +20,8 @@ walbackup:sweep  STRING cursor of the slow sweep over every registered
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import redis
 
@@ -46,6 +47,14 @@ def beat_member(node_id: int, ttid: str) -> str:
 
 PIPELINE_CHUNK = 1000
 """Timelines per pipeline in a node's per-round reads and writes."""
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in runs of ``PIPELINE_CHUNK``, one command or pipeline each."""
+    for start in range(0, len(items), PIPELINE_CHUNK):
+        yield items[start : start + PIPELINE_CHUNK]
 
 
 _FACTS: dict[str, tuple[list[str | None], ClusterFacts]] = {}
@@ -198,8 +207,7 @@ class ElectionFeed:
         while they stay the same: every heartbeat round reads them for every
         timeline, and parsing was a fifth of a round at 10,000."""
         facts = []
-        for start in range(0, len(ttids), PIPELINE_CHUNK):
-            part = ttids[start : start + PIPELINE_CHUNK]
+        for part in chunks(ttids):
             flat = self._scripts.run("cluster_facts", [tl_key(t) for t in part], [])
             for i, ttid in enumerate(part):
                 raw = flat[3 * i : 3 * i + 3]

@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from tasks.core.lsn import Lsn
 from tasks.state.archive import ArchiveRecords
-from tasks.state.beats import PIPELINE_CHUNK, ElectionFeed, beat_member
+from tasks.state.beats import ElectionFeed, beat_member, chunks
 from tasks.state.connect import connect
 from tasks.state.keys import (
     BEATS_KEY,
@@ -183,10 +183,8 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         timelines per command (``hgetall_many.lua``), and the peers'
         heartbeats in one more round trip."""
         raw: list[dict[str, str]] = []
-        for start in range(0, len(ttids), PIPELINE_CHUNK):  # Redis is not held long
-            keys = [
-                k for t in ttids[start : start + PIPELINE_CHUNK] for k in (tl_key(t), peers_key(t))
-            ]
+        for part in chunks(ttids):  # Redis is not held long
+            keys = [k for t in part for k in (tl_key(t), peers_key(t))]
             raw += [_pairs(flat) for flat in self._scripts.run("hgetall_many", keys, [])]
         peers = self.beaten(ttids, raw[1::2])
         return [(TimelineRecord.from_hash(r), p) for r, p in zip(raw[::2], peers, strict=True)]

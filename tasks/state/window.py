@@ -19,7 +19,7 @@ import redis
 from tasks.core.commit import WindowSize
 from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
-from tasks.state.beats import PIPELINE_CHUNK
+from tasks.state.beats import chunks
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
 
@@ -104,8 +104,7 @@ class LeaseWindow:
         """Renew each ttid -> token still held, one command per ``PIPELINE_CHUNK``."""
         items = list(leases.items())
         renewed: dict[str, bool] = {}
-        for start in range(0, len(items), PIPELINE_CHUNK):
-            part = items[start : start + PIPELINE_CHUNK]
+        for part in chunks(items):
             keys = [lease_key(ttid) for ttid, _ in part]
             oks = self._scripts.run("renew_lease", keys, [ttl_ms, *(token for _, token in part)])
             renewed.update((ttid, bool(ok)) for (ttid, _), ok in zip(part, oks, strict=True))
@@ -120,8 +119,7 @@ class LeaseWindow:
         ``PIPELINE_CHUNK``."""
         items = list(leases.items())
         released: dict[str, bool] = {}
-        for start in range(0, len(items), PIPELINE_CHUNK):
-            part = items[start : start + PIPELINE_CHUNK]
+        for part in chunks(items):
             pipe = self.r.pipeline(transaction=False)
             for ttid, token in part:
                 self._scripts.run("release_lease", [lease_key(ttid), tl_key(ttid)], [token], pipe)
