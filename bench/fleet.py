@@ -43,6 +43,7 @@ from bench.common import (
     command_counts,
     counts_delta,
     cpu_seconds,
+    cpu_split,
     emit,
     log,
     private_redis,
@@ -172,6 +173,7 @@ def run_ours(
         watcher = BackupWatcher(redis_url, ttids, seg_size, interval_s=0.25)
         pids = {name: p.pid for name, p in c.procs.items()} | {"redis": redis_pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        sys_before = sum(cpu_split(p.pid)[1] for n, p in c.procs.items() if n.startswith("node"))
         before = command_counts(c.state.r)
         watcher.start()
         with py_spy(c.procs[spy.py_spy_proc].pid, spy.py_spy, gil=not spy.py_spy_cpu):
@@ -183,6 +185,8 @@ def run_ours(
         watcher.stop()
         after = command_counts(c.state.r)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        sys_cpu = sum(cpu_split(p.pid)[1] for n, p in c.procs.items() if n.startswith("node"))
+        sys_cpu -= sys_before
         if not ok:
             print(c.tail_logs())
             raise SystemExit(
@@ -195,6 +199,7 @@ def run_ours(
     delta["info"] = delta.get("info", 0) - 1
     done = [watcher.covered[(str(t), per_tl)] - started for t in ttids]
     segments = len(staged)
+    covered = sorted(watcher.covered[(str(t), s)] - started for t, s, _ in staged)
     return {
         "wall_s": wall,
         "slowest_s": max(done),
@@ -202,10 +207,13 @@ def run_ours(
         "redis_per_seg": sum(v for v in delta.values() if v > 0) / segments,
         "messages_per_seg": delta.get("lpush", 0) / segments,
         "node_cpu_ms_per_seg": 1000 * sum(cpu[n] for n in cpu if n.startswith("node")) / segments,
+        "node_sys_cpu_ms_per_seg": 1000 * sys_cpu / segments,
         "cpu_ms_per_seg_by_process": {n: round(1000 * v / segments, 2) for n, v in cpu.items()},
         "rss_idle_mib": rss_idle,
         "idle_cpu_pct": 100 * idle_cpu,
         "rss_after_mib": rss_after,
+        # when 10 %, 20 %, ... 100 % of the segments were covered: where the time went
+        "deciles_s": [round(covered[max(0, len(covered) * k // 10 - 1)], 2) for k in range(1, 11)],
     }
 
 
