@@ -42,6 +42,9 @@ and then some; a node far ahead of the backup does not flood Redis."""
 DIGEST_BUDGET_BYTES = 256 << 20
 """Bytes hashed per ``refresh`` call, so one call never runs for long."""
 
+PUBLISH_EVERY = 16
+"""Digests published per round trip while hashing."""
+
 StatKey = tuple[int, int, int]
 
 
@@ -160,9 +163,16 @@ class Copies:
         """Hash the complete segments from backup_lsn (or the first held) up to
         ``DIGEST_AHEAD`` further that have no current digest, publish them,
         and withdraw digests of segments now backed up or gone. Timelines in
-        ``uploading`` (this node holds their lease; asked before each segment,
-        so a lease taken meanwhile stops the hashing) are hashed by their
-        uploads (``publish_own``). Returns the number of segments hashed."""
+        ``uploading`` (this node holds their lease, or is their elected
+        offloader; asked before each segment, so a lease taken meanwhile
+        stops the hashing) are hashed by their uploads (``publish_own``).
+        Returns the number of segments hashed.
+
+        Timelines go in id order, the order in which their offloaders take
+        up new WAL (``NewWal``), and digests are published ``PUBLISH_EVERY``
+        at a time: an offloader's upload waits for them (``Agreement``), and
+        a burst of a thousand timelines' segments waited for the whole
+        budget's hashing before."""
         budget = DIGEST_BUDGET_BYTES
         fresh: list[tuple[str, int, str]] = []
         stale: list[tuple[str, int]] = []
@@ -175,7 +185,8 @@ class Copies:
                     for ttid, known in self._digests.items()
                     for segno, (_, hexdigest) in known.items()
                 ]
-        for ttid, st in timelines.items():
+        for ttid in sorted(timelines):
+            st = timelines[ttid]
             if st.commit_lsn is None or st.local_start_lsn is None:
                 continue
             seg = st.wal_seg_size
@@ -214,6 +225,9 @@ class Copies:
                 with self._lock:
                     known[segno] = (key, hexdigest)
                 fresh.append((ttid, segno, hexdigest))
+                if len(fresh) >= PUBLISH_EVERY:
+                    self.state.publish_digests(self.node_id, fresh)
+                    fresh = []
             else:
                 self._checked_system_id[ttid] = st.system_id  # every copy was looked at
         with self._lock:

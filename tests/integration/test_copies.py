@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backup.copies import Copies
+from tasks.backup.copies import PUBLISH_EVERY, Copies
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.dev.simulate import expected_segment_bytes, simulate
@@ -40,6 +40,42 @@ def test_a_lease_taken_while_hashing_stops_it(state: RedisState, tmp_path: Path)
             return self.looks > 2
 
     assert Copies(7, state).refresh(timelines, {str(TTID): lsn(1)}, LeaseAfterTwoLooks()) == 2
+
+
+def test_digests_go_out_as_they_are_hashed_in_timeline_order(
+    state: RedisState, tmp_path: Path
+) -> None:
+    """An offloader's upload waits for its peers' digests (``Agreement``): a
+    peer hashes in timeline id order, the order offloaders take up new WAL,
+    and publishes ``PUBLISH_EVERY`` digests at a time, not once the whole
+    budget is hashed."""
+    ttids = [TenantTimelineId(f"{n:032x}", "b" * 32) for n in (7, 2, 9, 4, 1, 8, 3, 6, 5, 10)]
+    simulate([tmp_path], ttids, 4, SEG)
+    timelines = {str(t): s for t, s in Workdir(tmp_path, SEG).scan().items()}
+    first = min(timelines)
+
+    class Probe:
+        """Asked before each segment: records the order, and whether the
+        first timeline's digest is in Redis yet."""
+
+        def __init__(self) -> None:
+            self.looked: list[str] = []
+            self.published: list[bool] = []
+
+        def __contains__(self, ttid: object) -> bool:
+            assert isinstance(ttid, str)
+            if ttid not in self.looked:
+                self.looked.append(ttid)
+            self.published.append(bool(state.digests(first, 1, [7])))
+            return False
+
+    probe = Probe()
+    hashed = Copies(7, state).refresh(timelines, dict.fromkeys(timelines, lsn(1)), probe)
+    assert hashed > 2 * PUBLISH_EVERY
+    assert probe.looked == sorted(timelines)
+    # Out before the refresh ended: from the look after the PUBLISH_EVERY-th segment on.
+    assert not probe.published[0]
+    assert probe.published[PUBLISH_EVERY:] == [True] * (hashed - PUBLISH_EVERY)
 
 
 def test_digests_follow_backup_lsn(state: RedisState, tmp_path: Path) -> None:
