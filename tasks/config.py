@@ -15,13 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -94,6 +88,10 @@ class Settings(BaseSettings):
     """Delete complete local segments below the removal horizon (``tasks.core.horizon``)."""
     wal_keep_segments: int = Field(default=1, ge=0)
     """Complete segments below backup_lsn that removal keeps on the node."""
+    state_file_interval: float = Field(default=30.0, ge=0)
+    """Seconds a timeline's state file lags the cluster's backup_lsn at most
+    (``tasks.backup.state_writes``): each write is an fsync, for a lower bound
+    that WAL removal and the recovery of a Redis that lost its data read."""
     retain_keep_segments: int = Field(default=1, ge=1)
     """Archived segments right below backup_lsn's that ``walbackup retain``
     never deletes, whatever ``--before`` asks (``tasks.core.retention``)."""

@@ -8,7 +8,7 @@ changed (``tasks.state.beats``). What comes back per timeline:
 
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
   data recovers it from the nodes (``tasks.backup.state_writes``: a bounded
-  number a round, each timeline at most every 2 s), and kept in
+  number a round, each timeline at most every ``WALBACKUP_STATE_FILE_INTERVAL``), and kept in
   ``backup_known`` for the digester and the scrubber;
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
@@ -75,6 +75,7 @@ class Heartbeats:
         complain: Complaints,
         heartbeat_timeout_s: float,
         kick_interval_ms: int = 0,
+        state_file_interval_s: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.kick_interval_ms = kick_interval_ms
@@ -100,7 +101,7 @@ class Heartbeats:
         self.node_seen: dict[int, float] = {}
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
-        self.state_writes = StateWrites(disk, complain)
+        self.state_writes = StateWrites(disk, complain, state_file_interval_s)
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""

@@ -96,16 +96,12 @@ class NodeService:
         self.tasks = UploadTasks(send_upload, send_batch, slots=settings.parallel_jobs + 4)
         self.leases = Leases(settings, state, self.tasks, self._timeline, elector.kick)
         self.heartbeats = Heartbeats(
-            node_id,
-            state,
-            self.disk,
-            self.copies,
-            keep_leases=self.leases.keep,
-            data_lost=self._republish_digests,
-            complain=self._complain,
+            node_id, state, self.disk, self.copies, keep_leases=self.leases.keep,
+            data_lost=self._republish_digests, complain=self._complain,
             heartbeat_timeout_s=settings.heartbeat_timeout,
             kick_interval_ms=settings.kick_interval_ms,
-        )
+            state_file_interval_s=settings.state_file_interval,
+        )  # fmt: skip
         self.new_wal = NewWal(
             node_id, state, elector, self.leases, self.heartbeats, settings.heartbeat_timeout
         )

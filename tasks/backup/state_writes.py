@@ -26,21 +26,27 @@ rounds. A node catching up 10,000 timelines at once otherwise stopped
 heartbeating for ~10 s (bench/election.py), and on a slow disk 256 writes a
 round let its leases expire (bench/fleet.py, rss shape)."""
 
-BACKUP_WRITE_INTERVAL_S = 2.0
-"""A timeline's state file takes a newer backup_lsn at most this often (the
-latest, when it is due; a new system id at once). Each write is an fsync,
-wakes the node's WORKDIR watch, which rescans the timeline, and changes the
-node's heartbeat record, which marks the timeline for election: a timeline
-whose backup_lsn moved at every segment did all that at every segment, for a
-copy that may lag Redis (recovery and WAL removal take the lower one)."""
-
 
 class StateWrites:
-    """Runs in the heartbeat thread only."""
+    """Runs in the heartbeat thread only.
 
-    def __init__(self, disk: Workdir, complain: Complaints) -> None:
+    A timeline's state file takes a newer backup_lsn at most every
+    ``interval_s`` (``WALBACKUP_STATE_FILE_INTERVAL``), counted from the
+    first newer value seen: then the latest. A new system id is written at
+    once. Each write is an fsync, wakes the node's WORKDIR watch, which
+    rescans the timeline, and changes the node's heartbeat record, which
+    marks the timeline for election. At one write every 2 s, the state files
+    took ~8 % of the nodes' CPU in bench/fleet.py's burst, and a quarter of a
+    core per node for 10 s after their start. The file is a lower bound: WAL
+    removal takes the lower of it and Redis's value, and the recovery of a
+    Redis that lost its data reads the archive too, so a file behind only
+    delays removal (Neon's safekeepers, likewise, persist their control
+    file's ``backup_lsn`` only now and then)."""
+
+    def __init__(self, disk: Workdir, complain: Complaints, interval_s: float) -> None:
         self.disk = disk
         self.complain = complain
+        self.interval_s = interval_s
         self._last: dict[str, float] = {}  # ttid -> monotonic time of its last write
         self._writes = 0
         self._deadline = 0.0
@@ -61,8 +67,10 @@ class StateWrites:
         if self._writes >= STATE_WRITES_PER_HEARTBEAT or now >= self._deadline:
             return
         ttid = str(st.ttid)
-        last = self._last.get(ttid)
-        if not new_system_id and last is not None and now - last < BACKUP_WRITE_INTERVAL_S:
+        # The first newer backup_lsn starts the interval, so that a burst just
+        # after a node's start does not write every file at once.
+        last = self._last.setdefault(ttid, now)
+        if not new_system_id and now - last < self.interval_s:
             return
         self._writes += 1
         self._last[ttid] = now

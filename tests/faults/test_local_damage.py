@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 # Runs a node as root without the capabilities that let root read any file,
 # so that a file with mode 000 is unreadable to it, as to any other user.
+STATE_FILE_FAST = {"WALBACKUP_STATE_FILE_INTERVAL": "1"}
 WITHOUT_DAC_BYPASS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
@@ -249,7 +250,8 @@ def test_full_disk_under_the_state_file(
 ) -> None:
     with tiny_filesystem(tmp_path / "tiny", 16) as tiny:
         workdirs = {1: tiny, 2: tmp_path / "node2", 3: tmp_path / "node3"}
-        cluster = start_cluster(make_cluster, workdirs)
+        # The state file takes backup_lsn within 1 s (30 s by default).
+        cluster = start_cluster(make_cluster, workdirs, settings=STATE_FILE_FAST)
         nodes = [workdirs[n] for n in NODES]
         ttid, writer = backed_up_timeline(cluster, nodes, offloader=2)
         archive = Archive(ttid, root=tmp_path / "remote")

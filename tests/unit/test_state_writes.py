@@ -1,7 +1,7 @@
 """The cluster's backup_lsn and system id into the state files
 (``tasks.backup.state_writes``): only what the file lacks, a bounded number a
-round, and a timeline's backup_lsn at most every ``BACKUP_WRITE_INTERVAL_S``
-— the latest one once it is due."""
+round, and a timeline's backup_lsn at most every ``interval_s`` from the
+first newer value seen — the latest one once it is due."""
 
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ from typing import Any, cast
 import pytest
 
 from tasks.backup import state_writes as module
-from tasks.backup.state_writes import (
-    BACKUP_WRITE_INTERVAL_S,
-    STATE_WRITES_PER_HEARTBEAT,
-    StateWrites,
-)
+from tasks.backup.state_writes import STATE_WRITES_PER_HEARTBEAT, StateWrites
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
@@ -25,6 +21,7 @@ from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
 
 SEG = 1 << 20
+INTERVAL = 30.0
 
 
 class Disk:
@@ -65,10 +62,10 @@ def timeline(n: int, system_id: int | None = 7) -> TimelineState:
     )
 
 
-def writer() -> tuple[StateWrites, Disk]:
+def writer(interval_s: float = 0.0) -> tuple[StateWrites, Disk]:
     disk = Disk()
     complain = Complaints(logging.getLogger("test"), 1)
-    return StateWrites(cast(Workdir, cast(Any, disk)), complain), disk
+    return StateWrites(cast(Workdir, cast(Any, disk)), complain, interval_s), disk
 
 
 def test_only_what_the_file_lacks_is_written(clock: list[float]) -> None:
@@ -89,21 +86,26 @@ def test_only_what_the_file_lacks_is_written(clock: list[float]) -> None:
 def test_a_moving_backup_lsn_is_written_at_most_every_interval_then_the_latest(
     clock: list[float],
 ) -> None:
-    writes, disk = writer()
+    writes, disk = writer(INTERVAL)
     st = timeline(1)
-    writes.new_round()
-    writes.record(st, Lsn(2 * SEG), 7)
-    for segno in (3, 4, 5):  # rounds within the interval: the file stays behind
-        clock[0] += BACKUP_WRITE_INTERVAL_S / 4
+    for segno in (2, 3, 4, 5):  # the first newer value starts the interval
         writes.new_round()
         writes.record(st, Lsn(segno * SEG), 7)
-    clock[0] += BACKUP_WRITE_INTERVAL_S / 4
+        clock[0] += INTERVAL / 4
+    assert disk.writes == []
     writes.new_round()
-    writes.record(st, Lsn(6 * SEG), 7)
-    assert [w[1] for w in disk.writes] == [Lsn(2 * SEG), Lsn(6 * SEG)]
+    writes.record(st, Lsn(6 * SEG), 7)  # due: the latest
+    for segno in (7, 8, 9):  # the file stays behind for another interval
+        clock[0] += INTERVAL / 4
+        writes.new_round()
+        writes.record(dataclasses.replace(st, backup_lsn=Lsn(6 * SEG)), Lsn(segno * SEG), 7)
+    clock[0] += INTERVAL / 4
+    writes.new_round()
+    writes.record(dataclasses.replace(st, backup_lsn=Lsn(6 * SEG)), Lsn(10 * SEG), 7)
+    assert [w[1] for w in disk.writes] == [Lsn(6 * SEG), Lsn(10 * SEG)]
     # A new system id is not held back.
-    writes.record(dataclasses.replace(st, backup_lsn=Lsn(6 * SEG)), Lsn(6 * SEG), 8)
-    assert disk.writes[-1] == (str(st.ttid), Lsn(6 * SEG), 8)
+    writes.record(dataclasses.replace(st, backup_lsn=Lsn(10 * SEG)), Lsn(10 * SEG), 8)
+    assert disk.writes[-1] == (str(st.ttid), Lsn(10 * SEG), 8)
 
 
 def test_a_round_writes_a_bounded_number_the_rest_wait(clock: list[float]) -> None:
@@ -128,7 +130,7 @@ def test_a_full_disk_is_complained_about_and_the_round_goes_on(
     writes.record(timeline(1), Lsn(2 * SEG), 7)
     assert "cannot record backup_lsn in the state file" in caplog.text
     disk.full = False
-    clock[0] += BACKUP_WRITE_INTERVAL_S
+    clock[0] += 1.0
     writes.new_round()
     writes.record(timeline(1), Lsn(2 * SEG), 7)  # retried once due
     assert len(disk.writes) == 1
