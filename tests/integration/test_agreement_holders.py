@@ -9,6 +9,8 @@ itself a lone node and archived its damaged copy unchecked
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import pytest
 
 from tasks.backup.agreement import AGREEMENT_WAIT_S, HOLDER_GRACE_S, Agreement
 from tasks.core.election import PeerInfo
+from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.errors import AgreementPending
 from tasks.state.beats import node_entry
 from tasks.state.keys import NODES_KEY
 from tasks.state.records import peer_to_json
@@ -97,3 +101,41 @@ def test_a_lone_node_waits_for_nobody(h: Harness) -> None:
     """Only node 1 (the harness's own) heartbeats: it archives unchecked."""
     assert set(h.state.nodes()) == {1}
     assert holders(h, completed=time.time()) == []
+
+
+def test_a_parked_attempt_leaves_its_digest_to_the_next_while_the_file_is_unchanged(
+    h: Harness,
+) -> None:
+    """An attempt that parks for a peer's digest (``AgreementPending``) keeps
+    its own: the next one does not hash 16 MiB again while the copy's size,
+    mtime and inode are the same. (Whatever the file holds by then, the
+    upload proves what the server stored against that digest.) A file that
+    changed is hashed again."""
+    node = h.node
+    agreement = Agreement(node.settings, h.state, node.disk, node.copies, needs_md5=lambda: True)
+    segno = 8
+    path = node.disk.segment_path(TenantTimelineId.parse(h.ttid), segno, SEG)
+    original = path.read_bytes()
+    beat(h, 2, seg(segno + 1), time.time())  # node 2 holds segment 8: its digest is due
+    with pytest.raises(AgreementPending):
+        agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+
+    st = path.stat()
+    with open(path, "r+b") as f:  # other bytes, same size, mtime and inode
+        f.write(b"\xff" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    agreed = hashlib.sha256(original).hexdigest()
+    h.state.publish_digests(2, [(h.ttid, segno, agreed)])
+    digest = agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+    assert digest is not None and digest.sha256_hex == agreed
+    assert digest.md5 == hashlib.md5(original).digest()
+
+    # Parked again, then the file changes (a new mtime): hashed again.
+    h.state.publish_digests(2, [], [(h.ttid, segno)])
+    with pytest.raises(AgreementPending):
+        agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = hashlib.sha256(path.read_bytes()).hexdigest()
+    h.state.publish_digests(2, [(h.ttid, segno, changed)])
+    digest = agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+    assert digest is not None and digest.sha256_hex == changed
