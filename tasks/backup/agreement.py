@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.backup.copies import Copies, StatKey, stat_key
+from tasks.backup.copies import Copies
 from tasks.config import Settings
 from tasks.core.agreement import Decision, judge
 from tasks.core.election import heard_lately, is_alive
@@ -42,12 +42,15 @@ AGREEMENT_WAIT_S = 10.0
 """After this long, a live peer that still has not published its digest of a
 segment is no longer waited for: the segment is judged on the others."""
 PEERS_CACHE_S = 0.5
+CopyKey = tuple[int, int, int, int]
+"""A copy's size, mtime, inode and ctime (ns) when it was hashed."""
 
 
 class Agreement:
-    """Called from the upload threads. ``_peers`` and ``_pending_since`` are
-    plain dicts shared by them without a lock: each entry is replaced whole,
-    and a lost update only costs a Redis read or restarts a wait."""
+    """Called from the upload threads. ``_peers``, ``_pending_since`` and
+    ``_pending_digest`` are plain dicts shared by them without a lock: each
+    entry is replaced whole, and a lost update only costs a Redis read,
+    restarts a wait or hashes a copy again."""
 
     def __init__(
         self,
@@ -68,9 +71,9 @@ class Agreement:
         it can change: ``s3_probe``)."""
         self._peers: dict[str, tuple[float, dict[int, dict[str, Any]], list[PeerRecord]]] = {}
         self._pending_since: dict[tuple[str, int], float] = {}
-        self._pending_digest: dict[tuple[str, int], tuple[StatKey, SegmentDigest]] = {}
+        self._pending_digest: dict[tuple[str, int], tuple[CopyKey, SegmentDigest]] = {}
         """Our copy's digests of segments parked for their peers' digests, by
-        the copy's size, mtime and inode: the next attempt does not read and
+        the copy's size, mtime, inode and ctime: the next attempt does not read and
         hash it again (16 MiB: ~35 ms of SHA-256 and MD5; in the fleet's s3
         burst, about half the attempts parked). Whatever the file holds by
         then, the upload proves what the server stored against this digest."""
@@ -82,14 +85,16 @@ class Agreement:
         ``None`` when no other live node holds the segment (nothing to agree
         with: the backend hashes the bytes as it sends them). Raises as
         ``_check`` does, and ``DamagedCopy`` when our copy cannot be read."""
+        key: CopyKey | None = None  # taken before the read: a change while hashing shows
         try:
             st = path.stat()
             completed = max(st.st_mtime, st.st_ctime)  # its last write, or its rename
+            # The ctime too: a write that puts the mtime back (utime) cannot forge it.
+            key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         except OSError:
             completed = time.time()  # _read_copy tells what is wrong with it
         if not self.holders(ttid, segno, seg_size, completed):
             return None
-        key = stat_key(path)  # before the read: a change while hashing shows
         digest = self._read_copy(ttid, segno, path, seg_size, key)
         try:
             self._check(ttid, segno, seg_size, digest, name, completed)
@@ -102,7 +107,7 @@ class Agreement:
         return digest
 
     def _read_copy(
-        self, ttid: str, segno: int, path: Path, seg_size: int, key: StatKey | None
+        self, ttid: str, segno: int, path: Path, seg_size: int, key: CopyKey | None
     ) -> SegmentDigest:
         """Our copy's digests (one read pass, unless an attempt parked for the
         peers' digests read the same file); a copy we cannot read is damaged."""

@@ -163,9 +163,9 @@ class Copies:
         """Hash the complete segments from backup_lsn (or the first held) up to
         ``DIGEST_AHEAD`` further that have no current digest, publish them,
         and withdraw digests of segments now backed up or gone. Timelines in
-        ``uploading`` (this node holds their lease, or is their elected
-        offloader; asked before each segment, so a lease taken meanwhile
-        stops the hashing) are hashed by their uploads (``publish_own``).
+        ``uploading`` (this node holds their lease; asked before each
+        segment, so a lease taken meanwhile stops the hashing) are hashed by
+        their uploads (``publish_own``).
         Returns the number of segments hashed.
 
         Timelines go in id order, the order in which their offloaders take
@@ -226,7 +226,7 @@ class Copies:
                     known[segno] = (key, hexdigest)
                 fresh.append((ttid, segno, hexdigest))
                 if len(fresh) >= PUBLISH_EVERY:
-                    self.state.publish_digests(self.node_id, fresh)
+                    self._publish(fresh, [])
                     fresh = []
             else:
                 self._checked_system_id[ttid] = st.system_id  # every copy was looked at
@@ -234,8 +234,18 @@ class Copies:
             for gone in self._digests.keys() - timelines.keys():
                 stale += [(gone, s) for s in self._digests.pop(gone)]
                 self._checked_system_id.pop(gone, None)
-        self.state.publish_digests(self.node_id, fresh, stale)
+        self._publish(fresh, stale)
         return hashed
+
+    def _publish(self, fresh: list[tuple[str, int, str]], stale: list[tuple[str, int]]) -> None:
+        try:
+            self.state.publish_digests(self.node_id, fresh, stale)
+        except redis.RedisError:
+            # ``_digests`` has them already: the next ``refresh`` publishes
+            # every digest again. A lost withdrawal leaves an entry of a
+            # segment backed up or gone, which the agreement no longer asks for.
+            self._republish = True
+            raise
 
     def _check_header(
         self, ttid: str, segno: int, path: Path, first_page: bytes, st: TimelineState

@@ -3,7 +3,7 @@
 Every committed segment is in remote storage, so after Redis lost its data the
 longest contiguous run of complete remote segments from the timeline's start
 is a lower bound that is never below the lost backup_lsn: unlike the nodes'
-state files, which may lag it by a heartbeat.
+state files, which may lag it by ``WALBACKUP_STATE_FILE_INTERVAL``.
 
 After ``walbackup retain`` the archive starts later than the timeline: the
 ``_retained`` marker in the bucket (``tasks.core.retention``) says where, and

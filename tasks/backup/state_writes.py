@@ -31,17 +31,20 @@ class StateWrites:
     """Runs in the heartbeat thread only.
 
     A timeline's state file takes a newer backup_lsn at most every
-    ``interval_s`` (``WALBACKUP_STATE_FILE_INTERVAL``), counted from the
-    first newer value seen: then the latest. A new system id is written at
-    once. Each write is an fsync, wakes the node's WORKDIR watch, which
-    rescans the timeline, and changes the node's heartbeat record, which
-    marks the timeline for election. At one write every 2 s, the state files
-    took ~8 % of the nodes' CPU in bench/fleet.py's burst, and a quarter of a
-    core per node for 10 s after their start. The file is a lower bound: WAL
-    removal takes the lower of it and Redis's value, and the recovery of a
-    Redis that lost its data reads the archive too, so a file behind only
-    delays removal (Neon's safekeepers, likewise, persist their control
-    file's ``backup_lsn`` only now and then)."""
+    ``interval_s`` (``WALBACKUP_STATE_FILE_INTERVAL``): the latest, once
+    due. The first interval counts from the first newer value seen, so that
+    a burst just after a node's start writes nothing at once; timelines that
+    come due together are spread by ``STATE_WRITES_PER_HEARTBEAT``. A new
+    system id is written at once. Each write is an fsync, wakes the node's
+    WORKDIR watch, which rescans the timeline, and changes the node's
+    heartbeat record, which marks the timeline for election. At one write
+    every 2 s, the state files took ~8 % of the nodes' CPU in
+    bench/fleet.py's burst, and a quarter of a core per node for 10 s after
+    their start. The file is a lower bound: WAL removal takes the lower of
+    it and Redis's value, and the recovery of a Redis that lost its data
+    reads the archive too, so a file behind only delays removal (Neon's
+    safekeepers, likewise, persist their control file's ``backup_lsn`` only
+    now and then)."""
 
     def __init__(self, disk: Workdir, complain: Complaints, interval_s: float) -> None:
         self.disk = disk
@@ -67,9 +70,7 @@ class StateWrites:
         if self._writes >= STATE_WRITES_PER_HEARTBEAT or now >= self._deadline:
             return
         ttid = str(st.ttid)
-        # The first newer backup_lsn starts the interval, so that a burst just
-        # after a node's start does not write every file at once.
-        last = self._last.setdefault(ttid, now)
+        last = self._last.setdefault(ttid, now)  # the first newer value starts the interval
         if not new_system_id and now - last < self.interval_s:
             return
         self._writes += 1

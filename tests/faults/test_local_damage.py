@@ -36,9 +36,9 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.integration
 
 
+STATE_FILE_FAST = {"WALBACKUP_STATE_FILE_INTERVAL": "1"}
 # Runs a node as root without the capabilities that let root read any file,
 # so that a file with mode 000 is unreadable to it, as to any other user.
-STATE_FILE_FAST = {"WALBACKUP_STATE_FILE_INTERVAL": "1"}
 WITHOUT_DAC_BYPASS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 

@@ -1,7 +1,7 @@
 """Redis loses all its data (SPEC §9): nothing is forgotten. The nodes
 register their timelines again with their heartbeats, beat's round recovers
 backup_lsn by listing the archive, and backup_lsn never moves backwards,
-even though the nodes' state files lag it by a heartbeat."""
+even though the nodes' state files lag it (``WALBACKUP_STATE_FILE_INTERVAL``)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,12 @@ def new_ttid() -> TenantTimelineId:
 def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: Path) -> None:
     server = RedisServer()
     server.start()
-    cluster = Cluster(tmp_path, server.url, (tmp_path / "remote").as_uri())
+    # The state files take backup_lsn within 1 s (30 s by default): the
+    # premise below is that they say 1..12 are archived.
+    fast_state_files = {"WALBACKUP_STATE_FILE_INTERVAL": "1"}
+    cluster = Cluster(
+        tmp_path, server.url, (tmp_path / "remote").as_uri(), settings=fast_state_files
+    )
     workdirs = [cluster.workdir(n) for n in NODES]
     ttid = new_ttid()
     storage_down = AWS_ENV | {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.backup import agreement as agreement_module
 from tasks.backup.agreement import AGREEMENT_WAIT_S, HOLDER_GRACE_S, Agreement
 from tasks.core.election import PeerInfo
 from tasks.core.ids import TenantTimelineId
@@ -25,6 +26,7 @@ from tasks.state.beats import node_entry
 from tasks.state.keys import NODES_KEY
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
+from tasks.storage.base import SegmentDigest, digest_segment_file
 from tests.integration.test_uploader import SEG, Harness, seg
 
 pytestmark = pytest.mark.integration
@@ -104,38 +106,58 @@ def test_a_lone_node_waits_for_nobody(h: Harness) -> None:
 
 
 def test_a_parked_attempt_leaves_its_digest_to_the_next_while_the_file_is_unchanged(
-    h: Harness,
+    h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An attempt that parks for a peer's digest (``AgreementPending``) keeps
-    its own: the next one does not hash 16 MiB again while the copy's size,
-    mtime and inode are the same. (Whatever the file holds by then, the
-    upload proves what the server stored against that digest.) A file that
-    changed is hashed again."""
+    its own: the next one does not read and hash the copy again (16 MiB)
+    while its size, mtime, inode and ctime are the same, and it has the MD5
+    if the storage wants one. A copy written since is hashed again, even
+    with its mtime put back."""
+    reads: list[Path] = []
+
+    def counted(path: Path, expected_size: int, md5: bool = True) -> SegmentDigest:
+        reads.append(path)
+        return digest_segment_file(path, expected_size, md5)
+
+    monkeypatch.setattr(agreement_module, "digest_segment_file", counted)
     node = h.node
-    agreement = Agreement(node.settings, h.state, node.disk, node.copies, needs_md5=lambda: True)
+    wants_md5 = [False]
+    agreement = Agreement(
+        node.settings, h.state, node.disk, node.copies, needs_md5=lambda: wants_md5[0]
+    )
     segno = 8
     path = node.disk.segment_path(TenantTimelineId.parse(h.ttid), segno, SEG)
-    original = path.read_bytes()
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
     beat(h, 2, seg(segno + 1), time.time())  # node 2 holds segment 8: its digest is due
+
+    def attempt() -> SegmentDigest | None:
+        return agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+
     with pytest.raises(AgreementPending):
-        agreement.verify(h.ttid, segno, SEG, path, "segment 8")
+        attempt()
+    h.state.publish_digests(2, [(h.ttid, segno, sha)])
+    digest = attempt()
+    assert digest is not None and digest.sha256_hex == sha
+    assert len(reads) == 1  # the parked attempt's digest
 
-    st = path.stat()
-    with open(path, "r+b") as f:  # other bytes, same size, mtime and inode
-        f.write(b"\xff" * 64)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    agreed = hashlib.sha256(original).hexdigest()
-    h.state.publish_digests(2, [(h.ttid, segno, agreed)])
-    digest = agreement.verify(h.ttid, segno, SEG, path, "segment 8")
-    assert digest is not None and digest.sha256_hex == agreed
-    assert digest.md5 == hashlib.md5(original).digest()
-
-    # Parked again, then the file changes (a new mtime): hashed again.
+    # Parked again; now the storage wants the MD5, which that digest lacks.
     h.state.publish_digests(2, [], [(h.ttid, segno)])
     with pytest.raises(AgreementPending):
-        agreement.verify(h.ttid, segno, SEG, path, "segment 8")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        attempt()
+    wants_md5[0] = True
+    h.state.publish_digests(2, [(h.ttid, segno, sha)])
+    digest = attempt()
+    assert digest is not None and digest.md5 and len(reads) == 3
+
+    # Parked again; the copy is written in place and its mtime put back.
+    h.state.publish_digests(2, [], [(h.ttid, segno)])
+    with pytest.raises(AgreementPending):
+        attempt()
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     changed = hashlib.sha256(path.read_bytes()).hexdigest()
     h.state.publish_digests(2, [(h.ttid, segno, changed)])
-    digest = agreement.verify(h.ttid, segno, SEG, path, "segment 8")
-    assert digest is not None and digest.sha256_hex == changed
+    digest = attempt()
+    assert digest is not None and digest.sha256_hex == changed and len(reads) == 5
