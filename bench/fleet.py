@@ -169,11 +169,12 @@ def run_ours(
         c.wait_nodes(list(nodes), timeout=120)
         time.sleep(5)  # first scans and heartbeats of every timeline settle
         rss_idle = rss_kib(c.procs["node1"].pid) / 1024
-        idle_cpu = idle_cpu_share([c.procs[f"node{n}"].pid for n in nodes], IDLE_S)
+        node_pids = [c.procs[f"node{n}"].pid for n in nodes]
+        idle_cpu = idle_cpu_share(node_pids, IDLE_S)
         watcher = BackupWatcher(redis_url, ttids, seg_size, interval_s=0.25)
         pids = {name: p.pid for name, p in c.procs.items()} | {"redis": redis_pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        sys_before = sum(cpu_split(p.pid)[1] for n, p in c.procs.items() if n.startswith("node"))
+        sys_before = sum(cpu_split(pid)[1] for pid in node_pids)
         before = command_counts(c.state.r)
         watcher.start()
         with py_spy(c.procs[spy.py_spy_proc].pid, spy.py_spy, gil=not spy.py_spy_cpu):
@@ -185,8 +186,7 @@ def run_ours(
         watcher.stop()
         after = command_counts(c.state.r)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-        sys_cpu = sum(cpu_split(p.pid)[1] for n, p in c.procs.items() if n.startswith("node"))
-        sys_cpu -= sys_before
+        sys_cpu = sum(cpu_split(pid)[1] for pid in node_pids) - sys_before
         if not ok:
             print(c.tail_logs())
             raise SystemExit(
