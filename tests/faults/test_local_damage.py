@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.ids import TenantTimelineId
+from tasks.core.segments import xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate
 from tasks.state.state_file import read_state_file
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
@@ -191,6 +192,43 @@ def test_divergent_copy_while_its_peers_stall(
         writer.write(2)
         cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
     assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
+
+
+def test_copy_damaged_in_place_while_its_upload_waits_for_the_peers(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Nodes 2 and 3 are frozen (SIGSTOP), so node 1's upload of segment 5,
+    good when it was hashed, parks for their digests. Meanwhile its copy is
+    rewritten in place with the mtime put back (a bad disk, or a careless
+    tool). The next attempt hashes it again (``Agreement``: its ctime
+    changed; were the old digest reused, the upload's own hash of what it
+    sends would refuse it), the thawed peers' good copies outvote it, and
+    the archive gets theirs."""
+    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
+
+    with BackupSampler(cluster, ttid) as sampler:
+        frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
+        for pid in frozen:
+            os.killpg(pid, signal.SIGSTOP)
+        try:
+            simulate(nodes, [ttid], 1, SEG_SIZE, start_segno=5)
+            time.sleep(1.5)  # node 1 hashed its copy and parked, waiting
+            path = timeline_dir(nodes[0], ttid) / xlog_file_name(5, SEG_SIZE)
+            st = path.stat()
+            with open(path, "r+b") as f:
+                f.seek(1000)
+                f.write(b"\xa5" * 100)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            time.sleep(1.5)
+        finally:
+            for pid in frozen:
+                os.killpg(pid, signal.SIGCONT)
+        writer.next_segno = 6
+        writer.write(2)
+        cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
+    log = cluster.log_path("node1").read_text(errors="replace")
+    assert "is damaged" in log, "node 1 never judged its rewritten copy"
 
 
 def test_timeline_dir_removed_mid_backup(
