@@ -18,6 +18,7 @@ from tasks.core.ledger import LEDGER_DIR, LedgerEntry
 from tasks.core.partials import PARTIAL_OBJECT_RE
 from tasks.core.segments import PG_TLI, parse_xlog_file_name, xlog_file_name
 from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
+from tasks.state.beats import chunks
 from tasks.state.redis import RedisState
 from tasks.storage.base import (
     ObjectInfo,
@@ -92,8 +93,8 @@ def ledger_for(
     entries, conflicts = store.entries(ttid, seg_size, start, end, refs)
     if state is not None:
         missing = [s for s in range(start, end) if s not in entries]
-        for i in range(0, len(missing), REDIS_BATCH):
-            entries.update(state.ledger_entries(str(ttid), missing[i : i + REDIS_BATCH]))
+        for part in chunks(missing, REDIS_BATCH):
+            entries.update(state.ledger_entries(str(ttid), part))
     return entries, conflicts
 
 

@@ -29,6 +29,7 @@ from tasks.core.election import Election, determine_offloader, is_alive, live_no
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Throttle
+from tasks.state.beats import chunks
 from tasks.state.records import PeerRecord, TimelineRecord
 from tasks.state.redis import RedisState
 
@@ -108,8 +109,8 @@ class Elector:
             time.time() - self.heartbeat_timeout_s, self.sweep_rounds, MAX_MARKED_PER_ROUND
         )
         again: list[str] = []
-        for start in range(0, len(ttids), batch_size):
-            outcomes = self.elect(ttids[start : start + batch_size], settle=FIRST_SETTLE_S)
+        for part in chunks(ttids, batch_size):
+            outcomes = self.elect(part, settle=FIRST_SETTLE_S)
             again += [o.ttid for o in outcomes if o.pending]
         self.state.mark_for_election(again)
         return len(ttids)

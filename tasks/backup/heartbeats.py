@@ -8,8 +8,9 @@ changed (``tasks.state.beats``). What comes back per timeline:
 
 - backup_lsn, copied into the timeline's state file, so a Redis that lost its
   data recovers it from the nodes (``tasks.backup.state_writes``: a bounded
-  number a round, each timeline at most every ``WALBACKUP_STATE_FILE_INTERVAL``), and kept in
-  ``backup_known`` for the digester and the scrubber;
+  number a round, each timeline at most every
+  ``WALBACKUP_STATE_FILE_INTERVAL``), and kept in ``backup_known`` for the
+  digester and the scrubber;
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;

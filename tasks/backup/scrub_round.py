@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tasks.state.beats import chunks
 from tasks.state.redis import RedisState
 
 SendScrub = Callable[[int, list[str]], None]
@@ -21,6 +22,6 @@ def scrub_round(state: RedisState, send: SendScrub, batch_size: int = 1000) -> i
             if facts.backup_lsn is not None and facts.offloader is not None:
                 by_node.setdefault(facts.offloader, []).append(ttid)
     for node_id, ttids in sorted(by_node.items()):
-        for i in range(0, len(ttids), batch_size):
-            send(node_id, ttids[i : i + batch_size])
+        for part in chunks(ttids, batch_size):
+            send(node_id, list(part))
     return sum(len(t) for t in by_node.values())

@@ -10,6 +10,7 @@ from typing import Any
 from tasks.core.election import is_alive
 from tasks.core.lsn import Lsn
 from tasks.core.partials import archived_lsn
+from tasks.state.beats import chunks
 from tasks.state.records import PeerRecord, TimelineRecord
 from tasks.state.redis import RedisState
 
@@ -155,8 +156,7 @@ def timeline_status(
     ids = list(ttids) if ttids else state.registered()
     now = time.time()
     out: list[TimelineStatus] = []
-    for start in range(0, len(ids), _BATCH):
-        batch = ids[start : start + _BATCH]
+    for batch in chunks(ids, _BATCH):
         for ttid, (record, peers) in zip(batch, state.timelines_with_peers(batch), strict=True):
             out.append(TimelineStatus.from_records(ttid, record, peers, now, heartbeat_timeout_s))
     return out

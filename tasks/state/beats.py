@@ -51,10 +51,10 @@ PIPELINE_CHUNK = 1000
 T = TypeVar("T")
 
 
-def chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """``items`` in runs of ``PIPELINE_CHUNK``, one command or pipeline each."""
-    for start in range(0, len(items), PIPELINE_CHUNK):
-        yield items[start : start + PIPELINE_CHUNK]
+def chunks(items: Sequence[T], size: int = PIPELINE_CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in runs of ``size``: one command, pipeline or batch each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 _FACTS: dict[str, tuple[list[str | None], ClusterFacts]] = {}
@@ -148,8 +148,8 @@ class ElectionFeed:
                 pipe.zadd(BEATS_KEY, {member: now for member in members})
             if register and part:
                 pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
-            for ttid, _ in part:
-                if hold_ms > 0 and ttid in hold_kicks:  # PX 0 is an error
+            if hold_ms > 0:  # PX 0 is an error
+                for ttid in (t for t, _ in part if t in hold_kicks):
                     pipe.set(kick_key(ttid), "1", nx=True, px=hold_ms)
             marked = [t for t, _ in part if changed is None or t in changed]
             if marked:
