@@ -166,6 +166,30 @@ def test_a_timeline_directory_replaced_under_the_offloader(
     assert took < 5
 
 
+@contextlib.contextmanager
+def peers_frozen_at_segment_5(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> Iterator[tuple[Cluster, list[Path], TenantTimelineId]]:
+    """A timeline node 1 offloads, backed up to segment 5; nodes 2 and 3 are
+    frozen (SIGSTOP) while the body runs (it writes segment 5). Then they
+    thaw, segments 6 and 7 follow, and the SPEC §9 invariant is checked up
+    to segment 8."""
+    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
+    with BackupSampler(cluster, ttid) as sampler:
+        frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
+        for pid in frozen:
+            os.killpg(pid, signal.SIGSTOP)
+        try:
+            yield cluster, nodes, ttid
+        finally:
+            for pid in frozen:
+                os.killpg(pid, signal.SIGCONT)
+        writer.next_segno = 6
+        writer.write(2)
+        cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
+
+
 def test_divergent_copy_while_its_peers_stall(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
@@ -174,24 +198,11 @@ def test_divergent_copy_while_its_peers_stall(
     overloaded host. Their missed heartbeats must not make the offloader a
     lone node that archives its own bytes unchecked: it waits for them, and
     once they thaw, their copies outvote its own."""
-    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
-
-    with BackupSampler(cluster, ttid) as sampler:
-        frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
-        for pid in frozen:
-            os.killpg(pid, signal.SIGSTOP)
-        try:
-            simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
-            good = expected_segment_bytes(ttid, 5, SEG_SIZE)
-            write_segment(nodes[0], ttid, 5, damaged_bytes(good, "divergent"))
-            time.sleep(3.0)  # past the 2 s heartbeat timeout
-        finally:
-            for pid in frozen:
-                os.killpg(pid, signal.SIGCONT)
-        writer.next_segno = 6
-        writer.write(2)
-        cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
-    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
+    with peers_frozen_at_segment_5(make_cluster, tmp_path) as (_, nodes, ttid):
+        simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
+        good = expected_segment_bytes(ttid, 5, SEG_SIZE)
+        write_segment(nodes[0], ttid, 5, damaged_bytes(good, "divergent"))
+        time.sleep(3.0)  # past the 2 s heartbeat timeout
 
 
 def test_copy_damaged_in_place_while_its_upload_waits_for_the_peers(
@@ -204,29 +215,16 @@ def test_copy_damaged_in_place_while_its_upload_waits_for_the_peers(
     changed; were the old digest reused, the upload's own hash of what it
     sends would refuse it), the thawed peers' good copies outvote it, and
     the archive gets theirs."""
-    cluster, nodes, ttid, writer, archive = offloaded_by_node1(make_cluster, tmp_path)
-
-    with BackupSampler(cluster, ttid) as sampler:
-        frozen = [cluster.procs[f"node{n}"].pid for n in (2, 3)]
-        for pid in frozen:
-            os.killpg(pid, signal.SIGSTOP)
-        try:
-            simulate(nodes, [ttid], 1, SEG_SIZE, start_segno=5)
-            time.sleep(1.5)  # node 1 hashed its copy and parked, waiting
-            path = timeline_dir(nodes[0], ttid) / xlog_file_name(5, SEG_SIZE)
-            st = path.stat()
-            with open(path, "r+b") as f:
-                f.seek(1000)
-                f.write(b"\xa5" * 100)
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-            time.sleep(1.5)
-        finally:
-            for pid in frozen:
-                os.killpg(pid, signal.SIGCONT)
-        writer.next_segno = 6
-        writer.write(2)
-        cluster.wait_backup(ttid, seg_lsn(8), timeout=30)
-    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=8, expected_end=8)
+    with peers_frozen_at_segment_5(make_cluster, tmp_path) as (cluster, nodes, ttid):
+        simulate(nodes, [ttid], 1, SEG_SIZE, start_segno=5)
+        time.sleep(1.5)  # node 1 hashed its copy and parked, waiting
+        path = timeline_dir(nodes[0], ttid) / xlog_file_name(5, SEG_SIZE)
+        st = path.stat()
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            f.write(b"\xa5" * 100)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        time.sleep(1.5)
     log = cluster.log_path("node1").read_text(errors="replace")
     assert "is damaged" in log, "node 1 never judged its rewritten copy"
 
