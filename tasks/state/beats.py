@@ -113,9 +113,10 @@ class ElectionFeed:
         hold_ms: int = 0,
     ) -> None:
         """A heartbeat, at ``now``, for each of ``records`` (``(ttid, peer JSON)``):
-        one pipelined round trip per ``PIPELINE_CHUNK`` of them (one more when
-        a peer or timeline is new). A heartbeat's time is the peer's score in
-        the beats ZSET; its record in the timeline's peers hash is written only
+        one pipelined round trip per ``PIPELINE_CHUNK`` of them, after
+        redis-py's check that ``beat.lua`` is loaded (one more when a peer or
+        timeline is new). A heartbeat's time is the peer's score in the beats
+        ZSET (``beat.lua``); its record in the timeline's peers hash is written only
         for the timelines in ``write`` (``None``: all), and for any whose score
         was missing (a first heartbeat, one after expiring, a Redis that lost
         its data): one more round trip.
@@ -141,13 +142,11 @@ class ElectionFeed:
             for ttid, payload in written:
                 pipe.hset(peers_key(ttid), str(node_id), payload)
             if part:
-                # One ZMSCORE and one ZADD for the chunk, not a command per
-                # timeline: packing commands was most of a round's CPU.
-                members = [beat_member(node_id, ttid) for ttid, _ in part]
-                pipe.zmscore(BEATS_KEY, members)  # type: ignore[no-untyped-call]
-                pipe.zadd(BEATS_KEY, {member: now for member in members})
-            if register and part:
-                pipe.zadd(TIMELINES_KEY, {ttid: now for ttid, _ in part}, nx=True)
+                # One command and one argument for the chunk's beats (and
+                # registrations): packing arguments was most of a round's CPU.
+                ids = ",".join(ttid for ttid, _ in part)
+                args = [node_id, repr(now), "1" if register else "0", ids]
+                self._scripts.run("beat", [BEATS_KEY, TIMELINES_KEY], args, pipe)
             if hold_ms > 0:  # PX 0 is an error
                 for ttid in (t for t, _ in part if t in hold_kicks):
                     pipe.set(kick_key(ttid), "1", nx=True, px=hold_ms)
@@ -157,7 +156,8 @@ class ElectionFeed:
             results = pipe.execute()[(1 if start == 0 else 0) + len(written) :]
             if not part:
                 continue
-            missing = [rec for rec, score in zip(part, results[0], strict=True) if score is None]
+            registered, *absent = results[0]
+            missing = [part[i - 1] for i in absent]
             unwritten = [(t, p) for t, p in missing if write is not None and t not in write]
             if unwritten:
                 # No live beat to go with: its record may be gone too (a Redis
@@ -168,7 +168,7 @@ class ElectionFeed:
                 again.execute()
             if changed is None:
                 continue
-            if register and results[2]:
+            if registered:
                 # New registrations (rare: new timelines, a Redis that lost its data).
                 fresh += [t for t, _ in part]
             else:

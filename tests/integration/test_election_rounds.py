@@ -22,8 +22,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.dev.simulate import simulate
 from tasks.logutil import Complaints
-from tasks.state.beats import PIPELINE_CHUNK
-from tasks.state.keys import DIRTY_KEY, peers_key
+from tasks.state.beats import PIPELINE_CHUNK, beat_member
+from tasks.state.keys import BEATS_KEY, DIRTY_KEY, peers_key
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
@@ -141,6 +141,26 @@ def test_new_registration_marks_its_timeline(state: RedisState) -> None:
     state.forget(ttid)  # e.g. Redis lost the registry; the peer is still known
     publish(state, 1, [ttid], seg(5), changed=set())
     assert state.r.smembers(DIRTY_KEY) == {ttid}
+
+
+def test_a_beat_that_went_missing_rewrites_that_record_and_marks_it(state: RedisState) -> None:
+    """Only the timeline whose beat is gone (here: taken out by hand, as an
+    expiry or a Redis that lost it would) has its record written again and
+    is marked, though the heartbeat writes no records (``write=()``)."""
+    ttids = [make_ttid() for _ in range(3)]
+    publish(state, 1, ttids, seg(5), changed=set())
+    state.r.delete(DIRTY_KEY)
+    state.r.zrem(BEATS_KEY, beat_member(1, ttids[1]))
+    for t in ttids:
+        state.r.delete(peers_key(t))
+    now = time.time()
+    records = [
+        (t, peer_to_json(PeerInfo(1, seg(5), seg(1), seg(5), now), SEG, seg(1))) for t in ttids
+    ]
+    state.publish_heartbeats(1, records, now, register=True, changed=set(), write=())
+    assert state.r.smembers(DIRTY_KEY) == {ttids[1]}
+    assert [state.r.hexists(peers_key(t), "1") for t in ttids] == [False, True, False]
+    assert state.r.zscore(BEATS_KEY, beat_member(1, ttids[1])) == pytest.approx(now)
 
 
 def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
