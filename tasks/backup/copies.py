@@ -90,6 +90,10 @@ class Copies:
         """Start of the lowest damaged copy at or above ``backup_lsn``; sets the
         timeline's ``local_damaged_segments`` gauge."""
         ttid = str(st.ttid)
+        if not st.damaged and not (
+            ttid in self._damaged or ttid in self._gauged or ttid in self._reported
+        ):
+            return None  # nearly every timeline, every heartbeat round
         floor = backup_lsn.segment_number(st.wal_seg_size) if backup_lsn is not None else 0
         damaged = {s for s in st.damaged if s >= floor}
         with self._lock:
