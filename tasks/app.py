@@ -17,14 +17,19 @@ from kombu.exceptions import OperationalError
 
 from beat.schedule import build_schedule
 from tasks.config import get_settings
-from tasks.errors import BrokerUnavailable
+from tasks.errors import BrokerUnavailable, InvalidInput
 from tasks.memory import limit_arenas
 from tasks.names import ELECT_ALL, SHARED_QUEUE, node_queue
 from tasks.state.keys import REDBEAT_PREFIX
 
 log = logging.getLogger("walbackup.app")
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except InvalidInput as exc:
+    # One line, not Celery's "Unable to load celery application" and a traceback.
+    print(f"walbackup: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 _queues = [Queue(SHARED_QUEUE)]

@@ -7,9 +7,10 @@ fail at start with a message naming the variable.
 
 from __future__ import annotations
 
+import logging
 import os
-import re
 import tomllib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -23,13 +24,22 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tasks.core import urls
 from tasks.core.commit import WindowSize
 from tasks.core.segments import DEFAULT_SEG_SIZE, validate_seg_size
+from tasks.core.setting_names import ENV_PREFIX as ENV_PREFIX  # the demo reads it here
+from tasks.core.setting_names import unknown_env, unknown_keys
 from tasks.errors import InvalidInput
 
-ENV_PREFIX = "WALBACKUP_"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+log = logging.getLogger("walbackup.config")
+
 AMQP_SCHEMES = ("amqp://", "amqps://")
+URL_CHECKS: dict[str, Callable[[str], object]] = {
+    "redis_url": urls.check_redis_url,
+    "broker_url": urls.check_broker_url,
+    "s3_endpoint_url": urls.check_endpoint_url,
+    "remote_storage": urls.split_storage_url,
+}
 KICK_HOLD_MIN_MS = 30_000
 
 
@@ -119,25 +129,21 @@ class Settings(BaseSettings):
             raise ValueError(f"only valid with {ENV_PREFIX}S3_SSE=aws:kms")
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "broker_url", "s3_endpoint_url", "remote_storage")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(REDIS_SCHEMES):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
-
-    @field_validator("broker_url")
-    @classmethod
-    def _broker_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith((*REDIS_SCHEMES, *AMQP_SCHEMES)):
-            raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL")
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                URL_CHECKS[str(info.field_name)](value)
+            except InvalidInput as exc:  # a storage URL's, as open_storage says it
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_sentinels(value)
+            urls.parse_sentinels(value)
         return value
 
     @model_validator(mode="after")
@@ -158,7 +164,7 @@ class Settings(BaseSettings):
     @property
     def sentinels(self) -> list[tuple[str, int]]:
         """The Sentinels' addresses; empty when Redis is reached directly."""
-        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
+        return urls.parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
 
     @classmethod
     def settings_customise_sources(
@@ -216,7 +222,7 @@ class Settings(BaseSettings):
         if self.sentinels:
             hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"master {self.redis_master_name!r} via Sentinels {hosts}"
-        return redact(self.redis_url)
+        return urls.redact(self.redis_url)
 
     @property
     def broker_is_redis(self) -> bool:
@@ -257,30 +263,16 @@ class Settings(BaseSettings):
         return self.heartbeat_timeout
 
 
-def parse_sentinels(value: str) -> list[tuple[str, int]]:
-    """``host:port,host:port`` as addresses; ``ValueError`` naming the bad one."""
-    out = []
-    for item in value.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{item.strip()!r} is not host:port (a comma-separated list)")
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
-def redact(url: str) -> str:
-    """``url`` without its ``user:password@``."""
-    return re.sub(r"//[^/@]*@", "//***@", url, count=1)
-
-
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning every configuration mistake (a bad value, a
-    missing or malformed ``WALBACKUP_CONFIG_FILE``) into one clear message."""
+    """The settings; every mistake (a bad value, a missing or malformed
+    ``WALBACKUP_CONFIG_FILE`` or a key of it that is no setting) is one clear
+    message. A ``WALBACKUP_*`` variable that is no setting is a warning."""
     toml_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
     if toml_file and not Path(toml_file).is_file():
         raise InvalidInput(f"{ENV_PREFIX}CONFIG_FILE: {toml_file} does not exist or is not a file")
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        keys = list(tomllib.loads(Path(toml_file).read_text())) if toml_file else []
     except tomllib.TOMLDecodeError as exc:
         problem = f"{ENV_PREFIX}CONFIG_FILE: {toml_file} is not valid TOML: {exc}"
         raise InvalidInput(problem) from None
@@ -289,8 +281,13 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) if err["loc"] else ""
             name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
-            problems.append(f"{name}: {err['msg']}")
+            problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
         raise InvalidInput("invalid configuration: " + "; ".join(problems)) from None
+    if unknown := unknown_keys(keys, Settings.model_fields):
+        raise InvalidInput(f"{ENV_PREFIX}CONFIG_FILE: {toml_file}: " + "; ".join(unknown))
+    for problem in unknown_env(os.environ, Settings.model_fields):
+        log.warning("%s: ignored", problem)
+    return settings
 
 
 @lru_cache(maxsize=1)

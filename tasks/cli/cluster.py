@@ -12,9 +12,9 @@ import typer
 from tasks.cli.failing import EXIT_INPUT, fail, one_line_errors
 from tasks.config import Settings, load_settings
 from tasks.core.ids import TenantTimelineId
+from tasks.core.urls import redact
 from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
-from tasks.storage.base import redact_url
 
 TtidsArg = Annotated[list[str], typer.Argument(help="TENANT_ID/TIMELINE_ID ...", metavar="TTID")]
 
@@ -57,7 +57,7 @@ def trigger(
             f"no node holds timeline {', '.join(unknown)}: check the id, "
             "or pass --create to register it anyway",
         )
-    with one_line_errors(f"the broker at {redact_url(settings.effective_broker_url)}"):
+    with one_line_errors(f"the broker at {redact(settings.effective_broker_url)}"):
         send(TRIGGER, [ids], SHARED_QUEUE, retry_policy=_PUBLISH_RETRY)
     print(f"triggered {len(ids)} timeline(s)")
 
@@ -173,7 +173,7 @@ def storage_settings(settings: Settings) -> dict[str, str | None]:
     url = settings.effective_remote_storage
     s3 = url.startswith("s3://")
     return {
-        "url": redact_url(url),
+        "url": redact(url),
         "sse": settings.s3_sse if s3 else None,
         "sse_kms_key_id": settings.s3_sse_kms_key_id if s3 else None,
     }

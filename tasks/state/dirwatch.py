@@ -150,7 +150,10 @@ class DirWatch:
 
 
 def open_watch(root: Path) -> DirWatch | None:
-    """A watch on ``root``, or ``None`` (logged) where inotify is not to be had."""
+    """A watch on ``root``, or ``None`` (logged) where inotify is not to be
+    had; ``None`` unlogged when ``root`` is no directory (the first scan says so)."""
+    if not root.is_dir():
+        return None
     try:
         return DirWatch(root)
     except (OSError, AttributeError) as exc:  # AttributeError: a libc without inotify

@@ -8,8 +8,8 @@ is S3 or an S3-compatible endpoint through boto3 (``s3.py``, with
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
+from tasks.core.urls import redact, split_storage_url
 from tasks.errors import InvalidInput
 from tasks.storage.base import (
     ObjectInfo,
@@ -17,7 +17,6 @@ from tasks.storage.base import (
     SegmentDigest,
     UploadResult,
     digest_segment_file,
-    redact_url,
     segment_key,
     timeline_prefix,
 )
@@ -38,8 +37,6 @@ __all__ = [
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 20.0
-
-_EXPECTED = "expected s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
 
 
 def open_storage(
@@ -73,42 +70,23 @@ def open_storage(
     ``create=False`` (readers): a ``file://`` directory that does not exist is
     ``StorageUnavailable``, not created (an empty archive would read as "no
     such segment")."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise InvalidInput(f"invalid storage URL {shown!r}: {_EXPECTED}") from None
-    if parts.query or parts.fragment:
-        raise InvalidInput(f"invalid storage URL {shown!r}: no query or fragment allowed")
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise InvalidInput(
-                f"invalid storage URL {shown!r}: a file URL takes an absolute path, file:///PATH"
-            )
-        return LocalStorage(Path(unquote(parts.path)), create=create)
-    if parts.scheme == "s3":
-        if "@" in parts.netloc:
-            raise InvalidInput(
-                f"invalid storage URL {shown!r}: credentials do not belong in the URL; "
-                "boto3 reads them from its standard chain (environment, ~/.aws, instance role)"
-            )
-        if not parts.netloc:
-            raise InvalidInput(f"invalid storage URL {shown!r}: no bucket; {_EXPECTED}")
-        from tasks.storage.s3 import S3Storage
+    where = split_storage_url(url)
+    if where.scheme == "file":
+        return LocalStorage(Path(where.location), create=create)
+    from tasks.storage.s3 import S3Storage
 
-        try:
-            return S3Storage(
-                parts.netloc,
-                unquote(parts.path).strip("/"),
-                endpoint_url=s3_endpoint_url,
-                parallel_jobs=parallel_jobs,
-                max_attempts=max_attempts,
-                connect_timeout_s=connect_timeout_s,
-                read_timeout_s=read_timeout_s,
-                sse=sse,
-                sse_kms_key_id=sse_kms_key_id,
-                upload_check=upload_check,
-            )
-        except InvalidInput as exc:
-            raise InvalidInput(f"invalid storage URL {shown!r}: {exc}") from None
-    raise InvalidInput(f"unsupported storage URL {shown!r}: {_EXPECTED}")
+    try:
+        return S3Storage(
+            where.location,
+            where.prefix,
+            endpoint_url=s3_endpoint_url,
+            parallel_jobs=parallel_jobs,
+            max_attempts=max_attempts,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            sse=sse,
+            sse_kms_key_id=sse_kms_key_id,
+            upload_check=upload_check,
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"invalid storage URL {redact(url)!r}: {exc}") from None

@@ -32,7 +32,6 @@ DELETE_BATCH = 1000
 """Keys per delete request: S3's ``DeleteObjects`` takes at most 1,000."""
 
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
-_USERINFO = re.compile(r"//[^/]*@")
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -195,11 +194,6 @@ def check_read_size(path: Path, read_bytes: int, expected_size: int) -> None:
             f"segment file {path} changed while being read ({read_bytes} bytes read, "
             f"expected {expected_size}): not uploaded"
         )
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for messages and logs: any ``user:password@`` replaced."""
-    return _USERINFO.sub("//***@", url, count=1)
 
 
 def checksum_mismatch(

@@ -39,6 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tasks.core.urls import redact, validate_bucket_name
 from tasks.errors import InvalidInput, UploadCorrupted
 from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 from tasks.storage.base import (
@@ -47,11 +48,10 @@ from tasks.storage.base import (
     RemoteStorage,
     SegmentDigest,
     UploadResult,
-    redact_url,
     validate_key,
 )
 from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
-from tasks.storage.s3_options import UPLOAD_CHECKS, sse_args, validate_bucket_name
+from tasks.storage.s3_options import UPLOAD_CHECKS, sse_args
 from tasks.storage.s3_probe import ChecksumProbe
 from tasks.storage.s3_small import put_small
 from tasks.storage.s3_upload import S3Uploads
@@ -99,7 +99,7 @@ class S3Storage(RemoteStorage):
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._root = f"{prefix}/" if prefix else ""
         self._endpoint_url = endpoint_url
-        where = redact_url(endpoint_url) if endpoint_url else "AWS S3"
+        where = redact(endpoint_url) if endpoint_url else "AWS S3"
         self._errors = S3Errors(self.url, bucket, where)
         common: dict[str, Any] = {
             # Checksums of responses are validated where we ask for them

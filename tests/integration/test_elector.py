@@ -17,7 +17,7 @@ from tasks.backup.elector import FIRST_SETTLE_S, NOT_RECOVERED, NOT_REPORTED, El
 from tasks.core.election import Election, PeerInfo, determine_offloader
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
-from tasks.errors import BrokerUnavailable
+from tasks.errors import BrokerUnavailable, BucketMissing
 from tasks.state.keys import DIRTY_KEY, TIMELINES_KEY, kick_key, lease_key, tl_key
 from tasks.state.records import PeerRecord, TimelineRecord, peer_to_json
 from tasks.state.redis import RedisState
@@ -352,6 +352,35 @@ def test_backup_lsn_recovered_after_redis_data_loss(
     assert rec.backup_lsn == seg(7)
     assert rec.offloader in (1, 2)
     assert kicks == [(ttid, rec.offloader)]
+
+
+def test_a_failing_listing_is_the_last_error_of_every_timeline_it_holds_back(
+    state: RedisState, make_elector: Callable[..., Elector], kicks: Kicks
+) -> None:
+    """No upload is tried before backup_lsn is recovered, so a missing bucket
+    would show only in the log: it is ``last_error`` (``walbackup status``) of
+    each timeline waiting for the listing, and goes once a listing succeeds."""
+    failing = [True]
+
+    def recover(ttid: str, start: Lsn, seg_size: int) -> Lsn:
+        if failing[0]:
+            raise BucketMissing("bucket 'nobucket' does not exist")
+        return start
+
+    elector = make_elector(recover=recover)
+    ttids = [make_ttid(timeline_int=0) for _ in range(2)]
+    for ttid in ttids:
+        beat(state, ttid, 1, seg(3), seg(1))
+    outcomes = elector.elect(ttids)
+    assert [o.election.reason for o in outcomes] == [NOT_RECOVERED] * 2 and kicks == []
+    for ttid in ttids:  # the second was not listed: the first listing failed
+        assert record(state, ttid).last_error.endswith(
+            " cannot list the archive to recover backup_lsn: bucket 'nobucket' does not exist"
+        )
+    failing[0] = False
+    outcomes = elector.elect(ttids)
+    assert [record(state, ttid).last_error for ttid in ttids] == ["", ""]
+    assert [o.backup_lsn for o in outcomes] == [seg(1)] * 2 and len(kicks) == 2
 
 
 def test_a_watcher_hands_timelines_it_may_not_recover_to_recover_later(

@@ -102,6 +102,18 @@ def test_broker_may_be_rabbitmq_but_redis_url_may_not(monkeypatch: pytest.Monkey
         ("WALBACKUP_S3_SSE", ""),
         ("WALBACKUP_S3_SSE_KMS_KEY_ID", "alias/wal"),  # without WALBACKUP_S3_SSE=aws:kms
         ("WALBACKUP_RETAIN_KEEP_SEGMENTS", "0"),
+        ("WALBACKUP_REDIS_URL", "redis://admin:pw@127.0.0.1:notaport/0"),
+        ("WALBACKUP_REDIS_URL", "redis://127.0.0.1:99999/0"),
+        ("WALBACKUP_REDIS_URL", "redis://127.0.0.1:6379/abc"),  # redis-py would use db 0
+        ("WALBACKUP_BROKER_URL", "amqp://guest:guest@localhost:x/"),
+        ("WALBACKUP_S3_ENDPOINT_URL", "notaurl"),
+        ("WALBACKUP_S3_ENDPOINT_URL", "http://"),
+        ("WALBACKUP_REMOTE_STORAGE", "s3://"),
+        ("WALBACKUP_REMOTE_STORAGE", "s3:///prefix"),
+        ("WALBACKUP_REMOTE_STORAGE", "s3://Bad_Bucket/wal"),
+        ("WALBACKUP_REMOTE_STORAGE", "ftp://x/y"),
+        ("WALBACKUP_REMOTE_STORAGE", "/just/a/path"),
+        ("WALBACKUP_REMOTE_STORAGE", "file://relative/path"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -155,6 +167,41 @@ def test_a_toml_syntax_error_is_one_clear_message(
     monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
     with pytest.raises(InvalidInput, match=r"walbackup.toml is not valid TOML: .*line 1"):
         load_settings()
+
+
+def test_a_bad_url_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALBACKUP_REDIS_URL", "redis://ad:pa@ss@127.0.0.1:notaport/0")
+    with pytest.raises(InvalidInput, match="WALBACKUP_REDIS_URL") as caught:
+        load_settings()
+    assert "pa@ss" not in str(caught.value) and "ss@127" not in str(caught.value)
+    assert "Value error" not in str(caught.value)
+
+
+def test_a_key_of_the_file_that_is_no_setting_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "walbackup.toml"
+    monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
+    config.write_text('paralel_jobs = 3\nremote_storge = "s3://wal"\n')
+    with pytest.raises(InvalidInput, match=r"walbackup.toml: 'paralel_jobs' is not a setting "
+                       r"\(did you mean 'parallel_jobs'\?\); 'remote_storge'"):  # fmt: skip
+        load_settings()
+    config.write_text("WALBACKUP_PARALLEL_JOBS = 3\n")
+    with pytest.raises(InvalidInput, match=r"the key is 'parallel_jobs' \(no prefix\)"):
+        load_settings()
+
+
+def test_a_variable_that_is_no_setting_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WALBACKUP_REMOTE_STORGE", "s3://wal")
+    monkeypatch.setenv("WALBACKUP_TEST_S3_ENDPOINT", "http://127.0.0.1:1")  # the tests' own
+    monkeypatch.setenv("WALBACKUP_PARALLEL_JOBS", "3")
+    with caplog.at_level("WARNING", logger="walbackup.config"):
+        assert load_settings().parallel_jobs == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "WALBACKUP_REMOTE_STORGE is not a setting (did you mean WALBACKUP_REMOTE_STORAGE?): ignored"
+    ]
 
 
 def test_redis_through_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tasks.errors import InvalidInput
-from tasks.storage.base import redact_url, validate_key
+from tasks.storage.base import validate_key
 from tasks.storage.local import TEMP_PREFIX, LocalStorage, _scan
 
 ROOT = Path("/srv/remote")
@@ -29,18 +29,6 @@ def test_an_accepted_key_never_leaves_the_root(key: str) -> None:
 @pytest.mark.parametrize("prefix", ["", "a/", "a/b", "a/b/"])
 def test_listing_prefixes_may_be_empty_or_end_in_a_slash(prefix: str) -> None:
     assert validate_key(prefix, prefix=True) == prefix
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("s3://key:secret@bucket/p", "s3://***@bucket/p"),
-        ("s3://key:p@ss@bucket/p", "s3://***@bucket/p"),
-        ("s3://bucket/p@q", "s3://bucket/p@q"),
-    ],
-)
-def test_redact_url_hides_user_info(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
 
 
 def test_temp_files_are_invisible_and_their_names_reserved(tmp_path: Path) -> None:

@@ -1,0 +1,148 @@
+"""The URLs a user configures, checked without contacting anything, and shown
+without their secrets.
+
+Settings check them at start (``tasks.config``), so a mistyped port, database
+or endpoint stops the process with the variable's name instead of surfacing
+later as a traceback in every task, or as a silent fallback (redis-py reads
+``redis://host/abc`` as database 0; botocore rejects an endpoint only when the
+first client is built). ``split_storage_url`` is also what ``open_storage``
+builds its backend from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+from tasks.errors import InvalidInput
+
+_USERINFO = re.compile(r"//[^/]*@")
+"""Up to the last ``@`` of the authority: a password may hold one unencoded."""
+
+STORAGE_EXPECTED = "expected s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def redact(url: str) -> str:
+    """``url`` fit for messages and logs: any ``user:password@`` replaced."""
+    return _USERINFO.sub("//***@", url, count=1)
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit`` with its port checked (``.port`` raises on a bad one)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed for the check
+    except ValueError as exc:
+        raise ValueError(f"{redact(url)!r} is not a valid URL: {exc}") from None
+    return parts
+
+
+def _database(parts: SplitResult, url: str) -> None:
+    """The database number, from the path (``/N``) or ``?db=N``, if given."""
+    db = parts.path.strip("/")
+    query = parse_qs(parts.query).get("db", [])
+    for value in ([db] if db else []) + query:
+        if not unquote(value).isdigit():
+            raise ValueError(f"{redact(url)!r}: the database must be a number, not {value!r}")
+
+
+def check_redis_url(url: str) -> None:
+    """A ``redis://``/``rediss://`` URL with a valid port and database, or a
+    ``unix://`` one with a socket path; ``ValueError`` saying what is wrong."""
+    parts = _split(url)
+    if parts.scheme in ("redis", "rediss"):
+        if "/" in parts.path.strip("/"):
+            raise ValueError(
+                f"{redact(url)!r}: expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+            )
+        _database(parts, url)
+    elif parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{redact(url)!r}: expected unix:///PATH/TO/SOCKET[?db=DB]")
+        _database(parts._replace(path=""), url)
+    else:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+
+
+def check_broker_url(url: str) -> None:
+    """A Redis URL (``check_redis_url``) or an ``amqp://``/``amqps://`` one with a valid port."""
+    if url.startswith(("amqp://", "amqps://")):
+        _split(url)
+    elif url.startswith(("redis://", "rediss://", "unix://")):
+        check_redis_url(url)
+    else:
+        raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL")
+
+
+def check_endpoint_url(url: str) -> None:
+    """An S3 endpoint: ``http(s)://HOST[:PORT][/PATH]``."""
+    parts = _split(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact(url)!r}: expected http(s)://HOST[:PORT]")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{redact(url)!r}: no query or fragment allowed")
+
+
+def validate_bucket_name(bucket: str) -> str:
+    """S3's bucket naming rules (the ones that matter for a URL)."""
+    if _BUCKET_NAME.fullmatch(bucket) is None or ".." in bucket or _IPV4.fullmatch(bucket):
+        raise InvalidInput(
+            f"invalid S3 bucket name {bucket!r}: 3 to 63 lower-case letters, digits, '.' "
+            "or '-', starting and ending with a letter or digit"
+        )
+    return bucket
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as addresses; ``ValueError`` naming the bad one."""
+    out = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item.strip()!r} is not host:port (a comma-separated list)")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+class StorageUrl(NamedTuple):
+    scheme: str
+    """``file`` or ``s3``."""
+    location: str
+    """The directory (``file``) or the bucket (``s3``)."""
+    prefix: str
+    """``s3`` only: the key prefix, without surrounding slashes."""
+
+
+def split_storage_url(url: str) -> StorageUrl:
+    """``file:///PATH`` or ``s3://BUCKET[/PREFIX]``; ``InvalidInput`` naming
+    what is wrong (the URL shown redacted)."""
+    shown = redact(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise InvalidInput(f"invalid storage URL {shown!r}: {STORAGE_EXPECTED}") from None
+    if parts.query or parts.fragment:
+        raise InvalidInput(f"invalid storage URL {shown!r}: no query or fragment allowed")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise InvalidInput(
+                f"invalid storage URL {shown!r}: a file URL takes an absolute path, file:///PATH"
+            )
+        return StorageUrl("file", unquote(parts.path), "")
+    if parts.scheme == "s3":
+        if "@" in parts.netloc:
+            raise InvalidInput(
+                f"invalid storage URL {shown!r}: credentials do not belong in the URL; "
+                "boto3 reads them from its standard chain (environment, ~/.aws, instance role)"
+            )
+        if not parts.netloc:
+            raise InvalidInput(f"invalid storage URL {shown!r}: no bucket; {STORAGE_EXPECTED}")
+        try:
+            bucket = validate_bucket_name(parts.netloc)
+        except InvalidInput as exc:
+            raise InvalidInput(f"invalid storage URL {shown!r}: {exc}") from None
+        return StorageUrl("s3", bucket, unquote(parts.path).strip("/"))
+    raise InvalidInput(f"unsupported storage URL {shown!r}: {STORAGE_EXPECTED}")
