@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from redis.client import Pipeline
 
-from tasks.backup.recovery_budget import RecoverFn, RecoveryBudget
+from tasks.backup.recovery_budget import RECOVERY_ERROR, RecoverFn, RecoveryBudget
 from tasks.core.election import Election, determine_offloader, is_alive, live_nodes, reported_by
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
@@ -256,7 +256,11 @@ class Elector:
         if record.backup_lsn is None and self.recover is not None:
             archived = recovery.archive_end(ttid, start or min(candidates), seg_size)
             if archived is None:
+                if recovery.error:
+                    self.state.record_error(ttid, recovery.error, pipe=pipe)
                 return Election(record.offloader, NOT_RECOVERED), None, False
+            if record.last_error.partition(" ")[2].startswith(RECOVERY_ERROR):
+                self.state.clear_error(ttid, pipe=pipe)  # what the listing said is over
             candidates.append(archived)
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:

@@ -20,6 +20,7 @@ from tasks.logutil import Throttle
 log = logging.getLogger("walbackup.elector")
 
 RecoverFn = Callable[[str, Lsn, int], Lsn]  # (ttid, start, seg_size) -> archive's end
+RECOVERY_ERROR = "cannot list the archive to recover backup_lsn"
 RECOVERY_BUDGET_S = 0.5
 """Time one ``elect`` call may spend listing the archive; timelines left over
 wait for the next round."""
@@ -31,7 +32,10 @@ class RecoveryBudget:
     """``None``: this call may not list (the caller must not wait on S3)."""
     throttle: Throttle
     deadline: float = field(default_factory=lambda: time.monotonic() + RECOVERY_BUDGET_S)
-    failed: bool = False
+    error: str | None = None
+    """Why this call's listing failed: the ``last_error`` of every timeline
+    left waiting for one (a missing bucket would otherwise show nowhere but
+    the log: no upload is tried before backup_lsn is recovered)."""
 
     @property
     def allowed(self) -> bool:
@@ -40,16 +44,15 @@ class RecoveryBudget:
     def archive_end(self, ttid: str, start: Lsn, seg_size: int) -> Lsn | None:
         """The end of the contiguous archive from ``start``, or ``None`` when it
         cannot be had in this call (not allowed, out of time, storage failing)."""
-        if self.recover is None or self.failed or time.monotonic() > self.deadline:
+        if self.recover is None or self.error or time.monotonic() > self.deadline:
             return None
         try:
             archived = self.recover(ttid, start, seg_size)
         except WalBackupError as exc:
-            self.failed = True  # one slow or failing listing per call is enough
+            # One slow or failing listing per call is enough.
+            self.error = f"{RECOVERY_ERROR}: {exc}"
             if self.throttle.allow(("recover", type(exc))):
-                log.warning(
-                    "Timeline %s: cannot list the archive to recover backup_lsn: %s", ttid, exc
-                )
+                log.warning("Timeline %s: %s", ttid, self.error)
             return None
         if archived > start:
             log.info("Timeline %s: the archive is contiguous up to %s", ttid, archived)

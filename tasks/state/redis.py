@@ -272,12 +272,13 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         if names:
             self.r.hdel(partials_key(ttid), *names)
 
-    def record_error(self, ttid: str, message: str) -> None:
-        self.r.hset(
-            tl_key(ttid),
-            "last_error",
-            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}",
-        )
+    def record_error(self, ttid: str, message: str, pipe: Pipeline[str] | None = None) -> None:
+        """``last_error``: ``message`` after the time (UTC), until a commit clears it."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (pipe or self.r).hset(tl_key(ttid), "last_error", f"{stamp} {message}")
+
+    def clear_error(self, ttid: str, pipe: Pipeline[str] | None = None) -> None:
+        (pipe or self.r).hdel(tl_key(ttid), "last_error")
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
