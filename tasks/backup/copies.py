@@ -122,7 +122,7 @@ class Copies:
             self._reported[ttid] = damaged
         else:
             self._reported.pop(ttid, None)
-        if new:
+        if new and st.foreign_seg_size is None:  # else: the setting's error (Heartbeats)
             segno = min(new)
             with self._lock:
                 reason = self._damaged.get(ttid, {}).get(segno, (None, "wrong size"))[1]

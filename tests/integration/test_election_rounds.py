@@ -269,3 +269,30 @@ def test_a_slow_heartbeat_round_is_a_warning_naming_the_timeout(
     slow = [r.getMessage() for r in caplog.records if "heartbeat round took" in r.getMessage()]
     assert len(slow) == 1, slow
     assert "Node 7" in slow[0] and "WALBACKUP_HEARTBEAT_TIMEOUT" in slow[0]
+
+
+def test_a_wrong_seg_size_setting_is_the_last_error_on_every_node(
+    tmp_path: Path, state: RedisState
+) -> None:
+    """Files of another valid segment size are a setting to fix, said as such
+    in ``last_error``; not a "damaged copy" report from each of 3 nodes at
+    each new segment, which overwrote it."""
+    ttid = TenantTimelineId("a" * 32, "b" * 32)
+    nodes = []
+    for node_id in (1, 2, 3):
+        workdir = tmp_path / f"node{node_id}"
+        simulate([workdir], [ttid], 3, 1 << 20)  # the server's wal_segment_size: 1 MiB
+        disk = Workdir(workdir, 16 << 20)  # WALBACKUP_WAL_SEG_SIZE left at its default
+        heartbeats = Heartbeats(
+            node_id, state, disk, Copies(node_id, state),
+            keep_leases=lambda offloaders: None, data_lost=lambda: None,
+            complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
+        )  # fmt: skip
+        nodes.append((workdir, disk, heartbeats))
+    for segments in (4, 5):
+        for workdir, disk, heartbeats in nodes:
+            simulate([workdir], [ttid], segments, 1 << 20)
+            heartbeats.round(list(disk.scan().values()))
+        last_error = state.timeline(str(ttid)).last_error
+        assert "the segment files of this timeline are 1048576 bytes but " in last_error
+        assert "WALBACKUP_WAL_SEG_SIZE is 16777216" in last_error
