@@ -168,6 +168,22 @@ def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unforeseen_error_stops_recovery_with_one_line(tmp_path: Path) -> None:
+    """An error nobody translated (here botocore's own ValueError for a
+    malformed endpoint in boto3's environment) exits 203 with one line: a
+    traceback's exit status, 1, would read as "not in the archive" and end a
+    point-in-time recovery early."""
+    env = env_without_walbackup() | {
+        "WALBACKUP_REMOTE_STORAGE": "s3://bucket/wal",
+        "WALBACKUP_DATA_DIR": str(tmp_path / "data"),
+        "AWS_ENDPOINT_URL_S3": "notaurl",
+    }
+    run = fetch(env, "a" * 32 + "/" + "b" * 32, xlog_file_name(1, SEG), str(tmp_path / "out"))
+    assert run.returncode == 203, run.stderr
+    assert run.stderr == b"walbackup: unexpected error: ValueError: Invalid endpoint: notaurl\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_fetch_without_a_writable_spool_says_so_once_an_hour(tmp_path: Path) -> None:
     """restore_command as a user who cannot write WALBACKUP_DATA_DIR: the
     fetch works, and one warning (per hour, not per segment) says why
