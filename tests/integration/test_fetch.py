@@ -68,6 +68,11 @@ def test_fetch_restores_uploaded_segment(
     assert run.returncode == 0, run.stderr
     assert run.stdout == data[-1000:]
 
+    nowhere = tmp_path / "nonexistent" / "x"
+    run = fetch(env, str(ttid), name, str(nowhere))
+    assert run.returncode == 203
+    assert run.stderr.decode() == f"walbackup: [Errno 2] No such file or directory: '{nowhere}'\n"
+
     missing = xlog_file_name(4, SEG)
     run = fetch(env, str(ttid), missing, str(restore_dir / "other"))
     assert run.returncode == 1
