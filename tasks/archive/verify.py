@@ -39,6 +39,12 @@ class Verdict:
     """Archived segments at or above backup_lsn (uploads not yet committed)."""
     problems: list[Problem] = field(default_factory=list)
     note: str = ""
+    error: str = ""
+    """Why the timeline could not be verified at all."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.error
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -48,11 +54,12 @@ class Verdict:
             "segments": self.segments,
             "deep_checked": self.deep_checked,
             "ahead": self.ahead,
-            "ok": not self.problems,
+            "ok": self.ok,
             "problems": [
                 {"segment": p.name, "kind": str(p.kind), "detail": p.detail} for p in self.problems
             ],
             "note": self.note,
+            "error": self.error or None,
         }
 
 

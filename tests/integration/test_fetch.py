@@ -145,6 +145,7 @@ def test_a_missing_history_file_is_a_quiet_not_found(
         # PostgreSQL would end the recovery there, early.
         ("file_missing_root", 201, b"is not a directory"),
         ("s3_missing_bucket", 201, b"remote storage unusable"),
+        ("s3_missing_profile", 201, b"The config profile (nosuchprofile) could not be found"),
         ("toml_error", 200, b"is not valid TOML"),
         ("bad_setting", 200, b"WALBACKUP_PARALLEL_JOBS"),
     ],
@@ -159,6 +160,13 @@ def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
         env |= {
             "WALBACKUP_REMOTE_STORAGE": f"s3://no-such-bucket-{secrets.token_hex(4)}/wal",
             "WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url,
+        }
+    elif storage == "s3_missing_profile":
+        moto = request.getfixturevalue("moto_server")
+        env |= {
+            "WALBACKUP_REMOTE_STORAGE": request.getfixturevalue("s3_bucket_url"),
+            "WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url,
+            "AWS_PROFILE": "nosuchprofile",
         }
     elif storage == "toml_error":
         (tmp_path / "w.toml").write_text("parallel_jobs = = 1\n")
