@@ -10,7 +10,13 @@ import redis
 import typer
 
 from tasks.archive.ledger_store import LedgerStore
-from tasks.archive.verify import Verdict, verify_timeline
+from tasks.archive.verify import (
+    Verdict,
+    not_in_redis,
+    nothing_archived,
+    unknown_message,
+    verify_timeline,
+)
 from tasks.cli.failing import EXIT_INPUT, EXIT_UNAVAILABLE, fail, one_line_errors
 from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
@@ -24,6 +30,7 @@ from tasks.errors import (
 )
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
+from tasks.storage.base import RemoteStorage
 
 EXIT_PROBLEMS = 1
 
@@ -43,9 +50,10 @@ def verify(
     ledger recorded when it was uploaded; nothing extra.
 
     Exit codes: 0 every archive checked is whole; 1 problems (each segment
-    named); 2 bad input or setting; 3 Redis or storage unreachable or
-    unusable (a missing bucket, refused credentials). With TTIDs given and
-    Redis down, the ledger's pages alone give the range.
+    named); 2 bad input or setting, or a TTID neither Redis nor the archive
+    knows (a mistyped id); 3 Redis or storage unreachable or unusable (a
+    missing bucket, refused credentials). With TTIDs given and Redis down,
+    the ledger's pages alone give the range.
 
     Example: walbackup verify --deep 9f1c…e2/4b7a…01
     """
@@ -76,6 +84,8 @@ def verify(
                 file=sys.stderr,
             )
             state = None
+        with one_line_errors(where):
+            _refuse_unknown(storage, state, ids)
     store = LedgerStore(storage)
     verdicts: list[Verdict] = []
     for ttid in ids:
@@ -93,6 +103,22 @@ def verify(
     else:
         _print(verdicts, deep)
     raise typer.Exit(EXIT_PROBLEMS if failed else 0)
+
+
+def _refuse_unknown(
+    storage: RemoteStorage, state: RedisState | None, ids: list[TenantTimelineId]
+) -> None:
+    """A named timeline nobody knows is a mistyped id, not an empty archive
+    that passes; with Redis down, only Redis could tell."""
+    unknown = nothing_archived(storage, not_in_redis(state, ids))
+    if unknown and state is None:
+        fail(
+            EXIT_UNAVAILABLE,
+            f"the archive holds nothing of timeline {', '.join(map(str, unknown))}, and "
+            "without Redis it cannot be told whether it is registered",
+        )
+    if unknown:
+        fail(EXIT_INPUT, unknown_message(unknown))
 
 
 def _print(verdicts: list[Verdict], deep: bool) -> None:

@@ -135,6 +135,22 @@ def test_status_says_when_nothing_is_registered(redis_url: str) -> None:
     assert json.loads(as_json.stdout)["timelines"] == []
 
 
+def test_status_refuses_a_timeline_neither_redis_nor_the_archive_knows(
+    redis_url: str, state: RedisState, tmp_path: Path
+) -> None:
+    typo, registered = ttid(), ttid()
+    state.register([registered])  # as `trigger --create` does: no node, nothing archived
+    (tmp_path / "remote").mkdir()
+    env = {"WALBACKUP_REMOTE_STORAGE": (tmp_path / "remote").as_uri()}
+    run = walbackup("status", registered, typo, redis_url=redis_url, **env)
+    assert_one_line(run, 2, f"unknown timeline {typo}: not registered and nothing in the archive")
+    assert registered not in run.stderr
+
+    run = walbackup("status", "--json", registered, redis_url=redis_url, **env)
+    assert run.returncode == 0, run.stderr
+    assert [t["timeline"] for t in json.loads(run.stdout)["timelines"]] == [registered]
+
+
 @pytest.mark.parametrize(
     "command", [["status"], ["trigger", "--create", ttid()], ["forget", ttid()]]
 )

@@ -1,6 +1,6 @@
 """`walbackup verify` as a user runs it when there is nothing it can verify: a
-storage it cannot use is exit 3 (as for an unreachable one), and a timeline
-it could not check is never shown as ``ok``."""
+storage it cannot use is exit 3 (as for an unreachable one), a timeline it
+could not check is never shown as ``ok``, and a mistyped id is refused."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.dev.embedded import free_port
+from tasks.state.redis import RedisState
 from tests.fixtures_s3 import MotoServer
 from tests.integration.test_cli_cluster import assert_one_line, ttid, walbackup
 
@@ -53,3 +55,31 @@ def test_a_timeline_it_could_not_check_is_not_ok(redis_url: str, tmp_path: Path)
     assert as_json.returncode == 1
     [report] = json.loads(as_json.stdout)
     assert report["ok"] is False and "is unreadable" in report["error"]
+
+
+def test_a_timeline_neither_redis_nor_the_archive_knows_is_refused(
+    redis_url: str, state: RedisState, tmp_path: Path
+) -> None:
+    """A mistyped id must not pass as "nothing to verify" (README: verify
+    --deep before a restore drill); one that is registered, or archived, is
+    checked as before."""
+    typo, registered, archived = ttid(), ttid(), ttid()
+    state.register([registered])  # as `trigger --create` does: nothing archived yet
+    remote = tmp_path / "remote"
+    (remote / archived).mkdir(parents=True)
+    (remote / archived / "000000010000000000000001").write_bytes(b"\0" * 8192)
+    env = {"WALBACKUP_REMOTE_STORAGE": remote.as_uri()}
+
+    run = walbackup("verify", "--deep", registered, typo, redis_url=redis_url, **env)
+    assert_one_line(run, 2, f"unknown timeline {typo}: not registered and nothing in the archive")
+    assert registered not in run.stderr and run.stdout == ""
+
+    for known in (registered, archived):
+        run = walbackup("verify", known, redis_url=redis_url, **env)
+        assert run.returncode == 0, run.stderr
+        assert "nothing to verify" in run.stdout
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    run = walbackup("verify", typo, redis_url=down, **env)
+    assert run.returncode == 3
+    assert f"the archive holds nothing of timeline {typo}" in run.stderr
