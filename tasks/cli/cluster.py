@@ -125,18 +125,17 @@ def status(
     if as_json:
         print(json.dumps(status_json(rows, storage), indent=2))
         return
-    if not rows:
-        print("no timelines registered")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
     header = f"storage: {storage['url']}"
     if settings.effective_remote_storage.startswith("s3://"):
         header += f", server-side encryption: {storage['sse'] or 'the bucket default'}"
         if storage["sse_kms_key_id"]:
             header += f" (KMS key {storage['sse_kms_key_id']})"
     print(header)
+    if not rows:
+        print("no timelines registered")
+        return
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(
         "timeline",

@@ -127,10 +127,11 @@ def test_status_table_off_a_terminal_keeps_whole_ids_and_shows_the_error(
     assert "segno 2: remote storage unavailable" in run.stdout
 
 
-def test_status_says_when_nothing_is_registered(redis_url: str) -> None:
-    run = walbackup("status", redis_url=redis_url)
+def test_status_says_when_nothing_is_registered(redis_url: str, tmp_path: Path) -> None:
+    remote = (tmp_path / "remote").as_uri()
+    run = walbackup("status", redis_url=redis_url, WALBACKUP_REMOTE_STORAGE=remote)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "no timelines registered"
+    assert run.stdout.splitlines() == [f"storage: {remote}", "no timelines registered"]
     as_json = walbackup("status", "--json", redis_url=redis_url)
     assert json.loads(as_json.stdout)["timelines"] == []
 
