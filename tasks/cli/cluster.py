@@ -108,8 +108,8 @@ def status(
     and its server-side encryption.
 
     Exit codes: 0 shown; 2 bad input or setting, or a TTID neither Redis nor
-    the archive knows (a mistyped id); 3 Redis (or, to look a TTID Redis
-    does not know up, the storage) unreachable or unusable.
+    the archive knows (a mistyped id); 3 Redis unreachable, or the storage,
+    when a TTID Redis does not know is looked for in the archive.
 
     Example: walbackup status --json
     """
@@ -183,8 +183,10 @@ def _refuse_unknown(settings: Settings, state: RedisState, ids: list[str]) -> No
     storage = open_storage(
         settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url, create=False
     )
-    unknown = nothing_archived(storage, maybe)
-    storage.close()
+    try:
+        unknown = nothing_archived(storage, maybe)
+    finally:
+        storage.close()
     if unknown:
         fail(EXIT_INPUT, unknown_message(unknown))
 
