@@ -40,7 +40,12 @@ def atomic_write(
     ``dest`` is left as it was."""
     dest = Path(dest)
     tmp = Path(tmp) if tmp is not None else temp_path(dest)
-    out = open(tmp, "xb")  # noqa: SIM115 - closed below; an existing tmp is not ours to remove
+    try:
+        out = open(tmp, "xb")  # noqa: SIM115 - closed below; an existing tmp is not ours to remove
+    except FileExistsError:
+        raise
+    except OSError as exc:  # DEST's directory is missing or unwritable: name DEST, not tmp
+        raise type(exc)(exc.errno, exc.strerror, str(dest)) from None
     try:
         with out:
             yield out

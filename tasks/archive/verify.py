@@ -10,7 +10,7 @@ the range.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,6 +23,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.state.records import TimelineRecord
 from tasks.state.redis import RedisState
+from tasks.storage.base import RemoteStorage, timeline_prefix
 
 DEEP_THREADS = 8
 
@@ -39,6 +40,12 @@ class Verdict:
     """Archived segments at or above backup_lsn (uploads not yet committed)."""
     problems: list[Problem] = field(default_factory=list)
     note: str = ""
+    error: str = ""
+    """Why the timeline could not be verified at all."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.error
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -48,12 +55,41 @@ class Verdict:
             "segments": self.segments,
             "deep_checked": self.deep_checked,
             "ahead": self.ahead,
-            "ok": not self.problems,
+            "ok": self.ok,
             "problems": [
                 {"segment": p.name, "kind": str(p.kind), "detail": p.detail} for p in self.problems
             ],
             "note": self.note,
+            "error": self.error or None,
         }
+
+
+def not_in_redis(
+    state: RedisState | None, ttids: Sequence[TenantTimelineId]
+) -> list[TenantTimelineId]:
+    """The ``ttids`` Redis does not know: not registered, held by no node, no
+    ``backup_lsn``. All of them when ``state`` is ``None`` (Redis down)."""
+    if state is None:
+        return list(ttids)
+    known = state.known([str(t) for t in ttids])
+    return [
+        ttid
+        for ttid, in_redis in zip(ttids, known, strict=True)
+        if not in_redis and state.timeline(str(ttid)).backup_lsn is None
+    ]
+
+
+def nothing_archived(
+    storage: RemoteStorage, ttids: Sequence[TenantTimelineId]
+) -> list[TenantTimelineId]:
+    """The ``ttids`` without a single object in the archive."""
+    return [t for t in ttids if next(iter(storage.list(timeline_prefix(t))), None) is None]
+
+
+def unknown_message(ttids: Sequence[TenantTimelineId]) -> str:
+    """Why a named timeline that neither Redis nor the archive knows is refused."""
+    names = ", ".join(map(str, ttids))
+    return f"unknown timeline {names}: not registered and nothing in the archive; check the id"
 
 
 def verify_timeline(

@@ -160,7 +160,8 @@ def delete(
 
     Example: walbackup delete 9f1c…e2/4b7a…01 --yes
 
-    Exit codes: 0 done (or --dry-run); 2 refused (no --yes, a live node holds
+    Exit codes: 0 done (or --dry-run, which shows the plan even while a live
+    node holds it, naming the node); 2 refused (no --yes, a live node holds
     it, objects written meanwhile) or bad input; 3 Redis or remote storage
     unusable.
     """
@@ -175,7 +176,7 @@ def delete(
         plan = plan_delete(
             storage, state, parsed, settings.heartbeat_timeout, settings.wal_seg_size
         )
-        if plan.live_nodes:
+        if plan.live_nodes and not dry_run:
             raise refuse_live(parsed, plan.live_nodes)
         described = plan.describe()
         document: dict[str, Any] = {"storage": storage.url, "plan": described, "deleted": None}
@@ -183,6 +184,11 @@ def delete(
             f"timeline {parsed} in {storage.url}: "
             f"{'deleting' if yes and not dry_run else 'would delete'} {_counts(described)}"
         ]
+        if plan.live_nodes:
+            lines.append(
+                f"live node(s) {plan.live_nodes} hold it: delete is refused until its "
+                "directory is removed from their WORKDIR (or they are stopped)"
+            )
         if plan.dead_nodes:
             lines.append(
                 f"node(s) {plan.dead_nodes} held it and stopped: remove its directory from "

@@ -107,6 +107,10 @@ def status(
     offloader, errors, and every node's view; above them, the remote storage
     and its server-side encryption.
 
+    Exit codes: 0 shown; 2 bad input or setting, or a TTID neither Redis nor
+    the archive knows (a mistyped id); 3 Redis unreachable, or the storage,
+    when a TTID Redis does not know is looked for in the archive.
+
     Example: walbackup status --json
     """
     from tasks.backup.status import status_json, timeline_status
@@ -115,23 +119,23 @@ def status(
     with one_line_errors(f"Redis at {settings.redis_where}"):
         state = RedisState.from_url(settings.redis_url, **settings.redis_options)
         rows = timeline_status(state, ids, settings.heartbeat_timeout)
+        _refuse_unknown(settings, state, ids)
         state.close()
     storage = storage_settings(settings)
     if as_json:
         print(json.dumps(status_json(rows, storage), indent=2))
         return
-    if not rows:
-        print("no timelines registered")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
     header = f"storage: {storage['url']}"
     if settings.effective_remote_storage.startswith("s3://"):
         header += f", server-side encryption: {storage['sse'] or 'the bucket default'}"
         if storage["sse_kms_key_id"]:
             header += f" (KMS key {storage['sse_kms_key_id']})"
     print(header)
+    if not rows:
+        print("no timelines registered")
+        return
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(
         "timeline",
@@ -165,6 +169,26 @@ def status(
     # Off a terminal (a pipe, a log), rich would cut lines at 80 columns and
     # with them the ids: print the table at its natural width.
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
+def _refuse_unknown(settings: Settings, state: RedisState, ids: list[str]) -> None:
+    """Fail naming the timelines of ``ids`` that neither Redis nor the archive knows."""
+    from tasks.archive.verify import not_in_redis, nothing_archived, unknown_message
+
+    maybe = not_in_redis(state, [TenantTimelineId.parse(t) for t in ids])
+    if not maybe:
+        return
+    from tasks.storage import open_storage
+
+    storage = open_storage(
+        settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url, create=False
+    )
+    try:
+        unknown = nothing_archived(storage, maybe)
+    finally:
+        storage.close()
+    if unknown:
+        fail(EXIT_INPUT, unknown_message(unknown))
 
 
 def storage_settings(settings: Settings) -> dict[str, str | None]:

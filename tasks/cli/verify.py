@@ -10,13 +10,27 @@ import redis
 import typer
 
 from tasks.archive.ledger_store import LedgerStore
-from tasks.archive.verify import Verdict, verify_timeline
+from tasks.archive.verify import (
+    Verdict,
+    not_in_redis,
+    nothing_archived,
+    unknown_message,
+    verify_timeline,
+)
 from tasks.cli.failing import EXIT_INPUT, EXIT_UNAVAILABLE, fail, one_line_errors
 from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
-from tasks.errors import InvalidInput, Permanent, StorageUnavailable, WalBackupError
+from tasks.errors import (
+    AccessDenied,
+    BucketMissing,
+    InvalidInput,
+    Permanent,
+    StorageUnavailable,
+    WalBackupError,
+)
 from tasks.state.redis import RedisState
 from tasks.storage import open_storage
+from tasks.storage.base import RemoteStorage
 
 EXIT_PROBLEMS = 1
 
@@ -36,8 +50,10 @@ def verify(
     ledger recorded when it was uploaded; nothing extra.
 
     Exit codes: 0 every archive checked is whole; 1 problems (each segment
-    named); 2 bad input or setting; 3 Redis or storage unreachable. With
-    TTIDs given and Redis down, the ledger's pages alone give the range.
+    named); 2 bad input or setting, or a TTID neither Redis nor the archive
+    knows (a mistyped id); 3 Redis or storage unreachable or unusable (a
+    missing bucket, refused credentials). With TTIDs given and Redis down,
+    the ledger's pages alone give the range.
 
     Example: walbackup verify --deep 9f1c…e2/4b7a…01
     """
@@ -68,21 +84,41 @@ def verify(
                 file=sys.stderr,
             )
             state = None
+        with one_line_errors(where):
+            _refuse_unknown(storage, state, ids)
     store = LedgerStore(storage)
     verdicts: list[Verdict] = []
     for ttid in ids:
         try:
             verdicts.append(verify_timeline(store, state, ttid, settings.wal_seg_size, deep=deep))
+        except (BucketMissing, AccessDenied) as exc:  # the storage's trouble, not the timeline's
+            fail(EXIT_UNAVAILABLE, str(exc))
         except Permanent as exc:
-            verdicts.append(Verdict(str(ttid), note=f"cannot verify: {exc}"))
+            verdicts.append(Verdict(str(ttid), error=str(exc)))
         except (WalBackupError, redis.RedisError, OSError) as exc:
             fail(EXIT_UNAVAILABLE, f"{ttid}: {exc}")
-    failed = [v for v in verdicts if v.problems or v.note.startswith("cannot")]
+    failed = [v for v in verdicts if not v.ok]
     if as_json:
         print(json.dumps([v.to_json() for v in verdicts], indent=2))
     else:
         _print(verdicts, deep)
     raise typer.Exit(EXIT_PROBLEMS if failed else 0)
+
+
+def _refuse_unknown(
+    storage: RemoteStorage, state: RedisState | None, ids: list[TenantTimelineId]
+) -> None:
+    """A named timeline nobody knows is a mistyped id, not an empty archive
+    that passes; with Redis down, only Redis could tell."""
+    unknown = nothing_archived(storage, not_in_redis(state, ids))
+    if unknown and state is None:
+        fail(
+            EXIT_UNAVAILABLE,
+            f"the archive holds nothing of timeline {', '.join(map(str, unknown))}, and "
+            "without Redis it cannot be told whether it is registered",
+        )
+    if unknown:
+        fail(EXIT_INPUT, unknown_message(unknown))
 
 
 def _print(verdicts: list[Verdict], deep: bool) -> None:
@@ -95,6 +131,10 @@ def _print(verdicts: list[Verdict], deep: bool) -> None:
     table = Table("timeline", "from", "to (backup_lsn)", "segments", "deep", "ahead", "problems")
     lines: list[str] = []
     for v in verdicts:
+        if v.error:
+            table.add_row(v.ttid, "-", "-", "-", "-", "-", "not verified")
+            lines.append(f"{v.ttid}: cannot verify: {v.error}")
+            continue
         table.add_row(
             v.ttid,
             str(v.start_lsn or "-"),

@@ -126,7 +126,17 @@ EXIT_OTHER = 203
 
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
-    """``walbackup fetch``: an exit code, and a one-line message on failure."""
+    """``walbackup fetch``: an exit code, and a one-line message on failure.
+
+    Whatever goes wrong, never 1 (and never a traceback, whose exit status
+    is 1): an error nobody foresaw, ours or a library's, is 203."""
+    try:
+        return _run_fetch(ttid, segment, dest, offset)
+    except Exception as exc:
+        return fail(EXIT_OTHER, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
     if offset == 0 and dest != "-":
         from tasks.restore.spool import try_serve
 
@@ -182,7 +192,6 @@ def _start_prefetch(
     """After a direct fetch of a complete segment: the prefetcher follows on
     from it. The spool only saves time, so its trouble never fails a fetch."""
     from tasks.core.segments import validate_seg_size
-    from tasks.errors import WalBackupError
     from tasks.restore.prefetch import start_prefetcher
     from tasks.restore.spool import note_want, settings_spool_dir
 
@@ -193,7 +202,7 @@ def _start_prefetch(
         spool = settings_spool_dir(settings, ttid)
         note_want(spool, segment, seg_size)
         start_prefetcher(spool.absolute(), ttid, settings.restore_prefetch, storage)
-    except (WalBackupError, OSError) as exc:
+    except Exception as exc:  # DEST is restored: a failure here must not undo that
         _warn_no_spool(settings, exc)
 
 
@@ -221,6 +230,6 @@ def _warn_no_spool(settings: Settings, exc: Exception) -> None:
 
 
 def fail(code: int, message: str) -> int:
-    """Print ``walbackup: MESSAGE`` on stderr; returns ``code``."""
-    print(f"walbackup: {message}", file=sys.stderr)
+    """Print ``walbackup: MESSAGE`` on stderr, on one line; returns ``code``."""
+    print(f"walbackup: {' '.join(message.splitlines())}", file=sys.stderr)
     return code

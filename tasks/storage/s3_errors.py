@@ -24,6 +24,7 @@ from botocore.exceptions import (
     IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -116,6 +117,8 @@ class S3Errors:
                 f"{self.url}: {action}: no usable AWS credentials in boto3's standard chain "
                 "(environment, ~/.aws, instance role)"
             )
+        if isinstance(exc, ProfileNotFound):
+            return AccessDenied(f"{self.url}: {action}: {exc} (AWS_PROFILE, ~/.aws/config)")
         return Permanent(f"{self.url}: {action}: {type(exc).__name__}: {exc}")
 
     @contextmanager

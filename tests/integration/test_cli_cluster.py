@@ -127,12 +127,29 @@ def test_status_table_off_a_terminal_keeps_whole_ids_and_shows_the_error(
     assert "segno 2: remote storage unavailable" in run.stdout
 
 
-def test_status_says_when_nothing_is_registered(redis_url: str) -> None:
-    run = walbackup("status", redis_url=redis_url)
+def test_status_says_when_nothing_is_registered(redis_url: str, tmp_path: Path) -> None:
+    remote = (tmp_path / "remote").as_uri()
+    run = walbackup("status", redis_url=redis_url, WALBACKUP_REMOTE_STORAGE=remote)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "no timelines registered"
+    assert run.stdout.splitlines() == [f"storage: {remote}", "no timelines registered"]
     as_json = walbackup("status", "--json", redis_url=redis_url)
     assert json.loads(as_json.stdout)["timelines"] == []
+
+
+def test_status_refuses_a_timeline_neither_redis_nor_the_archive_knows(
+    redis_url: str, state: RedisState, tmp_path: Path
+) -> None:
+    typo, registered = ttid(), ttid()
+    state.register([registered])  # as `trigger --create` does: no node, nothing archived
+    (tmp_path / "remote").mkdir()
+    env = {"WALBACKUP_REMOTE_STORAGE": (tmp_path / "remote").as_uri()}
+    run = walbackup("status", registered, typo, redis_url=redis_url, **env)
+    assert_one_line(run, 2, f"unknown timeline {typo}: not registered and nothing in the archive")
+    assert registered not in run.stderr
+
+    run = walbackup("status", "--json", registered, redis_url=redis_url, **env)
+    assert run.returncode == 0, run.stderr
+    assert [t["timeline"] for t in json.loads(run.stdout)["timelines"]] == [registered]
 
 
 @pytest.mark.parametrize(

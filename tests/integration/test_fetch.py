@@ -68,6 +68,11 @@ def test_fetch_restores_uploaded_segment(
     assert run.returncode == 0, run.stderr
     assert run.stdout == data[-1000:]
 
+    nowhere = tmp_path / "nonexistent" / "x"
+    run = fetch(env, str(ttid), name, str(nowhere))
+    assert run.returncode == 203
+    assert run.stderr.decode() == f"walbackup: [Errno 2] No such file or directory: '{nowhere}'\n"
+
     missing = xlog_file_name(4, SEG)
     run = fetch(env, str(ttid), missing, str(restore_dir / "other"))
     assert run.returncode == 1
@@ -140,6 +145,7 @@ def test_a_missing_history_file_is_a_quiet_not_found(
         # PostgreSQL would end the recovery there, early.
         ("file_missing_root", 201, b"is not a directory"),
         ("s3_missing_bucket", 201, b"remote storage unusable"),
+        ("s3_missing_profile", 201, b"The config profile (nosuchprofile) could not be found"),
         ("toml_error", 200, b"is not valid TOML"),
         ("bad_setting", 200, b"WALBACKUP_PARALLEL_JOBS"),
     ],
@@ -155,6 +161,13 @@ def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
             "WALBACKUP_REMOTE_STORAGE": f"s3://no-such-bucket-{secrets.token_hex(4)}/wal",
             "WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url,
         }
+    elif storage == "s3_missing_profile":
+        moto = request.getfixturevalue("moto_server")
+        env |= {
+            "WALBACKUP_REMOTE_STORAGE": request.getfixturevalue("s3_bucket_url"),
+            "WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url,
+            "AWS_PROFILE": "nosuchprofile",
+        }
     elif storage == "toml_error":
         (tmp_path / "w.toml").write_text("parallel_jobs = = 1\n")
         env["WALBACKUP_CONFIG_FILE"] = str(tmp_path / "w.toml")
@@ -165,6 +178,22 @@ def test_a_broken_archive_or_setup_stops_recovery_instead_of_ending_it(
     assert run.returncode > 125
     assert run.stderr.startswith(b"walbackup: ") and run.stderr.count(b"\n") == 1, run.stderr
     assert message in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unforeseen_error_stops_recovery_with_one_line(tmp_path: Path) -> None:
+    """An error nobody translated (here botocore's own ValueError for a
+    malformed endpoint in boto3's environment) exits 203 with one line: a
+    traceback's exit status, 1, would read as "not in the archive" and end a
+    point-in-time recovery early."""
+    env = env_without_walbackup() | {
+        "WALBACKUP_REMOTE_STORAGE": "s3://bucket/wal",
+        "WALBACKUP_DATA_DIR": str(tmp_path / "data"),
+        "AWS_ENDPOINT_URL_S3": "notaurl",
+    }
+    run = fetch(env, "a" * 32 + "/" + "b" * 32, xlog_file_name(1, SEG), str(tmp_path / "out"))
+    assert run.returncode == 203, run.stderr
+    assert run.stderr == b"walbackup: unexpected error: ValueError: Invalid endpoint: notaurl\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -44,3 +44,14 @@ def test_temp_paths_are_hidden_unique_and_beside_dest(tmp_path: Path) -> None:
     a, b = temp_path(tmp_path / "f"), temp_path(tmp_path / "f")
     assert a != b and a.parent == b.parent == tmp_path
     assert a.name.startswith(".f.") and a.name.endswith(".tmp")
+
+
+def test_a_missing_directory_is_reported_with_the_destination_not_the_temp(
+    tmp_path: Path,
+) -> None:
+    """The temp name is ours; the user only knows the name they gave."""
+    dest = tmp_path / "missing" / "x"
+    with pytest.raises(FileNotFoundError) as raised, atomic_write(dest):
+        pass
+    assert raised.value.filename == str(dest)
+    assert str(raised.value) == f"[Errno 2] No such file or directory: '{dest}'"
