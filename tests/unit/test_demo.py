@@ -1,0 +1,60 @@
+"""`walbackup demo`'s own logic: the final check, the CLI hints, failures, plain output."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from tasks.archive.retained import marker_key
+from tasks.core.ids import TenantTimelineId
+from tasks.core.lsn import Lsn
+from tasks.core.retention import marker_bytes
+from tasks.core.segments import xlog_file_name
+from tasks.dev.demo.verify import report, verify
+from tasks.dev.demo.writer import Writer
+from tasks.dev.simulate import iter_segment_blocks
+from tasks.storage import open_storage, segment_key
+
+SEG = 1 << 20
+TTID = TenantTimelineId("ab" * 16, "cd" * 16)
+
+
+def _written(segments: int) -> Writer:
+    """A writer that has completed segments 1..``segments`` of ``TTID``."""
+    return Writer([], [TTID], SEG, 1.0, last_segno={str(TTID): segments})
+
+
+def _archive(root: Path, segnos: list[int], wrong: tuple[int, ...] = ()) -> str:
+    url = root.as_uri()
+    storage = open_storage(url)
+    for segno in segnos:
+        data = b"".join(iter_segment_blocks(TTID, segno, SEG))
+        if segno in wrong:
+            data = data[:-1] + b"\xff"
+        storage.put_bytes(segment_key(TTID, xlog_file_name(segno, SEG)), data)
+    return url
+
+
+def test_verify_starts_where_retain_moved_the_archive_start(tmp_path: Path) -> None:
+    url = _archive(tmp_path, [3, 4, 5])  # 1 and 2 deleted by `walbackup retain`
+    open_storage(url).put_bytes(marker_key(TTID), marker_bytes(Lsn(3 * SEG), SEG))
+
+    verdict = verify(url, [TTID], SEG, _written(5))
+
+    assert (verdict.checked, verdict.missing, verdict.ok) == (3, [], True)
+    assert verdict.retained == 2
+
+
+def test_verify_names_failed_segments_in_full(tmp_path: Path) -> None:
+    url = _archive(tmp_path, [1, 2], wrong=(2,))
+    out = io.StringIO()
+
+    verdict = verify(url, [TTID], SEG, _written(3))
+    code = report(Console(file=out, width=200), verdict, 1, tmp_path / "logs")
+
+    assert code == 1
+    names = [f"{TTID} {xlog_file_name(n, SEG)}" for n in (3, 2)]
+    assert (verdict.missing, verdict.different) == ([names[0]], [names[1]])
+    assert [line.strip() for line in out.getvalue().splitlines()[1:3]] == names
