@@ -99,3 +99,6 @@ def test_demo_runs_checks_the_backup_and_leaves_nothing_behind(tmp_path: Path) -
     for node in ("node1", "node2", "node3"):
         held = [p for p in (data_dir / node).rglob("*") if SEGMENT_NAME_RE.fullmatch(p.name)]
         assert len(held) < written, (node, len(held), written)
+    # Piped, nothing is wrapped or cut: whole paths and LSNs.
+    assert f"data dir: {data_dir.resolve()}  (node1-3/, remote/, logs/)\n" in output
+    assert not re.search(r"\b[0-9A-F]+/[0-9A-F]*…", output), output

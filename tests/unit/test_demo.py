@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from tasks.archive.retained import marker_key
@@ -12,6 +13,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.retention import marker_bytes
 from tasks.core.segments import xlog_file_name
+from tasks.dev.demo import run
 from tasks.dev.demo.verify import report, verify
 from tasks.dev.demo.writer import Writer
 from tasks.dev.simulate import iter_segment_blocks
@@ -58,3 +60,12 @@ def test_verify_names_failed_segments_in_full(tmp_path: Path) -> None:
     names = [f"{TTID} {xlog_file_name(n, SEG)}" for n in (3, 2)]
     assert (verdict.missing, verdict.different) == ([names[0]], [names[1]])
     assert [line.strip() for line in out.getvalue().splitlines()[1:3]] == names
+
+
+def test_plain_output_is_not_wrapped(capsys: pytest.CaptureFixture[str]) -> None:
+    console = run.demo_console()
+    path = "/very/long/path" * 20
+
+    console.print(f"data dir: {path}")
+
+    assert capsys.readouterr().out == f"data dir: {path}\n"

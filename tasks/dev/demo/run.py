@@ -40,6 +40,9 @@ from tasks.dev.demo.writer import Writer
 from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
 
+PLAIN_WIDTH = 100_000
+"""Without a terminal, lines are not wrapped nor columns cut: paths and LSNs stay whole."""
+
 DRAIN_TIMEOUT_S = 30.0
 """How long, after the writer stops, the demo waits for the backup to catch up."""
 
@@ -90,6 +93,12 @@ def make_data_dir(data_dir: Path | None, default_parent: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"walbackup-{prefix}")).resolve()
 
 
+def demo_console() -> Console:
+    """A terminal's console, or a wide one without a terminal (CI, a pipe)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PLAIN_WIDTH)
+
+
 def run_demo(
     *,
     duration: float | None,
@@ -100,7 +109,7 @@ def run_demo(
     console: Console | None = None,
 ) -> int:
     """Run the demo; the exit code is 0 only if the remote copy is verified."""
-    console = console or Console()
+    console = console or demo_console()
     if timelines < 1:
         raise InvalidInput(f"--timelines must be at least 1, got {timelines}")
     if not rate > 0:
