@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -16,11 +18,13 @@ from tasks.core.segments import xlog_file_name
 from tasks.dev.demo import run
 from tasks.dev.demo.verify import report, verify
 from tasks.dev.demo.writer import Writer
+from tasks.dev.embedded import free_port
 from tasks.dev.simulate import iter_segment_blocks
 from tasks.storage import open_storage, segment_key
 
 SEG = 1 << 20
 TTID = TenantTimelineId("ab" * 16, "cd" * 16)
+WIDE = 1000
 
 
 def _written(segments: int) -> Writer:
@@ -54,12 +58,61 @@ def test_verify_names_failed_segments_in_full(tmp_path: Path) -> None:
     out = io.StringIO()
 
     verdict = verify(url, [TTID], SEG, _written(3))
-    code = report(Console(file=out, width=200), verdict, 1, tmp_path / "logs")
+    code = report(Console(file=out, width=WIDE), verdict, 1, tmp_path / "logs")
 
     assert code == 1
     names = [f"{TTID} {xlog_file_name(n, SEG)}" for n in (3, 2)]
     assert (verdict.missing, verdict.different) == ([names[0]], [names[1]])
     assert [line.strip() for line in out.getvalue().splitlines()[1:3]] == names
+
+
+def _demo(tmp_path: Path, out: io.StringIO) -> int:
+    return run.run_demo(
+        duration=1,
+        timelines=1,
+        rate=1.0,
+        data_dir=tmp_path / "demo",
+        seg_size=SEG,
+        console=Console(file=out, width=WIDE),
+    )
+
+
+def test_unreachable_redis_is_one_line_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"redis://:s3cretpw@127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv("WALBACKUP_REDIS_URL", url)
+    out = io.StringIO()
+
+    assert _demo(tmp_path, out) != 0
+
+    shown = url.replace(":s3cretpw@", "***@")
+    assert "s3cretpw" not in out.getvalue()
+    assert f"redis: {shown}" in out.getvalue().splitlines()
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .startswith(f"walbackup demo: cannot reach Redis at {shown}: ")
+    )
+
+
+def test_any_failure_stops_every_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def failing_run(view: run.View, *args: Any, **kwargs: Any) -> None:
+        view.cluster.children.spawn("sleeper", ["sleep", "60"], {}, tmp_path)
+        started.append(view.cluster.children.procs["sleeper"])
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(run, "_run", failing_run)
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            _demo(tmp_path, io.StringIO())
+        assert started[0].poll() is not None
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
 
 
 def test_plain_output_is_not_wrapped(capsys: pytest.CaptureFixture[str]) -> None:
