@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.lsn import Lsn
 from tasks.core.segments import SEGMENT_NAME_RE
 from tasks.dev.embedded import free_port
 from tests.servers import env_without_walbackup
@@ -141,3 +144,48 @@ def test_an_unreachable_redis_is_one_line_and_starts_nothing(tmp_path: Path) -> 
     assert last.startswith(f"walbackup demo: cannot reach Redis at {shown}: "), demo.output
     assert "s3cretpw" not in demo.output and "Traceback" not in demo.output, demo.output
     assert not _demo_processes(data_dir, 0)
+
+
+def test_the_cli_reaches_the_demo_and_retain_is_no_loss(tmp_path: Path) -> None:
+    """The demo's export line points the CLI at its cluster; segments `walbackup
+    retain` deletes during the demo do not fail its check."""
+    data_dir = tmp_path / "demo"
+    demo = Demo(
+        ["--duration", "10", "--rate", "2", "--timelines", "1", "--data-dir", str(data_dir)],
+        env_without_walbackup(),
+    )
+    try:
+        ttid = demo.wait_for("timeline:").split()[1]
+        words = shlex.split(demo.wait_for("  export "))
+        env = env_without_walbackup() | dict(w.split("=", 1) for w in words[1:])
+        deadline = time.monotonic() + 60
+        while True:  # retain keeps the segment of backup_lsn and one below it
+            status = json.loads(
+                subprocess.run(
+                    [str(WALBACKUP), "status", "--json", ttid],
+                    env=env,
+                    capture_output=True,
+                    check=True,
+                    text=True,
+                ).stdout
+            )
+            backup_lsn = status["timelines"][0]["backup_lsn"]
+            if backup_lsn is not None and Lsn.parse(backup_lsn) >= Lsn(0x500000):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status["storage"]["url"] == (data_dir.resolve() / "remote").as_uri()
+        retain = [str(WALBACKUP), "retain", ttid, "--before", "0/300000", "--yes"]
+        subprocess.run(retain, env=env, capture_output=True, check=True)
+        assert demo.proc.wait(timeout=120) == 0, demo.output
+    finally:
+        demo.finish()
+
+    assert "2 segments below the archive's start (deleted by walbackup retain) not checked" in (
+        demo.output
+    )
+    assert "verdict: OK" in demo.output
+    fetched = tmp_path / "seg"
+    fetch = [str(WALBACKUP), "fetch", ttid, "000000010000000000000004", str(fetched)]
+    subprocess.run(fetch, env=env, check=True)
+    assert fetched.stat().st_size == 1 << 20

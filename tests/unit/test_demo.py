@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import shlex
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +13,14 @@ import pytest
 from rich.console import Console
 
 from tasks.archive.retained import marker_key
+from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.retention import marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.dev.demo import run
+from tasks.dev.demo.hints import cli_env, usage_lines
+from tasks.dev.demo.processes import Cluster
 from tasks.dev.demo.verify import report, verify
 from tasks.dev.demo.writer import Writer
 from tasks.dev.embedded import free_port
@@ -64,6 +69,35 @@ def test_verify_names_failed_segments_in_full(tmp_path: Path) -> None:
     names = [f"{TTID} {xlog_file_name(n, SEG)}" for n in (3, 2)]
     assert (verdict.missing, verdict.different) == ([names[0]], [names[1]])
     assert [line.strip() for line in out.getvalue().splitlines()[1:3]] == names
+
+
+def test_cli_env_points_the_cli_at_the_demo_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = Cluster(tmp_path / "demo dir", threading.Event())
+    cluster.redis_url = "redis://127.0.0.1:6390/0"
+    words = shlex.split(cli_env(cluster, 4 * SEG, private_redis=True))
+
+    assert words[0] == "export"
+    env = dict(word.split("=", 1) for word in words[1:])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.redis_url == cluster.redis_url
+    assert settings.effective_remote_storage == cluster.remote_url
+    assert settings.data_dir == cluster.root
+    assert settings.wal_seg_size == 4 * SEG
+
+
+def test_hints_leave_out_an_external_redis_url(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, threading.Event())
+    cluster.redis_url = "redis://:s3cretpw@redis.example:6379/0"
+
+    text = "\n".join(usage_lines(cluster, SEG, private_redis=False))
+
+    assert "s3cretpw" not in text
+    assert "WALBACKUP_REDIS_URL=" not in text
+    assert f"WALBACKUP_REMOTE_STORAGE={cluster.remote_url}" in text
 
 
 def _demo(tmp_path: Path, out: io.StringIO) -> int:

@@ -36,6 +36,7 @@ from rich.markup import escape
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import validate_seg_size
+from tasks.dev.demo.hints import afterwards_lines, usage_lines
 from tasks.dev.demo.processes import NODE_IDS, Cluster, DemoError
 from tasks.dev.demo.verify import report, verify
 from tasks.dev.demo.view import View, display
@@ -149,7 +150,10 @@ def run_demo(
         console.print(f"[red]{escape(failure[1])}")
         return failure[0]
     verdict = verify(cluster.remote_url, ttids, seg_size, writer)
-    return report(console, verdict, len(ttids), cluster.root / "logs")
+    code = report(console, verdict, len(ttids), cluster.root / "logs")
+    for line in afterwards_lines(cluster, private_redis=private_redis):
+        console.print(line, markup=False, highlight=False)
+    return code
 
 
 def _teardown(view: View) -> None:
@@ -166,6 +170,7 @@ def _run(view: View, duration: float | None, stop: StopRequest, *, private_redis
     else:
         cluster.redis_url = os.environ[f"{ENV_PREFIX}REDIS_URL"]
     console.print(f"redis: {redact_url(cluster.redis_url)}{'  (private)' if private_redis else ''}")
+    console.print(f"storage: {cluster.remote_url}")
     cluster.state = RedisState.from_url(cluster.redis_url)
     cluster.state.ping()  # an unreachable Redis fails here, before any child starts
     since = time.time()
@@ -177,6 +182,8 @@ def _run(view: View, duration: float | None, stop: StopRequest, *, private_redis
         console.print(f"node{n} metrics: {url}")
     for ttid in view.ttids:
         console.print(f"timeline: {ttid}")
+    for line in usage_lines(cluster, view.seg_size, private_redis=private_redis):
+        console.print(line, markup=False, highlight=False)
     writer.start()
     view.phase = "writing WAL"
     with display(view) as refresh:
