@@ -125,7 +125,7 @@ def test_demo_runs_checks_the_backup_and_leaves_nothing_behind(tmp_path: Path) -
         held = [p for p in (data_dir / node).rglob("*") if SEGMENT_NAME_RE.fullmatch(p.name)]
         assert len(held) < written, (node, len(held), written)
     # Piped, nothing is wrapped or cut: whole paths and LSNs.
-    assert f"data dir: {data_dir.resolve()}  (node1-3/, remote/, logs/)\n" in output
+    assert f"data dir: {data_dir.resolve()}  (node1-3/, remote/, redis/, logs/)\n" in output
     assert not re.search(r"\b[0-9A-F]+/[0-9A-F]*…", output), output
 
 

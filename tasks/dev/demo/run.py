@@ -130,8 +130,9 @@ def run_demo(
     ]
     writer = Writer([cluster.workdir(n) for n in NODE_IDS], ttids, seg_size, rate)
     view = View(ttids, seg_size, settings.heartbeat_timeout, console, cluster, writer)
-    console.print(f"data dir: {cluster.root}  (node1-3/, remote/, logs/)")
     private_redis = f"{ENV_PREFIX}REDIS_URL" not in os.environ
+    layout = "node1-3/, remote/, redis/, logs/" if private_redis else "node1-3/, remote/, logs/"
+    console.print(f"data dir: {cluster.root}  ({layout})")
     failure: tuple[int, str] | None = None
     with stop.installed():
         try:
