@@ -135,7 +135,7 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
 
 class Cluster:
     """The demo's servers and their files under ``root`` (``node1-3/``,
-    ``remote/``, ``logs/``); ``stop`` set by a signal ends any wait."""
+    ``remote/``, ``redis/``, ``logs/``); ``stop`` set by a signal ends any wait."""
 
     def __init__(self, root: Path, stop: threading.Event) -> None:
         self.root = root

@@ -10,8 +10,9 @@ feeding a few timelines (``writer``). Progress is read from Redis, as
 When the duration is up, or on Ctrl-C (SIGINT) or SIGTERM, it stops the
 writer, waits (bounded) for ``backup_lsn`` to cover every complete segment,
 stops every child (SIGTERM to its process group, SIGKILL after a timeout), and
-checks that every complete segment on node 1 is in remote storage,
-byte-identical (``verify``). A second Ctrl-C skips the wait and the check.
+checks that every complete segment written, from where the archive starts, is
+in remote storage, byte-identical (``verify``). A second Ctrl-C skips the wait
+and the check; any failure, too, stops every child before the demo exits.
 """
 
 from __future__ import annotations
@@ -28,17 +29,24 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
+import redis
 from rich.console import Console
+from rich.markup import escape
 
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import validate_seg_size
+from tasks.dev.demo.hints import afterwards_lines, usage_lines
 from tasks.dev.demo.processes import NODE_IDS, Cluster, DemoError
 from tasks.dev.demo.verify import report, verify
 from tasks.dev.demo.view import View, display
 from tasks.dev.demo.writer import Writer
 from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
+from tasks.storage.base import redact_url
+
+PLAIN_WIDTH = 100_000
+"""Without a terminal, lines are not wrapped nor columns cut: paths and LSNs stay whole."""
 
 DRAIN_TIMEOUT_S = 30.0
 """How long, after the writer stops, the demo waits for the backup to catch up."""
@@ -90,6 +98,12 @@ def make_data_dir(data_dir: Path | None, default_parent: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"walbackup-{prefix}")).resolve()
 
 
+def demo_console() -> Console:
+    """A terminal's console, or a wide one without a terminal (CI, a pipe)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PLAIN_WIDTH)
+
+
 def run_demo(
     *,
     duration: float | None,
@@ -100,7 +114,7 @@ def run_demo(
     console: Console | None = None,
 ) -> int:
     """Run the demo; the exit code is 0 only if the remote copy is verified."""
-    console = console or Console()
+    console = console or demo_console()
     if timelines < 1:
         raise InvalidInput(f"--timelines must be at least 1, got {timelines}")
     if not rate > 0:
@@ -116,30 +130,37 @@ def run_demo(
     ]
     writer = Writer([cluster.workdir(n) for n in NODE_IDS], ttids, seg_size, rate)
     view = View(ttids, seg_size, settings.heartbeat_timeout, console, cluster, writer)
-    console.print(f"data dir: {cluster.root}  (node1-3/, remote/, logs/)")
     private_redis = f"{ENV_PREFIX}REDIS_URL" not in os.environ
+    layout = "node1-3/, remote/, redis/, logs/" if private_redis else "node1-3/, remote/, logs/"
+    console.print(f"data dir: {cluster.root}  ({layout})")
+    failure: tuple[int, str] | None = None
     with stop.installed():
         try:
             _run(view, duration, stop, private_redis=private_redis)
         except KeyboardInterrupt:
-            stop.shielded = True
-            _teardown(view)
-            console.print("[red]interrupted: stopped without waiting for the backup or checking it")
-            return 130
+            failure = 130, "interrupted: stopped without waiting for the backup or checking it"
         except DemoError as exc:
+            failure = 1, f"walbackup demo: {exc}"
+        except redis.RedisError as exc:
+            where = redact_url(cluster.redis_url)
+            failure = 1, f"walbackup demo: cannot reach Redis at {where}: {exc}"
+        finally:  # whatever the exception, no child outlives the demo
             stop.shielded = True
             _teardown(view)
-            console.print(f"[red]walbackup demo: {exc}")
-            return 1
-        stop.shielded = True
-        _teardown(view)
+    if failure is not None:
+        console.print(f"[red]{escape(failure[1])}")
+        return failure[0]
     verdict = verify(cluster.remote_url, ttids, seg_size, writer)
-    return report(console, verdict, len(ttids), cluster.root / "logs")
+    code = report(console, verdict, len(ttids), cluster.root / "logs")
+    for line in afterwards_lines(cluster, private_redis=private_redis):
+        console.print(line, markup=False, highlight=False)
+    return code
 
 
 def _teardown(view: View) -> None:
     view.writer.finish()
-    view.console.print("stopping the cluster ...")
+    if view.cluster.children.procs:
+        view.console.print("stopping the cluster ...")
     view.cluster.shut_down()
 
 
@@ -149,8 +170,10 @@ def _run(view: View, duration: float | None, stop: StopRequest, *, private_redis
         cluster.start_redis()
     else:
         cluster.redis_url = os.environ[f"{ENV_PREFIX}REDIS_URL"]
-    console.print(f"redis: {cluster.redis_url}{'  (private)' if private_redis else ''}")
+    console.print(f"redis: {redact_url(cluster.redis_url)}{'  (private)' if private_redis else ''}")
+    console.print(f"storage: {cluster.remote_url}")
     cluster.state = RedisState.from_url(cluster.redis_url)
+    cluster.state.ping()  # an unreachable Redis fails here, before any child starts
     since = time.time()
     cluster.start_celery(cluster.base_env(view.seg_size, private_redis))
     cluster.wait_nodes(since)
@@ -160,6 +183,8 @@ def _run(view: View, duration: float | None, stop: StopRequest, *, private_redis
         console.print(f"node{n} metrics: {url}")
     for ttid in view.ttids:
         console.print(f"timeline: {ttid}")
+    for line in usage_lines(cluster, view.seg_size, private_redis=private_redis):
+        console.print(line, markup=False, highlight=False)
     writer.start()
     view.phase = "writing WAL"
     with display(view) as refresh:
