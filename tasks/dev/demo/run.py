@@ -36,6 +36,7 @@ from rich.markup import escape
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import validate_seg_size
+from tasks.core.urls import redact
 from tasks.dev.demo.hints import afterwards_lines, usage_lines
 from tasks.dev.demo.processes import NODE_IDS, Cluster, DemoError
 from tasks.dev.demo.verify import report, verify
@@ -43,7 +44,6 @@ from tasks.dev.demo.view import View, display
 from tasks.dev.demo.writer import Writer
 from tasks.errors import InvalidInput
 from tasks.state.redis import RedisState
-from tasks.storage.base import redact_url
 
 PLAIN_WIDTH = 100_000
 """Without a terminal, lines are not wrapped nor columns cut: paths and LSNs stay whole."""
@@ -142,7 +142,7 @@ def run_demo(
         except DemoError as exc:
             failure = 1, f"walbackup demo: {exc}"
         except redis.RedisError as exc:
-            where = redact_url(cluster.redis_url)
+            where = redact(cluster.redis_url)
             failure = 1, f"walbackup demo: cannot reach Redis at {where}: {exc}"
         finally:  # whatever the exception, no child outlives the demo
             stop.shielded = True
@@ -170,7 +170,7 @@ def _run(view: View, duration: float | None, stop: StopRequest, *, private_redis
         cluster.start_redis()
     else:
         cluster.redis_url = os.environ[f"{ENV_PREFIX}REDIS_URL"]
-    console.print(f"redis: {redact_url(cluster.redis_url)}{'  (private)' if private_redis else ''}")
+    console.print(f"redis: {redact(cluster.redis_url)}{'  (private)' if private_redis else ''}")
     console.print(f"storage: {cluster.remote_url}")
     cluster.state = RedisState.from_url(cluster.redis_url)
     cluster.state.ping()  # an unreachable Redis fails here, before any child starts
