@@ -77,7 +77,7 @@ def remote_id(remote_storage: str, s3_endpoint_url: str | None) -> str:
     """Names the remote a spool holds segments of: the URL and endpoint,
     percent-encoded into one path component (distinct remotes, distinct
     names), or their SHA-256 when that would be too long."""
-    text = f"{remote_storage} {s3_endpoint_url or ''}"
+    text = f"{remote_storage} {s3_endpoint_url}" if s3_endpoint_url else remote_storage
     quoted = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else _pct(c) for c in text)
     if len(quoted) <= 200:
         return quoted

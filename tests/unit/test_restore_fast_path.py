@@ -212,3 +212,9 @@ def test_fetch_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]
         assert f" {code} " in text.replace("\n", " "), code
     # PostgreSQL aborts recovery only on a status above 125.
     assert min(fetch.EXIT_INPUT, fetch.EXIT_STORAGE, fetch.EXIT_CHECKSUM, fetch.EXIT_OTHER) > 125
+
+
+def test_a_spool_is_named_after_its_remote_and_endpoint() -> None:
+    assert remote_id("s3://wal/p", None) == "s3%3A%2F%2Fwal%2Fp"  # no trailing "%20"
+    assert remote_id("s3://wal/p", "http://h:9000") == "s3%3A%2F%2Fwal%2Fp%20http%3A%2F%2Fh%3A9000"
+    assert remote_id("s3://" + "w" * 300, None).startswith("sha256-")
