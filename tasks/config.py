@@ -155,6 +155,11 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}REDIS_URL: must be a redis:// URL (its password and database) "
                 f"with {ENV_PREFIX}REDIS_SENTINELS"
             )
+        if not (self.broker_url or self.redis_sentinels) and self.redis_url.startswith("unix://"):
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_URL: required when {ENV_PREFIX}REDIS_URL is a unix:// "
+                "socket, which Celery cannot use: redis+socket:///PATH/TO/SOCKET[?virtual_host=DB]"
+            )
         if bool(self.redis_sentinels) != bool(self.redis_master_name):
             raise ValueError(
                 f"{ENV_PREFIX}REDIS_SENTINELS and {ENV_PREFIX}REDIS_MASTER_NAME go together"

@@ -260,7 +260,7 @@ class Elector:
                     self.state.record_error(ttid, recovery.error, pipe=pipe)
                 return Election(record.offloader, NOT_RECOVERED), None, False
             if record.last_error.partition(" ")[2].startswith(RECOVERY_ERROR):
-                self.state.clear_error(ttid, pipe=pipe)  # what the listing said is over
+                self.state.clear_error(ttid, record.last_error, pipe=pipe)  # it lists again
             candidates.append(archived)
         backup_lsn = max(candidates)
         if record.backup_lsn is None or backup_lsn > record.backup_lsn:

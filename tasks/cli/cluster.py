@@ -180,13 +180,13 @@ def _refuse_unknown(settings: Settings, state: RedisState, ids: list[str]) -> No
         return
     from tasks.storage import open_storage
 
-    storage = open_storage(
-        settings.effective_remote_storage, s3_endpoint_url=settings.s3_endpoint_url, create=False
-    )
-    try:
-        unknown = nothing_archived(storage, maybe)
-    finally:
-        storage.close()
+    url = settings.effective_remote_storage
+    with one_line_errors(f"the remote storage {redact(url)}"):
+        storage = open_storage(url, s3_endpoint_url=settings.s3_endpoint_url, create=False)
+        try:
+            unknown = nothing_archived(storage, maybe)
+        finally:
+            storage.close()
     if unknown:
         fail(EXIT_INPUT, unknown_message(unknown))
 

@@ -110,7 +110,9 @@ def _refuse_unknown(
 ) -> None:
     """A named timeline nobody knows is a mistyped id, not an empty archive
     that passes; with Redis down, only Redis could tell."""
-    unknown = nothing_archived(storage, not_in_redis(state, ids))
+    maybe = not_in_redis(state, ids)
+    with one_line_errors(f"the remote storage {storage.url}"):
+        unknown = nothing_archived(storage, maybe)
     if unknown and state is None:
         fail(
             EXIT_UNAVAILABLE,

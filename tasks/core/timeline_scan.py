@@ -54,7 +54,8 @@ class ScanResult:
     """Segnos of files named as a complete segment but of the wrong size."""
     foreign_seg_size: int | None = None
     """The size of those files when it is another valid segment size (the
-    most common one): WAL of another ``wal_segment_size``, a setting to fix."""
+    most common one) and no file has the configured size: WAL of another
+    ``wal_segment_size``, a setting to fix."""
     history: tuple[str, ...] = ()
     """Timeline history files (``0000000N.history``), sorted."""
 
@@ -113,7 +114,11 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     partial = max(partials)[1] if partials else None
 
     held = complete | wrong_size | {segno for segno, _ in partials}
-    foreign = max(other_sizes, key=lambda k: other_sizes[k]) if other_sizes else None
+    # A setting to fix only when no segment has the configured size: one copy
+    # truncated to a power of two among good ones is damage, not WAL of another size.
+    foreign = None
+    if other_sizes and not complete:
+        foreign = max(other_sizes, key=lambda k: other_sizes[k])
     if not held:
         return ScanResult(
             seg_size, range(0), None, None, partial, tuple(problems), (), (), None, tuple(history)

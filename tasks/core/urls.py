@@ -19,6 +19,7 @@ from tasks.errors import InvalidInput
 
 _USERINFO = re.compile(r"//[^/]*@")
 """Up to the last ``@`` of the authority: a password may hold one unencoded."""
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*")
 
 STORAGE_EXPECTED = "expected s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -26,8 +27,14 @@ _IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
 
 
 def redact(url: str) -> str:
-    """``url`` fit for messages and logs: any ``user:password@`` replaced."""
-    return _USERINFO.sub("//***@", url, count=1)
+    """``url`` fit for messages and logs: any ``user:password@`` and
+    ``password=`` query value (redis-py reads one) replaced."""
+    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO.sub("//***@", url, count=1))
+
+
+# The checks below never quote the URL they reject: a password with an
+# unencoded "/", "#" or "?" splits it where no redaction can find the secret.
+# The setting's name says which URL it is.
 
 
 def _split(url: str) -> SplitResult:
@@ -35,18 +42,21 @@ def _split(url: str) -> SplitResult:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsed for the check
-    except ValueError as exc:
-        raise ValueError(f"{redact(url)!r} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise ValueError(
+            "not a valid URL: its port is not a number 0-65535, or its host is malformed "
+            "(a password's reserved characters, such as / # ? @ :, must be percent-encoded)"
+        ) from None
     return parts
 
 
-def _database(parts: SplitResult, url: str) -> None:
+def _database(parts: SplitResult) -> None:
     """The database number, from the path (``/N``) or ``?db=N``, if given."""
     db = parts.path.strip("/")
     query = parse_qs(parts.query).get("db", [])
     for value in ([db] if db else []) + query:
         if not unquote(value).isdigit():
-            raise ValueError(f"{redact(url)!r}: the database must be a number, not {value!r}")
+            raise ValueError(f"the database must be a number, not {value!r}")
 
 
 def check_redis_url(url: str) -> None:
@@ -56,34 +66,45 @@ def check_redis_url(url: str) -> None:
     if parts.scheme in ("redis", "rediss"):
         if "/" in parts.path.strip("/"):
             raise ValueError(
-                f"{redact(url)!r}: expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+                "expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (a password's reserved "
+                "characters, such as / # ? @ :, must be percent-encoded)"
             )
-        _database(parts, url)
+        _database(parts)
     elif parts.scheme == "unix":
         if not parts.path:
-            raise ValueError(f"{redact(url)!r}: expected unix:///PATH/TO/SOCKET[?db=DB]")
-        _database(parts._replace(path=""), url)
+            raise ValueError("expected unix:///PATH/TO/SOCKET[?db=DB]")
+        _database(parts._replace(path=""))
     else:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
 
 
 def check_broker_url(url: str) -> None:
-    """A Redis URL (``check_redis_url``) or an ``amqp://``/``amqps://`` one with a valid port."""
-    if url.startswith(("amqp://", "amqps://")):
-        _split(url)
-    elif url.startswith(("redis://", "rediss://", "unix://")):
-        check_redis_url(url)
-    else:
-        raise ValueError("must be a redis://, rediss://, unix://, amqp:// or amqps:// URL")
+    """Kombu's: ``amqp://``/``amqps://`` or Redis (``redis://``, ``rediss://``,
+    ``redis+socket://``), each with a valid port; several Redis URLs
+    separated by ``;`` are a failover list. Kombu has no ``unix://``."""
+    for one in url.split(";"):
+        if one.startswith("unix://"):
+            raise ValueError(
+                "a unix:// socket cannot be Celery's broker (kombu has no such transport): "
+                "write it redis+socket:///PATH/TO/SOCKET[?virtual_host=DB]"
+            )
+        if one.startswith(("amqp://", "amqps://", "redis+socket://")):
+            _split(one)
+        elif one.startswith(("redis://", "rediss://")):
+            check_redis_url(one)
+        else:
+            raise ValueError(
+                "must be a redis://, rediss://, redis+socket://, amqp:// or amqps:// URL"
+            )
 
 
 def check_endpoint_url(url: str) -> None:
     """An S3 endpoint: ``http(s)://HOST[:PORT][/PATH]``."""
     parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{redact(url)!r}: expected http(s)://HOST[:PORT]")
+        raise ValueError("expected http(s)://HOST[:PORT]")
     if parts.query or parts.fragment:
-        raise ValueError(f"{redact(url)!r}: no query or fragment allowed")
+        raise ValueError("no query or fragment allowed")
 
 
 def validate_bucket_name(bucket: str) -> str:

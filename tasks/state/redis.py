@@ -277,8 +277,9 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (pipe or self.r).hset(tl_key(ttid), "last_error", f"{stamp} {message}")
 
-    def clear_error(self, ttid: str, pipe: Pipeline[str] | None = None) -> None:
-        (pipe or self.r).hdel(tl_key(ttid), "last_error")
+    def clear_error(self, ttid: str, read: str, pipe: Pipeline[str] | None = None) -> None:
+        """Delete ``last_error`` if it still is ``read`` (``clear_error.lua``)."""
+        self._scripts.run("clear_error", [tl_key(ttid)], [read], pipe)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

@@ -667,3 +667,14 @@ def test_the_local_node_is_told_its_work_not_kicked(
     assert kicks == []
     (other,) = elector.elect([ttid], local=2, force_kick=True)
     assert other.kicked and kicks == [(ttid, 1)]
+
+
+def test_clearing_an_error_keeps_one_recorded_since_it_was_read(state: RedisState) -> None:
+    ttid = make_ttid()
+    state.record_error(ttid, "cannot list the archive to recover backup_lsn: no bucket")
+    read = record(state, ttid).last_error
+    state.r.hset(tl_key(ttid), "last_error", "2026-12-06T10:00:00Z node 2: damaged copy")
+    state.clear_error(ttid, read)
+    assert record(state, ttid).last_error.endswith("node 2: damaged copy")
+    state.clear_error(ttid, record(state, ttid).last_error)
+    assert record(state, ttid).last_error == ""

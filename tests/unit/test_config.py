@@ -107,6 +107,7 @@ def test_broker_may_be_rabbitmq_but_redis_url_may_not(monkeypatch: pytest.Monkey
         ("WALBACKUP_REDIS_URL", "redis://127.0.0.1:6379/abc"),  # redis-py would use db 0
         ("WALBACKUP_BROKER_URL", "amqp://guest:guest@localhost:x/"),
         ("WALBACKUP_S3_ENDPOINT_URL", "notaurl"),
+        ("WALBACKUP_BROKER_URL", "unix:///run/redis.sock"),
         ("WALBACKUP_S3_ENDPOINT_URL", "http://"),
         ("WALBACKUP_REMOTE_STORAGE", "s3://"),
         ("WALBACKUP_REMOTE_STORAGE", "s3:///prefix"),
@@ -167,6 +168,16 @@ def test_a_toml_syntax_error_is_one_clear_message(
     monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
     with pytest.raises(InvalidInput, match=r"walbackup.toml is not valid TOML: .*line 1"):
         load_settings()
+
+
+def test_a_unix_socket_redis_needs_a_broker_url_celery_can_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WALBACKUP_REDIS_URL", "unix:///run/redis.sock?db=2")
+    with pytest.raises(InvalidInput, match="WALBACKUP_BROKER_URL: required when"):
+        load_settings()
+    monkeypatch.setenv("WALBACKUP_BROKER_URL", "redis+socket:///run/redis.sock?virtual_host=2")
+    assert load_settings().effective_broker_url.startswith("redis+socket://")
 
 
 def test_a_bad_url_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:

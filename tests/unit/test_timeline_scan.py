@@ -74,9 +74,15 @@ def test_wrong_size_is_a_problem_and_ends_run(size: int) -> None:
     expected = f"000000010000000000000003: {size} bytes, expected wal_seg_size {SEG}"
     assert problem.startswith(expected)
     assert result.notes  # segment 4 lies beyond the broken one
-    # A valid segment size of its own: WAL of another wal_segment_size.
-    assert result.foreign_seg_size == (size if size == 2 * SEG else None)
+    # A valid segment size of its own: WAL of another wal_segment_size? The
+    # problem says so, but beside good segments it is damage, not the setting.
     assert ("WALBACKUP_WAL_SEG_SIZE" in problem) == (size == 2 * SEG)
+    assert result.foreign_seg_size is None
+
+
+def test_files_all_of_another_valid_size_are_the_setting_to_fix() -> None:
+    result = scan_entries([seg(1, SEG // 2), seg(2, SEG // 2), seg(3, SEG // 4)], SEG)
+    assert result.foreign_seg_size == SEG // 2 and result.damaged == (1, 2, 3)
 
 
 def test_wrong_size_lowest_segment_blocks_everything() -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from tasks.core.urls import (
     StorageUrl,
+    check_broker_url,
     check_endpoint_url,
     check_redis_url,
     redact,
@@ -21,6 +22,7 @@ from tasks.errors import InvalidInput
         ("s3://key:secret@bucket/p", "s3://***@bucket/p"),
         ("s3://key:p@ss@bucket/p", "s3://***@bucket/p"),
         ("redis://ad:pa@ss@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),
+        ("unix:///run/r.sock?password=Secret&db=1", "unix:///run/r.sock?password=***&db=1"),
         ("s3://bucket/p@q", "s3://bucket/p@q"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ],
@@ -59,6 +61,36 @@ def test_good_redis_urls(url: str) -> None:
 def test_bad_redis_urls_say_why(url: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         check_redis_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Xy7#Secret@redis.internal:6379/0",
+        "redis://:Ab/Cd+Ef@redis.internal:6379/0",
+        "redis://:Ab?Secret@redis.internal:6379/0",
+        "unix:///run/redis.sock?password=Secret&db=x",
+    ],
+)
+def test_a_rejected_url_is_never_quoted(url: str) -> None:
+    """A password with an unencoded reserved character splits the URL where
+    no redaction finds it: the message names the problem, not the URL."""
+    with pytest.raises(ValueError) as caught:
+        check_redis_url(url)
+    assert "Secret" not in str(caught.value) and "Cd+Ef" not in str(caught.value)
+
+
+def test_broker_urls() -> None:
+    for good in (
+        "amqp://guest:guest@localhost:5672//",
+        "redis://h1:6379/0;redis://h2:6379/0",  # kombu's failover list
+        "redis+socket:///run/redis.sock?virtual_host=2",
+    ):
+        check_broker_url(good)
+    with pytest.raises(ValueError, match="redis\\+socket:///PATH"):
+        check_broker_url("unix:///run/redis.sock")
+    with pytest.raises(ValueError, match="database must be a number"):
+        check_broker_url("redis://h1:6379/0;redis://h2:6379/x")
 
 
 def test_endpoints() -> None:
