@@ -277,7 +277,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise InvalidInput(f"{ENV_PREFIX}CONFIG_FILE: {toml_file} does not exist or is not a file")
     try:
         settings = Settings(**overrides)
-        keys = list(tomllib.loads(Path(toml_file).read_text())) if toml_file else []
+        keys = list(tomllib.loads(Path(toml_file).read_text("utf-8"))) if toml_file else []
     except tomllib.TOMLDecodeError as exc:
         problem = f"{ENV_PREFIX}CONFIG_FILE: {toml_file} is not valid TOML: {exc}"
         raise InvalidInput(problem) from None
