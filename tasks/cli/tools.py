@@ -30,10 +30,12 @@ def simulate(
     import secrets
 
     from tasks.core.ids import TenantTimelineId
+    from tasks.core.segments import validate_seg_size
     from tasks.dev.simulate import simulate as run
     from tasks.errors import InvalidInput
 
     try:
+        validate_seg_size(seg_size)  # before any id is printed as if written
         ids = [TenantTimelineId.parse(t) for t in ttids or []] or [
             TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16)) for _ in range(timelines)
         ]
