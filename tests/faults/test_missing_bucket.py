@@ -12,59 +12,57 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from tasks.dev.simulate import simulate
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
-from tests.faults.harness import NODES, Archive, assert_invariant, seg_lsn, ttid_offloaded_by
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    assert_invariant,
+    seg_lsn,
+    start_cluster,
+    ttid_offloaded_by,
+)
 from tests.fixtures_s3 import MotoServer, s3_client
-from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_missing_bucket_is_every_waiting_timelines_error_until_it_exists(
-    moto_server: MotoServer, tmp_path: Path
+    make_cluster: Callable[..., Cluster], moto_server: MotoServer
 ) -> None:
-    redis_server = RedisServer()
-    redis_server.start()
     bucket = f"walbackup-late-{int(time.time() * 1000)}"
-    cluster = Cluster(
-        tmp_path, redis_server.url, f"s3://{bucket}/wal", s3_endpoint_url=moto_server.endpoint_url
+    cluster = start_cluster(
+        lambda **kw: make_cluster(
+            f"s3://{bucket}/wal", s3_endpoint_url=moto_server.endpoint_url, **kw
+        )
     )
     client = s3_client(moto_server.endpoint_url)
-    try:
-        for n in NODES:
-            cluster.start_node(n)
-        cluster.start_beat()
-        cluster.wait_nodes(list(NODES))
-        ttid = ttid_offloaded_by(1)
-        workdirs = [cluster.workdir(n) for n in NODES]
-        simulate(workdirs, [ttid], 3, SEG_SIZE)
+    ttid = ttid_offloaded_by(1)
+    workdirs = [cluster.workdir(n) for n in NODES]
+    simulate(workdirs, [ttid], 3, SEG_SIZE)
 
-        def last_error() -> str:
-            return cluster.state.timeline(str(ttid)).last_error
+    def last_error() -> str:
+        return cluster.state.timeline(str(ttid)).last_error
 
-        wait_for(lambda: "does not exist" in last_error(), 30, "the missing bucket in last_error")
-        assert bucket in last_error() and cluster.backup_lsn(ttid) is None
-        status = subprocess.run(
-            [sys.executable, "-m", "tasks.cli", "status", "--json", str(ttid)],
-            env=cluster.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert status.returncode == 0, status.stderr
-        assert "does not exist" in json.dumps(json.loads(status.stdout))
+    wait_for(lambda: "does not exist" in last_error(), 30, "the missing bucket in last_error")
+    assert bucket in last_error() and cluster.backup_lsn(ttid) is None
+    status = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "status", "--json", str(ttid)],
+        env=cluster.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "does not exist" in json.dumps(json.loads(status.stdout))
 
-        with BackupSampler(cluster, ttid) as sampler:
-            client.create_bucket(Bucket=bucket)
-            cluster.wait_backup(ttid, seg_lsn(4), timeout=60)
-            simulate(workdirs, [ttid], 2, SEG_SIZE, start_segno=4)
-            cluster.wait_backup(ttid, seg_lsn(6), timeout=60)
-        assert last_error() == ""
-        archive = Archive(ttid, s3=client, bucket=bucket, prefix="wal")
-        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=6, expected_end=6)
-    finally:
-        cluster.stop()
-        redis_server.close()
-        client.close()
+    with BackupSampler(cluster, ttid) as sampler:
+        client.create_bucket(Bucket=bucket)
+        cluster.wait_backup(ttid, seg_lsn(4), timeout=60)
+        simulate(workdirs, [ttid], 2, SEG_SIZE, start_segno=4)
+        cluster.wait_backup(ttid, seg_lsn(6), timeout=60)
+    assert last_error() == ""
+    archive = Archive(ttid, s3=client, bucket=bucket, prefix="wal")
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=6, expected_end=6)
+    client.close()
