@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -58,6 +59,12 @@ RETRY_S = 1.0
 
 REPORT_EVERY_S = 30.0
 """A failure that lasts is logged again at most this often."""
+
+QUIET_BELOW_S = 60.0
+"""An entry due more often than this logs each send at DEBUG, and beat sums
+the sends up at INFO every ``SUMMARY_EVERY_S``: the one-second election
+tick alone was 86,400 INFO lines a day."""
+SUMMARY_EVERY_S = 300.0
 
 REDIS_OPTIONS: dict[str, Any] = {
     # A frozen or black-holed Redis fails a command within seconds instead of
@@ -166,6 +173,8 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.outages = OutageLog()
         self.lock: Any = None
         self._standing_by = False
+        self._quiet_sends: Counter[str] = Counter()
+        self._summary_due = time.monotonic() + SUMMARY_EVERY_S
         super().__init__(app, *args, **kwargs)
 
     # -- schedule entries ------------------------------------------------------
@@ -225,6 +234,7 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
                 return float(self.max_interval)
             interval = float(super().tick(*args, **kwargs))  # extends the lock first
             self._restore_entries()  # sent from the next tick on: they are due
+            self._summarise()
         except LockError as exc:
             # Expired during a freeze, or lost with Redis's data: nothing was
             # sent; take it again (or stand by) from the next tick on.
@@ -242,9 +252,13 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         (one line) instead of a traceback per entry and tick."""
         is_due, next_time_to_run = entry.is_due()
         if is_due:
-            log.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+            quiet = getattr(entry.schedule, "seconds", QUIET_BELOW_S) < QUIET_BELOW_S
+            level = logging.DEBUG if quiet else logging.INFO
+            log.log(level, "Scheduler: Sending due task %s (%s)", entry.name, entry.task)
             try:
                 self.apply_async(entry, **kwargs)
+                if quiet:
+                    self._quiet_sends[entry.name] += 1
             except OUTAGE_ERRORS:
                 raise  # from storing the entry's next run in Redis
             except SchedulingError as exc:
@@ -254,6 +268,16 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
             except Exception as exc:
                 log.exception("Scheduler: Message Error: %s", exc)
         return next_time_to_run
+
+    def _summarise(self) -> None:
+        """One INFO line of the quiet entries' sends, every ``SUMMARY_EVERY_S``."""
+        now = time.monotonic()
+        if now < self._summary_due:
+            return
+        self._summary_due = now + SUMMARY_EVERY_S
+        if sent := ", ".join(f"{n} x {name}" for name, n in sorted(self._quiet_sends.items())):
+            log.info("beat: sent %s in the last %.0f s", sent, SUMMARY_EVERY_S)
+        self._quiet_sends.clear()
 
     def close(self) -> None:
         try:

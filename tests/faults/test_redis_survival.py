@@ -260,7 +260,7 @@ def test_two_beats_still_tick_once_after_a_restart(tmp_path: Path) -> None:
         c.start_node(1)
         c.wait_nodes([1])
         c.start_beat()
-        c.spawn("beat2", ["beat", "--loglevel=INFO"], dict(c.env))
+        c.spawn("beat2", ["beat", "--loglevel=DEBUG"], dict(c.env))
         wait_for(lambda: sum(sent()) >= 3, 20, "the first elections")
         kill_and_restart(server)
         wait_for(lambda: sum(sent()) >= 3 + 3, 10, "elections after the restart")

@@ -152,7 +152,7 @@ def test_two_beats_do_not_double_the_elections(make_cluster: Callable[..., Clust
     cluster.start_node(1)
     cluster.wait_nodes([1])
     cluster.start_beat()
-    cluster.spawn("beat2", ["beat", "--loglevel=INFO"], dict(cluster.env))
+    cluster.spawn("beat2", ["beat", "--loglevel=DEBUG"], dict(cluster.env))
     time.sleep(8)
     sent = [
         cluster.log_path(name).read_text().count("Sending due task walbackup-elect-all")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import redis
+from celery.schedules import schedule
 
 from beat import scheduler
-from beat.scheduler import OutageLog
+from beat.scheduler import SUMMARY_EVERY_S, OutageLog, WalBackupScheduler
 from tasks.config import Settings
 
 
@@ -51,3 +54,36 @@ def test_redbeat_reaches_redis_through_the_sentinels() -> None:
     sentinels = pool.sentinel_manager.sentinels
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26379]
     assert sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
+
+
+def test_a_fast_entry_sends_at_debug_and_is_summed_up_at_info(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-second election tick no longer writes 86,400 INFO lines a day;
+    an entry due less often still logs each send at INFO."""
+    now = [0.0]
+    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    beat = object.__new__(WalBackupScheduler)  # no Redis, no app: its logging only
+    beat._quiet_sends = Counter()
+    beat._summary_due = SUMMARY_EVERY_S
+    sent: list[str] = []
+    beat.apply_async = lambda entry, **kw: sent.append(entry.name)
+
+    def entry(name: str, every: float) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name, task=name, schedule=schedule(every), is_due=lambda: (True, every)
+        )
+
+    with caplog.at_level(logging.INFO, logger="celery.beat"):
+        for _ in range(3):
+            beat.maybe_due(entry("walbackup-elect-all", 1.0))
+        beat.maybe_due(entry("walbackup-retain", 3600.0))
+        beat._summarise()  # not due yet
+        now[0] = SUMMARY_EVERY_S
+        beat._summarise()
+        beat._summarise()
+    assert sent == ["walbackup-elect-all"] * 3 + ["walbackup-retain"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Scheduler: Sending due task walbackup-retain (walbackup-retain)",
+        f"beat: sent 3 x walbackup-elect-all in the last {SUMMARY_EVERY_S:.0f} s",
+    ]
