@@ -181,7 +181,8 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         return fail(EXIT_STORAGE, f"remote storage unusable: {exc}")
     except (WalBackupError, OSError) as exc:
         return fail(EXIT_OTHER, str(exc))
-    if offset == 0 and dest != "-" and partial is None:  # nothing follows a partial
+    # Segments only: nothing follows a partial, and a history file's size is no seg size.
+    if offset == 0 and dest != "-" and partial is None and not HISTORY_RE.fullmatch(segment):
         _start_prefetch(settings, storage, str(parsed), segment, written)
     return EXIT_OK
 
