@@ -35,9 +35,9 @@ class NodeStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         try:
             get_node().start()
-        except InvalidInput as exc:
-            # A setup mistake (WORKDIR missing, …): one line, not Celery's
-            # "Unrecoverable error" traceback.
+        except (InvalidInput, OSError) as exc:
+            # A setup mistake (WORKDIR missing, the metrics port taken, …):
+            # one line, not Celery's "Unrecoverable error" traceback.
             log.critical("Node %s cannot start: %s", get_settings().node_id, exc)
             raise SystemExit(2) from None
 

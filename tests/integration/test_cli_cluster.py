@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -222,4 +223,28 @@ def test_a_node_whose_workdir_is_missing_stops_with_one_line(
     assert proc.wait(timeout=60) == 2
     log = cluster.log_path("node4").read_text()
     assert f"Node 4 cannot start: workdir {tmp_path / 'no'} is not a directory" in log
+    assert "Traceback" not in log
+
+
+def test_a_node_whose_metrics_port_is_taken_stops_with_one_line(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Two nodes on one host given the same port: one line naming the setting,
+    exit 2, not an "Unrecoverable error" traceback."""
+    cluster = make_cluster()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        workdir = tmp_path / "wal"
+        workdir.mkdir()
+        env = dict(cluster.env) | {
+            "WALBACKUP_NODE_ID": "4",
+            "WALBACKUP_WORKDIR": str(workdir),
+            "WALBACKUP_METRICS_PORT": str(port),
+        }
+        cluster.spawn("node4", ["worker", "-n", "node4@%h", "--loglevel=INFO"], env)
+        assert cluster.procs["node4"].wait(timeout=60) == 2
+    log = cluster.log_path("node4").read_text()
+    assert f"Node 4 cannot start: cannot serve metrics on WALBACKUP_METRICS_PORT {port}" in log
     assert "Traceback" not in log
