@@ -9,7 +9,8 @@ shows the truth, an old heartbeat, not a frozen young age;
 ``time() - max by (node) (…)`` is the age.
 
 The oldest unarchived segment is the first complete one at or above
-``backup_lsn`` that this node holds; its mtime is when it was written. The
+``backup_lsn`` that this node holds (above a missing segment, if that is where
+backup stopped: ``tasks.backup.gaps``); its mtime is when it was written. The
 mtime is cached per timeline until that segment changes, so rounds stat a
 file about once per segment the archive waits for, and never while it has
 them all.
@@ -54,8 +55,12 @@ class ClusterGauges:
         ttid, seg_size = str(st.ttid), st.wal_seg_size
         segno = max(backup_lsn, st.local_start_lsn).segment_number(seg_size)
         if segno >= st.commit_lsn.segment_number(seg_size):
-            self._written.pop(ttid, None)
-            return 0.0
+            # Complete WAL may wait behind a missing segment.
+            waiting = next((s for s in st.stranded if s >= segno), None)
+            if waiting is None:
+                self._written.pop(ttid, None)
+                return 0.0
+            segno = waiting
         cached = self._written.get(ttid)
         if cached is None or cached[0] != segno:
             try:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import redis
 
 from tasks.backup.copies import Copies
+from tasks.backup.gaps import MissingSegments
 from tasks.backup.gauges import ClusterGauges
 from tasks.backup.state_writes import StateWrites
 from tasks.core.election import PeerInfo
@@ -103,6 +104,7 @@ class Heartbeats:
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
         self.state_writes = StateWrites(disk, complain, state_file_interval_s)
+        self.gaps = MissingSegments(node_id, state.record_error)
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""
@@ -214,6 +216,7 @@ class Heartbeats:
         self.offloaders.pop(ttid, None)
         self.gauges.forget(ttid)
         self.state_writes.forget(ttid)
+        self.gaps.forget(ttid)
         with self._publish_lock:
             self._published.pop(ttid, None)
 
@@ -272,6 +275,7 @@ class Heartbeats:
                 restore[ttid] = st.system_id
             self.state_writes.record(st, backup_lsn, system_id)
             self.gauges.timeline(st, backup_lsn, offloader, now)
+            self.gaps.check(st, backup_lsn)
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)
         self.state.restore_system_ids(restore)

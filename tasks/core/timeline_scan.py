@@ -58,6 +58,9 @@ class ScanResult:
     ``wal_segment_size``, a setting to fix."""
     history: tuple[str, ...] = ()
     """Timeline history files (``0000000N.history``), sorted."""
+    stranded: tuple[int, ...] = ()
+    """Complete segments above a missing one (the segment at ``commit_lsn``),
+    sorted: not counted, so backup stops at the hole."""
 
 
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
@@ -146,6 +149,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         damaged=tuple(sorted(wrong_size)),
         foreign_seg_size=foreign,
         history=tuple(history),
+        stranded=tuple(beyond),
     )
 
 

@@ -38,6 +38,8 @@ class TimelineState:
     ``WALBACKUP_WAL_SEG_SIZE`` that does not match the server's."""
     history: tuple[str, ...] = ()
     """Its timeline history files' names (``tasks.backup.history``)."""
+    stranded: tuple[int, ...] = ()
+    """Complete segments above a missing one (``ScanResult.stranded``)."""
 
 
 def timeline_state(
@@ -64,4 +66,5 @@ def timeline_state(
         system_id=recorded.system_id if recorded else None,
         foreign_seg_size=scanned.foreign_seg_size,
         history=scanned.history,
+        stranded=scanned.stranded,
     )

@@ -7,12 +7,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
+from tasks.backup import gaps
 from tasks.backup import heartbeats as heartbeats_module
 from tasks.backup.copies import Copies
 from tasks.backup.elector import Elector
@@ -296,3 +299,39 @@ def test_a_wrong_seg_size_setting_is_the_last_error_on_every_node(
         last_error = state.timeline(str(ttid)).last_error
         assert "the segment files of this timeline are 1048576 bytes but " in last_error
         assert "WALBACKUP_WAL_SEG_SIZE is 16777216" in last_error
+
+
+def test_a_missing_segment_with_complete_ones_above_is_the_last_error_and_ages(
+    tmp_path: Path, state: RedisState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backup stops at a hole in the WAL; commit_lsn ends there, so the lag
+    reads 0: the hole is ``last_error`` (once it lasted ``GRACE_S``, here 0)
+    and the oldest-unarchived-segment gauge counts the WAL behind it."""
+    monkeypatch.setattr(gaps, "GRACE_S", 0.0)
+    ttid = TenantTimelineId("c" * 32, "d" * 32)
+    workdir = tmp_path / "node1"
+    simulate([workdir], [ttid], 3, 1 << 20)
+    simulate([workdir], [ttid], 4, 1 << 20, start_segno=5)  # segment 4 never came
+    behind = workdir / ttid.tenant_id / ttid.timeline_id / "000000010000000000000005"
+    os.utime(behind, (time.time() - 600, time.time() - 600))
+    disk = Workdir(workdir, 1 << 20)
+    heartbeats = Heartbeats(
+        1, state, disk, Copies(1, state),
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
+    )  # fmt: skip
+    state.raise_backup_lsn(str(ttid), Lsn.from_segment(4, 0, 1 << 20))  # 1-3 are archived
+    heartbeats.round(list(disk.scan().values()))
+    assert state.timeline(str(ttid)).last_error.endswith(
+        "node 1: segment 000000010000000000000004 is missing while 4 complete segment(s) "
+        "from 000000010000000000000005 follow it: backup stops before it until a node "
+        "that has it uploads it, or it is put back"
+    )
+    age = REGISTRY.get_sample_value(
+        "oldest_unarchived_segment_age_seconds", {"timeline": str(ttid)}
+    )
+    assert age is not None and age >= 590
+    simulate([workdir], [ttid], 1, 1 << 20, start_segno=4)  # put back
+    state.clear_error(str(ttid), state.timeline(str(ttid)).last_error)
+    heartbeats.round(list(disk.scan().values()))
+    assert state.timeline(str(ttid)).last_error == ""

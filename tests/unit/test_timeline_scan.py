@@ -60,6 +60,7 @@ def test_gap_ends_run_and_is_noted() -> None:
     result = scan_entries([seg(1), seg(2), seg(5), seg(6)], SEG)
     assert result.segnos == range(1, 3)
     assert result.commit_lsn == lsn(3)
+    assert result.stranded == (5, 6)
     assert result.problems == ()
     (note,) = result.notes
     assert "not contiguous" in note and "segno 5 to 6" in note
