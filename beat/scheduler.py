@@ -274,9 +274,10 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         now = time.monotonic()
         if now < self._summary_due:
             return
+        since = now - self._summary_due + SUMMARY_EVERY_S  # the lock may have been away
         self._summary_due = now + SUMMARY_EVERY_S
         if sent := ", ".join(f"{n} x {name}" for name, n in sorted(self._quiet_sends.items())):
-            log.info("beat: sent %s in the last %.0f s", sent, SUMMARY_EVERY_S)
+            log.info("beat: sent %s in the last %.0f s", sent, since)
         self._quiet_sends.clear()
 
     def close(self) -> None:

@@ -141,8 +141,4 @@ def serve(port: int, seg_size: int) -> None:
     """Serve ``/metrics`` on ``port`` from a daemon thread; ``seg_size``: the
     node's segment size, exported as ``wal_segment_size_bytes``."""
     WAL_SEGMENT_SIZE.set(seg_size)
-    try:
-        start_http_server(port)
-    except OSError as exc:  # in use: another node on this host?
-        message = f"cannot serve metrics on WALBACKUP_METRICS_PORT {port}: {exc.strerror}"
-        raise OSError(message) from None
+    start_http_server(port)

@@ -35,7 +35,7 @@ class NodeStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         try:
             get_node().start()
-        except (InvalidInput, OSError) as exc:
+        except InvalidInput as exc:
             # A setup mistake (WORKDIR missing, the metrics port taken, …):
             # one line, not Celery's "Unrecoverable error" traceback.
             log.critical("Node %s cannot start: %s", get_settings().node_id, exc)

@@ -18,6 +18,7 @@ them all.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -56,11 +57,11 @@ class ClusterGauges:
         segno = max(backup_lsn, st.local_start_lsn).segment_number(seg_size)
         if segno >= st.commit_lsn.segment_number(seg_size):
             # Complete WAL may wait behind a missing segment.
-            waiting = next((s for s in st.stranded if s >= segno), None)
-            if waiting is None:
+            i = bisect.bisect_left(st.stranded, segno)
+            if i == len(st.stranded):
                 self._written.pop(ttid, None)
                 return 0.0
-            segno = waiting
+            segno = st.stranded[i]
         cached = self._written.get(ttid)
         if cached is None or cached[0] != segno:
             try:

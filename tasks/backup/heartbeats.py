@@ -104,7 +104,7 @@ class Heartbeats:
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
         self.state_writes = StateWrites(disk, complain, state_file_interval_s)
-        self.gaps = MissingSegments(node_id, state.record_error)
+        self.gaps = MissingSegments(node_id, state)
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as
         the WORKDIR scans found it from this time (wall clock) on."""
@@ -278,6 +278,7 @@ class Heartbeats:
             self.gaps.check(st, backup_lsn)
             if st.foreign_seg_size is not None:
                 self._misconfigured(st, st.foreign_seg_size)
+        self.gaps.flush()
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()
         self.node_seen = {n: float(beat["ts"]) for n, beat in nodes.items()}

@@ -50,7 +50,7 @@ from tasks.backup.uploader import Uploader
 from tasks.backup.walheader import HeaderCheck
 from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
-from tasks.errors import BrokerUnavailable
+from tasks.errors import BrokerUnavailable, InvalidInput
 from tasks.logutil import Complaints
 from tasks.metrics import serve as serve_metrics
 from tasks.state.redis import RedisState
@@ -167,8 +167,12 @@ class NodeService:
     def start(self) -> None:
         if self._threads:
             return
-        if self.settings.metrics_port is not None:
-            serve_metrics(self.settings.metrics_port, self.settings.wal_seg_size)
+        if (port := self.settings.metrics_port) is not None:
+            try:
+                serve_metrics(port, self.settings.wal_seg_size)
+            except OSError as exc:  # in use: another node on this host?
+                problem = exc.strerror or exc
+                raise InvalidInput(f"WALBACKUP_METRICS_PORT {port}: {problem}") from None
         self._refresh(trigger=False)
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.

@@ -272,10 +272,12 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         if names:
             self.r.hdel(partials_key(ttid), *names)
 
-    def record_error(self, ttid: str, message: str, pipe: Pipeline[str] | None = None) -> None:
-        """``last_error``: ``message`` after the time (UTC), until a commit clears it."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        (pipe or self.r).hset(tl_key(ttid), "last_error", f"{stamp} {message}")
+    def record_error(self, ttid: str, message: str, pipe: Pipeline[str] | None = None) -> str:
+        """``last_error``: ``message`` after the time (UTC), until a commit
+        clears it; returns what was written (``clear_error`` takes it)."""
+        stamped = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}"
+        (pipe or self.r).hset(tl_key(ttid), "last_error", stamped)
+        return stamped
 
     def clear_error(self, ttid: str, read: str, pipe: Pipeline[str] | None = None) -> None:
         """Delete ``last_error`` if it still is ``read`` (``clear_error.lua``)."""

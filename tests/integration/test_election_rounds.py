@@ -26,7 +26,7 @@ from tasks.core.lsn import Lsn
 from tasks.dev.simulate import simulate
 from tasks.logutil import Complaints
 from tasks.state.beats import PIPELINE_CHUNK, beat_member
-from tasks.state.keys import BEATS_KEY, DIRTY_KEY, peers_key
+from tasks.state.keys import BEATS_KEY, DIRTY_KEY, peers_key, tl_key
 from tasks.state.records import peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
@@ -301,13 +301,16 @@ def test_a_wrong_seg_size_setting_is_the_last_error_on_every_node(
         assert "WALBACKUP_WAL_SEG_SIZE is 16777216" in last_error
 
 
-def test_a_missing_segment_with_complete_ones_above_is_the_last_error_and_ages(
+def test_a_missing_segment_backup_sits_at_is_the_last_error_until_it_is_back(
     tmp_path: Path, state: RedisState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Backup stops at a hole in the WAL; commit_lsn ends there, so the lag
-    reads 0: the hole is ``last_error`` (once it lasted ``GRACE_S``, here 0)
-    and the oldest-unarchived-segment gauge counts the WAL behind it."""
+    reads 0: the hole is ``last_error`` once backup sat there ``GRACE_S``
+    (here 0), the oldest-unarchived-segment gauge counts the WAL behind it,
+    and the message goes with the hole. Not said while backup is still
+    behind the hole (a backlog) or past it (another node had the segment)."""
     monkeypatch.setattr(gaps, "GRACE_S", 0.0)
+    monkeypatch.setattr(gaps, "REPEAT_S", 0.0)
     ttid = TenantTimelineId("c" * 32, "d" * 32)
     workdir = tmp_path / "node1"
     simulate([workdir], [ttid], 3, 1 << 20)
@@ -320,18 +323,28 @@ def test_a_missing_segment_with_complete_ones_above_is_the_last_error_and_ages(
         keep_leases=lambda offloaders: None, data_lost=lambda: None,
         complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
     )  # fmt: skip
-    state.raise_backup_lsn(str(ttid), Lsn.from_segment(4, 0, 1 << 20))  # 1-3 are archived
-    heartbeats.round(list(disk.scan().values()))
-    assert state.timeline(str(ttid)).last_error.endswith(
-        "node 1: segment 000000010000000000000004 is missing while 4 complete segment(s) "
-        "from 000000010000000000000005 follow it: backup stops before it until a node "
-        "that has it uploads it, or it is put back"
-    )
-    age = REGISTRY.get_sample_value(
-        "oldest_unarchived_segment_age_seconds", {"timeline": str(ttid)}
-    )
-    assert age is not None and age >= 590
-    simulate([workdir], [ttid], 1, 1 << 20, start_segno=4)  # put back
-    state.clear_error(str(ttid), state.timeline(str(ttid)).last_error)
-    heartbeats.round(list(disk.scan().values()))
-    assert state.timeline(str(ttid)).last_error == ""
+
+    def round_at(backup_segno: int) -> str:
+        state.r.hset(
+            tl_key(str(ttid)), "backup_lsn", str(Lsn.from_segment(backup_segno, 0, 1 << 20))
+        )
+        heartbeats.round(list(disk.scan().values()))
+        return state.timeline(str(ttid)).last_error
+
+    try:
+        assert round_at(2) == ""  # segment 2 and 3 still to upload: not stuck yet
+        assert round_at(4).endswith(
+            "node 1: segment 000000010000000000000004 is missing while 4 complete segment(s) "
+            "from 000000010000000000000005 follow it: backup stops before it until it is put "
+            "back, or a node that has it is elected"
+        )
+        age = REGISTRY.get_sample_value(
+            "oldest_unarchived_segment_age_seconds", {"timeline": str(ttid)}
+        )
+        assert age is not None and age >= 590
+        assert round_at(6) == ""  # past the hole (another node had 4): said no more
+        assert round_at(4) != ""
+        simulate([workdir], [ttid], 1, 1 << 20, start_segno=4)  # put back
+        assert round_at(4) == ""
+    finally:
+        disk.close()
