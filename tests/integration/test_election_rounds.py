@@ -50,6 +50,14 @@ def make(state: RedisState, kicks: list[tuple[str, int]]) -> Elector:
     )
 
 
+def make_heartbeats(node_id: int, state: RedisState, disk: Workdir) -> Heartbeats:
+    return Heartbeats(
+        node_id, state, disk, Copies(node_id, state),
+        keep_leases=lambda offloaders: None, data_lost=lambda: None,
+        complain=Complaints(logging.getLogger("test"), node_id), heartbeat_timeout_s=5.0,
+    )  # fmt: skip
+
+
 def publish(
     state: RedisState,
     node_id: int,
@@ -173,11 +181,7 @@ def test_a_node_marks_only_timelines_whose_heartbeat_says_something_new(
     workdir = tmp_path / "node1"
     simulate([workdir], ttids, 3, 1 << 20)
     disk = Workdir(workdir, 1 << 20)
-    heartbeats = Heartbeats(
-        1, state, disk, Copies(1, state),
-        keep_leases=lambda offloaders: None, data_lost=lambda: None,
-        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
-    )  # fmt: skip
+    heartbeats = make_heartbeats(1, state, disk)
     heartbeats.round(list(disk.scan().values()))
     assert state.r.smembers(DIRTY_KEY) == {str(t) for t in ttids}  # new peers
     state.r.delete(DIRTY_KEY)
@@ -228,11 +232,7 @@ def test_each_chunk_of_a_rounds_heartbeats_carries_the_time_it_was_built(
         )
         for _ in range(2 * PIPELINE_CHUNK + 1)
     ]
-    heartbeats = Heartbeats(
-        1, state, Workdir(tmp_path, SEG), Copies(1, state),
-        keep_leases=lambda offloaders: None, data_lost=lambda: None,
-        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
-    )  # fmt: skip
+    heartbeats = make_heartbeats(1, state, Workdir(tmp_path, SEG))
     heartbeats.publish(timelines)
 
     def ts(st: TimelineState) -> float:
@@ -261,11 +261,7 @@ def test_a_slow_heartbeat_round_is_a_warning_naming_the_timeout(
         "time",
         SimpleNamespace(time=time.time, monotonic=lambda: next(ticks)),
     )
-    heartbeats = Heartbeats(
-        7, state, Workdir(tmp_path, SEG), Copies(7, state),
-        keep_leases=lambda offloaders: None, data_lost=lambda: None,
-        complain=Complaints(logging.getLogger("test"), 7), heartbeat_timeout_s=5.0,
-    )  # fmt: skip
+    heartbeats = make_heartbeats(7, state, Workdir(tmp_path, SEG))
     with caplog.at_level(logging.WARNING, logger="walbackup.node"):
         heartbeats.round([])
         heartbeats.round([])
@@ -286,12 +282,7 @@ def test_a_wrong_seg_size_setting_is_the_last_error_on_every_node(
         workdir = tmp_path / f"node{node_id}"
         simulate([workdir], [ttid], 3, 1 << 20)  # the server's wal_segment_size: 1 MiB
         disk = Workdir(workdir, 16 << 20)  # WALBACKUP_WAL_SEG_SIZE left at its default
-        heartbeats = Heartbeats(
-            node_id, state, disk, Copies(node_id, state),
-            keep_leases=lambda offloaders: None, data_lost=lambda: None,
-            complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
-        )  # fmt: skip
-        nodes.append((workdir, disk, heartbeats))
+        nodes.append((workdir, disk, make_heartbeats(node_id, state, disk)))
     for segments in (4, 5):
         for workdir, disk, heartbeats in nodes:
             simulate([workdir], [ttid], segments, 1 << 20)
@@ -318,11 +309,7 @@ def test_a_missing_segment_backup_sits_at_is_the_last_error_until_it_is_back(
     behind = workdir / ttid.tenant_id / ttid.timeline_id / "000000010000000000000005"
     os.utime(behind, (time.time() - 600, time.time() - 600))
     disk = Workdir(workdir, 1 << 20)
-    heartbeats = Heartbeats(
-        1, state, disk, Copies(1, state),
-        keep_leases=lambda offloaders: None, data_lost=lambda: None,
-        complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
-    )  # fmt: skip
+    heartbeats = make_heartbeats(1, state, disk)
 
     def round_at(backup_segno: int) -> str:
         state.r.hset(
