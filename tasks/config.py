@@ -133,10 +133,7 @@ class Settings(BaseSettings):
     @classmethod
     def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            try:
-                URL_CHECKS[str(info.field_name)](value)
-            except InvalidInput as exc:  # a storage URL's, as open_storage says it
-                raise ValueError(str(exc)) from None
+            URL_CHECKS[str(info.field_name)](value)  # InvalidInput is a ValueError too
         return value
 
     @field_validator("redis_sentinels")

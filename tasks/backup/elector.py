@@ -259,7 +259,7 @@ class Elector:
                 if recovery.error:
                     self.state.record_error(ttid, recovery.error, pipe=pipe)
                 return Election(record.offloader, NOT_RECOVERED), None, False
-            if record.last_error.partition(" ")[2].startswith(RECOVERY_ERROR):
+            if RECOVERY_ERROR in record.last_error:
                 self.state.clear_error(ttid, record.last_error, pipe=pipe)  # it lists again
             candidates.append(archived)
         backup_lsn = max(candidates)

@@ -172,8 +172,10 @@ def status(
 
 
 def _refuse_unknown(settings: Settings, state: RedisState, ids: list[str]) -> None:
-    """Fail naming the timelines of ``ids`` that neither Redis nor the archive knows."""
-    from tasks.archive.verify import not_in_redis, nothing_archived, unknown_message
+    """Fail naming the timelines of ``ids`` that neither Redis nor the archive
+    knows; the storage is opened only for those Redis does not know."""
+    from tasks.archive.verify import not_in_redis
+    from tasks.cli.verify import refuse_unknown
 
     maybe = not_in_redis(state, [TenantTimelineId.parse(t) for t in ids])
     if not maybe:
@@ -183,12 +185,10 @@ def _refuse_unknown(settings: Settings, state: RedisState, ids: list[str]) -> No
     url = settings.effective_remote_storage
     with one_line_errors(f"the remote storage {redact(url)}"):
         storage = open_storage(url, s3_endpoint_url=settings.s3_endpoint_url, create=False)
-        try:
-            unknown = nothing_archived(storage, maybe)
-        finally:
-            storage.close()
-    if unknown:
-        fail(EXIT_INPUT, unknown_message(unknown))
+    try:
+        refuse_unknown(storage, maybe, redis_down=False)
+    finally:
+        storage.close()
 
 
 def storage_settings(settings: Settings) -> dict[str, str | None]:

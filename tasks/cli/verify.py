@@ -85,7 +85,7 @@ def verify(
             )
             state = None
         with one_line_errors(where):
-            _refuse_unknown(storage, state, ids)
+            refuse_unknown(storage, not_in_redis(state, ids), redis_down=state is None)
     store = LedgerStore(storage)
     verdicts: list[Verdict] = []
     for ttid in ids:
@@ -105,15 +105,14 @@ def verify(
     raise typer.Exit(EXIT_PROBLEMS if failed else 0)
 
 
-def _refuse_unknown(
-    storage: RemoteStorage, state: RedisState | None, ids: list[TenantTimelineId]
-) -> None:
+def refuse_unknown(storage: RemoteStorage, maybe: list[TenantTimelineId], redis_down: bool) -> None:
     """A named timeline nobody knows is a mistyped id, not an empty archive
-    that passes; with Redis down, only Redis could tell."""
-    maybe = not_in_redis(state, ids)
+    that passes: fail naming those of ``maybe`` (the ones Redis does not
+    know, ``not_in_redis``) that have nothing in the archive either; with
+    Redis down, only Redis could tell."""
     with one_line_errors(f"the remote storage {storage.url}"):
         unknown = nothing_archived(storage, maybe)
-    if unknown and state is None:
+    if unknown and redis_down:
         fail(
             EXIT_UNAVAILABLE,
             f"the archive holds nothing of timeline {', '.join(map(str, unknown))}, and "

@@ -26,7 +26,6 @@ class TimelineState:
     """As recorded in the state file; ``Lsn(0)`` without one."""
     timeline_start_lsn: Lsn | None
     problems: tuple[str, ...]
-    notes: tuple[str, ...]
     damaged: tuple[int, ...] = ()
     """Segnos whose file has a segment's name but the wrong size."""
     removal_horizon_lsn: Lsn | None = None
@@ -60,7 +59,6 @@ def timeline_state(
         backup_lsn=recorded.backup_lsn if recorded else Lsn(0),
         timeline_start_lsn=recorded.timeline_start_lsn if recorded else None,
         problems=scanned.problems,
-        notes=scanned.notes,
         damaged=scanned.damaged,
         removal_horizon_lsn=recorded.removal_horizon_lsn if recorded else None,
         system_id=recorded.system_id if recorded else None,

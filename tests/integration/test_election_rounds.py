@@ -228,7 +228,6 @@ def test_each_chunk_of_a_rounds_heartbeats_carries_the_time_it_was_built(
             backup_lsn=Lsn(0),
             timeline_start_lsn=None,
             problems=(),
-            notes=(),
         )
         for _ in range(2 * PIPELINE_CHUNK + 1)
     ]

@@ -54,7 +54,6 @@ def timeline(tmp_path: Path, ttid: str, commit: Lsn) -> TimelineState:
         backup_lsn=Lsn(0),
         timeline_start_lsn=None,
         problems=(),
-        notes=(),
     )
 
 

@@ -57,7 +57,6 @@ def timeline(n: int, system_id: int | None = 7) -> TimelineState:
         backup_lsn=Lsn(SEG),
         timeline_start_lsn=None,
         problems=(),
-        notes=(),
         system_id=system_id,
     )
 
