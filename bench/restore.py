@@ -2,7 +2,9 @@
 ``restore_command`` — one process per segment, serially, each into
 ``pg_wal/RECOVERYXLOG`` — over 64 segments of 16 MiB on a moto S3 server, in
 segments/s. The restore spool (``tasks/restore/spool.py``, filled by
-``tasks/restore/prefetch.py``) prefetches the next ones.
+``tasks/restore/prefetch.py``) prefetches the next ones; every segment is
+checked against the archive ledger's pages, which the bench writes as the
+offloader would.
 
 Baseline: a plain ``python -c`` boto3 GET per segment (what a one-line
 restore_command script costs).
@@ -30,9 +32,12 @@ from bench.common import (
     ttid_for,
     workspace,
 )
+from tasks.archive.ledger_store import LedgerStore
 from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LedgerEntry
 from tasks.core.segments import xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes
+from tasks.storage import open_storage
 from tests.fixtures_s3 import s3_client
 from tests.servers import env_without_walbackup
 
@@ -49,10 +54,13 @@ s3.download_file(bucket, key, dest)
 """
 
 
-def upload(endpoint: str, ttid: TenantTimelineId, count: int) -> dict[str, str]:
-    """Segments 1..count under the walbackup layout; returns name -> sha256."""
+def upload(url: str, endpoint: str, ttid: TenantTimelineId, count: int) -> dict[str, str]:
+    """Segments 1..count under the walbackup layout, and the archive ledger's
+    pages for them (64 segments each, as the offloader's flushes write them,
+    which fetch checks against); returns name -> sha256."""
     client = s3_client(endpoint)
     digests = {}
+    entries = {}
     for segno in range(1, count + 1):
         name = xlog_file_name(segno, SEG_SIZE)
         data = expected_segment_bytes(ttid, segno, SEG_SIZE)
@@ -60,7 +68,14 @@ def upload(endpoint: str, ttid: TenantTimelineId, count: int) -> dict[str, str]:
             Bucket=BUCKET, Key=f"{ttid.tenant_id}/{ttid.timeline_id}/{name}", Body=data
         )
         digests[name] = hashlib.sha256(data).hexdigest()
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        entries[segno] = LedgerEntry(SEG_SIZE, digests[name], md5)
     client.close()
+    store = LedgerStore(open_storage(url, s3_endpoint_url=endpoint))
+    for first in range(1, count + 1, 64):
+        run = {s: entries[s] for s in range(first, min(count + 1, first + 64))}
+        store.write(ttid, SEG_SIZE, run, node_id=1)
+    store.storage.close()
     return digests
 
 
@@ -105,7 +120,7 @@ def main() -> None:
         try:
             url = moto.fresh(BUCKET)
             log(f"uploading {args.segments} segments of 16 MiB to moto")
-            digests = upload(moto.endpoint_url, ttid, args.segments)
+            digests = upload(url, moto.endpoint_url, ttid, args.segments)
             names = sorted(digests)
             env = env_without_walbackup() | {
                 "WALBACKUP_REMOTE_STORAGE": url,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tasks.archive.ledger_store import LedgerStore
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LedgerEntry, wal_facts
+from tasks.core.ledger import PAGE_MAX_SEGMENTS, LedgerEntry, wal_facts
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.core.walpage import LONG_HEADER_BYTES
@@ -33,8 +33,6 @@ log = logging.getLogger("walbackup.ledger")
 
 FLUSH_MIN_SEGMENTS = 64
 FLUSH_MAX_AGE_S = 60.0
-PAGE_MAX_SEGMENTS = 1024
-"""A page holds at most this many entries (about 250 KB of JSON)."""
 
 LocalCopy = Callable[[TenantTimelineId, int], Path | None]
 """This node's copy of a segment, if it holds one."""

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tasks.archive.flush import LedgerFlusher, LocalCopy
-from tasks.archive.ledger_store import PageRef
 from tasks.archive.survey import deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range, verified_end
 from tasks.core.ids import TenantTimelineId
@@ -43,6 +42,7 @@ from tasks.metrics import (
 )
 from tasks.state.redis import RedisState
 from tasks.storage.base import digest_segment_file, segment_key
+from tasks.storage.ledger_pages import PageRef
 
 log = logging.getLogger("walbackup.scrub")
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tasks.archive.ledger_store import LedgerStore, PageRef
+from tasks.archive.ledger_store import LedgerStore
 from tasks.core.archive_check import Kind, Problem, Seen, check_bytes
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LEDGER_DIR, LedgerEntry
@@ -27,6 +27,7 @@ from tasks.storage.base import (
     segment_key,
     timeline_prefix,
 )
+from tasks.storage.ledger_pages import PageRef
 
 OTHER_NAMES = re.compile(rf"[0-9A-F]{{8}}\.history|{LEDGER_DIR}/.+|_[a-z_]+(\.json)?")
 """Names below a timeline's prefix that walbackup writes besides segments and partials."""

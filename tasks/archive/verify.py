@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from tasks.archive.ledger_store import LedgerStore, PageRef
+from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.retained import read_archive_start
 from tasks.archive.survey import deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range
@@ -24,6 +24,7 @@ from tasks.core.segments import xlog_file_name
 from tasks.state.records import TimelineRecord
 from tasks.state.redis import RedisState
 from tasks.storage.base import RemoteStorage, timeline_prefix
+from tasks.storage.ledger_pages import PageRef
 
 DEEP_THREADS = 8
 

@@ -23,6 +23,9 @@ from tasks.errors import InvalidInput
 
 LEDGER_DIR = "_ledger"
 """Below a timeline's prefix; ``_`` sorts after every segment name."""
+PAGE_MAX_SEGMENTS = 1024
+"""A page records at most this many segments (about 250 KB of JSON): so a
+reader looking for one segment lists only the pages that start this far back."""
 PAGE_FORMAT = "walbackup-ledger"
 PAGE_VERSION = 1
 _PAGE_NAME = re.compile(r"([0-9A-F]{24})-([0-9A-F]{24})\.json")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # Only what loads fast at the top: a spool hit needs nothing else.
 import contextlib
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -21,11 +22,13 @@ from tasks.fsutil import atomic_write
 from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, HISTORY_RE, PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import BinaryIO
 
     from tasks.config import Settings
     from tasks.core.ids import TenantTimelineId
-    from tasks.storage.base import RemoteStorage
+    from tasks.restore.ledger_check import LedgerCheck
+    from tasks.storage.base import Hasher, RemoteStorage, SegmentDigest
 
 
 def validate_segment_name(name: str) -> str:
@@ -41,17 +44,29 @@ def validate_segment_name(name: str) -> str:
 
 
 def fetch_segment(
-    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, dest: str, offset: int = 0
+    storage: RemoteStorage,
+    ttid: TenantTimelineId,
+    segment: str,
+    dest: str,
+    offset: int = 0,
+    check: LedgerCheck | None = None,
 ) -> int:
     """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout);
     returns the byte count. When the complete segment is not archived, its
     newest partial upload is served instead (saying so on stderr). Raises
-    ``NotFound`` when neither exists."""
-    return fetch_or_partial(storage, ttid, segment, dest, offset)[0]
+    ``NotFound`` when neither exists. With ``check``, a complete segment read
+    from offset 0 whose bytes are not what the archive ledger records raises
+    ``ChecksumMismatch``, and ``dest`` (a file) is not written."""
+    return fetch_or_partial(storage, ttid, segment, dest, offset, check)[0]
 
 
 def fetch_or_partial(
-    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, dest: str, offset: int = 0
+    storage: RemoteStorage,
+    ttid: TenantTimelineId,
+    segment: str,
+    dest: str,
+    offset: int = 0,
+    check: LedgerCheck | None = None,
 ) -> tuple[int, str | None]:
     """``fetch_segment``, and the name of the partial upload served, if one was.
 
@@ -69,9 +84,13 @@ def fetch_or_partial(
     if offset < 0:
         raise InvalidInput(f"offset must be >= 0, got {offset}")
     key = segment_key(ttid, validate_segment_name(segment))
+    verify = None
+    if check is not None and offset == 0:
+        check.look_up(segment)
+        verify = functools.partial(check.check, segment)
     for _ in range(5):
         try:
-            return _fetch_key(storage, key, dest, offset), None
+            return _fetch_key(storage, key, dest, offset, verify), None
         except NotFound:
             if SEGMENT_RE.fullmatch(segment) is None:
                 raise
@@ -81,7 +100,7 @@ def fetch_or_partial(
         if partial is None:
             raise NotFound(f"segment {segment} of timeline {ttid} is not archived")
         try:
-            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset)
+            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, None)
         except NotFound:
             continue  # superseded meanwhile: look again
         print(
@@ -93,18 +112,36 @@ def fetch_or_partial(
     raise NotFound(f"segment {segment} of timeline {ttid}: archive kept changing while read")
 
 
-def _fetch_key(storage: RemoteStorage, key: str, dest: str, offset: int) -> int:
+def _fetch_key(
+    storage: RemoteStorage,
+    key: str,
+    dest: str,
+    offset: int,
+    verify: Callable[[SegmentDigest], None] | None,
+) -> int:
+    """Copy; ``verify`` judges the bytes read before a file ``dest`` appears."""
+    from tasks.storage.base import Hasher
+
+    hasher = Hasher(md5=False) if verify is not None else None
     with storage.open_read(key, offset) as stream:
         if dest == "-":
-            return _copy(stream, sys.stdout.buffer)
+            total = _copy(stream, sys.stdout.buffer, hasher)
+            if verify is not None and hasher is not None:
+                verify(hasher.digest())  # the bytes are out: the exit status says
+            return total
         with atomic_write(dest) as out:
-            return _copy(stream, out)
+            total = _copy(stream, out, hasher)
+            if verify is not None and hasher is not None:
+                verify(hasher.digest())  # raising here leaves no DEST
+            return total
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> int:
+def _copy(src: BinaryIO, dst: BinaryIO, hasher: Hasher | None) -> int:
     total = 0
     while chunk := src.read(CHUNK_BYTES):
         dst.write(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         total += len(chunk)
     dst.flush()
     return total
@@ -153,6 +190,7 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         Retryable,
         WalBackupError,
     )
+    from tasks.restore.ledger_check import LedgerCheck
     from tasks.storage import open_storage
 
     try:
@@ -164,7 +202,8 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
             s3_endpoint_url=settings.s3_endpoint_url,
             create=False,
         )
-        written, partial = fetch_or_partial(storage, parsed, segment, dest, offset)
+        check = LedgerCheck(storage, parsed, settings.wal_seg_size)
+        written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check)
     except NotFound:
         if HISTORY_RE.fullmatch(segment):
             return EXIT_NOT_FOUND  # recovery probes for newer timelines: quiet

@@ -20,26 +20,24 @@ import contextlib
 import os
 import sys
 import time
-import uuid
-import zlib
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import parse_xlog_file_name, validate_seg_size, xlog_file_name
-from tasks.errors import NotFound, SegmentFileError
+from tasks.errors import ChecksumMismatch, NotFound
+from tasks.restore.download import download_to_spool
+from tasks.restore.ledger_check import LOOKAHEAD, LedgerCheck
 from tasks.restore.spool import (
-    DOWNLOAD_PREFIX,
     SPOOLED_RE,
     TMP_PREFIX,
     prefetch_lock,
     prefetcher_running,
     read_want,
     settings_spool_dir,
-    spooled_name,
 )
-from tasks.storage.base import CHUNK_BYTES, RemoteStorage, segment_key
+from tasks.storage.base import RemoteStorage
 
 IDLE_EXIT_S = 5.0
 """The prefetcher exits after this long without a segment served or asked for."""
@@ -107,6 +105,7 @@ class Prefetcher:
         self.end_at: int | None = None  # first segno the remote lacks
         self.todo: deque[int] = deque()  # failed downloads to try again
         self.retry_at = 0.0
+        self._check: LedgerCheck | None = None  # shared by the downloads: its page cache
 
     def run(self) -> int:
         with prefetch_lock(self.spool) as mine:
@@ -152,6 +151,8 @@ class Prefetcher:
             return False
         restart = (tli, seg_size) != (self.tli, self.seg_size) or segno < self.progress
         self.tli, self.seg_size = tli, seg_size
+        if self._check is None or self._check.seg_size != seg_size:
+            self._check = self._ledger(seg_size)
         self.progress = segno
         self.next_fetch = segno + 1 if restart else max(self.next_fetch, segno + 1)
         self.end_at = None
@@ -211,7 +212,9 @@ class Prefetcher:
             return
         try:
             path = fut.result()
-        except NotFound:
+        except (NotFound, ChecksumMismatch):
+            # Not archived, or not what was (the consumer's own fetch then
+            # fails, exit 202): nothing to prefetch from here on.
             self.end_at = segno if self.end_at is None else min(self.end_at, segno)
             return
         except Exception:  # storage trouble: try again a little later
@@ -243,35 +246,15 @@ class Prefetcher:
             target = (segno, self.tli, self.seg_size)
             downloads[pool.submit(self._download, *target)] = target
 
+    def _ledger(self, seg_size: int) -> LedgerCheck:
+        return LedgerCheck(self.storage, self.ttid, seg_size, lookahead=LOOKAHEAD)
+
     def _download(self, segno: int, tli: int, seg_size: int) -> Path:
-        """Download one segment into the spool; its published name carries
-        the CRC-32 of its bytes, so it is known only at the end: hence a plain
-        temp file and rename (``tasks.fsutil.atomic_write`` needs the name
-        first). The spool is a cache: no directory fsync."""
+        check = self._check
+        if check is None or check.seg_size != seg_size:
+            check = self._ledger(seg_size)  # retargeted since: _finished drops it
         name = xlog_file_name(segno, seg_size, tli)
-        tmp = self.spool / f"{DOWNLOAD_PREFIX}{name}.{uuid.uuid4().hex}"
-        try:
-            crc, size = 0, 0
-            with (
-                self.storage.open_read(segment_key(self.ttid, name)) as src,
-                open(tmp, "xb") as out,
-            ):
-                while chunk := src.read(CHUNK_BYTES):
-                    crc = zlib.crc32(chunk, crc)
-                    out.write(chunk)
-                    size += len(chunk)
-                if size != seg_size:
-                    raise SegmentFileError(
-                        f"remote segment {name} has {size} bytes, expected {seg_size}"
-                    )
-                out.flush()
-                os.fsync(out.fileno())
-            final = self.spool / spooled_name(name, size, crc)
-            os.rename(tmp, final)
-            return final
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return download_to_spool(self.storage, self.ttid, self.spool, name, seg_size, check)
 
 
 def main(argv: list[str]) -> int:

@@ -304,3 +304,34 @@ def test_the_pipeline_keeps_a_ledger_that_the_scrubber_and_verify_check(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ok" in run.stdout
+
+    # The cluster is gone, as in a restore, and a byte of segment 7 rots in the
+    # archive: ``walbackup fetch`` checks against the pages the offloader wrote.
+    cluster.stop()
+    name = xlog_file_name(7, SEG_SIZE)
+    path = Path(cluster.remote_storage.removeprefix("file://")) / segment_key(ttid, name)
+    rotten = bytearray(path.read_bytes())
+    rotten[100] ^= 0x01
+    path.write_bytes(bytes(rotten))
+    fetch_env = env | {"WALBACKUP_DATA_DIR": str(tmp_path / "restore")}
+    dest = tmp_path / "RECOVERYXLOG"
+    for segno, code in ((6, 0), (7, 202)):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tasks.cli",
+                "fetch",
+                str(ttid),
+                xlog_file_name(segno, SEG_SIZE),
+                str(dest),
+            ],
+            env=fetch_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == code, run.stderr
+        if code == 0:
+            dest.unlink()  # as PostgreSQL moves it
+    assert "is not the one archived" in run.stderr and not dest.exists()

@@ -1,0 +1,119 @@
+"""An archived segment rewritten out of band is never restored (SPEC §9: a
+corrupt archive object is found, not served).
+
+S3 checks an object against the checksum stored with it; a flipped byte put
+back with a plain PUT (no checksum), or with a new checksum of its own, passes
+that check. ``walbackup fetch`` and its prefetcher check the bytes against the
+archive ledger's SHA-256 instead, so PostgreSQL's recovery stops at such a
+segment (exit 202) rather than ending early at its first bad record."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.archive.ledger_store import LedgerStore
+from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LedgerEntry
+from tasks.core.segments import xlog_file_name
+from tasks.restore.spool import remote_id
+from tasks.storage import open_storage, segment_key
+from tasks.storage.base import digest_segment_file
+from tests.cluster import wait_for
+from tests.fixtures_s3 import MotoServer, s3_client
+from tests.servers import env_without_walbackup
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+SEG = 1 << 20
+SEGMENTS = 12
+IN_PAGES = 10
+"""Segments 1..10 reached a ledger page; 11 and 12 are committed, not flushed yet."""
+
+
+def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
+    moto_server: MotoServer, s3_bucket_url: str, tmp_path: Path
+) -> None:
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+    segments: dict[int, bytes] = {}
+    entries: dict[int, LedgerEntry] = {}
+    for segno in range(1, SEGMENTS + 1):
+        src = tmp_path / xlog_file_name(segno, SEG)
+        src.write_bytes(os.urandom(SEG))
+        storage.upload_file(segment_key(ttid, src.name), src, SEG)
+        digest = digest_segment_file(src, SEG)
+        entries[segno] = LedgerEntry(SEG, digest.sha256_hex, digest.md5_hex)
+        segments[segno] = src.read_bytes()
+        src.unlink()
+    LedgerStore(storage).write(ttid, SEG, {s: entries[s] for s in range(1, IN_PAGES + 1)}, 1)
+
+    # Out of band: 6 without a stored checksum, 8 and 11 with a new one of their own.
+    bucket, _, root = s3_bucket_url.removeprefix("s3://").partition("/")
+    client = s3_client(moto_server.endpoint_url)
+    for segno, extra in ((6, {}), (8, {"ChecksumAlgorithm": "SHA256"}), (11, {})):
+        flipped = bytearray(segments[segno])
+        flipped[SEG // 2] ^= 0x10
+        key = f"{root}/{segment_key(ttid, xlog_file_name(segno, SEG))}"
+        client.put_object(Bucket=bucket, Key=key, Body=bytes(flipped), **extra)  # type: ignore[arg-type]
+
+    data_dir = tmp_path / "data"
+    env = env_without_walbackup() | {
+        "WALBACKUP_REMOTE_STORAGE": s3_bucket_url,
+        "WALBACKUP_S3_ENDPOINT_URL": moto_server.endpoint_url,
+        "WALBACKUP_WAL_SEG_SIZE": str(SEG),
+        "WALBACKUP_DATA_DIR": str(data_dir),
+        "WALBACKUP_RESTORE_PREFETCH": "8",
+    }
+    spool = data_dir / "spool" / remote_id(s3_bucket_url, moto_server.endpoint_url) / str(ttid)
+    dest = tmp_path / "RECOVERYXLOG"
+
+    def fetch(segno: int, to: str = str(dest)) -> subprocess.CompletedProcess[bytes]:
+        name = xlog_file_name(segno, SEG)
+        return subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "fetch", str(ttid), name, to],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def spooled(segno: int) -> bool:
+        prefix = xlog_file_name(segno, SEG) + "."
+        return spool.is_dir() and any(n.startswith(prefix) for n in os.listdir(spool))
+
+    # The first fetch is direct and starts the prefetcher, which spools 2..5
+    # and refuses 6 (it stops scheduling there; 7 may already be on its way).
+    for segno in range(1, 6):
+        if segno == 2:
+            wait_for(lambda: spooled(5), 30, "the prefetcher to spool 2..5")
+        run = fetch(segno)
+        assert run.returncode == 0, run.stderr
+        assert dest.read_bytes() == segments[segno]
+        dest.unlink()
+    assert not spooled(6)
+
+    run = fetch(6)
+    assert run.returncode == 202, run.stderr
+    stderr = run.stderr.decode()
+    assert stderr.count("\n") == 1 and "is not the one archived" in stderr
+    assert xlog_file_name(6, SEG) in stderr and entries[6].sha256 in stderr
+    assert not dest.exists() and not list(tmp_path.glob("RECOVERYXLOG*"))
+
+    # With a stored checksum of its own (which S3 finds right), and to stdout.
+    run = fetch(8, "-")
+    assert run.returncode == 202 and entries[8].sha256 in run.stderr.decode(), run.stderr
+
+    # Intact segments around them still come back; 11 is past the pages, where
+    # the storage's checksum is the only check (the documented limit).
+    for segno in (7, 9, 10, 12, 11):
+        run = fetch(segno)
+        assert run.returncode == 0, (segno, run.stderr)
+        if segno != 11:
+            assert dest.read_bytes() == segments[segno]
+        dest.unlink()
+    storage.close()
