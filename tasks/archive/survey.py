@@ -39,6 +39,8 @@ REDIS_BATCH = 10_000
 class Listing:
     segments: dict[int, Seen] = field(default_factory=dict)
     """Complete segments (timeline 1) by segno."""
+    partials: list[str] = field(default_factory=list)
+    """Partial uploads' names (relative to the timeline's prefix)."""
     unknown: list[str] = field(default_factory=list)
     """Names walbackup never writes (relative to the timeline's prefix)."""
 
@@ -69,7 +71,9 @@ def list_timeline(
         try:
             tli, segno = parse_xlog_file_name(name, seg_size)
         except InvalidInput:
-            if not (PARTIAL_OBJECT_RE.fullmatch(name) or OTHER_NAMES.fullmatch(name)):
+            if PARTIAL_OBJECT_RE.fullmatch(name):
+                out.partials.append(name)
+            elif not OTHER_NAMES.fullmatch(name):
                 out.unknown.append(name)
             continue
         if tli == PG_TLI:

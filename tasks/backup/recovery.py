@@ -16,6 +16,7 @@ from tasks.archive.retained import read_archive_start
 from tasks.archive.survey import list_timeline
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.core.partials import newest, parse_partials
 from tasks.state.redis import RedisState
 from tasks.storage.base import RemoteStorage
 
@@ -25,7 +26,8 @@ def remote_backup_end(
 ) -> Lsn:
     """End of the contiguous run of full-size remote segments from ``start``,
     or from the archive's retained start when that is later (``start`` itself
-    when its segment is not there). A retained start found is recorded in
+    when its segment is not there). A retained start found, and the end of
+    the newest partial upload of the segment after the run, are recorded in
     ``state`` too, when given. Raises storage errors."""
     parsed = TenantTimelineId.parse(ttid)
     archive_start = read_archive_start(storage, parsed)
@@ -34,7 +36,13 @@ def remote_backup_end(
             state.raise_archive_start(ttid, archive_start)
         start = max(start, archive_start)
     segno = start.segment_number(seg_size)
-    present = list_timeline(storage, parsed, seg_size, segno).segments
+    listing = list_timeline(storage, parsed, seg_size, segno)
+    present = listing.segments
     while segno in present and present[segno].size == seg_size:
         segno += 1
+    # The partial upload that continues the run: archived_lsn, which Redis
+    # lost too (status and the gauge would show backup_lsn until the next one).
+    partial = newest(parse_partials(listing.partials, seg_size), segno)
+    if partial is not None and state is not None:
+        state.raise_archived_lsn(ttid, partial.end_lsn)
     return max(start, Lsn.from_segment(segno, 0, seg_size))

@@ -28,7 +28,7 @@ class TimelineRecord:
     archive_problems: int | None = None
     """Problems the scrubber's last pass left open."""
     archive_start_lsn: Lsn | None = None
-    """Where the archive starts after ``walbackup retain`` (``raise_archive_start.lua``)."""
+    """Where the archive starts after ``walbackup retain`` (``raise_lsn.lua``)."""
     system_id: int | None = None
     """The PostgreSQL system identifier its WAL carries (``tasks.backup.walheader``)."""
 

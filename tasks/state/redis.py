@@ -213,7 +213,13 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     def raise_archive_start(self, ttid: str, lsn: Lsn) -> Lsn:
         """Record that the archive of ``ttid`` starts at ``lsn`` (``walbackup
         retain`` deleted what lies below), never lowering it; the stored value."""
-        return Lsn.parse(self._scripts.run("raise_archive_start", [tl_key(ttid)], [str(lsn)]))
+        stored = self._scripts.run("raise_lsn", [tl_key(ttid)], ["archive_start_lsn", str(lsn)])
+        return Lsn.parse(stored)
+
+    def raise_archived_lsn(self, ttid: str, lsn: Lsn) -> Lsn:
+        """Raise ``archived_lsn`` (the end of the newest partial upload) to
+        ``lsn``, never lowering it; the stored value."""
+        return Lsn.parse(self._scripts.run("raise_lsn", [tl_key(ttid)], ["archived_lsn", str(lsn)]))
 
     def archive_start(self, ttid: str) -> Lsn | None:
         """Where the archive of ``ttid`` starts, if a retain recorded it."""

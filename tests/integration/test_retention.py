@@ -132,6 +132,26 @@ def test_retain_deletes_below_the_cutoff_and_records_the_new_start(
     assert state.archive_start(str(ttid)) == Lsn(8 * SEG)
 
 
+def test_recovery_after_redis_loss_gives_back_the_partial_that_continues_the_archive(
+    storage: RemoteStorage, state: RedisState, ttid: TenantTimelineId
+) -> None:
+    """archived_lsn (status, the gauge) is the newest partial upload of the
+    segment after the archive's contiguous run; Redis lost it with the rest,
+    and the listing that recovers backup_lsn finds it again. A partial of a
+    segment past a hole, or below the run, is not that."""
+    older = partial_object(5, Lsn(5 * SEG + 0x100), SEG).name
+    newer = partial_object(5, Lsn(5 * SEG + 0x8000), SEG).name
+    past_hole = partial_object(8, Lsn(8 * SEG + 0x9000), SEG).name
+    fill(storage, ttid, range(1, 5), partial(2), older, newer, past_hole)
+    fill(storage, ttid, range(7, 8))
+    assert remote_backup_end(storage, str(ttid), Lsn(SEG), SEG, state) == Lsn(5 * SEG)
+    assert state.timeline(str(ttid)).archived_lsn == Lsn(5 * SEG + 0x8000)
+    # Never lowered: a later listing that finds less (GC deleted it) keeps it.
+    storage.delete(timeline_prefix(ttid) + newer)
+    remote_backup_end(storage, str(ttid), Lsn(SEG), SEG, state)
+    assert state.timeline(str(ttid)).archived_lsn == Lsn(5 * SEG + 0x8000)
+
+
 def test_retain_refuses_above_the_limit_or_without_backup_lsn(
     storage: RemoteStorage, state: RedisState, ttid: TenantTimelineId
 ) -> None:
