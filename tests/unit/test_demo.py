@@ -111,8 +111,8 @@ def _demo(tmp_path: Path, out: io.StringIO) -> int:
     )
 
 
-def test_unreachable_redis_is_one_line_without_its_password(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_unreachable_redis_is_one_line_on_stderr_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"redis://:s3cretpw@127.0.0.1:{free_port()}/0"
     monkeypatch.setenv("WALBACKUP_REDIS_URL", url)
@@ -121,13 +121,11 @@ def test_unreachable_redis_is_one_line_without_its_password(
     assert _demo(tmp_path, out) != 0
 
     shown = url.replace(":s3cretpw@", "***@")
-    assert "s3cretpw" not in out.getvalue()
+    err = capsys.readouterr().err
+    assert "s3cretpw" not in out.getvalue() + err
     assert f"redis: {shown}" in out.getvalue().splitlines()
-    assert (
-        out.getvalue()
-        .splitlines()[-1]
-        .startswith(f"walbackup demo: cannot reach Redis at {shown}: ")
-    )
+    assert err.count("\n") == 1
+    assert err.startswith(f"walbackup demo: cannot reach Redis at {shown}: ")
 
 
 def test_any_failure_stops_every_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

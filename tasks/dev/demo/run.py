@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,6 @@ from types import FrameType
 
 import redis
 from rich.console import Console
-from rich.markup import escape
 
 from tasks.config import ENV_PREFIX, load_settings
 from tasks.core.ids import TenantTimelineId
@@ -148,7 +148,7 @@ def run_demo(
             stop.shielded = True
             _teardown(view)
     if failure is not None:
-        console.print(f"[red]{escape(failure[1])}")
+        print(failure[1], file=sys.stderr)  # one line where the CLI's errors go
         return failure[0]
     verdict = verify(cluster.remote_url, ttids, seg_size, writer)
     code = report(console, verdict, len(ttids), cluster.root / "logs")
