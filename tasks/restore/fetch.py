@@ -43,23 +43,6 @@ def validate_segment_name(name: str) -> str:
     return name
 
 
-def fetch_segment(
-    storage: RemoteStorage,
-    ttid: TenantTimelineId,
-    segment: str,
-    dest: str,
-    offset: int = 0,
-    check: LedgerCheck | None = None,
-) -> int:
-    """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout);
-    returns the byte count. When the complete segment is not archived, its
-    newest partial upload is served instead (saying so on stderr). Raises
-    ``NotFound`` when neither exists. With ``check``, a complete segment read
-    from offset 0 whose bytes are not what the archive ledger records raises
-    ``ChecksumMismatch``, and ``dest`` (a file) is not written."""
-    return fetch_or_partial(storage, ttid, segment, dest, offset, check)[0]
-
-
 def fetch_or_partial(
     storage: RemoteStorage,
     ttid: TenantTimelineId,
@@ -68,7 +51,15 @@ def fetch_or_partial(
     offset: int = 0,
     check: LedgerCheck | None = None,
 ) -> tuple[int, str | None]:
-    """``fetch_segment``, and the name of the partial upload served, if one was.
+    """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout):
+    the byte count, and the name of the partial upload served, if one was.
+    Raises ``NotFound`` when neither the segment nor a partial is archived.
+    With ``check``, a complete segment read from offset 0 whose bytes are not
+    what the archive ledger records raises ``ChecksumMismatch``, and ``dest``
+    (a file) is not written.
+
+    When the complete segment is not archived, its newest partial upload is
+    served instead (saying so on stderr).
 
     A partial upload (``tasks.core.partials``) holds the segment's WAL up to
     its end LSN and zeros after, ``wal_seg_size`` bytes: what PostgreSQL
