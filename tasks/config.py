@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     restore_prefetch: int = Field(default=8, ge=0, le=64)
     """Segments ``walbackup fetch`` prefetches into its spool (0: none)."""
+    restore_ledger_check: Literal["on", "warn", "off"] = "on"
+    """``walbackup fetch`` against the SHA-256 the archive ledger recorded:
+    ``warn`` serves a segment that differs, saying so (the ledger is wrong)."""
     agreement_copies: int = Field(default=2, ge=1, le=16)
     """Copies of a segment, the offloader's included, whose bytes must be equal
     before it is uploaded; fewer live nodes holding it lower the bar to all of them."""

@@ -13,8 +13,15 @@ import time
 from collections.abc import Mapping
 
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LEDGER_DIR, LedgerEntry, build_page, page_key, same_bytes
-from tasks.errors import LedgerConflict
+from tasks.core.ledger import (
+    LEDGER_DIR,
+    PAGE_MAX_SEGMENTS,
+    LedgerEntry,
+    build_page,
+    page_key,
+    same_bytes,
+)
+from tasks.errors import InvalidInput, LedgerConflict
 from tasks.storage.base import timeline_prefix
 from tasks.storage.ledger_pages import LedgerPages, PageRef
 
@@ -31,6 +38,10 @@ class LedgerStore(LedgerPages):
     ) -> str:
         """Write the page of ``entries`` (a contiguous run); its key."""
         first, last = min(entries), max(entries)
+        if last - first >= PAGE_MAX_SEGMENTS:  # readers look that far back, no further
+            raise InvalidInput(
+                f"a ledger page spans at most {PAGE_MAX_SEGMENTS} segments, not {last - first + 1}"
+            )
         key = page_key(timeline_prefix(ttid), first, last, seg_size)
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         data = build_page(str(ttid), seg_size, entries, node_id, at)

@@ -17,6 +17,7 @@ from tasks.archive.survey import list_timeline
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.partials import newest, parse_partials
+from tasks.core.segments import PG_TLI
 from tasks.state.redis import RedisState
 from tasks.storage.base import RemoteStorage
 
@@ -42,7 +43,10 @@ def remote_backup_end(
         segno += 1
     # The partial upload that continues the run: archived_lsn, which Redis
     # lost too (status and the gauge would show backup_lsn until the next one).
-    partial = newest(parse_partials(listing.partials, seg_size), segno)
+    # Written outside the election's pipeline and unfenced: it only reports
+    # WAL that is in the archive (partials hold WAL the nodes had completed).
+    ours = [n for n in listing.partials if n.startswith(f"{PG_TLI:08X}")]
+    partial = newest(parse_partials(ours, seg_size), segno)
     if partial is not None and state is not None:
         state.raise_archived_lsn(ttid, partial.end_lsn)
     return max(start, Lsn.from_segment(segno, 0, seg_size))

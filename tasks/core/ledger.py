@@ -28,6 +28,7 @@ PAGE_MAX_SEGMENTS = 1024
 reader looking for one segment lists only the pages that start this far back."""
 PAGE_FORMAT = "walbackup-ledger"
 PAGE_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _PAGE_NAME = re.compile(r"([0-9A-F]{24})-([0-9A-F]{24})\.json")
 
 
@@ -76,15 +77,18 @@ class LedgerEntry:
                     int(raw["sysid"]),
                     int(raw["block_size"]),
                 )
+            sha256 = str(body["sha256"])
+            if _SHA256.fullmatch(sha256) is None:
+                raise ValueError(f"sha256 {sha256!r} is not 64 hex digits")
             return cls(
                 int(body["size"]),
-                str(body["sha256"]),
+                sha256.lower(),
                 str(body.get("md5", "")),
                 wal,
                 str(body.get("source", "upload")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInput(f"malformed ledger entry {dict(body)!r}: {exc}") from exc
+            raise InvalidInput(f"malformed ledger entry {body!r}: {exc}") from exc
 
 
 def facts_of(header: LongHeader | None) -> WalFacts | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 # Only what loads fast at the top: a spool hit needs nothing else.
 import contextlib
-import functools
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -22,13 +21,12 @@ from tasks.fsutil import atomic_write
 from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, HISTORY_RE, PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import BinaryIO
 
     from tasks.config import Settings
     from tasks.core.ids import TenantTimelineId
     from tasks.restore.ledger_check import LedgerCheck
-    from tasks.storage.base import Hasher, RemoteStorage, SegmentDigest
+    from tasks.storage.base import Hasher, RemoteStorage
 
 
 def validate_segment_name(name: str) -> str:
@@ -68,20 +66,23 @@ def fetch_or_partial(
     partial gone between listing and reading means a newer object exists,
     and the lookup starts again."""
     from tasks.core.partials import newest_name, partial_prefix
-    from tasks.errors import InvalidInput, NotFound
+    from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
     from tasks.restore.formats import SEGMENT_RE
     from tasks.storage.base import segment_key, timeline_prefix
 
     if offset < 0:
         raise InvalidInput(f"offset must be >= 0, got {offset}")
     key = segment_key(ttid, validate_segment_name(segment))
-    verify = None
-    if check is not None and offset == 0:
-        check.look_up(segment)
-        verify = functools.partial(check.check, segment)
+    check = check if offset == 0 else None
+    reread = dest != "-"  # what went to stdout cannot be taken back
     for _ in range(5):
         try:
-            return _fetch_key(storage, key, dest, offset, verify), None
+            return _fetch_key(storage, key, dest, offset, segment, check), None
+        except ChecksumMismatch:
+            if not reread:
+                raise
+            reread = False  # once more: a scrubber may be putting the archived bytes back
+            continue
         except NotFound:
             if SEGMENT_RE.fullmatch(segment) is None:
                 raise
@@ -91,7 +92,7 @@ def fetch_or_partial(
         if partial is None:
             raise NotFound(f"segment {segment} of timeline {ttid} is not archived")
         try:
-            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, None)
+            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
         except NotFound:
             continue  # superseded meanwhile: look again
         print(
@@ -108,22 +109,28 @@ def _fetch_key(
     key: str,
     dest: str,
     offset: int,
-    verify: Callable[[SegmentDigest], None] | None,
+    name: str,
+    check: LedgerCheck | None,
 ) -> int:
-    """Copy; ``verify`` judges the bytes read before a file ``dest`` appears."""
+    """Copy; ``check`` judges the bytes read before a file ``dest`` appears.
+    Its lookup starts once the object is found: a miss costs no LIST."""
     from tasks.storage.base import Hasher
 
-    hasher = Hasher(md5=False) if verify is not None else None
     with storage.open_read(key, offset) as stream:
+        if check is None:
+            if dest == "-":
+                return _copy(stream, sys.stdout.buffer, None)
+            with atomic_write(dest) as out:
+                return _copy(stream, out, None)
+        check.look_up(name)
+        hasher = Hasher(md5=False)
         if dest == "-":
             total = _copy(stream, sys.stdout.buffer, hasher)
-            if verify is not None and hasher is not None:
-                verify(hasher.digest())  # the bytes are out: the exit status says
+            check.check(name, hasher.digest())  # the bytes are out: the exit status says
             return total
         with atomic_write(dest) as out:
             total = _copy(stream, out, hasher)
-            if verify is not None and hasher is not None:
-                verify(hasher.digest())  # raising here leaves no DEST
+            check.check(name, hasher.digest())  # raising here leaves no DEST
             return total
 
 
@@ -193,7 +200,10 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
             s3_endpoint_url=settings.s3_endpoint_url,
             create=False,
         )
-        check = LedgerCheck(storage, parsed, settings.wal_seg_size)
+        check = None
+        if settings.restore_ledger_check != "off":
+            warn_only = settings.restore_ledger_check == "warn"
+            check = LedgerCheck(storage, parsed, settings.wal_seg_size, warn_only=warn_only)
         written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check)
     except NotFound:
         if HISTORY_RE.fullmatch(segment):
@@ -232,7 +242,8 @@ def _start_prefetch(
         validate_seg_size(seg_size)
         spool = settings_spool_dir(settings, ttid)
         note_want(spool, segment, seg_size)
-        start_prefetcher(spool.absolute(), ttid, settings.restore_prefetch, storage)
+        checked = settings.restore_ledger_check != "off"
+        start_prefetcher(spool.absolute(), ttid, settings.restore_prefetch, storage, checked)
     except Exception as exc:  # DEST is restored: a failure here must not undo that
         _warn_no_spool(settings, exc)
 

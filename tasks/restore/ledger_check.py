@@ -8,10 +8,13 @@ restore that fed PostgreSQL such a segment would end recovery early at the
 first bad record, in silence; so ``walbackup fetch`` and its prefetcher
 refuse it (``ChecksumMismatch``, exit 202).
 
-Only complete segments of ``PG_TLI`` have entries, and only once a flush put
-them in a page (within a scrub interval of their commit, or 64 segments):
-for the rest, and where the pages cannot be read (said on stderr), the
-storage's own checksum is the check.
+The check never fails a good segment for the ledger's own trouble: a page
+that cannot be listed or read, or a segment no page records while later ones
+exist (a page removed), leaves the storage's checksum as the only check and
+says so on stderr (``strict``, the prefetcher's mode: it raises instead, and
+the segment is not spooled, so the consumer's own fetch says it). Only
+complete segments of ``PG_TLI`` have entries, and only once a flush put them
+in a page: for the newest, the storage's checksum is the check.
 """
 
 from __future__ import annotations
@@ -19,23 +22,33 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import PAGE_MAX_SEGMENTS, LedgerEntry
-from tasks.core.segments import PG_TLI, parse_xlog_file_name
-from tasks.errors import AccessDenied, ChecksumMismatch, LedgerConflict
+from tasks.core.segments import PG_TLI, parse_xlog_file_name, validate_seg_size
+from tasks.errors import ChecksumMismatch, InvalidInput, LedgerConflict
 from tasks.storage.base import RemoteStorage, SegmentDigest
 from tasks.storage.ledger_pages import LedgerPages, PageRef
-
-Recorded = tuple[list[LedgerEntry], list[str]]
-"""The entries pages record for a segment, and those pages' keys."""
 
 RELIST_S = 30.0
 """A segment no cached page covers is looked for again after this long (the
 newest segments reach a page only when the offloader flushes)."""
-LOOKAHEAD = 16 * PAGE_MAX_SEGMENTS
-"""How far past the segment asked for a listing keeps the pages it finds."""
+LOOKAHEAD = PAGE_MAX_SEGMENTS
+"""How far past the segment asked for the prefetcher's listings keep pages."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    entries: list[LedgerEntry]
+    """What the pages record for the segment: more than one when they disagree."""
+    pages: list[str]
+    """The keys of the pages that cover it."""
+    gap: bool
+    """No page covers it, though a later one exists: a page was removed."""
 
 
 class LedgerCheck:
@@ -49,30 +62,38 @@ class LedgerCheck:
         *,
         lookahead: int = 0,
         relist_s: float = RELIST_S,
+        strict: bool = False,
+        warn_only: bool = False,
     ) -> None:
+        """``seg_size``: the setting; an object of another valid size is also
+        looked up under its own (a restore host's setting may be wrong).
+        ``warn_only``: a mismatch is a warning (``restore_ledger_check=warn``)."""
         self.pages = LedgerPages(storage)
         self.ttid = ttid
         self.seg_size = seg_size
         self.lookahead = lookahead
         self.relist_s = relist_s
+        self.strict = strict
+        self.warn_only = warn_only
         self._lock = threading.Lock()
-        self._refs: dict[str, PageRef] = {}
-        self._listed: tuple[int, int, float] | None = None  # (start, end, when)
-        self._warned = False
-        self._pending: dict[int, Future[Recorded]] = {}
+        self._listing = threading.Lock()  # one listing at a time: the others wait for it
+        self._refs: dict[int, dict[str, PageRef]] = {}  # seg size -> key -> page
+        self._listed: dict[int, tuple[int, int, float]] = {}  # seg size -> (start, end, when)
+        self._pending: dict[str, Future[Recorded]] = {}
+        self._warned: set[str] = set()
 
     def look_up(self, name: str) -> None:
         """Start looking segment ``name`` up in a thread, so the LIST and the
         page's GET overlap the download that ``check`` then judges."""
-        segno = self._segno(name)
-        if segno is None:
+        if _segno(name, self.seg_size) is None:
             return
         pending: Future[Recorded] = Future()
-        self._pending[segno] = pending
+        with self._lock:
+            self._pending[name] = pending
 
         def run() -> None:
             try:
-                pending.set_result(self._recorded(segno))
+                pending.set_result(self._recorded(name))
             except BaseException as exc:  # handed to check(), which handles it
                 pending.set_exception(exc)
 
@@ -81,67 +102,108 @@ class LedgerCheck:
     def check(self, name: str, digest: SegmentDigest) -> None:
         """Raise ``ChecksumMismatch`` unless the bytes of segment ``name``
         (their ``digest``) are what the ledger records, where it records them."""
-        segno = self._segno(name)
-        if segno is None:
+        with self._lock:
+            pending = self._pending.pop(name, None)
+        if _segno(name, self.seg_size) is None:
             return
-        pending = self._pending.pop(segno, None)
-        try:
-            recorded, refs = pending.result() if pending else self._recorded(segno)
-        except (LedgerConflict, AccessDenied) as exc:
-            # An unreadable page, or credentials that may read WAL but not
-            # list: the restore goes on with the storage's check.
-            self._warn(f"{exc}: segment {name} checked by the storage's checksum only")
+        found, error = _attempt(pending.result if pending else partial(self._recorded, name))
+        other_size = digest.size != self.seg_size and _valid(digest.size)
+        if (found is None or not found.entries) and other_size:
+            # The setting may be wrong where the archive is read: the object's size.
+            found, error = _attempt(partial(self._recorded, name, digest.size))
+        if found is None:  # the ledger's trouble is never the segment's
+            self._unchecked(name, f"the archive ledger cannot be read ({error})")
             return
-        if not recorded or any(_same(e, digest) for e in recorded):
+        if found.gap:
+            self._unchecked(name, "no ledger page records it, though later pages exist")
+        if not found.entries or any(_same(e, digest) for e in found.entries):
             return
-        expected = "; ".join(f"sha256 {e.sha256}, {e.size} bytes" for e in recorded)
-        raise ChecksumMismatch(
+        expected = "; ".join(f"sha256 {e.sha256}, {e.size} bytes" for e in found.entries)
+        message = (
             f"segment {name} of timeline {self.ttid} is not the one archived: it has sha256 "
             f"{digest.sha256_hex}, {digest.size} bytes, where the archive ledger "
-            f"({', '.join(refs)}) records {expected}. The object changed after it was "
-            "archived: not restored. `walbackup verify --deep` lists every such segment; a "
-            "running offloader's scrubber puts back the copy a node holds"
+            f"({', '.join(found.pages)}) records {expected}. The object changed after it was "
+            "archived"
+        )
+        if self.warn_only:
+            self._warn(f"{message}; served as WALBACKUP_RESTORE_LEDGER_CHECK=warn says")
+            return
+        raise ChecksumMismatch(
+            f"{message}: not restored. `walbackup verify --deep` lists every such segment; "
+            "a running offloader's scrubber puts back a node's copy; to restore it anyway "
+            "(the ledger is what is wrong), set WALBACKUP_RESTORE_LEDGER_CHECK=warn"
         )
 
-    def _segno(self, name: str) -> int | None:
-        """The segno of a complete segment of ``PG_TLI``; else ``None``."""
-        try:
-            tli, segno = parse_xlog_file_name(name, self.seg_size)
-        except ValueError:
-            return None  # a history file, a partial upload: the ledger has no entry
-        return segno if tli == PG_TLI else None
+    def _recorded(self, name: str, seg_size: int | None = None) -> Recorded:
+        """What the pages record for ``name``, its segno taken with ``seg_size``
+        (default: the setting)."""
+        seg_size = seg_size or self.seg_size
+        segno = _segno(name, seg_size)
+        if segno is None:
+            return Recorded([], [], gap=False)
+        refs = self._covering(segno, seg_size)
+        covering = [r for r in refs if r.first <= segno <= r.last]
+        entries = self.pages.recorded(self.ttid, seg_size, segno, covering)
+        gap = not covering and any(r.first > segno for r in refs)
+        return Recorded(entries, [r.key for r in covering], gap)
 
-    def _recorded(self, segno: int) -> Recorded:
-        refs = [r for r in self._covering(segno) if r.first <= segno <= r.last]
-        return self.pages.recorded(self.ttid, self.seg_size, segno, refs), [r.key for r in refs]
-
-    def _covering(self, segno: int) -> list[PageRef]:
+    def _covering(self, segno: int, seg_size: int) -> list[PageRef]:
         """The cached pages, listed (again) when none covers ``segno`` and the
         last listing did not look there a moment ago."""
-        with self._lock:
-            refs = list(self._refs.values())
-            listed = self._listed
-        if any(r.first <= segno <= r.last for r in refs):
-            return refs
-        now = time.monotonic()
-        if (
-            listed is not None
-            and listed[0] <= segno <= listed[1]
-            and now - listed[2] < self.relist_s
-        ):
-            return refs
-        end = segno + self.lookahead
-        found = self.pages.pages(self.ttid, self.seg_size, start=segno, end=end)
-        with self._lock:
-            self._refs.update((r.key, r) for r in found)
-            self._listed = (segno, end, now)
-            return list(self._refs.values())
+        with self._listing:
+            with self._lock:
+                refs = list(self._refs.get(seg_size, {}).values())
+                start, stop, when = self._listed.get(seg_size, (0, -1, 0.0))
+            if any(r.first <= segno <= r.last for r in refs):
+                return refs
+            now = time.monotonic()
+            if start <= segno <= stop and now - when < self.relist_s:
+                return refs  # not in a page yet: no LIST per download
+            end = segno + self.lookahead
+            found = self.pages.pages(self.ttid, seg_size, start=segno, end=end)
+            with self._lock:
+                self._refs.setdefault(seg_size, {}).update((r.key, r) for r in found)
+                self._listed[seg_size] = (segno, end, now)
+                return list(self._refs[seg_size].values())
+
+    def _unchecked(self, name: str, why: str) -> None:
+        message = f"segment {name}: {why}: checked by the storage's checksum only"
+        if self.strict:
+            raise LedgerConflict(message)
+        self._warn(message)
 
     def _warn(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
-            print(f"walbackup: warning: {' '.join(message.splitlines())}", file=sys.stderr)
+        key = message.split(":", 1)[1]  # once per kind, not per segment
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        print(f"walbackup: warning: {' '.join(message.splitlines())}", file=sys.stderr)
+
+
+def _attempt(lookup: Callable[[], Recorded]) -> tuple[Recorded | None, Exception | None]:
+    try:
+        return lookup(), None
+    except Exception as exc:
+        return None, exc
+
+
+def _segno(name: str, seg_size: int) -> int | None:
+    """The segno of a complete segment of ``PG_TLI``; else ``None``."""
+    try:
+        tli, segno = parse_xlog_file_name(name, seg_size)
+    except ValueError:
+        return None  # a history file, a partial upload: the ledger has no entry
+    return segno if tli == PG_TLI else None
+
+
+def _valid(size: int) -> bool:
+    try:
+        validate_seg_size(size)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _same(entry: LedgerEntry, digest: SegmentDigest) -> bool:
-    return entry.size == digest.size and entry.sha256 == digest.sha256_hex
+    return entry.size == digest.size and entry.sha256.lower() == digest.sha256_hex

@@ -48,7 +48,9 @@ RETRY_S = 1.0
 """A download that failed for storage trouble is tried again after this long."""
 
 
-def start_prefetcher(spool: Path, ttid: str, depth: int, storage: RemoteStorage) -> bool:
+def start_prefetcher(
+    spool: Path, ttid: str, depth: int, storage: RemoteStorage, checked: bool = True
+) -> bool:
     """Start a detached prefetcher for ``spool`` unless one runs; True if started.
 
     The caller just fetched a segment, so it has the storage client and its
@@ -73,7 +75,7 @@ def start_prefetcher(spool: Path, ttid: str, depth: int, storage: RemoteStorage)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
-        code = Prefetcher(storage, ttid, spool, depth).run()
+        code = Prefetcher(storage, ttid, spool, depth, checked=checked).run()
     except BaseException:
         code = 1
     finally:
@@ -91,12 +93,17 @@ class Prefetcher:
         depth: int,
         *,
         idle_exit_s: float = IDLE_EXIT_S,
+        checked: bool = True,
     ) -> None:
+        """``checked``: against the archive ledger (``restore_ledger_check``
+        not ``off``), strictly: a segment it cannot check is left to the
+        consumer's own fetch, which says why."""
         self.storage = storage
         self.ttid = TenantTimelineId.parse(ttid)
         self.spool = spool
         self.depth = depth
         self.idle_exit_s = idle_exit_s
+        self.checked = checked
         self.spooled: dict[int, Path] = {}
         self.tli = 1
         self.seg_size = 0
@@ -246,12 +253,14 @@ class Prefetcher:
             target = (segno, self.tli, self.seg_size)
             downloads[pool.submit(self._download, *target)] = target
 
-    def _ledger(self, seg_size: int) -> LedgerCheck:
-        return LedgerCheck(self.storage, self.ttid, seg_size, lookahead=LOOKAHEAD)
+    def _ledger(self, seg_size: int) -> LedgerCheck | None:
+        if not self.checked:
+            return None
+        return LedgerCheck(self.storage, self.ttid, seg_size, lookahead=LOOKAHEAD, strict=True)
 
     def _download(self, segno: int, tli: int, seg_size: int) -> Path:
         check = self._check
-        if check is None or check.seg_size != seg_size:
+        if check is not None and check.seg_size != seg_size:
             check = self._ledger(seg_size)  # retargeted since: _finished drops it
         name = xlog_file_name(segno, seg_size, tli)
         return download_to_spool(self.storage, self.ttid, self.spool, name, seg_size, check)

@@ -51,9 +51,9 @@ class LedgerPages:
         end: int | None = None,
     ) -> list[PageRef]:
         """The timeline's pages, by first segment; with ``start`` and ``end``,
-        only those that may record a segno in ``[start, end]``: a page spans
-        at most ``PAGE_MAX_SEGMENTS``, so the listing starts that far before
-        ``start`` and stops past ``end``."""
+        those that may record a segno in ``[start, end]`` and the first one
+        after: a page spans at most ``PAGE_MAX_SEGMENTS``, so the listing
+        starts that far before ``start`` and stops past ``end``."""
         prefix = f"{timeline_prefix(ttid)}{LEDGER_DIR}/"
         start_after = ""
         if start is not None and start >= PAGE_MAX_SEGMENTS:
@@ -63,9 +63,9 @@ class LedgerPages:
             span = parse_page_name(info.key[len(prefix) :], seg_size)
             if span is None:
                 continue
-            if end is not None and span[0] > end:
-                break
             refs.append(PageRef(span[0], span[1], info.key))
+            if end is not None and span[0] > end:
+                break  # kept: the first page past ``end`` tells a gap from the end
         return sorted(refs, key=lambda r: (r.first, r.last))
 
     def read(self, ref: PageRef, ttid: TenantTimelineId, seg_size: int) -> dict[int, LedgerEntry]:

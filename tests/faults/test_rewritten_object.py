@@ -13,16 +13,17 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tasks.archive.ledger_store import LedgerStore
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LedgerEntry
+from tasks.core.ledger import LedgerEntry, page_key
 from tasks.core.segments import xlog_file_name
-from tasks.restore.spool import remote_id
-from tasks.storage import open_storage, segment_key
+from tasks.restore.spool import LOCK_NAME, prefetcher_running, remote_id
+from tasks.storage import open_storage, segment_key, timeline_prefix
 from tasks.storage.base import digest_segment_file
 from tests.cluster import wait_for
 from tests.fixtures_s3 import MotoServer, s3_client
@@ -68,16 +69,17 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
         "WALBACKUP_S3_ENDPOINT_URL": moto_server.endpoint_url,
         "WALBACKUP_WAL_SEG_SIZE": str(SEG),
         "WALBACKUP_DATA_DIR": str(data_dir),
-        "WALBACKUP_RESTORE_PREFETCH": "8",
+        # One segment ahead: the prefetcher's next download after 5 is 6.
+        "WALBACKUP_RESTORE_PREFETCH": "1",
     }
     spool = data_dir / "spool" / remote_id(s3_bucket_url, moto_server.endpoint_url) / str(ttid)
     dest = tmp_path / "RECOVERYXLOG"
 
-    def fetch(segno: int, to: str = str(dest)) -> subprocess.CompletedProcess[bytes]:
+    def fetch(segno: int, to: str = str(dest), **more: str) -> subprocess.CompletedProcess[bytes]:
         name = xlog_file_name(segno, SEG)
         return subprocess.run(
             [sys.executable, "-m", "tasks.cli", "fetch", str(ttid), name, to],
-            env=env,
+            env=env | more,
             capture_output=True,
             timeout=60,
         )
@@ -87,21 +89,31 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
         return spool.is_dir() and any(n.startswith(prefix) for n in os.listdir(spool))
 
     # The first fetch is direct and starts the prefetcher, which spools 2..5
-    # and refuses 6 (it stops scheduling there; 7 may already be on its way).
+    # one ahead of the consumer, then refuses 6 and ends there: 6 never
+    # appears in the spool (it would stay until the prefetcher's idle exit).
     for segno in range(1, 6):
-        if segno == 2:
-            wait_for(lambda: spooled(5), 30, "the prefetcher to spool 2..5")
+        if segno > 1:
+            wait_for(lambda s=segno: spooled(s), 30, f"the prefetcher to spool {segno}")  # type: ignore[misc]
         run = fetch(segno)
         assert run.returncode == 0, run.stderr
         assert dest.read_bytes() == segments[segno]
         dest.unlink()
-    assert not spooled(6)
+    seen_6 = False
+    deadline = time.monotonic() + 30
+    while not seen_6 and time.monotonic() < deadline:
+        seen_6 = spooled(6)
+        gone = not (spool / LOCK_NAME).exists() or not prefetcher_running(spool)
+        if gone:
+            break
+        time.sleep(0.01)
+    assert gone and not seen_6
 
     run = fetch(6)
     assert run.returncode == 202, run.stderr
     stderr = run.stderr.decode()
     assert stderr.count("\n") == 1 and "is not the one archived" in stderr
     assert xlog_file_name(6, SEG) in stderr and entries[6].sha256 in stderr
+    assert "WALBACKUP_RESTORE_LEDGER_CHECK=warn" in stderr  # the way past a wrong ledger
     assert not dest.exists() and not list(tmp_path.glob("RECOVERYXLOG*"))
 
     # With a stored checksum of its own (which S3 finds right), and to stdout.
@@ -116,4 +128,20 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
         if segno != 11:
             assert dest.read_bytes() == segments[segno]
         dest.unlink()
+
+    # An operator who knows the ledger is what is wrong restores anyway.
+    run = fetch(6, WALBACKUP_RESTORE_LEDGER_CHECK="warn")
+    assert run.returncode == 0 and b"warning" in run.stderr and b"=warn" in run.stderr
+    dest.unlink()
+    run = fetch(6, WALBACKUP_RESTORE_LEDGER_CHECK="off")
+    assert run.returncode == 0 and run.stderr == b"", run.stderr
+    dest.unlink()
+
+    # A ledger page that cannot be read is the ledger's trouble: served, said.
+    page = page_key(timeline_prefix(ttid), 1, IN_PAGES, SEG)
+    client.put_object(Bucket=bucket, Key=f"{root}/{page}", Body=b"{torn")
+    run = fetch(7, WALBACKUP_DATA_DIR=str(tmp_path / "no-spool-yet"))  # not a spool hit
+    assert run.returncode == 0, run.stderr
+    assert b"cannot be read" in run.stderr and run.stderr.count(b"\n") == 1
+    assert dest.read_bytes() == segments[7]
     storage.close()

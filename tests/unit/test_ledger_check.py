@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tasks.archive.ledger_store import LedgerStore
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LEDGER_DIR, PAGE_MAX_SEGMENTS, LedgerEntry, page_key
 from tasks.core.segments import xlog_file_name
-from tasks.errors import ChecksumMismatch
+from tasks.errors import ChecksumMismatch, InvalidInput, LedgerConflict
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.storage.base import ObjectInfo, SegmentDigest, timeline_prefix
 from tasks.storage.local import LocalStorage
@@ -104,9 +105,11 @@ def test_a_segment_deep_in_a_long_timeline_is_found_with_one_listing(
     before the one asked for (a page spans at most PAGE_MAX_SEGMENTS)."""
     write_pages(storage, ttid, 0, 5000, per=64)
     refs = LedgerStore(storage).pages(ttid, SEG, start=4000, end=4000)
-    assert refs and all(4000 - PAGE_MAX_SEGMENTS < r.first <= 4000 for r in refs)
-    assert any(r.first <= 4000 <= r.last for r in refs)
-    assert len(refs) <= PAGE_MAX_SEGMENTS // 64 + 1
+    *inside, past = refs  # and the first page past it, which tells a gap from the end
+    assert inside and all(4000 - PAGE_MAX_SEGMENTS < r.first <= 4000 for r in inside)
+    assert past.first > 4000
+    assert any(r.first <= 4000 <= r.last for r in inside)
+    assert len(inside) <= PAGE_MAX_SEGMENTS // 64 + 1
     before = storage.lists
     check = LedgerCheck(storage, ttid, SEG)
     check.check(xlog_file_name(4000, SEG), digest_of(data_of(4000)))
@@ -163,8 +166,111 @@ def test_an_unreadable_page_leaves_the_storage_check_and_says_so_once(
     check.check(xlog_file_name(3, SEG), digest_of(b"anything"))
     check.check(xlog_file_name(4, SEG), digest_of(b"anything"))
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("walbackup: warning: ")
-    assert key in err and "storage's checksum only" in err
+    assert err.count("\n") == 1 and err.startswith("walbackup: warning: segment ")
+    assert key in err and "checked by the storage's checksum only" in err
+    with pytest.raises(LedgerConflict, match="cannot be read"):  # the prefetcher's mode
+        LedgerCheck(storage, ttid, SEG, strict=True).check(xlog_file_name(3, SEG), digest_of(b""))
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b'{"format": "walbackup-ledger", "version": 1, "timeline": "%s", "wal_seg_size": %d, '
+        b'"segments": {"%s": ["not", "a", "mapping"]}}',
+        b'{"format": "walbackup-ledger", "version": 1, "timeline": "%s", "wal_seg_size": %d, '
+        b'"segments": {"%s": {"size": 1048576, "sha256": "not-hex", "md5": ""}}}',
+    ],
+)
+def test_a_malformed_entry_is_an_unreadable_page_not_a_crash(
+    storage: CountingStorage,
+    ttid: TenantTimelineId,
+    page: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = xlog_file_name(3, SEG)
+    data = page % (str(ttid).encode(), SEG, name.encode())
+    storage.put_bytes(page_key(timeline_prefix(ttid), 3, 3, SEG), data)
+    LedgerCheck(storage, ttid, SEG).check(name, digest_of(b"anything"))
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_a_page_gone_after_it_was_listed_is_not_a_missing_segment(
+    storage: CountingStorage, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A page deleted between the listing and its GET (retention, a lifecycle
+    rule) is the ledger's trouble: fetch must not read it as "segment not
+    archived" (it would serve an older partial, or end recovery)."""
+    write_pages(storage, ttid, 1, 21, per=10)
+    check = LedgerCheck(storage, ttid, SEG, lookahead=PAGE_MAX_SEGMENTS)
+    check.check(xlog_file_name(5, SEG), digest_of(data_of(5)))  # lists both pages
+    storage.delete(page_key(timeline_prefix(ttid), 11, 20, SEG))
+    check.check(xlog_file_name(15, SEG), digest_of(b"other"))
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_a_segment_between_pages_is_a_removed_page_said_not_silent(
+    storage: CountingStorage, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flushes never write past a segment without an entry: no page for a
+    segment while later pages exist means one was removed."""
+    write_pages(storage, ttid, 1, 31, per=10)
+    storage.delete(page_key(timeline_prefix(ttid), 11, 20, SEG))
+    LedgerCheck(storage, ttid, SEG).check(xlog_file_name(15, SEG), digest_of(b"other"))
+    assert "though later pages exist" in capsys.readouterr().err
+    with pytest.raises(LedgerConflict, match="though later pages exist"):
+        LedgerCheck(storage, ttid, SEG, strict=True).check(
+            xlog_file_name(15, SEG), digest_of(b"other")
+        )
+    LedgerCheck(storage, ttid, SEG, strict=True).check(  # past the last page: no gap
+        xlog_file_name(31, SEG), digest_of(b"other")
+    )
+
+
+def test_a_wrong_seg_size_setting_still_checks_by_the_objects_size(
+    storage: CountingStorage, ttid: TenantTimelineId
+) -> None:
+    """A restore host with WALBACKUP_WAL_SEG_SIZE left at 16 MiB reading a
+    1 MiB archive: the object's own (valid) size finds its page. A truncated
+    object under the right setting is refused by the recorded size."""
+    write_pages(storage, ttid, 1, 11, per=64)
+    wrong = LedgerCheck(storage, ttid, 16 * SEG)
+    name = xlog_file_name(5, SEG)
+    wrong.check(name, digest_of(data_of(5)))
+    with pytest.raises(ChecksumMismatch):
+        wrong.check(name, digest_of(b"other"))
+    with pytest.raises(ChecksumMismatch, match="524288 bytes"):
+        LedgerCheck(storage, ttid, SEG).check(name, digest_of(data_of(5), size=SEG // 2))
+
+
+def test_warn_only_serves_a_mismatch_saying_so(
+    storage: CountingStorage, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_pages(storage, ttid, 1, 11, per=64)
+    LedgerCheck(storage, ttid, SEG, warn_only=True).check(
+        xlog_file_name(5, SEG), digest_of(b"other")
+    )
+    err = capsys.readouterr().err
+    assert "is not the one archived" in err and "WALBACKUP_RESTORE_LEDGER_CHECK=warn" in err
+
+
+def test_concurrent_downloads_share_one_listing(
+    storage: CountingStorage, ttid: TenantTimelineId
+) -> None:
+    write_pages(storage, ttid, 1, 41, per=10)
+    check = LedgerCheck(storage, ttid, SEG, lookahead=PAGE_MAX_SEGMENTS, strict=True)
+    before = storage.lists
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda s: check.check(xlog_file_name(s, SEG), digest_of(data_of(s))),
+                      range(1, 41)))  # fmt: skip
+    assert storage.lists == before + 1
+
+
+def test_the_writer_keeps_pages_within_what_readers_look_back_for(
+    storage: CountingStorage, ttid: TenantTimelineId
+) -> None:
+    run = {s: entry_of(data_of(s)) for s in (0, PAGE_MAX_SEGMENTS)}
+    with pytest.raises(InvalidInput, match="at most 1024 segments"):
+        LedgerStore(storage).write(ttid, SEG, run, node_id=1)
 
 
 def test_a_lookup_started_before_the_download_is_the_one_check_uses(
@@ -183,3 +289,4 @@ def test_a_lookup_started_before_the_download_is_the_one_check_uses(
     storage.put_bytes(page_key(timeline_prefix(ttid), 20, 29, SEG), b"{not json")
     check.look_up(xlog_file_name(25, SEG))
     check.check(xlog_file_name(25, SEG), digest_of(b"other"))  # the unreadable page: a warning
+    assert check.look_up(xlog_file_name(5, SEG) + "_0000000000500100.partial") is None
