@@ -30,7 +30,7 @@ from functools import partial
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import PAGE_MAX_SEGMENTS, LedgerEntry
 from tasks.core.segments import PG_TLI, parse_xlog_file_name, validate_seg_size
-from tasks.errors import ChecksumMismatch, InvalidInput, LedgerConflict
+from tasks.errors import ChecksumMismatch, LedgerConflict
 from tasks.storage.base import RemoteStorage, SegmentDigest
 from tasks.storage.ledger_pages import LedgerPages, PageRef
 
@@ -104,16 +104,26 @@ class LedgerCheck:
         (their ``digest``) are what the ledger records, where it records them."""
         with self._lock:
             pending = self._pending.pop(name, None)
-        if _segno(name, self.seg_size) is None:
-            return
-        found, error = _attempt(pending.result if pending else partial(self._recorded, name))
-        other_size = digest.size != self.seg_size and _valid(digest.size)
-        if (found is None or not found.entries) and other_size:
-            # The setting may be wrong where the archive is read: the object's size.
-            found, error = _attempt(partial(self._recorded, name, digest.size))
-        if found is None:  # the ledger's trouble is never the segment's
-            self._unchecked(name, f"the archive ledger cannot be read ({error})")
-            return
+        # The setting, then the object's own size where it differs: a restore
+        # host's setting may be wrong, and a complete segment's size is the
+        # archive's (a name may even be no segment under the setting's size).
+        sizes = [
+            s for s in dict.fromkeys((self.seg_size, digest.size)) if _segno(name, s) is not None
+        ]
+        answers: list[Recorded] = []
+        errors: list[Exception] = []
+        for size in sizes:
+            if pending is not None and size == self.seg_size:
+                found, error = _attempt(pending.result)
+            else:
+                found, error = _attempt(partial(self._recorded, name, size))
+            answers += [found] if found is not None else []
+            errors += [error] if error is not None else []
+        if not answers:
+            if errors:  # the ledger's trouble is never the segment's
+                self._unchecked(name, f"the archive ledger cannot be read ({errors[0]})")
+            return  # a history file, a partial upload: the ledger has no entry
+        found = next((a for a in answers if a.entries), answers[0])
         if found.gap:
             self._unchecked(name, "no ledger page records it, though later pages exist")
         if not found.entries or any(_same(e, digest) for e in found.entries):
@@ -189,20 +199,13 @@ def _attempt(lookup: Callable[[], Recorded]) -> tuple[Recorded | None, Exception
 
 
 def _segno(name: str, seg_size: int) -> int | None:
-    """The segno of a complete segment of ``PG_TLI``; else ``None``."""
+    """The segno of a complete segment of ``PG_TLI`` under ``seg_size``; else
+    ``None`` (a history file, a partial upload, not a valid segment size)."""
     try:
-        tli, segno = parse_xlog_file_name(name, seg_size)
+        tli, segno = parse_xlog_file_name(name, validate_seg_size(seg_size))
     except ValueError:
-        return None  # a history file, a partial upload: the ledger has no entry
+        return None
     return segno if tli == PG_TLI else None
-
-
-def _valid(size: int) -> bool:
-    try:
-        validate_seg_size(size)
-    except InvalidInput:
-        return False
-    return True
 
 
 def _same(entry: LedgerEntry, digest: SegmentDigest) -> bool:

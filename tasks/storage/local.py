@@ -175,6 +175,8 @@ class LocalStorage(RemoteStorage):
             stream = open(path, "rb")  # noqa: SIM115 - returned to the caller
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFound(f"{self.url}: no object {key}") from exc
+        except OSError as exc:
+            raise self._refused(f"read {key}", exc) from exc
         size = os.fstat(stream.fileno()).st_size
         if offset > size:
             stream.close()
@@ -188,11 +190,14 @@ class LocalStorage(RemoteStorage):
         validate_key(prefix, prefix=True)
         # Only the deepest directory the prefix names can hold matches.
         start = self.root / prefix.rpartition("/")[0]
-        found = [
-            info
-            for info in _scan(start, self.root)
-            if info.key.startswith(prefix) and info.key > start_after
-        ]
+        try:
+            found = [
+                info
+                for info in _scan(start, self.root)
+                if info.key.startswith(prefix) and info.key > start_after
+            ]
+        except OSError as exc:
+            raise self._refused(f"list {prefix!r}", exc) from exc
         return iter(sorted(found, key=lambda info: info.key))
 
     def delete(self, key: str) -> None:
@@ -222,6 +227,13 @@ class LocalStorage(RemoteStorage):
             raise StorageUnavailable(
                 f"{self.url}: {self.root} is not usable: {exc.strerror}"
             ) from exc
+
+    def _refused(self, what: str, exc: OSError) -> AccessDenied | StorageUnavailable:
+        """The error for a failed ``what``: a permission refused is
+        ``AccessDenied`` (as S3's 403), anything else ``StorageUnavailable``."""
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return AccessDenied(f"{self.url}: cannot {what}: {exc.strerror}")
+        return StorageUnavailable(f"{self.url}: cannot {what}: {exc.strerror}")
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)

@@ -116,6 +116,10 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
     assert "WALBACKUP_RESTORE_LEDGER_CHECK=warn" in stderr  # the way past a wrong ledger
     assert not dest.exists() and not list(tmp_path.glob("RECOVERYXLOG*"))
 
+    # A restore host that left WALBACKUP_WAL_SEG_SIZE at its default (16 MiB).
+    run = fetch(6, WALBACKUP_WAL_SEG_SIZE=str(16 << 20))
+    assert run.returncode == 202 and entries[6].sha256 in run.stderr.decode(), run.stderr
+
     # With a stored checksum of its own (which S3 finds right), and to stdout.
     run = fetch(8, "-")
     assert run.returncode == 202 and entries[8].sha256 in run.stderr.decode(), run.stderr

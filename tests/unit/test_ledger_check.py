@@ -240,6 +240,20 @@ def test_a_wrong_seg_size_setting_still_checks_by_the_objects_size(
         wrong.check(name, digest_of(b"other"))
     with pytest.raises(ChecksumMismatch, match="524288 bytes"):
         LedgerCheck(storage, ttid, SEG).check(name, digest_of(data_of(5), size=SEG // 2))
+    # 0x110 is no segment name at all under 16 MiB (256 segments per xlog id).
+    write_pages(storage, ttid, 0x100, 0x120, per=64)
+    high = xlog_file_name(0x110, SEG)
+    with pytest.raises(ChecksumMismatch):
+        wrong.check(high, digest_of(b"other"))
+    wrong.check(high, digest_of(data_of(0x110)))
+
+
+def test_a_wrong_seg_size_setting_says_nothing_of_segments_not_in_a_page(
+    storage: CountingStorage, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_pages(storage, ttid, 1, 11, per=64)
+    LedgerCheck(storage, ttid, 16 * SEG).check(xlog_file_name(12, SEG), digest_of(b"new"))
+    assert capsys.readouterr().err == ""
 
 
 def test_warn_only_serves_a_mismatch_saying_so(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.errors import InvalidInput
+from tasks.errors import AccessDenied, InvalidInput, StorageUnavailable
 from tasks.storage.base import validate_key
 from tasks.storage.local import TEMP_PREFIX, LocalStorage, _scan
 
@@ -74,3 +75,20 @@ def test_an_object_deleted_while_listed_is_left_out_not_an_error(tmp_path: Path)
     rest = list(listing)
     assert f"t/{gone}" not in {o.key for o in rest}
     assert len(rest) == 1
+
+
+def test_an_unreadable_object_or_directory_is_the_storage_refusing_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Errors as S3 gives them, so ``walbackup fetch`` exits 201 ("storage
+    refusing us or unusable"), not 203: a permission refused is AccessDenied
+    (the tests run as root, where no mode refuses: the errno is the input),
+    any other failure to open or list is StorageUnavailable."""
+    storage = LocalStorage(tmp_path / "archive")
+    loop = tmp_path / "archive" / "t" / "loop"
+    loop.parent.mkdir(parents=True)
+    loop.symlink_to(loop)  # opening it fails with ELOOP
+    with pytest.raises(StorageUnavailable, match="cannot read t/loop"):
+        storage.open_read("t/loop")
+    denied = storage._refused("list 't/'", PermissionError(errno.EACCES, "Permission denied"))
+    assert isinstance(denied, AccessDenied) and "cannot list 't/'" in str(denied)
