@@ -100,3 +100,9 @@ class BrokerUnavailable(Retryable):
 class LedgerConflict(Permanent):
     """Two writers recorded different bytes for a segment in the archive ledger,
     or a ledger page in the bucket cannot be read as one."""
+
+
+class SegmentLost(Permanent):
+    """A segment the archive ledger records as archived has no object: the
+    archive lost it (a deletion, a lifecycle rule), which a restore must not
+    read as the end of the archive."""

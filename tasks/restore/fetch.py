@@ -67,6 +67,7 @@ def fetch_or_partial(
     and the lookup starts again."""
     from tasks.core.partials import newest_name, partial_prefix
     from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
+    from tasks.restore.absence import absence
     from tasks.restore.formats import SEGMENT_RE
     from tasks.storage.base import segment_key, timeline_prefix
 
@@ -90,7 +91,7 @@ def fetch_or_partial(
         names = [o.key[len(prefix) :] for o in storage.list(prefix + partial_prefix(segment))]
         partial = newest_name(names, segment)
         if partial is None:
-            raise NotFound(f"segment {segment} of timeline {ttid} is not archived")
+            raise absence(storage, ttid, segment, check)
         try:
             written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
         except NotFound:
@@ -156,7 +157,7 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1  # the archive (reachable) has no such file
 EXIT_INPUT = 200  # a bad timeline id, file name, offset, setting or command line
 EXIT_STORAGE = 201  # remote storage unreachable, refusing us, or its bucket/directory missing
-EXIT_CHECKSUM = 202  # the object read does not match its stored checksum
+EXIT_CHECKSUM = 202  # the object read is not what was archived, or a segment archived is gone
 EXIT_OTHER = 203
 
 
@@ -186,6 +187,7 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         InvalidInput,
         NotFound,
         Retryable,
+        SegmentLost,
         WalBackupError,
     )
     from tasks.restore.ledger_check import LedgerCheck
@@ -215,6 +217,8 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         return fail(EXIT_INPUT, str(exc))
     except ChecksumMismatch as exc:
         return fail(EXIT_CHECKSUM, f"checksum mismatch: {exc}")
+    except SegmentLost as exc:
+        return fail(EXIT_CHECKSUM, str(exc))
     except Retryable as exc:
         return fail(EXIT_STORAGE, f"remote storage unavailable: {exc}")
     except (BucketMissing, AccessDenied) as exc:

@@ -144,6 +144,15 @@ class LedgerCheck:
             "(the ledger is what is wrong), set WALBACKUP_RESTORE_LEDGER_CHECK=warn"
         )
 
+    def recorded(self, name: str) -> Recorded | None:
+        """What the pages record for segment ``name``; ``None`` when the ledger
+        cannot tell (unreadable: no warning, the caller decides)."""
+        return _attempt(partial(self._recorded, name))[0]
+
+    def segno(self, name: str) -> int | None:
+        """The segno of ``name`` under the setting's segment size, if a segment."""
+        return _segno(name, self.seg_size)
+
     def _recorded(self, name: str, seg_size: int | None = None) -> Recorded:
         """What the pages record for ``name``, its segno taken with ``seg_size``
         (default: the setting)."""

@@ -1,5 +1,5 @@
-"""An archived segment rewritten out of band is never restored (SPEC §9: a
-corrupt archive object is found, not served).
+"""An archived segment rewritten out of band, or lost, is never restored as if
+it were the archive (SPEC §9: a corrupt archive object is found, not served).
 
 S3 checks an object against the checksum stored with it; a flipped byte put
 back with a plain PUT (no checksum), or with a new checksum of its own, passes
@@ -21,9 +21,11 @@ import pytest
 from tasks.archive.ledger_store import LedgerStore
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry, page_key
+from tasks.core.lsn import Lsn
+from tasks.core.retention import RETAINED_MARKER, marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.restore.spool import LOCK_NAME, prefetcher_running, remote_id
-from tasks.storage import open_storage, segment_key, timeline_prefix
+from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
 from tasks.storage.base import digest_segment_file
 from tests.cluster import wait_for
 from tests.fixtures_s3 import MotoServer, s3_client
@@ -37,11 +39,11 @@ IN_PAGES = 10
 """Segments 1..10 reached a ledger page; 11 and 12 are committed, not flushed yet."""
 
 
-def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
-    moto_server: MotoServer, s3_bucket_url: str, tmp_path: Path
-) -> None:
-    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
-    storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+def archive(
+    storage: RemoteStorage, ttid: TenantTimelineId, tmp_path: Path
+) -> tuple[dict[int, bytes], dict[int, LedgerEntry]]:
+    """Segments 1..SEGMENTS archived, 1..IN_PAGES in a ledger page (as the
+    offloader's flush writes it); their bytes and entries."""
     segments: dict[int, bytes] = {}
     entries: dict[int, LedgerEntry] = {}
     for segno in range(1, SEGMENTS + 1):
@@ -53,6 +55,43 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
         segments[segno] = src.read_bytes()
         src.unlink()
     LedgerStore(storage).write(ttid, SEG, {s: entries[s] for s in range(1, IN_PAGES + 1)}, 1)
+    return segments, entries
+
+
+def fetch_env(url: str, endpoint: str, data_dir: Path) -> dict[str, str]:
+    return env_without_walbackup() | {
+        "WALBACKUP_REMOTE_STORAGE": url,
+        "WALBACKUP_S3_ENDPOINT_URL": endpoint,
+        "WALBACKUP_WAL_SEG_SIZE": str(SEG),
+        "WALBACKUP_DATA_DIR": str(data_dir),
+        # One segment ahead: the prefetcher's next download after 5 is 6.
+        "WALBACKUP_RESTORE_PREFETCH": "1",
+    }
+
+
+def run_fetch(env: dict[str, str], ttid: TenantTimelineId, segno: int, to: Path | str):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasks.cli",
+            "fetch",
+            str(ttid),
+            xlog_file_name(segno, SEG),
+            str(to),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
+    moto_server: MotoServer, s3_bucket_url: str, tmp_path: Path
+) -> None:
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+    segments, entries = archive(storage, ttid, tmp_path)
 
     # Out of band: 6 without a stored checksum, 8 and 11 with a new one of their own.
     bucket, _, root = s3_bucket_url.removeprefix("s3://").partition("/")
@@ -64,25 +103,12 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
         client.put_object(Bucket=bucket, Key=key, Body=bytes(flipped), **extra)  # type: ignore[arg-type]
 
     data_dir = tmp_path / "data"
-    env = env_without_walbackup() | {
-        "WALBACKUP_REMOTE_STORAGE": s3_bucket_url,
-        "WALBACKUP_S3_ENDPOINT_URL": moto_server.endpoint_url,
-        "WALBACKUP_WAL_SEG_SIZE": str(SEG),
-        "WALBACKUP_DATA_DIR": str(data_dir),
-        # One segment ahead: the prefetcher's next download after 5 is 6.
-        "WALBACKUP_RESTORE_PREFETCH": "1",
-    }
+    env = fetch_env(s3_bucket_url, moto_server.endpoint_url, data_dir)
     spool = data_dir / "spool" / remote_id(s3_bucket_url, moto_server.endpoint_url) / str(ttid)
     dest = tmp_path / "RECOVERYXLOG"
 
     def fetch(segno: int, to: str = str(dest), **more: str) -> subprocess.CompletedProcess[bytes]:
-        name = xlog_file_name(segno, SEG)
-        return subprocess.run(
-            [sys.executable, "-m", "tasks.cli", "fetch", str(ttid), name, to],
-            env=env | more,
-            capture_output=True,
-            timeout=60,
-        )
+        return run_fetch(env | more, ttid, segno, to)
 
     def spooled(segno: int) -> bool:
         prefix = xlog_file_name(segno, SEG) + "."
@@ -148,4 +174,41 @@ def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
     assert run.returncode == 0, run.stderr
     assert b"cannot be read" in run.stderr and run.stderr.count(b"\n") == 1
     assert dest.read_bytes() == segments[7]
+    storage.close()
+
+
+def test_an_absence_that_is_not_the_archives_end_stops_the_restore(
+    moto_server: MotoServer, s3_bucket_url: str, tmp_path: Path
+) -> None:
+    """Exit 1 ends a point-in-time recovery where it is: only the archive's
+    true end may say it. A segment the ledger records but the archive lost,
+    or a timeline with nothing archived (a wrong prefix or id), stops it."""
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    storage = open_storage(s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+    archive(storage, ttid, tmp_path)
+    env = fetch_env(s3_bucket_url, moto_server.endpoint_url, tmp_path / "data")
+    dest = tmp_path / "RECOVERYXLOG"
+
+    storage.delete(segment_key(ttid, xlog_file_name(9, SEG)))  # a lifecycle rule, a hand
+    run = run_fetch(env, ttid, 9, dest)
+    assert run.returncode == 202, run.stderr
+    assert b"records it as archived: the archive lost it" in run.stderr
+    assert run.stderr.count(b"\n") == 1 and not dest.exists()
+
+    # Past the pages (committed or in flight, not flushed): still the end.
+    storage.delete(segment_key(ttid, xlog_file_name(12, SEG)))
+    assert run_fetch(env, ttid, 12, dest).returncode == 1
+    assert run_fetch(env, ttid, SEGMENTS + 1, dest).returncode == 1
+
+    # Below the start `walbackup retain` moved the archive to: deleted on purpose.
+    storage.put_bytes(timeline_prefix(ttid) + RETAINED_MARKER, marker_bytes(Lsn(4 * SEG), SEG))
+    storage.delete(segment_key(ttid, xlog_file_name(2, SEG)))
+    assert run_fetch(env, ttid, 2, dest).returncode == 1
+
+    # A timeline id, or a storage prefix, with nothing archived under it.
+    other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
+    run = run_fetch(env, other, 1, dest)
+    assert run.returncode == 200 and b"holds nothing of timeline" in run.stderr, run.stderr
+    run = run_fetch(env | {"WALBACKUP_REMOTE_STORAGE": s3_bucket_url + "x"}, ttid, 1, dest)
+    assert run.returncode == 200 and b"prefix of WALBACKUP_REMOTE_STORAGE" in run.stderr
     storage.close()
