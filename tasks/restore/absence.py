@@ -1,21 +1,27 @@
 """What a segment missing from the archive means: its end (exit 1), or not.
 
 PostgreSQL reads "not found" (``restore_command`` exit 1) as the end of the
-archive: a point-in-time recovery ends there and the server promotes. Two
+archive: a point-in-time recovery ends there and the server promotes. Some
 absences are no such end, and would cut a restore short in silence:
 
-- nothing at all is archived under the timeline's prefix: a wrong prefix in
-  ``WALBACKUP_REMOTE_STORAGE``, or a wrong timeline id (``InvalidInput``,
-  exit 200);
 - the archive ledger records the segment as archived and no ``walbackup
   retain`` deleted it: the archive lost it (``SegmentLost``, exit 202; a
-  running offloader's scrubber uploads a node's copy again).
+  running offloader's scrubber uploads a node's copy again). The caller
+  looks once more a moment later first: a segment uploaded and flushed since
+  its GET, or one a scrubber is putting back, is no loss. Checked before a
+  leftover partial upload of it is served as the segment.
+- nothing at all is stored under the storage URL: a wrong prefix in
+  ``WALBACKUP_REMOTE_STORAGE`` (``InvalidInput``, exit 200). Nothing under
+  the timeline alone may be a timeline nothing was archived of yet (a
+  standby started early): exit 1, saying so on stderr.
 
-The segments in flight (uploaded out of order, committed in order) are not
-in the ledger yet, so a standby polling for the next segment still gets 1.
+Segments in flight (uploaded out of order, committed in order) are not in
+the ledger yet, so a standby polling for the next segment still gets 1.
 """
 
 from __future__ import annotations
+
+import sys
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
@@ -24,32 +30,58 @@ from tasks.errors import InvalidInput, NotFound, SegmentLost, WalBackupError
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.storage.base import RemoteStorage, timeline_prefix
 
+LOST_RECHECK_S = 2.0
+"""How long the caller waits before looking for a segment the ledger
+records once more (``lost``): an upload and flush, or a heal, in between."""
 
-def absence(
+
+def lost(
     storage: RemoteStorage, ttid: TenantTimelineId, segment: str, check: LedgerCheck | None
-) -> WalBackupError:
-    """The error to raise for ``segment`` (a segment name) missing from the
-    archive, no partial upload of it either. Raises storage errors."""
-    prefix = timeline_prefix(ttid)
-    if next(iter(storage.list(prefix)), None) is None:
-        return InvalidInput(
-            f"the archive at {storage.url} holds nothing of timeline {ttid}: is the prefix "
-            "of WALBACKUP_REMOTE_STORAGE, or the timeline id, wrong?"
-        )
-    not_found = NotFound(f"segment {segment} of timeline {ttid} is not archived")
-    if check is None or (segno := check.segno(segment)) is None:
-        return not_found
-    recorded = check.recorded(segment)
-    if recorded is None or not recorded.entries:
-        return not_found  # not committed yet, or the ledger cannot tell
-    if _retained(storage, ttid, segno, check.seg_size):
-        return not_found
-    return SegmentLost(
+) -> tuple[SegmentLost | None, bool]:
+    """Whether the missing ``segment`` is lost (the error to raise), and
+    whether the timeline has ledger pages near it. With ``warn_only``, a
+    loss is a warning and the restore goes on as at the archive's end.
+    Raises storage errors."""
+    recorded = check.recorded(segment) if check is not None else None
+    if check is None or recorded is None:
+        return None, False
+    if not recorded.entries or _retained(storage, ttid, recorded.segno, recorded.seg_size):
+        return None, recorded.paged
+    message = (
         f"segment {segment} of timeline {ttid} is not in the archive, though the archive "
-        f"ledger ({', '.join(recorded.pages)}) records it as archived: the archive lost it, "
-        "and a restore cannot go on past it. `walbackup verify` lists every such segment; "
-        "a running offloader's scrubber uploads a node's copy again"
+        f"ledger ({', '.join(recorded.pages)}) records it as archived: the archive lost it"
     )
+    if check.warn_only:
+        print(
+            f"walbackup: warning: {message}; WALBACKUP_RESTORE_LEDGER_CHECK=warn", file=sys.stderr
+        )
+        return None, True
+    return SegmentLost(
+        f"{message}, and a restore cannot go on past it. `walbackup verify` lists every such "
+        "segment; a running offloader's scrubber uploads a node's copy again; to end the "
+        "recovery here anyway, set WALBACKUP_RESTORE_LEDGER_CHECK=warn"
+    ), True
+
+
+def not_found(
+    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, paged: bool
+) -> WalBackupError:
+    """The error for ``segment`` missing, neither lost nor with a partial
+    upload: ``NotFound``, unless nothing is stored under the storage URL."""
+    missing = NotFound(f"segment {segment} of timeline {ttid} is not archived")
+    if paged or next(storage.list(timeline_prefix(ttid), limit=1), None) is not None:
+        return missing
+    if next(storage.list("", limit=1), None) is None:
+        return InvalidInput(
+            f"nothing at all is stored at {storage.url}: is the prefix of "
+            "WALBACKUP_REMOTE_STORAGE wrong?"
+        )
+    print(
+        f"walbackup: nothing is archived of timeline {ttid} at {storage.url} (yet?): is the "
+        "timeline id, or the prefix of WALBACKUP_REMOTE_STORAGE, wrong?",
+        file=sys.stderr,
+    )
+    return missing
 
 
 def _retained(storage: RemoteStorage, ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from tasks.fsutil import atomic_write
@@ -67,7 +68,7 @@ def fetch_or_partial(
     and the lookup starts again."""
     from tasks.core.partials import newest_name, partial_prefix
     from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
-    from tasks.restore.absence import absence
+    from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
     from tasks.restore.formats import SEGMENT_RE
     from tasks.storage.base import segment_key, timeline_prefix
 
@@ -76,6 +77,7 @@ def fetch_or_partial(
     key = segment_key(ttid, validate_segment_name(segment))
     check = check if offset == 0 else None
     reread = dest != "-"  # what went to stdout cannot be taken back
+    recheck = True
     for _ in range(5):
         try:
             return _fetch_key(storage, key, dest, offset, segment, check), None
@@ -87,11 +89,18 @@ def fetch_or_partial(
         except NotFound:
             if SEGMENT_RE.fullmatch(segment) is None:
                 raise
+        gone, paged = lost(storage, ttid, segment, check)
+        if gone is not None:
+            if not recheck:
+                raise gone
+            recheck = False  # uploaded since its GET, or being healed: look again
+            time.sleep(LOST_RECHECK_S)
+            continue
         prefix = timeline_prefix(ttid)
         names = [o.key[len(prefix) :] for o in storage.list(prefix + partial_prefix(segment))]
         partial = newest_name(names, segment)
         if partial is None:
-            raise absence(storage, ttid, segment, check)
+            raise not_found(storage, ttid, segment, paged)
         try:
             written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
         except NotFound:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +30,7 @@ from functools import partial
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import PAGE_MAX_SEGMENTS, LedgerEntry
 from tasks.core.segments import PG_TLI, parse_xlog_file_name, validate_seg_size
-from tasks.errors import ChecksumMismatch, LedgerConflict
+from tasks.errors import AccessDenied, ChecksumMismatch, LedgerConflict, Retryable
 from tasks.storage.base import RemoteStorage, SegmentDigest
 from tasks.storage.ledger_pages import LedgerPages, PageRef
 
@@ -49,6 +49,19 @@ class Recorded:
     """The keys of the pages that cover it."""
     gap: bool
     """No page covers it, though a later one exists: a page was removed."""
+    segno: int
+    seg_size: int
+    """The segment size the lookup took the segment's number with."""
+    paged: bool
+    """Pages were listed near it: the timeline has archived something."""
+
+
+class _OtherSegSize(LedgerConflict):
+    """The pages were written for another segment size than the one looked up with."""
+
+    def __init__(self, message: str, seg_size: int) -> None:
+        super().__init__(message)
+        self.seg_size = seg_size
 
 
 class LedgerCheck:
@@ -93,7 +106,7 @@ class LedgerCheck:
 
         def run() -> None:
             try:
-                pending.set_result(self._recorded(name))
+                pending.set_result(self._recorded(name, self.seg_size))
             except BaseException as exc:  # handed to check(), which handles it
                 pending.set_exception(exc)
 
@@ -107,23 +120,11 @@ class LedgerCheck:
         # The setting, then the object's own size where it differs: a restore
         # host's setting may be wrong, and a complete segment's size is the
         # archive's (a name may even be no segment under the setting's size).
-        sizes = [
-            s for s in dict.fromkeys((self.seg_size, digest.size)) if _segno(name, s) is not None
-        ]
-        answers: list[Recorded] = []
-        errors: list[Exception] = []
-        for size in sizes:
-            if pending is not None and size == self.seg_size:
-                found, error = _attempt(pending.result)
-            else:
-                found, error = _attempt(partial(self._recorded, name, size))
-            answers += [found] if found is not None else []
-            errors += [error] if error is not None else []
-        if not answers:
-            if errors:  # the ledger's trouble is never the segment's
-                self._unchecked(name, f"the archive ledger cannot be read ({errors[0]})")
+        found, error = self._lookup(name, (self.seg_size, digest.size), pending)
+        if found is None:
+            if error is not None:  # the ledger's trouble is never the segment's
+                self._unchecked(name, f"the archive ledger cannot be read ({error})")
             return  # a history file, a partial upload: the ledger has no entry
-        found = next((a for a in answers if a.entries), answers[0])
         if found.gap:
             self._unchecked(name, "no ledger page records it, though later pages exist")
         if not found.entries or any(_same(e, digest) for e in found.entries):
@@ -145,26 +146,57 @@ class LedgerCheck:
         )
 
     def recorded(self, name: str) -> Recorded | None:
-        """What the pages record for segment ``name``; ``None`` when the ledger
-        cannot tell (unreadable: no warning, the caller decides)."""
-        return _attempt(partial(self._recorded, name))[0]
+        """What the pages record for segment ``name``; ``None`` when it is no
+        segment or the pages cannot be read. The storage's own errors (down,
+        refusing us) are raised: the caller may not take them for "no entry"."""
+        found, error = self._lookup(name, (self.seg_size,))
+        if isinstance(error, (Retryable, AccessDenied)):
+            raise error
+        return found
 
-    def segno(self, name: str) -> int | None:
-        """The segno of ``name`` under the setting's segment size, if a segment."""
-        return _segno(name, self.seg_size)
+    def _lookup(
+        self, name: str, sizes: Iterable[int], pending: Future[Recorded] | None = None
+    ) -> tuple[Recorded | None, Exception | None]:
+        """What the pages record for ``name`` under the first of ``sizes`` (or
+        of the size the pages declare, when that is another) where they record
+        it; else the first answer (no entry); else the first error."""
+        todo = [size for size in dict.fromkeys(sizes) if _segno(name, size) is not None]
+        tried: set[int] = set()
+        answers: list[Recorded] = []
+        errors: list[Exception] = []
+        while todo:
+            size = todo.pop(0)
+            tried.add(size)
+            if pending is not None and size == self.seg_size:
+                found, error = _attempt(pending.result)
+            else:
+                found, error = _attempt(partial(self._recorded, name, size))
+            if found is not None and found.entries:
+                return found, None
+            answers += [found] if found is not None else []
+            errors += [error] if error is not None else []
+            declared = error.seg_size if isinstance(error, _OtherSegSize) else None
+            if declared and declared not in tried and _segno(name, declared) is not None:
+                todo.append(declared)  # the archive's own, from its pages
+        return (answers[0] if answers else None), (errors[0] if errors else None)
 
-    def _recorded(self, name: str, seg_size: int | None = None) -> Recorded:
-        """What the pages record for ``name``, its segno taken with ``seg_size``
-        (default: the setting)."""
-        seg_size = seg_size or self.seg_size
+    def _recorded(self, name: str, seg_size: int) -> Recorded:
+        """What the pages record for ``name``, its segno taken with ``seg_size``."""
         segno = _segno(name, seg_size)
         if segno is None:
-            return Recorded([], [], gap=False)
+            return Recorded([], [], gap=False, segno=-1, seg_size=seg_size, paged=False)
         refs = self._covering(segno, seg_size)
         covering = [r for r in refs if r.first <= segno <= r.last]
-        entries = self.pages.recorded(self.ttid, seg_size, segno, covering)
+        try:
+            entries = self.pages.recorded(self.ttid, seg_size, segno, covering)
+        except LedgerConflict as exc:
+            declared = self.pages.declared_seg_size(covering[0]) if covering else None
+            if declared is not None and declared != seg_size:
+                raise _OtherSegSize(str(exc), declared) from exc
+            raise
         gap = not covering and any(r.first > segno for r in refs)
-        return Recorded(entries, [r.key for r in covering], gap)
+        keys = [r.key for r in covering]
+        return Recorded(entries, keys, gap, segno=segno, seg_size=seg_size, paged=bool(refs))
 
     def _covering(self, segno: int, seg_size: int) -> list[PageRef]:
         """The cached pages, listed (again) when none covers ``segno`` and the

@@ -258,9 +258,12 @@ class RemoteStorage(ABC):
         Raises ``NotFound`` when there is no such object. Caller closes it."""
 
     @abstractmethod
-    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order; with
-        ``start_after``, only keys after that one (S3's ``StartAfter``)."""
+        ``start_after``, only keys after that one (S3's ``StartAfter``); with
+        ``limit``, at most that many (one small request on S3)."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:

@@ -8,6 +8,7 @@ the archive's machinery to do it. ``tasks.archive.ledger_store`` adds writing.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -86,6 +87,15 @@ class LedgerPages:
             while len(self._cache) > CACHED_PAGES:
                 self._cache.popitem(last=False)
         return entries
+
+    def declared_seg_size(self, ref: PageRef) -> int | None:
+        """The ``wal_seg_size`` a page says it was written for (read afresh:
+        for a page ``read`` refused); ``None`` when it says none."""
+        try:
+            declared = json.loads(self.storage.read_bytes(ref.key)).get("wal_seg_size")
+        except (ValueError, AttributeError):
+            return None
+        return declared if isinstance(declared, int) else None
 
     def entries(
         self,

@@ -186,7 +186,9 @@ class LocalStorage(RemoteStorage):
         stream.seek(offset)
         return stream
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
         validate_key(prefix, prefix=True)
         # Only the deepest directory the prefix names can hold matches.
         start = self.root / prefix.rpartition("/")[0]
@@ -198,7 +200,7 @@ class LocalStorage(RemoteStorage):
             ]
         except OSError as exc:
             raise self._refused(f"list {prefix!r}", exc) from exc
-        return iter(sorted(found, key=lambda info: info.key))
+        return iter(sorted(found, key=lambda info: info.key)[:limit])
 
     def delete(self, key: str) -> None:
         self._unlink(key, self._path(key))

@@ -58,7 +58,7 @@ from tasks.storage.s3_upload import S3Uploads
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, PaginatorConfigTypeDef
 
 DEFAULT_REGION = "us-east-1"
 
@@ -226,16 +226,26 @@ class S3Storage(RemoteStorage):
                 return io.BytesIO()
         return cast(BinaryIO, TranslatedBody(response["Body"], self._errors, action))
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
         validate_key(prefix, prefix=True)
-        return self._list(prefix, start_after)
+        return self._list(prefix, start_after, limit)
 
-    def _list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+    def _list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
         with self._errors(f"list {prefix!r}"):
             paginator = self._client().get_paginator("list_objects_v2")
+            paging: PaginatorConfigTypeDef = {}
+            if limit is not None:
+                paging = {"MaxItems": limit, "PageSize": min(limit, 1000)}
             # Every key below the root sorts after the root itself.
             pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=self._root + prefix, StartAfter=self._root + start_after
+                Bucket=self.bucket,
+                Prefix=self._root + prefix,
+                StartAfter=self._root + start_after,
+                PaginationConfig=paging,
             )
             for page in pages:
                 for obj in page.get("Contents", []):

@@ -24,6 +24,7 @@ from tasks.core.ledger import LedgerEntry, page_key
 from tasks.core.lsn import Lsn
 from tasks.core.retention import RETAINED_MARKER, marker_bytes
 from tasks.core.segments import xlog_file_name
+from tasks.restore.absence import LOST_RECHECK_S
 from tasks.restore.spool import LOCK_NAME, prefetcher_running, remote_id
 from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
 from tasks.storage.base import digest_segment_file
@@ -190,8 +191,10 @@ def test_an_absence_that_is_not_the_archives_end_stops_the_restore(
     dest = tmp_path / "RECOVERYXLOG"
 
     storage.delete(segment_key(ttid, xlog_file_name(9, SEG)))  # a lifecycle rule, a hand
+    started = time.monotonic()
     run = run_fetch(env, ttid, 9, dest)
     assert run.returncode == 202, run.stderr
+    assert time.monotonic() - started >= LOST_RECHECK_S  # it looked once more first
     assert b"records it as archived: the archive lost it" in run.stderr
     assert run.stderr.count(b"\n") == 1 and not dest.exists()
 
@@ -205,10 +208,11 @@ def test_an_absence_that_is_not_the_archives_end_stops_the_restore(
     storage.delete(segment_key(ttid, xlog_file_name(2, SEG)))
     assert run_fetch(env, ttid, 2, dest).returncode == 1
 
-    # A timeline id, or a storage prefix, with nothing archived under it.
-    other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
-    run = run_fetch(env, other, 1, dest)
-    assert run.returncode == 200 and b"holds nothing of timeline" in run.stderr, run.stderr
+    # A storage prefix with nothing at all under it; a timeline with nothing
+    # archived (yet: a standby may start first), the end, said.
     run = run_fetch(env | {"WALBACKUP_REMOTE_STORAGE": s3_bucket_url + "x"}, ttid, 1, dest)
     assert run.returncode == 200 and b"prefix of WALBACKUP_REMOTE_STORAGE" in run.stderr
+    other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
+    run = run_fetch(env, other, 1, dest)
+    assert run.returncode == 1 and b"nothing is archived of timeline" in run.stderr, run.stderr
     storage.close()

@@ -29,9 +29,11 @@ class CountingStorage(LocalStorage):
 
     lists = 0
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
         self.lists += 1
-        return super().list(prefix, start_after)
+        return super().list(prefix, start_after, limit)
 
 
 @pytest.fixture

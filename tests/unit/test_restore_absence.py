@@ -1,0 +1,150 @@
+"""What ``walbackup fetch`` makes of a missing segment (tasks/restore/absence.py),
+in-process on a real ``file://`` archive with ledger pages as the offloader
+writes them: only the archive's true end is "not found"."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.archive.ledger_store import LedgerStore
+from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LEDGER_DIR, LedgerEntry
+from tasks.core.lsn import Lsn
+from tasks.core.partials import partial_object
+from tasks.core.retention import RETAINED_MARKER, marker_bytes
+from tasks.core.segments import xlog_file_name
+from tasks.errors import InvalidInput, NotFound, SegmentLost
+from tasks.restore import absence
+from tasks.restore.fetch import fetch_or_partial
+from tasks.restore.ledger_check import LedgerCheck
+from tasks.storage.base import ObjectInfo, segment_key, timeline_prefix
+from tasks.storage.local import LocalStorage
+
+SEG = 1 << 20
+
+
+class PuttingBack(LocalStorage):
+    """A ``file://`` archive where a segment comes back while the ledger is
+    listed: what an upload and flush (or a scrubber's heal) between a fetch's
+    GET and its ledger lookup looks like."""
+
+    back: tuple[str, bytes] | None = None
+
+    def list(
+        self, prefix: str, start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
+        if self.back is not None and prefix.endswith(f"{LEDGER_DIR}/"):
+            key, data = self.back
+            self.back = None
+            self.put_bytes(key, data)
+        return super().list(prefix, start_after, limit)
+
+
+@pytest.fixture(autouse=True)
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(absence, "LOST_RECHECK_S", 0.0)
+
+
+@pytest.fixture
+def ttid() -> TenantTimelineId:
+    return TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+
+
+def data_of(segno: int) -> bytes:
+    return segno.to_bytes(4, "big") * (SEG // 4)
+
+
+def archived(tmp_path: Path, ttid: TenantTimelineId, count: int = 8) -> PuttingBack:
+    """Segments 1..count archived, 1..count-2 in a ledger page."""
+    storage = PuttingBack(tmp_path / "archive")
+    entries = {}
+    for segno in range(1, count + 1):
+        data = data_of(segno)
+        storage.put_bytes(segment_key(ttid, xlog_file_name(segno, SEG)), data)
+        entries[segno] = LedgerEntry(SEG, hashlib.sha256(data).hexdigest(), "")
+    LedgerStore(storage).write(ttid, SEG, {s: entries[s] for s in range(1, count - 1)}, 1)
+    return storage
+
+
+def fetch(
+    storage: LocalStorage, ttid: TenantTimelineId, segno: int, dest: Path, **kw: bool
+) -> tuple[int, str | None]:
+    check = LedgerCheck(storage, ttid, SEG, **kw)
+    return fetch_or_partial(storage, ttid, xlog_file_name(segno, SEG), str(dest), 0, check)
+
+
+def test_a_recorded_segment_gone_is_lost_even_with_a_partial_left_over(
+    tmp_path: Path, ttid: TenantTimelineId
+) -> None:
+    storage = archived(tmp_path, ttid)
+    name = xlog_file_name(3, SEG)
+    leftover = partial_object(3, Lsn(3 * SEG + 0x300), SEG).name
+    storage.put_bytes(segment_key(ttid, leftover), data_of(3))
+    storage.delete(segment_key(ttid, name))
+    with pytest.raises(SegmentLost, match="records it as archived: the archive lost it"):
+        fetch(storage, ttid, 3, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_segment_back_by_the_second_look_is_served(
+    tmp_path: Path, ttid: TenantTimelineId
+) -> None:
+    storage = archived(tmp_path, ttid)
+    key = segment_key(ttid, xlog_file_name(4, SEG))
+    storage.delete(key)
+    storage.back = (key, data_of(4))
+    assert fetch(storage, ttid, 4, tmp_path / "dest") == (SEG, None)
+    assert (tmp_path / "dest").read_bytes() == data_of(4)
+
+
+def test_past_the_pages_or_below_the_retained_start_is_the_end(
+    tmp_path: Path, ttid: TenantTimelineId
+) -> None:
+    storage = archived(tmp_path, ttid)
+    storage.delete(segment_key(ttid, xlog_file_name(8, SEG)))  # committed, not in a page
+    for segno in (8, 9):
+        with pytest.raises(NotFound):
+            fetch(storage, ttid, segno, tmp_path / "dest")
+    storage.put_bytes(timeline_prefix(ttid) + RETAINED_MARKER, marker_bytes(Lsn(3 * SEG), SEG))
+    storage.delete(segment_key(ttid, xlog_file_name(2, SEG)))
+    with pytest.raises(NotFound):
+        fetch(storage, ttid, 2, tmp_path / "dest")
+
+
+def test_warn_only_takes_a_loss_for_the_end_saying_so(
+    tmp_path: Path, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = archived(tmp_path, ttid)
+    storage.delete(segment_key(ttid, xlog_file_name(5, SEG)))
+    with pytest.raises(NotFound):
+        fetch(storage, ttid, 5, tmp_path / "dest", warn_only=True)
+    assert "the archive lost it" in capsys.readouterr().err
+
+
+def test_a_wrong_seg_size_setting_still_finds_a_loss(
+    tmp_path: Path, ttid: TenantTimelineId
+) -> None:
+    """The pages say which segment size they were written for."""
+    storage = archived(tmp_path, ttid)
+    storage.delete(segment_key(ttid, xlog_file_name(5, SEG)))
+    check = LedgerCheck(storage, ttid, 16 * SEG)
+    with pytest.raises(SegmentLost):
+        fetch_or_partial(storage, ttid, xlog_file_name(5, SEG), str(tmp_path / "d"), 0, check)
+
+
+def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_the_end(
+    tmp_path: Path, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = archived(tmp_path, ttid)
+    other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
+    with pytest.raises(NotFound):  # a standby started before anything was archived
+        fetch(storage, other, 1, tmp_path / "dest")
+    assert f"nothing is archived of timeline {other}" in capsys.readouterr().err
+    empty = LocalStorage(tmp_path / "empty")
+    with pytest.raises(InvalidInput, match="nothing at all is stored"):
+        fetch(empty, ttid, 1, tmp_path / "dest")
