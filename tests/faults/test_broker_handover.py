@@ -67,7 +67,15 @@ def test_offloader_change_while_the_broker_is_down(make_cluster: Callable[..., C
     try:
         cluster = make_cluster(
             broker_url=broker.url,
-            settings={"WALBACKUP_MAX_OFFLOADER_LAG_BYTES": str(2 * SEG_SIZE)},
+            settings={
+                "WALBACKUP_MAX_OFFLOADER_LAG_BYTES": str(2 * SEG_SIZE),
+                # Node 1 must count as alive throughout: nodes elect by
+                # themselves (no broker) an offloader that stopped
+                # heartbeating, and under a loaded suite a beat can come
+                # 2 s late (the harness's timeout). The lag, not a death,
+                # is what must wait for beat and the broker here.
+                "WALBACKUP_HEARTBEAT_TIMEOUT": "5",
+            },
         )
         for n in NODES:
             cluster.start_node(n)
