@@ -100,10 +100,14 @@ def test_delete_refuses_a_timeline_a_live_node_holds(
     assert_one_line(refused, 2, f"timeline {ttid} is held by live node(s) [1]")
     assert len(wal_names(storage, ttid)) == 3
     # The preview still works, and says why the real run would be refused.
+    # (Each run beats again: three CLI starts on a loaded machine outlast
+    # heartbeat_timeout, and node 1 would count as dead by the third.)
+    heartbeat(state, ttid, node_id=1, age_s=0)
     dry = run(redis_url, env, "delete", str(ttid), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would delete 3 objects, {3 * SEG} bytes" in dry.stdout
     assert "live node(s) [1] hold it: delete is refused" in dry.stdout
+    heartbeat(state, ttid, node_id=1, age_s=0)
     dry_json = run(redis_url, env, "delete", str(ttid), "--dry-run", "--json")
     assert json.loads(dry_json.stdout)["plan"]["live_nodes"] == [1]
     assert len(wal_names(storage, ttid)) == 3 and state.peers(str(ttid))
