@@ -45,11 +45,15 @@ def lost(
     recorded = check.recorded(segment) if check is not None else None
     if check is None or recorded is None:
         return None, False
-    if not recorded.entries or _retained(storage, ttid, recorded.segno, recorded.seg_size):
+    # Pages are written in order over committed segments only: a later page
+    # where none covers the segment (a page removed with it) records it too.
+    archived = bool(recorded.entries) or recorded.gap
+    if not archived or _retained(storage, ttid, recorded.segno, recorded.seg_size):
         return None, recorded.paged
+    where = ", ".join(recorded.pages) or "a later page; the page of its own is gone too"
     message = (
         f"segment {segment} of timeline {ttid} is not in the archive, though the archive "
-        f"ledger ({', '.join(recorded.pages)}) records it as archived: the archive lost it"
+        f"ledger ({where}) records it as archived: the archive lost it"
     )
     if check.warn_only:
         print(

@@ -253,6 +253,9 @@ def _start_prefetch(
         return
     try:
         validate_seg_size(seg_size)
+    except ValueError:
+        return  # no segment's size (a damaged object, served as warn says): nothing follows
+    try:
         spool = settings_spool_dir(settings, ttid)
         note_want(spool, segment, seg_size)
         checked = settings.restore_ledger_check != "off"

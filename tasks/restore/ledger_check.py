@@ -28,10 +28,17 @@ from dataclasses import dataclass
 from functools import partial
 
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import PAGE_MAX_SEGMENTS, LedgerEntry
+from tasks.core.ledger import LEDGER_DIR, PAGE_MAX_SEGMENTS, LedgerEntry
 from tasks.core.segments import PG_TLI, parse_xlog_file_name, validate_seg_size
-from tasks.errors import AccessDenied, ChecksumMismatch, LedgerConflict, Retryable
-from tasks.storage.base import RemoteStorage, SegmentDigest
+from tasks.errors import (
+    AccessDenied,
+    ChecksumMismatch,
+    InvalidInput,
+    LedgerConflict,
+    Retryable,
+)
+from tasks.restore.formats import SEGMENT_RE
+from tasks.storage.base import RemoteStorage, SegmentDigest, timeline_prefix
 from tasks.storage.ledger_pages import LedgerPages, PageRef
 
 RELIST_S = 30.0
@@ -117,9 +124,10 @@ class LedgerCheck:
         (their ``digest``) are what the ledger records, where it records them."""
         with self._lock:
             pending = self._pending.pop(name, None)
-        # The setting, then the object's own size where it differs: a restore
-        # host's setting may be wrong, and a complete segment's size is the
-        # archive's (a name may even be no segment under the setting's size).
+        if digest.size != self.seg_size and SEGMENT_RE.fullmatch(name):
+            self._wrong_size(name, digest.size)
+        # The setting, then (``warn_only``) the object's own size where it
+        # differs: a name may even be no segment under the setting's size.
         found, error = self._lookup(name, (self.seg_size, digest.size), pending)
         if found is None:
             if error is not None:  # the ledger's trouble is never the segment's
@@ -144,6 +152,40 @@ class LedgerCheck:
             "a running offloader's scrubber puts back a node's copy; to restore it anyway "
             "(the ledger is what is wrong), set WALBACKUP_RESTORE_LEDGER_CHECK=warn"
         )
+
+    def _wrong_size(self, name: str, size: int) -> None:
+        """A complete segment of ``size`` bytes, not the setting's: the object
+        is damaged (the archive's pages say the setting's size), or the
+        setting is not the archive's, under which no check holds (names and
+        pages map to other segments) and a lost segment would look like the
+        archive's end. Either stops the restore (``InvalidInput``: exit 200)."""
+        declared = self._archive_seg_size()
+        if declared == self.seg_size:
+            error: Exception = ChecksumMismatch(
+                f"segment {name} of timeline {self.ttid} has {size} bytes, where the archive's "
+                f"segments have {self.seg_size}: the object is damaged. `walbackup verify` "
+                "lists every such segment"
+            )
+        else:
+            says = f" (its ledger pages say {declared})" if declared else ""
+            error = InvalidInput(
+                f"segment {name} of timeline {self.ttid} has {size} bytes, but "
+                f"WALBACKUP_WAL_SEG_SIZE is {self.seg_size}: set it to the archive's segment "
+                f"size{says} where PostgreSQL restores"
+            )
+        if not self.warn_only:
+            raise error
+        self._warn(f"{error}; WALBACKUP_RESTORE_LEDGER_CHECK=warn: served")
+
+    def _archive_seg_size(self) -> int | None:
+        """The segment size the timeline's first ledger page was written for;
+        ``None`` when there is none, or it cannot be read."""
+        try:
+            prefix = f"{timeline_prefix(self.ttid)}{LEDGER_DIR}/"
+            first = next(self.pages.storage.list(prefix, limit=1), None)
+            return self.pages.declared_seg_size(first.key) if first is not None else None
+        except Exception:  # only a better message is at stake
+            return None
 
     def recorded(self, name: str) -> Recorded | None:
         """What the pages record for segment ``name``; ``None`` when it is no
@@ -190,7 +232,7 @@ class LedgerCheck:
         try:
             entries = self.pages.recorded(self.ttid, seg_size, segno, covering)
         except LedgerConflict as exc:
-            declared = self.pages.declared_seg_size(covering[0]) if covering else None
+            declared = self.pages.declared_seg_size(covering[0].key) if covering else None
             if declared is not None and declared != seg_size:
                 raise _OtherSegSize(str(exc), declared) from exc
             raise

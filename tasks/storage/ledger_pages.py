@@ -88,11 +88,11 @@ class LedgerPages:
                 self._cache.popitem(last=False)
         return entries
 
-    def declared_seg_size(self, ref: PageRef) -> int | None:
-        """The ``wal_seg_size`` a page says it was written for (read afresh:
-        for a page ``read`` refused); ``None`` when it says none."""
+    def declared_seg_size(self, key: str) -> int | None:
+        """The ``wal_seg_size`` the page ``key`` says it was written for (read
+        afresh: for a page ``read`` refused); ``None`` when it says none."""
         try:
-            declared = json.loads(self.storage.read_bytes(ref.key)).get("wal_seg_size")
+            declared = json.loads(self.storage.read_bytes(key)).get("wal_seg_size")
         except (ValueError, AttributeError):
             return None
         return declared if isinstance(declared, int) else None

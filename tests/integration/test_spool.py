@@ -64,6 +64,7 @@ class Restore:
             "WALBACKUP_REMOTE_STORAGE": url,
             "WALBACKUP_DATA_DIR": str(self.data_dir),
             "WALBACKUP_RESTORE_PREFETCH": "4",
+            "WALBACKUP_WAL_SEG_SIZE": str(SEG),
         }
         if endpoint:
             self.env["WALBACKUP_S3_ENDPOINT_URL"] = endpoint

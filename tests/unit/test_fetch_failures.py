@@ -26,6 +26,7 @@ def test_a_prefetcher_that_cannot_start_does_not_fail_the_fetch(
         monkeypatch.delenv(name)
     monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", url)
     monkeypatch.setenv("WALBACKUP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WALBACKUP_WAL_SEG_SIZE", str(MIN_SEG_SIZE))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the once-an-hour marker
 
     def broken(*args: object) -> bool:

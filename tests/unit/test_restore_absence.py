@@ -148,3 +148,22 @@ def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_the_end
     empty = LocalStorage(tmp_path / "empty")
     with pytest.raises(InvalidInput, match="nothing at all is stored"):
         fetch(empty, ttid, 1, tmp_path / "dest")
+
+
+def test_a_segment_gone_with_its_page_is_lost_when_later_pages_exist(
+    tmp_path: Path, ttid: TenantTimelineId
+) -> None:
+    """Pages are written in order over committed segments: a later page
+    says the segment was archived, though its own page is gone too."""
+    storage = archived(tmp_path, ttid, count=12)
+    store = LedgerStore(storage)
+    for ref in store.pages(ttid, SEG):
+        storage.delete(ref.key)
+    store.write(ttid, SEG, {s: LedgerEntry(SEG, "0" * 64, "") for s in range(1, 5)}, 1)
+    store.write(ttid, SEG, {s: LedgerEntry(SEG, "0" * 64, "") for s in range(7, 11)}, 1)
+    storage.delete(segment_key(ttid, xlog_file_name(6, SEG)))
+    with pytest.raises(SegmentLost, match="the page of its own is gone too"):
+        fetch(storage, ttid, 6, tmp_path / "dest")
+    storage.delete(segment_key(ttid, xlog_file_name(12, SEG)))  # past the last page: the end
+    with pytest.raises(NotFound):
+        fetch(storage, ttid, 12, tmp_path / "dest")
