@@ -52,7 +52,8 @@ def fetch_or_partial(
 ) -> tuple[int, str | None]:
     """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout):
     the byte count, and the name of the partial upload served, if one was.
-    Raises ``NotFound`` when neither the segment nor a partial is archived.
+    Raises ``NotFound`` at the archive's end; a segment missing otherwise is
+    ``SegmentLost`` or ``InvalidInput`` (``tasks.restore.absence``).
     With ``check``, a complete segment read from offset 0 whose bytes are not
     what the archive ledger records raises ``ChecksumMismatch``, and ``dest``
     (a file) is not written.

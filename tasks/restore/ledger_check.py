@@ -85,9 +85,11 @@ class LedgerCheck:
         strict: bool = False,
         warn_only: bool = False,
     ) -> None:
-        """``seg_size``: the setting; an object of another valid size is also
-        looked up under its own (a restore host's setting may be wrong).
-        ``warn_only``: a mismatch is a warning (``restore_ledger_check=warn``)."""
+        """``seg_size``: the setting (the prefetcher: the size the consumer's
+        fetch read); a complete segment of another size stops the restore.
+        ``warn_only`` (``restore_ledger_check=warn``): a mismatch, of bytes or
+        size, is a warning, and the object's own size, then the one its pages
+        declare, find its entries. ``strict``: see the module's doc."""
         self.pages = LedgerPages(storage)
         self.ttid = ttid
         self.seg_size = seg_size
@@ -158,7 +160,8 @@ class LedgerCheck:
         is damaged (the archive's pages say the setting's size), or the
         setting is not the archive's, under which no check holds (names and
         pages map to other segments) and a lost segment would look like the
-        archive's end. Either stops the restore (``InvalidInput``: exit 200)."""
+        archive's end. Either stops the restore: ``ChecksumMismatch`` (202)
+        or ``InvalidInput`` (200), unless ``warn_only``."""
         declared = self._archive_seg_size()
         if declared == self.seg_size:
             error: Exception = ChecksumMismatch(
