@@ -122,15 +122,25 @@ def plan_retain(
     return RetainPlan(ttid, seg_size, record.backup_lsn, cutoff, limit, objects)
 
 
+def _raise_marker(storage: RemoteStorage, plan: RetainPlan, start: Lsn) -> Lsn | None:
+    """Make the ``_retained`` marker say at least ``start``; what it said."""
+    recorded = read_archive_start(storage, plan.ttid)
+    if recorded is None or recorded < start:
+        storage.put_bytes(marker_key(plan.ttid), marker_bytes(start, plan.seg_size))
+    return recorded
+
+
 def retain(storage: RemoteStorage, state: RedisState, plan: RetainPlan) -> Summary:
     """Record the new archive start, then delete the plan's objects, lowest first."""
     ttid = str(plan.ttid)
     start = plan.archive_start
-    recorded = read_archive_start(storage, plan.ttid)
-    if recorded is None or recorded < start:
-        storage.put_bytes(marker_key(plan.ttid), marker_bytes(start, plan.seg_size))
+    recorded = _raise_marker(storage, plan, start)
     state.raise_archive_start(ttid, max(start, recorded or start))
     done = _delete(storage, plan.ttid, plan.seg_size, "retain", plan.objects)
+    # Again: a retain reaching less far that ran meanwhile may have written
+    # its lower start over ours (the marker has no conditional write). A
+    # restore reads below the marker's start as deleted on purpose.
+    _raise_marker(storage, plan, start)
     state.forget_partials(ttid, [o.name for o in plan.objects if o.kind is Kind.PARTIAL])
     if done.objects:
         LedgerStore(storage).record_deletion(

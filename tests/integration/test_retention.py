@@ -8,7 +8,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
 from tasks.core.partials import partial_object
+from tasks.core.retention import marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput
 from tasks.state.keys import ledger_key, partials_key, tl_key
@@ -239,3 +240,34 @@ def test_delete_removes_every_object_and_then_the_redis_state(
     # Done already: a rerun deletes nothing and succeeds.
     rerun = plan_delete(storage, state, ttid, heartbeat_timeout_s=5, default_seg_size=SEG)
     assert delete_timeline(storage, state, rerun, heartbeat_timeout_s=5).deleted.objects == 0
+
+
+class RacedRetain(LocalStorage):
+    """A ``file://`` archive where another retain, reaching less far, writes
+    its lower start while this one deletes (the marker has no conditional
+    write): what two operators running retain at once look like."""
+
+    lower: bytes | None = None
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        keys = list(keys)
+        if self.lower is not None and keys:
+            marker, self.lower = self.lower, None
+            self.put_bytes(keys[0].rsplit("/", 1)[0] + "/_retained", marker)
+        return super().delete_many(keys)
+
+
+def test_a_concurrent_retain_never_leaves_the_marker_below_what_was_deleted(
+    tmp_path: Path, state: RedisState, ttid: TenantTimelineId
+) -> None:
+    """A restore takes a missing segment below the marker for retained, and
+    one above it, which the ledger records, for lost: the marker must end at
+    least at what this retain deleted."""
+    storage = RacedRetain(tmp_path / "remote")
+    fill(storage, ttid, range(1, 13))
+    backed_up_to(state, ttid, 12)
+    storage.lower = marker_bytes(Lsn(3 * SEG), SEG)
+    plan = plan_retain(storage, state, ttid, name(8), keep_segments=1, default_seg_size=SEG)
+    retain(storage, state, plan)
+    assert storage.lower is None  # the other retain did write meanwhile
+    assert read_archive_start(storage, ttid) == Lsn(8 * SEG)
