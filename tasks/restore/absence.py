@@ -42,8 +42,10 @@ def lost(
     whether the timeline has ledger pages near it. With ``warn_only``, a
     loss is a warning and the restore goes on as at the archive's end.
     Raises storage errors."""
-    recorded = check.recorded(segment) if check is not None else None
-    if check is None or recorded is None:
+    if check is None:
+        return None, False
+    recorded = check.recorded(segment)
+    if recorded is None:
         return None, False
     # Pages are written in order over committed segments only: a later page
     # where none covers the segment (a page removed with it) records it too.
@@ -56,9 +58,7 @@ def lost(
         f"ledger ({where}) records it as archived: the archive lost it"
     )
     if check.warn_only:
-        print(
-            f"walbackup: warning: {message}; WALBACKUP_RESTORE_LEDGER_CHECK=warn", file=sys.stderr
-        )
+        check.warn(f"{message}; WALBACKUP_RESTORE_LEDGER_CHECK=warn: taken as the end")
         return None, True
     return SegmentLost(
         f"{message}, and a restore cannot go on past it. `walbackup verify` lists every such "

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tasks.config import Settings
     from tasks.core.ids import TenantTimelineId
     from tasks.restore.ledger_check import LedgerCheck
-    from tasks.storage.base import Hasher, RemoteStorage
+    from tasks.storage.base import RemoteStorage
 
 
 def validate_segment_name(name: str) -> str:
@@ -123,29 +123,22 @@ def _fetch_key(
     name: str,
     check: LedgerCheck | None,
 ) -> int:
-    """Copy; ``check`` judges the bytes read before a file ``dest`` appears.
-    Its lookup starts once the object is found: a miss costs no LIST."""
+    """Copy; ``check`` judges the bytes read before a file ``dest`` appears
+    (on stdout they are out already: the exit status says). Its lookup
+    starts once the object is found: a miss costs no LIST."""
+    with storage.open_read(key, offset) as stream:
+        if check is not None:
+            check.look_up(name)
+        if dest == "-":
+            return _copy(stream, sys.stdout.buffer, name, check)
+        with atomic_write(dest) as out:
+            return _copy(stream, out, name, check)  # raising leaves no DEST
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, name: str, check: LedgerCheck | None) -> int:
     from tasks.storage.base import Hasher
 
-    with storage.open_read(key, offset) as stream:
-        if check is None:
-            if dest == "-":
-                return _copy(stream, sys.stdout.buffer, None)
-            with atomic_write(dest) as out:
-                return _copy(stream, out, None)
-        check.look_up(name)
-        hasher = Hasher(md5=False)
-        if dest == "-":
-            total = _copy(stream, sys.stdout.buffer, hasher)
-            check.check(name, hasher.digest())  # the bytes are out: the exit status says
-            return total
-        with atomic_write(dest) as out:
-            total = _copy(stream, out, hasher)
-            check.check(name, hasher.digest())  # raising here leaves no DEST
-            return total
-
-
-def _copy(src: BinaryIO, dst: BinaryIO, hasher: Hasher | None) -> int:
+    hasher = Hasher(md5=False) if check is not None else None
     total = 0
     while chunk := src.read(CHUNK_BYTES):
         dst.write(chunk)
@@ -153,6 +146,8 @@ def _copy(src: BinaryIO, dst: BinaryIO, hasher: Hasher | None) -> int:
             hasher.update(chunk)
         total += len(chunk)
     dst.flush()
+    if check is not None and hasher is not None:
+        check.check(name, hasher.digest())
     return total
 
 

@@ -147,7 +147,7 @@ class LedgerCheck:
             "archived"
         )
         if self.warn_only:
-            self._warn(f"{message}; served as WALBACKUP_RESTORE_LEDGER_CHECK=warn says")
+            self.warn(f"{message}; served as WALBACKUP_RESTORE_LEDGER_CHECK=warn says")
             return
         raise ChecksumMismatch(
             f"{message}: not restored. `walbackup verify --deep` lists every such segment; "
@@ -178,7 +178,7 @@ class LedgerCheck:
             )
         if not self.warn_only:
             raise error
-        self._warn(f"{error}; WALBACKUP_RESTORE_LEDGER_CHECK=warn: served")
+        self.warn(f"{error}; WALBACKUP_RESTORE_LEDGER_CHECK=warn: served")
 
     def _archive_seg_size(self) -> int | None:
         """The segment size the timeline's first ledger page was written for;
@@ -266,9 +266,10 @@ class LedgerCheck:
         message = f"segment {name}: {why}: checked by the storage's checksum only"
         if self.strict:
             raise LedgerConflict(message)
-        self._warn(message)
+        self.warn(message)
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """``walbackup: warning: MESSAGE`` on stderr, once per kind of message."""
         key = message.split(":", 1)[1]  # once per kind, not per segment
         with self._lock:
             if key in self._warned:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_pre
 from tasks.storage.base import digest_segment_file
 from tests.cluster import wait_for
 from tests.fixtures_s3 import MotoServer, s3_client
+from tests.integration.test_fetch import fetch as fetch_process
 from tests.servers import env_without_walbackup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -70,21 +70,10 @@ def fetch_env(url: str, endpoint: str, data_dir: Path) -> dict[str, str]:
     }
 
 
-def run_fetch(env: dict[str, str], ttid: TenantTimelineId, segno: int, to: Path | str):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tasks.cli",
-            "fetch",
-            str(ttid),
-            xlog_file_name(segno, SEG),
-            str(to),
-        ],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+def run_fetch(
+    env: dict[str, str], ttid: TenantTimelineId, segno: int, to: Path | str
+) -> subprocess.CompletedProcess[bytes]:
+    return fetch_process(env, str(ttid), xlog_file_name(segno, SEG), str(to))
 
 
 def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(

@@ -32,6 +32,7 @@ from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_pre
 from tasks.storage.local import LocalStorage
 from tests.cluster import SEG_SIZE, Cluster, wait_for
 from tests.fixtures_s3 import MotoServer, s3_client
+from tests.integration.test_fetch import fetch
 
 pytestmark = pytest.mark.integration
 
@@ -316,22 +317,8 @@ def test_the_pipeline_keeps_a_ledger_that_the_scrubber_and_verify_check(
     fetch_env = env | {"WALBACKUP_DATA_DIR": str(tmp_path / "restore")}
     dest = tmp_path / "RECOVERYXLOG"
     for segno, code in ((6, 0), (7, 202)):
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tasks.cli",
-                "fetch",
-                str(ttid),
-                xlog_file_name(segno, SEG_SIZE),
-                str(dest),
-            ],
-            env=fetch_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = fetch(fetch_env, str(ttid), xlog_file_name(segno, SEG_SIZE), str(dest))
         assert run.returncode == code, run.stderr
         if code == 0:
             dest.unlink()  # as PostgreSQL moves it
-    assert "is not the one archived" in run.stderr and not dest.exists()
+    assert b"is not the one archived" in run.stderr and not dest.exists()
