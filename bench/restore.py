@@ -212,7 +212,7 @@ def _baseline(
 
 def _wait_prefetcher_gone(data_dir: Path, timeout_s: float = 15) -> bool:
     """True if a prefetcher still holds a spool lock after ``timeout_s``."""
-    from tasks.restore.spool import LOCK_NAME, prefetcher_running
+    from tasks.restore.hit import LOCK_NAME, prefetcher_running
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

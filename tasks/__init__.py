@@ -4,10 +4,8 @@
 so that the pure modules under ``tasks.core`` never pull in Celery.
 """
 
-from typing import Any
 
-
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # no typing import: ``walbackup fetch`` loads this
     if name in ("app", "celery"):
         from tasks.app import app
 

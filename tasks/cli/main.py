@@ -1,17 +1,17 @@
 """The ``walbackup`` console entry: ``fetch`` is parsed here, everything else by typer.
 
 PostgreSQL runs ``walbackup fetch`` once per segment as its ``restore_command``:
-that path imports only the standard library and stdlib-only modules of ours
-(``tasks.restore.fetch``, ``.spool``, ``.formats``, ``tasks.fsutil``), never
-typer, rich or Celery (``tasks.cli.commands``); a spool miss loads the rest.
-``tests/unit/test_restore_fast_path.py`` checks this.
+a spool hit imports only ``sys`` here and ``tasks.restore.hit`` (six standard
+modules), never ``re``, ``typing``, typer, rich or Celery; a spool miss loads
+the rest (``tasks.restore.fetch``). ``tests/unit/test_restore_fast_path.py``
+checks this.
 """
 
 from __future__ import annotations
 
 import sys
 
-from tasks.restore.fetch import EXIT_INPUT, EXIT_OK, fail, run_fetch
+from tasks.restore.exits import EXIT_INPUT, EXIT_OK, fail
 
 _USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
 _HELP = f"""{_USAGE}
@@ -48,7 +48,21 @@ def fetch_main(argv: list[str]) -> int:
         return fail(EXIT_INPUT, f"--offset needs an integer; {_USAGE}")
     if len(args) != 3:
         return fail(EXIT_INPUT, _USAGE)
-    return run_fetch(args[0], args[1], args[2], offset)
+    ttid, segment, dest = args
+    tried = offset == 0 and dest != "-"
+    if tried:
+        # The spool only saves time: whatever fails here, fetch directly
+        # (a traceback would exit 1, which PostgreSQL reads as "not archived").
+        try:
+            from tasks.restore.hit import try_serve
+
+            if try_serve(ttid, segment, dest):
+                return EXIT_OK
+        except Exception:  # the direct fetch below says what is wrong
+            pass
+    from tasks.restore.fetch import run_fetch
+
+    return run_fetch(ttid, segment, dest, offset, spool_tried=tried)
 
 
 def main() -> None:

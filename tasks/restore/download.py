@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import SegmentFileError
+from tasks.restore.hit import DOWNLOAD_PREFIX, spooled_name
 from tasks.restore.ledger_check import LedgerCheck
-from tasks.restore.spool import DOWNLOAD_PREFIX, spooled_name
 from tasks.storage.base import CHUNK_BYTES, Hasher, RemoteStorage, segment_key
 
 

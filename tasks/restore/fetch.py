@@ -19,6 +19,15 @@ import time
 from typing import TYPE_CHECKING
 
 from tasks.fsutil import atomic_write
+from tasks.restore.exits import (
+    EXIT_CHECKSUM,
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_STORAGE,
+    fail,
+)
 from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, HISTORY_RE, PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
@@ -151,35 +160,23 @@ def _copy(src: BinaryIO, dst: BinaryIO, name: str, check: LedgerCheck | None) ->
     return total
 
 
-# Exit codes of ``walbackup fetch``, our own: barman-cloud's 2 is a network
-# error and 3 a CLI error, the other way round. PostgreSQL only tells 0
-# (restored) from the rest.
-# PostgreSQL reads a restore_command exit status of 1..125 as "not in the
-# archive" (recovery then ends there: a PITR would stop early, at the wrong
-# LSN) and one above 125 as a failure that aborts recovery until someone looks.
-# So only a true absence is 1; every other failure stops the recovery.
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1  # the archive (reachable) has no such file
-EXIT_INPUT = 200  # a bad timeline id, file name, offset, setting or command line
-EXIT_STORAGE = 201  # remote storage unreachable, refusing us, or its bucket/directory missing
-EXIT_CHECKSUM = 202  # the object read is not what was archived, or a segment archived is gone
-EXIT_OTHER = 203
-
-
-def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
+def run_fetch(
+    ttid: str, segment: str, dest: str, offset: int = 0, *, spool_tried: bool = False
+) -> int:
     """``walbackup fetch``: an exit code, and a one-line message on failure.
+    ``spool_tried``: the caller found the segment not in the spool already.
 
     Whatever goes wrong, never 1 (and never a traceback, whose exit status
     is 1): an error nobody foresaw, ours or a library's, is 203."""
     try:
-        return _run_fetch(ttid, segment, dest, offset)
+        return _run_fetch(ttid, segment, dest, offset, spool_tried)
     except Exception as exc:
         return fail(EXIT_OTHER, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
-    if offset == 0 and dest != "-":
-        from tasks.restore.spool import try_serve
+def _run_fetch(ttid: str, segment: str, dest: str, offset: int, spool_tried: bool) -> int:
+    if offset == 0 and dest != "-" and not spool_tried:
+        from tasks.restore.hit import try_serve
 
         if try_serve(ttid, segment, dest):
             return EXIT_OK
@@ -281,9 +278,3 @@ def _warn_no_spool(settings: Settings, exc: Exception) -> None:
         "WALBACKUP_DATA_DIR to a directory this user can write",
         file=sys.stderr,
     )
-
-
-def fail(code: int, message: str) -> int:
-    """Print ``walbackup: MESSAGE`` on stderr, on one line; returns ``code``."""
-    print(f"walbackup: {' '.join(message.splitlines())}", file=sys.stderr)
-    return code

@@ -28,15 +28,9 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import parse_xlog_file_name, validate_seg_size, xlog_file_name
 from tasks.errors import ChecksumMismatch, NotFound
 from tasks.restore.download import download_to_spool
+from tasks.restore.hit import TMP_PREFIX, parse_spooled, prefetcher_running
 from tasks.restore.ledger_check import LOOKAHEAD, LedgerCheck
-from tasks.restore.spool import (
-    SPOOLED_RE,
-    TMP_PREFIX,
-    prefetch_lock,
-    prefetcher_running,
-    read_want,
-    settings_spool_dir,
-)
+from tasks.restore.spool import prefetch_lock, read_want, settings_spool_dir
 from tasks.storage.base import RemoteStorage
 
 IDLE_EXIT_S = 5.0
@@ -134,8 +128,8 @@ class Prefetcher:
                 if everything:
                     Path(entry.path).unlink(missing_ok=True)
                 continue
-            match = SPOOLED_RE.fullmatch(entry.name)
-            if match is not None and (everything or self._behind(match.group(1))):
+            spooled = parse_spooled(entry.name)
+            if spooled is not None and (everything or self._behind(spooled[0])):
                 Path(entry.path).unlink(missing_ok=True)
         if everything:
             self.spooled.clear()

@@ -24,7 +24,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.retention import RETAINED_MARKER, marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.restore.absence import LOST_RECHECK_S
-from tasks.restore.spool import LOCK_NAME, prefetcher_running, remote_id
+from tasks.restore.hit import LOCK_NAME, prefetcher_running, remote_id
 from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
 from tasks.storage.base import digest_segment_file
 from tests.cluster import wait_for

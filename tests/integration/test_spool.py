@@ -17,7 +17,7 @@ import pytest
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import xlog_file_name
-from tasks.restore.spool import LOCK_NAME, TMP_PREFIX, prefetcher_running, remote_id
+from tasks.restore.hit import LOCK_NAME, TMP_PREFIX, prefetcher_running, remote_id
 from tasks.storage import open_storage, segment_key
 from tests.cluster import wait_for
 from tests.fixtures_s3 import MotoServer
