@@ -1,10 +1,10 @@
 """``walbackup fetch``: a segment from remote storage to a file or stdout (``read_object``).
 
-Written to be usable as PostgreSQL's ``restore_command``: the destination file
-appears only complete (``tasks.fsutil.atomic_write``: temp file, fsync,
-rename, directory fsync), never torn. PostgreSQL runs it once per segment, so
-the common case — the segment is in the restore spool (``tasks.restore.spool``)
-— loads nothing beyond the standard library and our stdlib-only modules; a
+Written to be usable as PostgreSQL's ``restore_command``: the destination
+file appears only complete, never torn (``tasks.fsutil.atomic_write``: temp
+file, fsync, rename, directory fsync). PostgreSQL runs it once per segment, so
+the common case, a segment the restore spool holds, is served before this
+module is even imported (``tasks.restore.hit``, from ``tasks.cli.main``); a
 miss loads the settings and the storage client, fetches directly, and starts
 the prefetcher that fills the spool (``tasks.restore.prefetch``).
 """

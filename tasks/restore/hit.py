@@ -178,7 +178,9 @@ def try_serve(ttid: str, segment: str, dest: str) -> bool:
 
 def _serve(spool: str, name: str, dest: str) -> bool:
     """Move the spool file ``name`` to ``dest`` if its size, age and CRC-32
-    are right (else delete it); the move is durable once this returns."""
+    are right (else delete it). The rename is durable once this returns, the
+    bytes once the OS writes them back: the prefetcher does not fsync a cache,
+    and PostgreSQL fsyncs what it keeps of a restored file itself."""
     parsed = parse_spooled(name)
     if parsed is None:
         return False

@@ -173,16 +173,22 @@ def test_corrupt_or_partial_spool_files_are_never_served(tmp_path: Path) -> None
     (restore.spool / f"{names[1]}.{SEG}.{zlib.crc32(segments[names[1]]):08x}").write_bytes(short)
     # A download in progress that no live prefetcher owns.
     (restore.spool / f"{TMP_PREFIX}dl.{names[2]}.x").write_bytes(short)
+    # What a machine that stopped before write-back leaves of a published
+    # file (the prefetcher does not fsync its cache): zeros, or nothing.
+    (restore.spool / f"{names[4]}.{SEG}.{zlib.crc32(segments[names[4]]):08x}").write_bytes(
+        bytes(SEG)
+    )
+    (restore.spool / f"{names[5]}.{SEG}.{zlib.crc32(segments[names[5]]):08x}").write_bytes(b"")
     # Another remote's spool holding wrong bytes under the right name.
     elsewhere = restore.data_dir / "spool" / remote_id("file:///elsewhere", None) / str(ttid)
     elsewhere.mkdir(parents=True)
     (elsewhere / f"{names[3]}.{SEG}.{zlib.crc32(garbage):08x}").write_bytes(garbage)
 
-    for name in names[:4]:
+    for name in names[:6]:
         run = restore.fetch(name)
         assert run.returncode == 0, run.stderr
         assert Path(restore.dest).read_bytes() == segments[name]
         os.unlink(restore.dest)
-    assert not list(restore.spool.glob(f"{names[0]}.*"))  # the bad files were deleted
-    assert not list(restore.spool.glob(f"{names[1]}.*"))
+    for name in (names[0], names[1], names[4], names[5]):  # the bad files were deleted
+        assert not list(restore.spool.glob(f"{name}.{SEG}.*")), name
     wait_for(restore.prefetcher_gone, 60, "the prefetcher to exit")

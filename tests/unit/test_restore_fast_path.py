@@ -249,3 +249,32 @@ def test_a_spool_is_named_after_its_remote_and_endpoint() -> None:
     assert remote_id("s3://wal/p", None) == "s3%3A%2F%2Fwal%2Fp"  # no trailing "%20"
     assert remote_id("s3://wal/p", "http://h:9000") == "s3%3A%2F%2Fwal%2Fp%20http%3A%2F%2Fh%3A9000"
     assert remote_id("s3://" + "w" * 300, None).startswith("sha256-")
+
+
+@pytest.mark.parametrize("left", ["empty", "zeros", "half"])
+def test_a_hit_never_serves_what_a_crash_before_write_back_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str
+) -> None:
+    """The prefetcher does not fsync its spool: after a crash a published
+    name may hold nothing, zeros or part of the bytes. The hit's CRC-32 and
+    size checks delete such a file and report a miss (the caller then fetches
+    directly); the good file beside it is served."""
+    data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
+    monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
+    monkeypatch.delenv("WALBACKUP_CONFIG_FILE", raising=False)
+    monkeypatch.delenv("WALBACKUP_S3_ENDPOINT_URL", raising=False)
+    spool = data_dir / "spool" / remote_id(remote, None) / TTID
+    spool.mkdir(parents=True)
+    body = os.urandom(1 << 16)
+    damaged = {"empty": b"", "zeros": bytes(len(body)), "half": body[: len(body) // 2]}[left]
+    bad = spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))
+    bad.write_bytes(damaged)
+    other = "000000010000000000000003"
+    (spool / spooled_name(other, len(body), zlib.crc32(body))).write_bytes(body)
+    dest = tmp_path / "RECOVERYXLOG"
+
+    assert hit.try_serve(TTID, SEGMENT, str(dest)) is False
+    assert not bad.exists() and not dest.exists()
+    assert hit.try_serve(TTID, other, str(dest)) is True
+    assert dest.read_bytes() == body
