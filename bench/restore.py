@@ -43,6 +43,8 @@ from tests.servers import env_without_walbackup
 
 SEG_SIZE = 16 * MIB
 BAR_SEG_S = 15.0
+RAISED_GOAL_SEG_S = 30.0
+"""SPEC §8, "Raised goals (turn 2)"."""
 BUCKET = "walbackup-bench-restore"
 
 BASELINE = """
@@ -158,15 +160,20 @@ def main() -> None:
     # The rate of restore_command itself: the time between calls (PostgreSQL
     # replaying; here, checking the bytes) is not the command's.
     ours, baseline = n / sum(calls), n / sum(base_calls)
+    # After the first call (a direct fetch: imports, settings, client, and the
+    # prefetcher's start), which a long recovery pays once.
+    steady = (n - 1) / sum(calls[1:])
     print("calls ms:", " ".join(f"{c * 1000:.0f}" for c in calls))
     calls_ms = sorted(c * 1000 for c in calls)
     table(
         f"restore: {n} segments of 16 MiB from moto S3, one process per segment",
-        ["what", "wall s", "calls s", "segments/s", "median call ms", "slowest call ms"],
+        ["what", "wall s", "calls s", "segments/s", "after the first", "first call ms",
+         "median call ms", "slowest call ms"],
         [
-            [f"walbackup fetch (prefetch {args.prefetch})", ours_s, sum(calls), ours,
-             calls_ms[n // 2], calls_ms[-1]],
+            [f"walbackup fetch (prefetch {args.prefetch})", ours_s, sum(calls), ours, steady,
+             calls[0] * 1000, calls_ms[n // 2], calls_ms[-1]],
             ["python -c boto3 download_file", base_s, sum(base_calls), baseline,
+             (n - 1) / sum(base_calls[1:]), base_calls[0] * 1000,
              sorted(base_calls)[n // 2] * 1000, max(base_calls) * 1000],
         ],
     )  # fmt: skip
@@ -177,9 +184,13 @@ def main() -> None:
         unit="segments/s",
         bar=f">= {BAR_SEG_S:.0f} segments/s",
         met=ours >= BAR_SEG_S,
+        raised_goal=f">= {RAISED_GOAL_SEG_S:.0f} segments/s",
+        raised_goal_met=ours >= RAISED_GOAL_SEG_S,
         segments=n,
         prefetch=args.prefetch,
         median_call_ms=round(calls_ms[n // 2], 2),
+        first_call_ms=round(calls[0] * 1000, 1),
+        steady_seg_s=round(steady, 2),
         prefetcher_left_running=left,
     )
 
