@@ -69,10 +69,14 @@ from tasks.storage.base import RemoteStorage, segment_key
 
 log = logging.getLogger("walbackup.node")
 
-CHAIN_BUDGET_S = 1.0
+CHAIN_BUDGET_S = 3.0
 """How long one ``upload_segment`` task keeps uploading the segments that its
 commits claim, before it sends them to the queue instead: a Celery task per
-segment costs more CPU than uploading a small segment (bench/overhead.py)."""
+segment costs more CPU than uploading a small segment (bench/overhead.py),
+and a 16 MiB upload takes most of a second (at 1 s nearly every one was a
+task of its own; 3 s: 0.75 – 0.79 of the boto3 pool at P = 8 against 0.63
+– 0.72, bench/README.md). Fencing is not delayed by it: every chained
+commit checks the lease token."""
 
 HANDOFF_WAIT_MIN_S = 0.05
 HANDOFF_WAIT_MAX_S = 0.25

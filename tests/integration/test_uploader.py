@@ -12,6 +12,7 @@ of uploads."""
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -194,16 +195,17 @@ def test_backup_claims_the_window_and_sends_it(harness: Harness) -> None:
 
 
 def test_a_task_chains_the_segments_its_commits_claim_until_its_budget(
-    make_harness: Callable[..., Harness],
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """parallel_jobs 1: each commit claims exactly the next segment. The task
-    uploads 1, 2, 3 (0.4 s each of its 1 s budget) and sends 4, claimed by
+    uploads 1, 2, 3 (each taking 0.4 of its budget) and sends 4, claimed by
     the commit of 3 after the budget ran out."""
+    assert jobs.CHAIN_BUDGET_S is uploader_module.CHAIN_BUDGET_S  # the budget jobs.py uses
+    monkeypatch.setattr(sys.modules[__name__], "UPLOAD_S", 0.4 * jobs.CHAIN_BUDGET_S)
     harness = make_harness(1)
     token = harness.start_window()
     assert harness.sent_segnos() == [1]
     harness.sent.clear()
-    assert uploader_module.CHAIN_BUDGET_S == 1.0  # the budget jobs.py uses
     assert jobs.upload_segment(harness.ttid, 1, SEG, token) == "committed"
     assert harness.storage.uploaded == [1, 2, 3]
     assert harness.sent == [(harness.ttid, 4, SEG, token, 0)]
