@@ -1,6 +1,7 @@
 """Durable file writes: a file appears complete or not at all, and survives a crash.
 
-Standard library only: the fast path of ``walbackup fetch`` imports this.
+Standard library only: ``walbackup fetch`` imports this before it loads its
+settings (a spool hit does not, but for a spool on another file system).
 """
 
 from __future__ import annotations

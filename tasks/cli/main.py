@@ -2,16 +2,16 @@
 
 PostgreSQL runs ``walbackup fetch`` once per segment as its ``restore_command``:
 a spool hit imports only ``sys`` here and ``tasks.restore.hit`` (six standard
-modules), never ``re``, ``typing``, typer, rich or Celery; a spool miss loads
-the rest (``tasks.restore.fetch``). ``tests/unit/test_restore_fast_path.py``
-checks this.
+modules, when the settings come from the environment), never typer, rich or
+Celery; a spool miss loads the rest (``tasks.restore.fetch``).
+``tests/unit/test_restore_fast_path.py`` checks this.
 """
 
 from __future__ import annotations
 
 import sys
 
-from tasks.restore.exits import EXIT_INPUT, EXIT_OK, fail
+from tasks.restore.exits import EXIT_INPUT, EXIT_OK, EXIT_OTHER, fail
 
 _USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
 _HELP = f"""{_USAGE}
@@ -60,8 +60,10 @@ def fetch_main(argv: list[str]) -> int:
                 return EXIT_OK
         except Exception:  # the direct fetch below says what is wrong
             pass
-    from tasks.restore.fetch import run_fetch
-
+    try:
+        from tasks.restore.fetch import run_fetch
+    except Exception as exc:  # a traceback exits 1: "not archived" to PostgreSQL
+        return fail(EXIT_OTHER, f"cannot load walbackup fetch: {type(exc).__name__}: {exc}")
     return run_fetch(ttid, segment, dest, offset, spool_tried=tried)
 
 

@@ -28,12 +28,10 @@ def download_to_spool(
     records (``check``, if given: else ``ChecksumMismatch``). Its name carries the CRC-32
     a hit re-checks, known only at the end: hence a plain temp file and rename
     (``tasks.fsutil.atomic_write`` needs the name first). The spool is a
-    cache, so nothing is fsynced: a file the page cache had not written back
-    when the machine stopped fails the CRC-32 that a hit checks, and is
-    fetched directly instead (a started prefetcher deletes all it finds
-    anyway). PostgreSQL makes what it keeps of a restored file durable
-    itself; the rest it deletes, often before write-back, so most spooled
-    bytes never reach the disk."""
+    cache: no directory fsync. The file is fsynced, though, here in the
+    background: PostgreSQL fsyncs every segment it restores
+    (``durable_rename``), on its recovery's critical path, where 16 MiB not
+    yet written back cost 30 – 45 ms here against ~1.5 ms."""
     tmp = spool / f"{DOWNLOAD_PREFIX}{name}.{uuid.uuid4().hex}"
     try:
         crc = 0
@@ -51,6 +49,8 @@ def download_to_spool(
                 )
             if check is not None:
                 check.check(name, hasher.digest())
+            out.flush()
+            os.fsync(out.fileno())
         final = spool / spooled_name(name, seg_size, crc)
         os.rename(tmp, final)
         return final

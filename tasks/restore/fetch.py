@@ -11,13 +11,14 @@ the prefetcher that fills the spool (``tasks.restore.prefetch``).
 
 from __future__ import annotations
 
-# Only what loads fast at the top: a spool hit needs nothing else.
 import contextlib
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from tasks.core.segments import HISTORY_NAME_RE, PARTIAL_SUFFIX, SEGMENT_NAME_RE
 from tasks.fsutil import atomic_write
 from tasks.restore.exits import (
     EXIT_CHECKSUM,
@@ -28,7 +29,7 @@ from tasks.restore.exits import (
     EXIT_STORAGE,
     fail,
 )
-from tasks.restore.formats import CHUNK_BYTES, FETCHABLE_RE, HISTORY_RE, PARTIAL_SUFFIX
+from tasks.storage.base import CHUNK_BYTES
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from tasks.core.ids import TenantTimelineId
     from tasks.restore.ledger_check import LedgerCheck
     from tasks.storage.base import RemoteStorage
+
+FETCHABLE_RE = re.compile(
+    rf"{SEGMENT_NAME_RE.pattern}(?:{re.escape(PARTIAL_SUFFIX)})?|{HISTORY_NAME_RE.pattern}"
+)
+"""What ``walbackup fetch`` accepts: a segment name, one with ``.partial``, a history file."""
 
 
 def validate_segment_name(name: str) -> str:
@@ -79,7 +85,6 @@ def fetch_or_partial(
     from tasks.core.partials import newest_name, partial_prefix
     from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
     from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
-    from tasks.restore.formats import SEGMENT_RE
     from tasks.storage.base import segment_key, timeline_prefix
 
     if offset < 0:
@@ -97,7 +102,7 @@ def fetch_or_partial(
             reread = False  # once more: a scrubber may be putting the archived bytes back
             continue
         except NotFound:
-            if SEGMENT_RE.fullmatch(segment) is None:
+            if SEGMENT_NAME_RE.fullmatch(segment) is None:
                 raise
         gone, paged = lost(storage, ttid, segment, check)
         if gone is not None:
@@ -210,7 +215,7 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int, spool_tried: boo
             check = LedgerCheck(storage, parsed, settings.wal_seg_size, warn_only=warn_only)
         written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check)
     except NotFound:
-        if HISTORY_RE.fullmatch(segment):
+        if HISTORY_NAME_RE.fullmatch(segment):
             return EXIT_NOT_FOUND  # recovery probes for newer timelines: quiet
         return fail(
             EXIT_NOT_FOUND, f"segment {segment} of timeline {ttid} not found in remote storage"
@@ -228,7 +233,7 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int, spool_tried: boo
     except (WalBackupError, OSError) as exc:
         return fail(EXIT_OTHER, str(exc))
     # Segments only: nothing follows a partial, and a history file's size is no seg size.
-    if offset == 0 and dest != "-" and partial is None and not HISTORY_RE.fullmatch(segment):
+    if offset == 0 and dest != "-" and partial is None and not HISTORY_NAME_RE.fullmatch(segment):
         _start_prefetch(settings, storage, str(parsed), segment, written)
     return EXIT_OK
 

@@ -29,7 +29,7 @@ from functools import partial
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LEDGER_DIR, PAGE_MAX_SEGMENTS, LedgerEntry
-from tasks.core.segments import PG_TLI, parse_xlog_file_name, validate_seg_size
+from tasks.core.segments import PG_TLI, SEGMENT_NAME_RE, parse_xlog_file_name, validate_seg_size
 from tasks.errors import (
     AccessDenied,
     ChecksumMismatch,
@@ -37,7 +37,6 @@ from tasks.errors import (
     LedgerConflict,
     Retryable,
 )
-from tasks.restore.formats import SEGMENT_RE
 from tasks.storage.base import RemoteStorage, SegmentDigest, timeline_prefix
 from tasks.storage.ledger_pages import LedgerPages, PageRef
 
@@ -126,7 +125,7 @@ class LedgerCheck:
         (their ``digest``) are what the ledger records, where it records them."""
         with self._lock:
             pending = self._pending.pop(name, None)
-        if digest.size != self.seg_size and SEGMENT_RE.fullmatch(name):
+        if digest.size != self.seg_size and SEGMENT_NAME_RE.fullmatch(name):
             self._wrong_size(name, digest.size)
         # The setting, then (``warn_only``) the object's own size where it
         # differs: a name may even be no segment under the setting's size.

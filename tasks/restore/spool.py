@@ -17,7 +17,7 @@ keeps a spool per timeline:
 Layout: ``DATA_DIR/spool/REMOTE_ID/TENANT/TIMELINE/`` where ``REMOTE_ID`` names
 the remote storage URL and endpoint (``tasks.restore.hit.remote_id``), so a spool never serves
 what another remote stored. A spooled segment is published by an atomic
-rename as ``NAME.SIZE.CRC32`` only once complete, checked and exactly
+rename as ``NAME.SIZE.CRC32`` only once complete, fsynced and exactly
 ``wal_seg_size`` bytes; a hit re-checks size and CRC-32 before serving it, so a
 partial, truncated or corrupt file is deleted, never served. Served files
 leave the spool (they are moved). A file older than ``hit.MAX_AGE_S`` is not

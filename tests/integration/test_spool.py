@@ -173,8 +173,7 @@ def test_corrupt_or_partial_spool_files_are_never_served(tmp_path: Path) -> None
     (restore.spool / f"{names[1]}.{SEG}.{zlib.crc32(segments[names[1]]):08x}").write_bytes(short)
     # A download in progress that no live prefetcher owns.
     (restore.spool / f"{TMP_PREFIX}dl.{names[2]}.x").write_bytes(short)
-    # What a machine that stopped before write-back leaves of a published
-    # file (the prefetcher does not fsync its cache): zeros, or nothing.
+    # Zeros, or nothing, under a published name.
     (restore.spool / f"{names[4]}.{SEG}.{zlib.crc32(segments[names[4]]):08x}").write_bytes(
         bytes(SEG)
     )

@@ -1,7 +1,6 @@
 """The fast path of ``walbackup fetch``: a spool hit loads only a few standard
-modules and ``tasks.restore.hit``, and the copies it keeps of the core's
-formats (``tasks.restore.formats``, the string checks of ``hit``) judge as
-the originals do."""
+modules and ``tasks.restore.hit``, whose string checks judge names as the
+core's patterns do; and what ``fetch`` accepts."""
 
 from __future__ import annotations
 
@@ -19,9 +18,9 @@ from hypothesis import strategies as st
 
 from tasks.core import ids, segments
 from tasks.errors import InvalidInput
-from tasks.restore import exits, formats, hit
+from tasks.restore import exits, hit
+from tasks.restore.fetch import FETCHABLE_RE
 from tasks.restore.hit import remote_id, spooled_name
-from tasks.storage import base
 from tests.servers import env_without_walbackup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,29 +138,20 @@ def _core_accepts_ttid(text: str) -> bool:
     return True
 
 
-def test_the_copied_constants_equal_the_core_ones() -> None:
-    assert formats.SEGMENT_RE.pattern == segments.SEGMENT_NAME_RE.pattern
-    assert formats.TTID_RE.pattern == f"{ids._HEX32.pattern}/{ids._HEX32.pattern}"
-    assert formats.PARTIAL_SUFFIX == segments.PARTIAL_SUFFIX
-    assert formats.CHUNK_BYTES == base.CHUNK_BYTES
-
-
 def test_segment_names_are_judged_as_the_core_judges_them() -> None:
     for name in [*NAME_SAMPLES, segments.xlog_file_name(5, 1 << 24, tli=7)]:
         core = _core_accepts_name(name)
-        assert (formats.SEGMENT_RE.fullmatch(name) is not None) == core, name
         assert hit.is_segment_name(name) == core, name
         partial = name.endswith(segments.PARTIAL_SUFFIX) and _core_accepts_name(
             name.removesuffix(segments.PARTIAL_SUFFIX)
         )
-        assert (formats.FETCHABLE_RE.fullmatch(name) is not None) == (core or partial), name
+        assert (FETCHABLE_RE.fullmatch(name) is not None) == (core or partial), name
 
 
 @given(NAME_TEXT)
 def test_any_text_is_a_segment_name_for_both_or_neither(name: str) -> None:
-    assert (formats.SEGMENT_RE.fullmatch(name) is not None) == _core_accepts_name(name)
     assert hit.is_segment_name(name) == _core_accepts_name(name)
-    fetchable = formats.FETCHABLE_RE.fullmatch(name) is not None
+    fetchable = FETCHABLE_RE.fullmatch(name) is not None
     stem = name.removesuffix(segments.PARTIAL_SUFFIX)
     assert fetchable == _core_accepts_name(stem)
 
@@ -217,14 +207,12 @@ def ttid_texts(draw: st.DrawFn) -> str:
 
 @given(ttid_texts())
 def test_timeline_ids_are_judged_as_the_core_judges_them(text: str) -> None:
-    assert (formats.TTID_RE.fullmatch(text) is not None) == _core_accepts_ttid(text)
     assert hit.is_ttid(text) == _core_accepts_ttid(text)
 
 
 def test_timeline_id_samples() -> None:
     good = "0123456789abcdef" * 2 + "/" + "fedcba9876543210" * 2
     for text in [good, good.upper(), good + "\n", good[:-1], "../x", TTID, TTID + "/x", ""]:
-        assert (formats.TTID_RE.fullmatch(text) is not None) == _core_accepts_ttid(text), text
         assert hit.is_ttid(text) == _core_accepts_ttid(text), text
 
 
@@ -252,12 +240,12 @@ def test_a_spool_is_named_after_its_remote_and_endpoint() -> None:
 
 
 @pytest.mark.parametrize("left", ["empty", "zeros", "half"])
-def test_a_hit_never_serves_what_a_crash_before_write_back_left(
+def test_a_hit_never_serves_a_damaged_spool_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str
 ) -> None:
-    """The prefetcher does not fsync its spool: after a crash a published
-    name may hold nothing, zeros or part of the bytes. The hit's CRC-32 and
-    size checks delete such a file and report a miss (the caller then fetches
+    """A published name holding nothing, zeros or part of the bytes (a
+    disk, a crash or another program damaged it): the hit's CRC-32 and size
+    checks delete the file and report a miss (the caller then fetches
     directly); the good file beside it is served."""
     data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
     monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
@@ -278,3 +266,23 @@ def test_a_hit_never_serves_what_a_crash_before_write_back_left(
     assert not bad.exists() and not dest.exists()
     assert hit.try_serve(TTID, other, str(dest)) is True
     assert dest.read_bytes() == body
+
+
+def test_the_console_script_never_exits_1_when_it_cannot_load(tmp_path: Path) -> None:
+    """A package half-removed or broken under a running recovery: the
+    script says so and exits 203 (PostgreSQL stops), never 1 ("not
+    archived": recovery would end early) with a traceback."""
+    broken = tmp_path / "tasks"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise RuntimeError('half-removed')\n")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "walbackup"), "fetch", TTID, SEGMENT, "x"],
+        env=env_without_walbackup() | {"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == exits.EXIT_OTHER, run.stderr
+    assert run.stderr.count("\n") == 1 and "half-removed" in run.stderr
