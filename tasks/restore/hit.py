@@ -37,6 +37,8 @@ MAX_AGE_S = 600.0
 """A spooled file older than this is deleted instead of served."""
 IN_FLIGHT_WAIT_S = 30.0
 """How long a fetch waits for the prefetcher's download of its segment."""
+DEFAULT_SEG_SIZE = 16 * 1024 * 1024
+"""``Settings.wal_seg_size``'s default (a test keeps them equal)."""
 
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 _LOWER_HEX = frozenset("0123456789abcdef")
@@ -103,12 +105,15 @@ def spool_path(data_dir: str, remote_storage: str, s3_endpoint_url: str | None, 
     return os.path.join(data_dir, SPOOL_DIRNAME, remote_id(remote_storage, s3_endpoint_url), ttid)
 
 
-def _fast_config() -> tuple[str, str, str | None] | None:
-    """``(data_dir, remote_storage, s3_endpoint_url)`` as ``tasks.config``
-    resolves them (environment over TOML file over defaults), without
-    importing pydantic. ``None`` when unsure: the caller takes the slow path,
-    which validates properly. A disagreement can only cause a miss: the spool
-    directory is named after the remote."""
+def _fast_config() -> tuple[str, str, str | None, int] | None:
+    """``(data_dir, remote_storage, s3_endpoint_url, wal_seg_size)`` as
+    ``tasks.config`` resolves them (environment over TOML file over
+    defaults), without importing pydantic. ``None`` when unsure: the caller
+    takes the slow path, which validates properly. A disagreement can only
+    cause a miss: the spool directory is named after the remote, and a
+    spooled file of another size than the setting is not served (the slow
+    path says what is wrong). The other settings are not checked here: the
+    direct fetch that started the prefetcher validated them."""
     file_values: dict[str, object] = {}
     config_file = os.environ.get("WALBACKUP_CONFIG_FILE")
     if config_file:
@@ -133,12 +138,20 @@ def _fast_config() -> tuple[str, str, str | None] | None:
             os.path.expanduser("~"), ".local", "share"
         )
         data_dir = os.path.join(base, "walbackup")
+    seg = os.environ.get("WALBACKUP_WAL_SEG_SIZE")
+    if seg is None:
+        found = file_values.get("wal_seg_size", DEFAULT_SEG_SIZE)
+        seg_size = found if type(found) is int else None
+    else:
+        seg_size = int(seg) if seg and _DIGITS.issuperset(seg) else None
+    if seg_size is None:
+        return None
     remote = value("remote_storage")
     if not remote:
         from pathlib import Path  # only for the default file:// remote
 
         remote = (Path(data_dir) / "remote").resolve().as_uri()
-    return data_dir, remote, value("s3_endpoint_url")
+    return data_dir, remote, value("s3_endpoint_url"), seg_size
 
 
 # -- serving -------------------------------------------------------------------
@@ -153,7 +166,8 @@ def try_serve(ttid: str, segment: str, dest: str) -> bool:
     config = _fast_config()
     if config is None:
         return False
-    spool = spool_path(*config, ttid)
+    data_dir, remote, endpoint, seg_size = config
+    spool = spool_path(data_dir, remote, endpoint, ttid)
     prefix, downloading = segment + ".", f"{DOWNLOAD_PREFIX}{segment}."
     deadline = time.monotonic() + IN_FLIGHT_WAIT_S
     while True:
@@ -164,7 +178,7 @@ def try_serve(ttid: str, segment: str, dest: str) -> bool:
         for name in names:
             if name.startswith(prefix):
                 try:
-                    if _serve(spool, name, dest):
+                    if _serve(spool, name, dest, seg_size):
                         return True
                 except OSError:
                     continue
@@ -178,17 +192,21 @@ def try_serve(ttid: str, segment: str, dest: str) -> bool:
         time.sleep(0.005)
 
 
-def _serve(spool: str, name: str, dest: str) -> bool:
+def _serve(spool: str, name: str, dest: str, seg_size: int) -> bool:
     """Move the spool file ``name`` to ``dest`` if its size, age and CRC-32
-    are right (else delete it). The file was fsynced when it was spooled;
-    the rename is not: PostgreSQL's ``durable_rename`` of a restored file
-    fsyncs its directory, and a crash before that loses only the rename
-    (PostgreSQL asks again). An fsync here waited behind the prefetcher's
-    own (one journal): 33 – 40 ms a call instead of 44 – 47."""
+    are right (else delete it); one of another size than ``seg_size`` is
+    left alone (spooled under other settings: the slow path judges). The
+    file was fsynced when it was spooled; the rename is not: PostgreSQL's
+    ``durable_rename`` of a restored file fsyncs its directory, and a crash
+    before that loses only the rename (PostgreSQL asks again). An fsync here
+    waited behind the prefetcher's own (one journal): 33 – 40 ms a call
+    instead of 44 – 47."""
     parsed = parse_spooled(name)
     if parsed is None:
         return False
     _, size, crc = parsed
+    if size != seg_size:
+        return False
     path = os.path.join(spool, name)
     with open(path, "rb", buffering=0) as f:
         st = os.fstat(f.fileno())

@@ -67,13 +67,14 @@ def test_a_spool_hit_loads_only_the_standard_library_and_the_fast_modules(
     data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
     spool = data_dir / "spool" / remote_id(remote, None) / TTID
     spool.mkdir(parents=True)
-    body = os.urandom(4096)
+    body = os.urandom(1 << 20)
     (spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))).write_bytes(body)
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir()
     env = env_without_walbackup() | {
         "WALBACKUP_DATA_DIR": str(data_dir),
         "WALBACKUP_REMOTE_STORAGE": remote,
+        "WALBACKUP_WAL_SEG_SIZE": str(len(body)),
     }
 
     run = subprocess.run(
@@ -250,11 +251,12 @@ def test_a_hit_never_serves_a_damaged_spool_file(
     data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
     monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
     monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
+    monkeypatch.setenv("WALBACKUP_WAL_SEG_SIZE", str(1 << 20))
     monkeypatch.delenv("WALBACKUP_CONFIG_FILE", raising=False)
     monkeypatch.delenv("WALBACKUP_S3_ENDPOINT_URL", raising=False)
     spool = data_dir / "spool" / remote_id(remote, None) / TTID
     spool.mkdir(parents=True)
-    body = os.urandom(1 << 16)
+    body = os.urandom(1 << 20)
     damaged = {"empty": b"", "zeros": bytes(len(body)), "half": body[: len(body) // 2]}[left]
     bad = spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))
     bad.write_bytes(damaged)
@@ -286,3 +288,53 @@ def test_the_console_script_never_exits_1_when_it_cannot_load(tmp_path: Path) ->
     )
     assert run.returncode == exits.EXIT_OTHER, run.stderr
     assert run.stderr.count("\n") == 1 and "half-removed" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "file_setting", "served"),
+    [
+        (None, None, False),  # the default, 16 MiB
+        (str(16 << 20), None, False),
+        ("1048576", None, True),
+        (None, 1 << 20, True),  # from WALBACKUP_CONFIG_FILE
+        ("1 MiB", None, False),  # unsure: the slow path says what is wrong
+    ],
+)
+def test_a_hit_serves_only_a_segment_of_the_configured_size(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+    file_setting: int | None,
+    served: bool,
+) -> None:
+    """A segment spooled under other settings (1 MiB) is no hit for a call
+    whose WALBACKUP_WAL_SEG_SIZE says otherwise: the direct fetch then
+    exits 200 naming the sizes, as it would without a spool."""
+    data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
+    monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
+    monkeypatch.delenv("WALBACKUP_S3_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("WALBACKUP_WAL_SEG_SIZE", raising=False)
+    monkeypatch.delenv("WALBACKUP_CONFIG_FILE", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("WALBACKUP_WAL_SEG_SIZE", setting)
+    if file_setting is not None:
+        config = tmp_path / "walbackup.toml"
+        config.write_text(f"wal_seg_size = {file_setting}\n")
+        monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
+    spool = data_dir / "spool" / remote_id(remote, None) / TTID
+    spool.mkdir(parents=True)
+    body = os.urandom(1 << 20)
+    spooled = spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))
+    spooled.write_bytes(body)
+    dest = tmp_path / "RECOVERYXLOG"
+
+    assert hit.try_serve(TTID, SEGMENT, str(dest)) is served
+    assert dest.exists() is served
+    assert spooled.exists() is not served  # not deleted: it is no damaged file
+
+
+def test_the_hit_path_default_seg_size_is_the_settings() -> None:
+    from tasks.config import Settings
+
+    assert Settings.model_fields["wal_seg_size"].default == hit.DEFAULT_SEG_SIZE
