@@ -57,9 +57,9 @@ def fetch(
     stops recovery instead of ending it early): 200 bad input or setting,
     201 storage unreachable or missing, 202 checksum mismatch (DEST not
     created), 203 other."""
-    from tasks.restore.fetch import run_fetch
+    from tasks.restore.command import fetch as fetch_file
 
-    raise typer.Exit(run_fetch(ttid, segment, dest, offset))
+    raise typer.Exit(fetch_file(ttid, segment, dest, offset))
 
 
 for command in (trigger, status, forget, verify, retain, delete, simulate, demo):

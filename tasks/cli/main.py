@@ -1,9 +1,10 @@
 """The ``walbackup`` console entry: ``fetch`` is parsed here, everything else by typer.
 
 PostgreSQL runs ``walbackup fetch`` once per segment as its ``restore_command``:
-a spool hit imports only ``sys`` here and ``tasks.restore.hit`` (six standard
-modules, when the settings come from the environment), never typer, rich or
-Celery; a spool miss loads the rest (``tasks.restore.fetch``).
+a spool hit imports only ``sys`` here and ``tasks.restore.command`` and
+``.hit`` (six standard modules, when the settings come from the environment),
+never typer, rich or Celery; a spool miss loads the rest
+(``tasks.restore.fetch``).
 ``tests/unit/test_restore_fast_path.py`` checks this.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from tasks.restore.exits import EXIT_INPUT, EXIT_OK, EXIT_OTHER, fail
+from tasks.restore.command import fetch
+from tasks.restore.exits import EXIT_INPUT, EXIT_OK, fail
 
 _USAGE = "usage: walbackup fetch TTID SEGMENT DEST [--offset N]"
 _HELP = f"""{_USAGE}
@@ -48,23 +50,7 @@ def fetch_main(argv: list[str]) -> int:
         return fail(EXIT_INPUT, f"--offset needs an integer; {_USAGE}")
     if len(args) != 3:
         return fail(EXIT_INPUT, _USAGE)
-    ttid, segment, dest = args
-    tried = offset == 0 and dest != "-"
-    if tried:
-        # The spool only saves time: whatever fails here, fetch directly
-        # (a traceback would exit 1, which PostgreSQL reads as "not archived").
-        try:
-            from tasks.restore.hit import try_serve
-
-            if try_serve(ttid, segment, dest):
-                return EXIT_OK
-        except Exception:  # the direct fetch below says what is wrong
-            pass
-    try:
-        from tasks.restore.fetch import run_fetch
-    except Exception as exc:  # a traceback exits 1: "not archived" to PostgreSQL
-        return fail(EXIT_OTHER, f"cannot load walbackup fetch: {type(exc).__name__}: {exc}")
-    return run_fetch(ttid, segment, dest, offset, spool_tried=tried)
+    return fetch(args[0], args[1], args[2], offset)
 
 
 def main() -> None:

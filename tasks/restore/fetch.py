@@ -165,26 +165,20 @@ def _copy(src: BinaryIO, dst: BinaryIO, name: str, check: LedgerCheck | None) ->
     return total
 
 
-def run_fetch(
-    ttid: str, segment: str, dest: str, offset: int = 0, *, spool_tried: bool = False
-) -> int:
-    """``walbackup fetch``: an exit code, and a one-line message on failure.
-    ``spool_tried``: the caller found the segment not in the spool already.
+def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
+    """``walbackup fetch`` from remote storage, the spool not holding the
+    segment (``tasks.restore.command.fetch`` tries that first): an exit code, and
+    a one-line message on failure.
 
     Whatever goes wrong, never 1 (and never a traceback, whose exit status
     is 1): an error nobody foresaw, ours or a library's, is 203."""
     try:
-        return _run_fetch(ttid, segment, dest, offset, spool_tried)
+        return _run_fetch(ttid, segment, dest, offset)
     except Exception as exc:
         return fail(EXIT_OTHER, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _run_fetch(ttid: str, segment: str, dest: str, offset: int, spool_tried: bool) -> int:
-    if offset == 0 and dest != "-" and not spool_tried:
-        from tasks.restore.hit import try_serve
-
-        if try_serve(ttid, segment, dest):
-            return EXIT_OK
+def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
     from tasks.config import load_settings
     from tasks.core.ids import TenantTimelineId
     from tasks.errors import (

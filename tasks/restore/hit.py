@@ -125,33 +125,35 @@ def _fast_config() -> tuple[str, str, str | None, int] | None:
         except (OSError, ValueError):
             return None
 
-    def value(name: str) -> str | None:
+    def value(name: str) -> object:
         env = os.environ.get(f"WALBACKUP_{name.upper()}")
-        if env is not None:
-            return env
-        found = file_values.get(name)
+        return env if env is not None else file_values.get(name)
+
+    def text(name: str) -> str | None:
+        found = value(name)
         return found if isinstance(found, str) else None
 
-    data_dir = value("data_dir")
+    data_dir = text("data_dir")
     if data_dir is None:
         base = os.environ.get("XDG_DATA_HOME") or os.path.join(
             os.path.expanduser("~"), ".local", "share"
         )
         data_dir = os.path.join(base, "walbackup")
-    seg = os.environ.get("WALBACKUP_WAL_SEG_SIZE")
+    seg = value("wal_seg_size")
     if seg is None:
-        found = file_values.get("wal_seg_size", DEFAULT_SEG_SIZE)
-        seg_size = found if type(found) is int else None
+        seg_size = DEFAULT_SEG_SIZE
+    elif type(seg) is int:  # from the TOML file
+        seg_size = seg
+    elif isinstance(seg, str) and seg and _DIGITS.issuperset(seg):
+        seg_size = int(seg)
     else:
-        seg_size = int(seg) if seg and _DIGITS.issuperset(seg) else None
-    if seg_size is None:
         return None
-    remote = value("remote_storage")
+    remote = text("remote_storage")
     if not remote:
         from pathlib import Path  # only for the default file:// remote
 
         remote = (Path(data_dir) / "remote").resolve().as_uri()
-    return data_dir, remote, value("s3_endpoint_url"), seg_size
+    return data_dir, remote, text("s3_endpoint_url"), seg_size
 
 
 # -- serving -------------------------------------------------------------------

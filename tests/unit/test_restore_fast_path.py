@@ -34,6 +34,7 @@ OURS_ALLOWED = {
     "tasks.cli",
     "tasks.cli.main",
     "tasks.restore",
+    "tasks.restore.command",
     "tasks.restore.exits",
     "tasks.restore.hit",
 }
@@ -240,22 +241,29 @@ def test_a_spool_is_named_after_its_remote_and_endpoint() -> None:
     assert remote_id("s3://" + "w" * 300, None).startswith("sha256-")
 
 
+@pytest.fixture
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TTID's spool under a ``file://`` remote, set in the environment as a
+    hit reads it (no segment size: the default)."""
+    data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
+    monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
+    for name in ("CONFIG_FILE", "S3_ENDPOINT_URL", "WAL_SEG_SIZE"):
+        monkeypatch.delenv(f"WALBACKUP_{name}", raising=False)
+    path = data_dir / "spool" / remote_id(remote, None) / TTID
+    path.mkdir(parents=True)
+    return path
+
+
 @pytest.mark.parametrize("left", ["empty", "zeros", "half"])
 def test_a_hit_never_serves_a_damaged_spool_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str
+    tmp_path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch, left: str
 ) -> None:
     """A published name holding nothing, zeros or part of the bytes (a
     disk, a crash or another program damaged it): the hit's CRC-32 and size
     checks delete the file and report a miss (the caller then fetches
     directly); the good file beside it is served."""
-    data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
-    monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
     monkeypatch.setenv("WALBACKUP_WAL_SEG_SIZE", str(1 << 20))
-    monkeypatch.delenv("WALBACKUP_CONFIG_FILE", raising=False)
-    monkeypatch.delenv("WALBACKUP_S3_ENDPOINT_URL", raising=False)
-    spool = data_dir / "spool" / remote_id(remote, None) / TTID
-    spool.mkdir(parents=True)
     body = os.urandom(1 << 20)
     damaged = {"empty": b"", "zeros": bytes(len(body)), "half": body[: len(body) // 2]}[left]
     bad = spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))
@@ -302,6 +310,7 @@ def test_the_console_script_never_exits_1_when_it_cannot_load(tmp_path: Path) ->
 )
 def test_a_hit_serves_only_a_segment_of_the_configured_size(
     tmp_path: Path,
+    spool: Path,
     monkeypatch: pytest.MonkeyPatch,
     setting: str | None,
     file_setting: int | None,
@@ -310,20 +319,12 @@ def test_a_hit_serves_only_a_segment_of_the_configured_size(
     """A segment spooled under other settings (1 MiB) is no hit for a call
     whose WALBACKUP_WAL_SEG_SIZE says otherwise: the direct fetch then
     exits 200 naming the sizes, as it would without a spool."""
-    data_dir, remote = tmp_path / "data", (tmp_path / "remote").as_uri()
-    monkeypatch.setenv("WALBACKUP_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("WALBACKUP_REMOTE_STORAGE", remote)
-    monkeypatch.delenv("WALBACKUP_S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("WALBACKUP_WAL_SEG_SIZE", raising=False)
-    monkeypatch.delenv("WALBACKUP_CONFIG_FILE", raising=False)
     if setting is not None:
         monkeypatch.setenv("WALBACKUP_WAL_SEG_SIZE", setting)
     if file_setting is not None:
         config = tmp_path / "walbackup.toml"
         config.write_text(f"wal_seg_size = {file_setting}\n")
         monkeypatch.setenv("WALBACKUP_CONFIG_FILE", str(config))
-    spool = data_dir / "spool" / remote_id(remote, None) / TTID
-    spool.mkdir(parents=True)
     body = os.urandom(1 << 20)
     spooled = spool / spooled_name(SEGMENT, len(body), zlib.crc32(body))
     spooled.write_bytes(body)
