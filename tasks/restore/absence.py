@@ -11,9 +11,13 @@ absences are no such end, and would cut a restore short in silence:
   its GET, or one a scrubber is putting back, is no loss. Checked before a
   leftover partial upload of it is served as the segment.
 - nothing at all is stored under the storage URL: a wrong prefix in
-  ``WALBACKUP_REMOTE_STORAGE`` (``InvalidInput``, exit 200). Nothing under
-  the timeline alone may be a timeline nothing was archived of yet (a
-  standby started early): exit 1, saying so on stderr.
+  ``WALBACKUP_REMOTE_STORAGE`` (``InvalidInput``, exit 200).
+- nothing is stored under the timeline: most likely a wrong timeline id,
+  which would otherwise end a point-in-time recovery at the base backup's
+  end (its WAL in ``pg_wal``) and promote, in silence (``InvalidInput``,
+  exit 200). A standby started before its timeline's first segment is
+  archived looks the same: ``WALBACKUP_RESTORE_EMPTY_TIMELINE=end`` makes
+  that exit 1, saying so on stderr.
 
 Segments in flight (uploaded out of order, committed in order) are not in
 the ledger yet, so a standby polling for the next segment still gets 1.
@@ -68,10 +72,16 @@ def lost(
 
 
 def not_found(
-    storage: RemoteStorage, ttid: TenantTimelineId, segment: str, paged: bool
+    storage: RemoteStorage,
+    ttid: TenantTimelineId,
+    segment: str,
+    paged: bool,
+    empty_timeline_ends: bool = False,
 ) -> WalBackupError:
     """The error for ``segment`` missing, neither lost nor with a partial
-    upload: ``NotFound``, unless nothing is stored under the storage URL."""
+    upload: ``NotFound``, unless nothing is stored under the storage URL or
+    the timeline (``InvalidInput``; the timeline's case ``NotFound`` with a
+    warning when ``empty_timeline_ends``)."""
     missing = NotFound(f"segment {segment} of timeline {ttid} is not archived")
     if paged or next(storage.list(timeline_prefix(ttid), limit=1), None) is not None:
         return missing
@@ -80,9 +90,18 @@ def not_found(
             f"nothing at all is stored at {storage.url}: is the prefix of "
             "WALBACKUP_REMOTE_STORAGE wrong?"
         )
+    empty = (
+        f"nothing is archived of timeline {ttid} at {storage.url}: is the timeline id, "
+        "or the prefix of WALBACKUP_REMOTE_STORAGE, wrong?"
+    )
+    if not empty_timeline_ends:
+        return InvalidInput(
+            f"{empty} Recovery stops here rather than end before the WAL it needs. For a "
+            "standby started before its timeline's first segment is archived, set "
+            "WALBACKUP_RESTORE_EMPTY_TIMELINE=end"
+        )
     print(
-        f"walbackup: nothing is archived of timeline {ttid} at {storage.url} (yet?): is the "
-        "timeline id, or the prefix of WALBACKUP_REMOTE_STORAGE, wrong?",
+        f"walbackup: {empty} (WALBACKUP_RESTORE_EMPTY_TIMELINE=end: not archived yet)",
         file=sys.stderr,
     )
     return missing

@@ -64,6 +64,7 @@ def fetch_or_partial(
     dest: str,
     offset: int = 0,
     check: LedgerCheck | None = None,
+    empty_timeline_ends: bool = False,
 ) -> tuple[int, str | None]:
     """Copy the remote segment from ``offset`` on to ``dest`` (``-`` = stdout):
     the byte count, and the name of the partial upload served, if one was.
@@ -81,7 +82,10 @@ def fetch_or_partial(
     reads as a segment whose WAL ends there. Garbage collection deletes an
     older partial only once a newer one, or the segment, is stored: so a
     partial gone between listing and reading means a newer object exists,
-    and the lookup starts again."""
+    and the lookup starts again.
+
+    A timeline nothing is archived of is ``InvalidInput`` (a wrong id), or
+    ``NotFound`` with ``empty_timeline_ends`` (not archived yet)."""
     from tasks.core.partials import newest_name, partial_prefix
     from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
     from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
@@ -115,7 +119,7 @@ def fetch_or_partial(
         names = [o.key[len(prefix) :] for o in storage.list(prefix + partial_prefix(segment))]
         partial = newest_name(names, segment)
         if partial is None:
-            raise not_found(storage, ttid, segment, paged)
+            raise not_found(storage, ttid, segment, paged, empty_timeline_ends)
         try:
             written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
         except NotFound:
@@ -207,7 +211,8 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         if settings.restore_ledger_check != "off":
             warn_only = settings.restore_ledger_check == "warn"
             check = LedgerCheck(storage, parsed, settings.wal_seg_size, warn_only=warn_only)
-        written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check)
+        ends = settings.restore_empty_timeline == "end"
+        written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check, ends)
     except NotFound:
         if HISTORY_NAME_RE.fullmatch(segment):
             return EXIT_NOT_FOUND  # recovery probes for newer timelines: quiet

@@ -200,10 +200,14 @@ def test_an_absence_that_is_not_the_archives_end_stops_the_restore(
     assert run_fetch(env, ttid, 2, dest).returncode == 1
 
     # A storage prefix with nothing at all under it; a timeline with nothing
-    # archived (yet: a standby may start first), the end, said.
+    # archived: a wrong id stops the recovery, unless told it is a standby
+    # started before its first segment is archived (then the end, said).
     run = run_fetch(env | {"WALBACKUP_REMOTE_STORAGE": s3_bucket_url + "x"}, ttid, 1, dest)
     assert run.returncode == 200 and b"prefix of WALBACKUP_REMOTE_STORAGE" in run.stderr
     other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
     run = run_fetch(env, other, 1, dest)
+    assert run.returncode == 200 and b"nothing is archived of timeline" in run.stderr, run.stderr
+    assert not dest.exists()
+    run = run_fetch(env | {"WALBACKUP_RESTORE_EMPTY_TIMELINE": "end"}, other, 1, dest)
     assert run.returncode == 1 and b"nothing is archived of timeline" in run.stderr, run.stderr
     storage.close()

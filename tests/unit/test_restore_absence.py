@@ -137,17 +137,27 @@ def test_a_wrong_seg_size_setting_still_finds_a_loss(
         fetch_or_partial(storage, ttid, xlog_file_name(5, SEG), str(tmp_path / "d"), 0, check)
 
 
-def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_the_end(
+def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_a_wrong_id(
     tmp_path: Path, ttid: TenantTimelineId, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A wrong timeline id must stop a recovery, not end it at the base
+    backup's end; ``empty_timeline_ends`` (a standby started before anything
+    was archived) makes it the end, said."""
     storage = archived(tmp_path, ttid)
     other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
-    with pytest.raises(NotFound):  # a standby started before anything was archived
-        fetch(storage, other, 1, tmp_path / "dest")
+    dest = tmp_path / "dest"
+    with pytest.raises(InvalidInput, match=f"nothing is archived of timeline {other}") as err:
+        fetch(storage, other, 1, dest)
+    assert "WALBACKUP_RESTORE_EMPTY_TIMELINE=end" in str(err.value) and not dest.exists()
+    with pytest.raises(NotFound):
+        fetch_or_partial(storage, other, xlog_file_name(1, SEG), str(dest), 0, None, True)
     assert f"nothing is archived of timeline {other}" in capsys.readouterr().err
+    with pytest.raises(NotFound):  # the timeline has something: the end, quietly
+        fetch_or_partial(storage, ttid, xlog_file_name(99, SEG), str(dest), 0, None)
+    assert capsys.readouterr().err == ""
     empty = LocalStorage(tmp_path / "empty")
     with pytest.raises(InvalidInput, match="nothing at all is stored"):
-        fetch(empty, ttid, 1, tmp_path / "dest")
+        fetch(empty, ttid, 1, dest)
 
 
 def test_a_segment_gone_with_its_page_is_lost_when_later_pages_exist(
