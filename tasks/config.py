@@ -84,11 +84,13 @@ class Settings(BaseSettings):
     restore_ledger_check: Literal["on", "warn", "off"] = "on"
     """``walbackup fetch`` against the SHA-256 the archive ledger recorded:
     ``warn`` serves a segment that differs, saying so (the ledger is wrong)."""
-    restore_empty_timeline: Literal["stop", "end"] = "stop"
+    restore_empty_timeline: Literal["auto", "stop", "end"] = "auto"
     """``walbackup fetch`` of a segment of a timeline nothing is archived of:
     ``stop`` fails (exit 200: a wrong timeline id must not end a recovery
-    early); ``end`` reads it as not archived yet (exit 1), for a standby
-    started before its timeline's first segment is archived."""
+    early); ``end`` reads it as not archived yet (exit 1); ``auto`` is
+    ``end`` for a standby (``standby.signal`` in the working directory, which
+    PostgreSQL sets to its data directory; a standby never ends recovery at
+    a missing file) and ``stop`` otherwise."""
     agreement_copies: int = Field(default=2, ge=1, le=16)
     """Copies of a segment, the offloader's included, whose bytes must be equal
     before it is uploaded; fewer live nodes holding it lower the bar to all of them."""

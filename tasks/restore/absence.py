@@ -16,8 +16,9 @@ absences are no such end, and would cut a restore short in silence:
   which would otherwise end a point-in-time recovery at the base backup's
   end (its WAL in ``pg_wal``) and promote, in silence (``InvalidInput``,
   exit 200). A standby started before its timeline's first segment is
-  archived looks the same: ``WALBACKUP_RESTORE_EMPTY_TIMELINE=end`` makes
-  that exit 1, saying so on stderr.
+  archived looks the same, and a standby never ends recovery at a missing
+  file: for one, exit 1, saying so on stderr
+  (``WALBACKUP_RESTORE_EMPTY_TIMELINE``, ``fetch.empty_timeline_ends``).
 
 Segments in flight (uploaded out of order, committed in order) are not in
 the ledger yet, so a standby polling for the next segment still gets 1.
@@ -96,12 +97,11 @@ def not_found(
     )
     if not empty_timeline_ends:
         return InvalidInput(
-            f"{empty} Recovery stops here rather than end before the WAL it needs. For a "
-            "standby started before its timeline's first segment is archived, set "
-            "WALBACKUP_RESTORE_EMPTY_TIMELINE=end"
+            f"{empty} Recovery stops here rather than end before the WAL it needs "
+            "(WALBACKUP_RESTORE_EMPTY_TIMELINE=end: read it as not archived yet)"
         )
     print(
-        f"walbackup: {empty} (WALBACKUP_RESTORE_EMPTY_TIMELINE=end: not archived yet)",
+        f"walbackup: {empty} (taken as not archived yet)",
         file=sys.stderr,
     )
     return missing

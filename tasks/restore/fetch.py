@@ -211,7 +211,7 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
         if settings.restore_ledger_check != "off":
             warn_only = settings.restore_ledger_check == "warn"
             check = LedgerCheck(storage, parsed, settings.wal_seg_size, warn_only=warn_only)
-        ends = settings.restore_empty_timeline == "end"
+        ends = empty_timeline_ends(settings.restore_empty_timeline)
         written, partial = fetch_or_partial(storage, parsed, segment, dest, offset, check, ends)
     except NotFound:
         if HISTORY_NAME_RE.fullmatch(segment):
@@ -235,6 +235,18 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
     if offset == 0 and dest != "-" and partial is None and not HISTORY_NAME_RE.fullmatch(segment):
         _start_prefetch(settings, storage, str(parsed), segment, written)
     return EXIT_OK
+
+
+def empty_timeline_ends(policy: str) -> bool:
+    """Whether a timeline nothing is archived of reads as not archived yet
+    (exit 1) under ``WALBACKUP_RESTORE_EMPTY_TIMELINE`` ``policy``. ``auto``:
+    only for a standby. PostgreSQL runs ``restore_command`` in its data
+    directory, where ``standby.signal`` says standby mode (PostgreSQL 12 and
+    later): a standby that gets 1 streams from its primary or asks again
+    later, never promotes; a recovery that gets 1 ends there and promotes."""
+    if policy == "auto":
+        return os.path.exists("standby.signal")
+    return policy == "end"
 
 
 def _start_prefetch(

@@ -71,9 +71,9 @@ def fetch_env(url: str, endpoint: str, data_dir: Path) -> dict[str, str]:
 
 
 def run_fetch(
-    env: dict[str, str], ttid: TenantTimelineId, segno: int, to: Path | str
+    env: dict[str, str], ttid: TenantTimelineId, segno: int, to: Path | str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return fetch_process(env, str(ttid), xlog_file_name(segno, SEG), str(to))
+    return fetch_process(env, str(ttid), xlog_file_name(segno, SEG), str(to), cwd=cwd)
 
 
 def test_a_segment_rewritten_out_of_band_stops_the_restore_and_is_never_spooled(
@@ -200,14 +200,23 @@ def test_an_absence_that_is_not_the_archives_end_stops_the_restore(
     assert run_fetch(env, ttid, 2, dest).returncode == 1
 
     # A storage prefix with nothing at all under it; a timeline with nothing
-    # archived: a wrong id stops the recovery, unless told it is a standby
-    # started before its first segment is archived (then the end, said).
+    # archived: a wrong id stops a recovery (run in a data directory with
+    # recovery.signal, as PostgreSQL runs it), where a standby (standby.signal),
+    # which never ends recovery at a missing file, reads it as not archived yet.
     run = run_fetch(env | {"WALBACKUP_REMOTE_STORAGE": s3_bucket_url + "x"}, ttid, 1, dest)
     assert run.returncode == 200 and b"prefix of WALBACKUP_REMOTE_STORAGE" in run.stderr
     other = TenantTimelineId(secrets.token_hex(16), ttid.timeline_id)
-    run = run_fetch(env, other, 1, dest)
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "recovery.signal").touch()
+    run = run_fetch(env, other, 1, dest, cwd=pgdata)
     assert run.returncode == 200 and b"nothing is archived of timeline" in run.stderr, run.stderr
     assert not dest.exists()
-    run = run_fetch(env | {"WALBACKUP_RESTORE_EMPTY_TIMELINE": "end"}, other, 1, dest)
+    (pgdata / "standby.signal").touch()  # both: standby mode, as PostgreSQL reads them
+    run = run_fetch(env, other, 1, dest, cwd=pgdata)
     assert run.returncode == 1 and b"nothing is archived of timeline" in run.stderr, run.stderr
+    stop = env | {"WALBACKUP_RESTORE_EMPTY_TIMELINE": "stop"}
+    assert run_fetch(stop, other, 1, dest, cwd=pgdata).returncode == 200
+    end = env | {"WALBACKUP_RESTORE_EMPTY_TIMELINE": "end"}
+    assert run_fetch(end, other, 1, dest).returncode == 1
     storage.close()

@@ -34,12 +34,16 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         yield url, {"WALBACKUP_S3_ENDPOINT_URL": moto.endpoint_url}
 
 
-def fetch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+def fetch(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``walbackup fetch ARGS``; ``cwd``: where PostgreSQL runs it, its data directory."""
     return subprocess.run(
         [sys.executable, "-m", "tasks.cli", "fetch", *args],
         env=env,
         capture_output=True,
         timeout=60,
+        cwd=cwd,
     )
 
 

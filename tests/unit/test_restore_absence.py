@@ -20,7 +20,7 @@ from tasks.core.retention import RETAINED_MARKER, marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, NotFound, SegmentLost
 from tasks.restore import absence
-from tasks.restore.fetch import fetch_or_partial
+from tasks.restore.fetch import empty_timeline_ends, fetch_or_partial
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.storage.base import ObjectInfo, segment_key, timeline_prefix
 from tasks.storage.local import LocalStorage
@@ -158,6 +158,32 @@ def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_a_wrong
     empty = LocalStorage(tmp_path / "empty")
     with pytest.raises(InvalidInput, match="nothing at all is stored"):
         fetch(empty, ttid, 1, dest)
+
+
+@pytest.mark.parametrize(
+    ("policy", "signals", "ends"),
+    [
+        ("auto", [], False),
+        ("auto", ["recovery.signal"], False),
+        ("auto", ["standby.signal"], True),
+        ("auto", ["standby.signal", "recovery.signal"], True),
+        ("stop", ["standby.signal"], False),
+        ("end", [], True),
+    ],
+)
+def test_an_empty_timeline_ends_only_a_standby_by_default(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    signals: list[str],
+    ends: bool,
+) -> None:
+    """PostgreSQL runs restore_command in its data directory: standby.signal
+    there is standby mode, where a missing file never ends recovery."""
+    for name in signals:
+        (tmp_path / name).touch()
+    monkeypatch.chdir(tmp_path)
+    assert empty_timeline_ends(policy) is ends
 
 
 def test_a_segment_gone_with_its_page_is_lost_when_later_pages_exist(
