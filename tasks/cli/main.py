@@ -26,14 +26,20 @@ PostgreSQL's restore_command:
 
 Exit codes: 0 restored; 1 not in the archive. Above 125, which makes
 PostgreSQL stop recovery instead of ending it early: 200 bad input or
-setting, 201 remote storage unreachable or missing, 202 checksum mismatch
+setting, or nothing archived of TTID (unless PostgreSQL runs it as a
+standby), 201 remote storage unreachable or missing, 202 checksum mismatch
 (DEST is not created), 203 other."""
 
 
 def fetch_main(argv: list[str]) -> int:
     """Argument parsing for the fast path of ``walbackup fetch``."""
     if any(a in ("-h", "--help") for a in argv):
-        print(_HELP)
+        try:
+            print(_HELP, flush=True)
+        except BrokenPipeError:  # `walbackup fetch --help | head`: no traceback at exit
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     args: list[str] = []
     offset = 0

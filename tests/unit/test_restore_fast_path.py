@@ -235,6 +235,22 @@ def test_fetch_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]
     assert min(exits.EXIT_INPUT, exits.EXIT_STORAGE, exits.EXIT_CHECKSUM, exits.EXIT_OTHER) > 125
 
 
+def test_fetch_help_into_a_closed_pipe_prints_no_traceback() -> None:
+    """``walbackup fetch --help | head``: the reader gone before the write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "fetch", "--help"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert (run.returncode, run.stderr) == (0, b"")
+
+
 def test_a_spool_is_named_after_its_remote_and_endpoint() -> None:
     assert remote_id("s3://wal/p", None) == "s3%3A%2F%2Fwal%2Fp"  # no trailing "%20"
     assert remote_id("s3://wal/p", "http://h:9000") == "s3%3A%2F%2Fwal%2Fp%20http%3A%2F%2Fh%3A9000"
