@@ -167,6 +167,7 @@ def run_storage_pool(
     moto: Moto,
     staged: list[tuple[TenantTimelineId, int, Path]],
     parallel: int,
+    cpu: dict[str, float],
     proxy: S3FaultProxy | None = None,
 ) -> float:
     """walbackup's own S3Storage.upload_file (SHA-256, conditional put) from a
@@ -181,10 +182,13 @@ def run_storage_pool(
         ttid, _, path = item
         storage.upload_file(f"{ttid.tenant_id}/{ttid.timeline_id}/{path.name}", path, SEG_SIZE)
 
+    pids = {"storage pool (bench)": os.getpid(), **server_pids(moto, proxy)}
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(put, staged))
     elapsed = time.perf_counter() - started
+    cpu.update({k: cpu_seconds(p) - before[k] for k, p in pids.items()})
     storage.close()
     return elapsed
 
@@ -262,9 +266,15 @@ def main() -> None:
                     sha_s = run_baseline(moto, staged, parallel, sha_cpu, sha256=True, proxy=proxy)
                     same_work = args.segments / sha_s
                     log(f"P={parallel}: S3Storage.upload_file from a plain thread pool")
-                    storage_only = args.segments / run_storage_pool(moto, staged, parallel, proxy)
+                    pool_cpu: dict[str, float] = {}
+                    storage_only = args.segments / run_storage_pool(
+                        moto, staged, parallel, pool_cpu, proxy
+                    )
                     cpu_rows += [
                         [parallel, "boto3+sha256", k, v / n * 1000] for k, v in sha_cpu.items()
+                    ]
+                    cpu_rows += [
+                        [parallel, "S3Storage pool", k, v / n * 1000] for k, v in pool_cpu.items()
                     ]
         finally:
             if proxy is not None:
