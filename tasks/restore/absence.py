@@ -97,8 +97,10 @@ def not_found(
     )
     if not empty_timeline_ends:
         return InvalidInput(
-            f"{empty} Recovery stops here rather than end before the WAL it needs "
-            "(WALBACKUP_RESTORE_EMPTY_TIMELINE=end: read it as not archived yet)"
+            f"{empty} Recovery stops here rather than end before the WAL it needs. A "
+            "standby (standby.signal in its data directory) is answered 'not archived yet' "
+            "instead, unless WALBACKUP_RESTORE_EMPTY_TIMELINE=stop; =end answers so to "
+            "every caller, and would let a point-in-time recovery with a wrong id end early"
         )
     print(
         f"walbackup: {empty} (taken as not archived yet)",

@@ -148,7 +148,7 @@ def test_nothing_stored_at_all_is_a_wrong_prefix_nothing_of_the_timeline_a_wrong
     dest = tmp_path / "dest"
     with pytest.raises(InvalidInput, match=f"nothing is archived of timeline {other}") as err:
         fetch(storage, other, 1, dest)
-    assert "WALBACKUP_RESTORE_EMPTY_TIMELINE=end" in str(err.value) and not dest.exists()
+    assert "standby.signal" in str(err.value) and not dest.exists()
     with pytest.raises(NotFound):
         fetch_or_partial(storage, other, xlog_file_name(1, SEG), str(dest), 0, None, True)
     assert f"nothing is archived of timeline {other}" in capsys.readouterr().err
