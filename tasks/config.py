@@ -85,12 +85,8 @@ class Settings(BaseSettings):
     """``walbackup fetch`` against the SHA-256 the archive ledger recorded:
     ``warn`` serves a segment that differs, saying so (the ledger is wrong)."""
     restore_empty_timeline: Literal["auto", "stop", "end"] = "auto"
-    """``walbackup fetch`` of a segment of a timeline nothing is archived of:
-    ``stop`` fails (exit 200: a wrong timeline id must not end a recovery
-    early); ``end`` reads it as not archived yet (exit 1); ``auto`` is
-    ``end`` for a standby (``standby.signal`` in the working directory, which
-    PostgreSQL sets to its data directory; a standby never ends recovery at
-    a missing file) and ``stop`` otherwise."""
+    """``walbackup fetch`` of a timeline nothing is archived of exits 200 (``stop``)
+    or 1 (``end``); ``auto``: 1 for a standby only (``fetch.empty_timeline_ends``)."""
     agreement_copies: int = Field(default=2, ge=1, le=16)
     """Copies of a segment, the offloader's included, whose bytes must be equal
     before it is uploaded; fewer live nodes holding it lower the bar to all of them."""
@@ -245,13 +241,10 @@ class Settings(BaseSettings):
     def effective_remote_storage(self) -> str:
         return self.remote_storage or (self.data_dir / "remote").resolve().as_uri()
 
-    # The kick rule, in one place: a kick that is not forced (beat's rounds)
-    # goes out only when the timeline's kick key has expired. Sending one sets
-    # it for ``kick_hold_ms`` (``Elector.elect``): a kick still queued behind
-    # others holds back the next. The offloader taking it (``Leases.backup_many``,
-    # through ``RedisState.take_kicks``) shortens that to ``kick_interval_ms``.
-    # Not bound by it: triggers (forced), a new election's result, and a kick
-    # after a node releases a lease for another (``Leases.hand_over``).
+    # The kick rule: an unforced kick (beat's rounds) goes out only once the timeline's
+    # kick key expired; sending one sets it for ``kick_hold_ms`` (``Elector.elect``), the
+    # offloader taking it (``Leases.backup_many``) shortens that to ``kick_interval_ms``.
+    # Not bound: triggers (forced), a new election's result, ``Leases.hand_over``'s kick.
     @property
     def kick_interval_ms(self) -> int:
         """The least time between two unforced kicks of a timeline, from when its offloader
