@@ -15,11 +15,32 @@ import contextlib
 import os
 import re
 import sys
+import tempfile
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import BinaryIO
 
-from tasks.core.segments import HISTORY_NAME_RE, PARTIAL_SUFFIX, SEGMENT_NAME_RE
+from tasks.config import Settings, load_settings
+from tasks.core.ids import TenantTimelineId
+from tasks.core.partials import newest_name, partial_prefix
+from tasks.core.segments import (
+    HISTORY_NAME_RE,
+    PARTIAL_SUFFIX,
+    SEGMENT_NAME_RE,
+    validate_seg_size,
+)
+from tasks.errors import (
+    AccessDenied,
+    BucketMissing,
+    ChecksumMismatch,
+    InvalidInput,
+    NotFound,
+    Retryable,
+    SegmentLost,
+    WalBackupError,
+)
 from tasks.fsutil import atomic_write
+from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
 from tasks.restore.exits import (
     EXIT_CHECKSUM,
     EXIT_INPUT,
@@ -29,15 +50,17 @@ from tasks.restore.exits import (
     EXIT_STORAGE,
     fail,
 )
-from tasks.storage.base import CHUNK_BYTES
-
-if TYPE_CHECKING:
-    from typing import BinaryIO
-
-    from tasks.config import Settings
-    from tasks.core.ids import TenantTimelineId
-    from tasks.restore.ledger_check import LedgerCheck
-    from tasks.storage.base import RemoteStorage
+from tasks.restore.ledger_check import LedgerCheck
+from tasks.restore.prefetch import start_prefetcher
+from tasks.restore.spool import note_want, settings_spool_dir
+from tasks.storage import open_storage
+from tasks.storage.base import (
+    CHUNK_BYTES,
+    Hasher,
+    RemoteStorage,
+    segment_key,
+    timeline_prefix,
+)
 
 FETCHABLE_RE = re.compile(
     rf"{SEGMENT_NAME_RE.pattern}(?:{re.escape(PARTIAL_SUFFIX)})?|{HISTORY_NAME_RE.pattern}"
@@ -47,8 +70,6 @@ FETCHABLE_RE = re.compile(
 
 def validate_segment_name(name: str) -> str:
     """``name`` if it is a segment name, with or without ``.partial``; else ``InvalidInput``."""
-    from tasks.errors import InvalidInput
-
     if FETCHABLE_RE.fullmatch(name) is None:
         raise InvalidInput(
             f"invalid WAL file name {name!r}: expected 24 upper-case hex characters "
@@ -86,11 +107,6 @@ def fetch_or_partial(
 
     A timeline nothing is archived of is ``InvalidInput`` (a wrong id), or
     ``NotFound`` with ``empty_timeline_ends`` (not archived yet)."""
-    from tasks.core.partials import newest_name, partial_prefix
-    from tasks.errors import ChecksumMismatch, InvalidInput, NotFound
-    from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
-    from tasks.storage.base import segment_key, timeline_prefix
-
     if offset < 0:
         raise InvalidInput(f"offset must be >= 0, got {offset}")
     key = segment_key(ttid, validate_segment_name(segment))
@@ -154,8 +170,6 @@ def _fetch_key(
 
 
 def _copy(src: BinaryIO, dst: BinaryIO, name: str, check: LedgerCheck | None) -> int:
-    from tasks.storage.base import Hasher
-
     hasher = Hasher(md5=False) if check is not None else None
     total = 0
     while chunk := src.read(CHUNK_BYTES):
@@ -183,21 +197,6 @@ def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:
 
 
 def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
-    from tasks.config import load_settings
-    from tasks.core.ids import TenantTimelineId
-    from tasks.errors import (
-        AccessDenied,
-        BucketMissing,
-        ChecksumMismatch,
-        InvalidInput,
-        NotFound,
-        Retryable,
-        SegmentLost,
-        WalBackupError,
-    )
-    from tasks.restore.ledger_check import LedgerCheck
-    from tasks.storage import open_storage
-
     try:
         settings = load_settings()
         parsed = TenantTimelineId.parse(ttid)
@@ -254,10 +253,6 @@ def _start_prefetch(
 ) -> None:
     """After a direct fetch of a complete segment: the prefetcher follows on
     from it. The spool only saves time, so its trouble never fails a fetch."""
-    from tasks.core.segments import validate_seg_size
-    from tasks.restore.prefetch import start_prefetcher
-    from tasks.restore.spool import note_want, settings_spool_dir
-
     if settings.restore_prefetch <= 0 or segment.endswith(PARTIAL_SUFFIX):
         return
     try:
@@ -276,10 +271,6 @@ def _start_prefetch(
 def _warn_no_spool(settings: Settings, exc: Exception) -> None:
     """Say, once an hour (a marker file in the temp dir: every fetch is a
     process of its own), that restores run without their spool."""
-    import tempfile
-    import time
-    from pathlib import Path
-
     marker = Path(tempfile.gettempdir()) / f"walbackup-no-spool.{os.getuid()}"
     try:
         if time.time() - marker.stat().st_mtime < 3600:
