@@ -12,7 +12,7 @@ import pytest
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import MIN_SEG_SIZE, xlog_file_name
-from tasks.restore import fetch, prefetch
+from tasks.restore import fetch
 from tasks.storage import open_storage, segment_key
 
 
@@ -32,7 +32,7 @@ def test_a_prefetcher_that_cannot_start_does_not_fail_the_fetch(
     def broken(*args: object) -> bool:
         raise RuntimeError("cannot start")
 
-    monkeypatch.setattr(prefetch, "start_prefetcher", broken)
+    monkeypatch.setattr(fetch, "start_prefetcher", broken)
     ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
     name = xlog_file_name(1, MIN_SEG_SIZE)
     src = tmp_path / "src"

@@ -19,7 +19,7 @@ from tasks.core.partials import partial_object
 from tasks.core.retention import RETAINED_MARKER, marker_bytes
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, NotFound, SegmentLost
-from tasks.restore import absence
+from tasks.restore import fetch as fetch_module
 from tasks.restore.fetch import empty_timeline_ends, fetch_or_partial
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.storage.base import ObjectInfo, segment_key, timeline_prefix
@@ -47,7 +47,7 @@ class PuttingBack(LocalStorage):
 
 @pytest.fixture(autouse=True)
 def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(absence, "LOST_RECHECK_S", 0.0)
+    monkeypatch.setattr(fetch_module, "LOST_RECHECK_S", 0.0)  # fetch_or_partial's wait
 
 
 @pytest.fixture
