@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tasks.archive.flush import LedgerFlusher, LocalCopy
-from tasks.archive.survey import deep_check, ledger_for, list_timeline
+from tasks.archive.heal import Healed, heal_from_copy
+from tasks.archive.survey import confirm, deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range, verified_end
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
-from tasks.errors import SegmentFileError
 from tasks.metrics import (
     ARCHIVE_HEALED,
     ARCHIVE_PROBLEMS,
@@ -41,7 +41,6 @@ from tasks.metrics import (
     ARCHIVE_VERIFIED_LSN,
 )
 from tasks.state.redis import RedisState
-from tasks.storage.base import digest_segment_file, segment_key
 from tasks.storage.ledger_pages import PageRef
 
 log = logging.getLogger("walbackup.scrub")
@@ -116,6 +115,8 @@ class Scrubber:
         self.deep = deep
         self.local_copy = local_copy
         self.heal_elsewhere = heal_elsewhere
+        self.etags = True
+        """False once an object's bytes proved its ETag no MD5: sizes only."""
 
     def run(
         self, ttid: TenantTimelineId, seg_size: int, backup_lsn: Lsn, start: int
@@ -149,7 +150,10 @@ class Scrubber:
         for segno, problem in sorted(p.checked.items()):
             if problem is None:
                 continue
-            if self._heal(p, problem):
+            healed = self._heal(p, problem)
+            if healed == "intact":  # healed meanwhile: nothing to report
+                continue
+            if healed == "uploaded":
                 result.healed.append(problem)
                 continue
             result.open.append(problem)
@@ -182,11 +186,33 @@ class Scrubber:
         p.entries.update(entries)
         for segno in range(start, end):
             p.checked.setdefault(segno, None)
-        for problem in check_range(start, end, p.seg_size, listing.segments, entries):
-            p.checked[problem.segno or 0] = problem
+        for found in check_range(start, end, p.seg_size, listing.segments, entries, self.etags):
+            segno = found.segno or 0
+            problem: Problem | None = found
+            if found.kind is Kind.CHANGED:
+                problem = self._confirm(p, found, listing.segments[segno].etag, entries[segno])
+            if problem is not None:
+                p.checked[segno] = problem
         for segno in conflicts:
             name = xlog_file_name(segno, p.seg_size)
             p.checked[segno] = Problem(segno, name, Kind.CONFLICT, "ledger pages disagree")
+
+    def _confirm(
+        self, p: _Pass, problem: Problem, etag: str | None, entry: LedgerEntry
+    ) -> Problem | None:
+        """An ETag is no evidence to heal on (heal deletes the object first):
+        the bytes are (``survey.confirm``)."""
+        if not self.etags:
+            return None  # learned meanwhile: the ETags say nothing
+        found, not_md5 = confirm(self.storage, p.ttid, problem, p.seg_size, entry, etag)
+        if not_md5:
+            self.etags = False
+            log.warning(
+                "%s: %s holds the archived bytes under ETag %s, no MD5 of them: the scrubber "
+                "compares sizes (and the deep check the bytes) from now on, never ETags",
+                self.storage.url, problem.name, etag,
+            )  # fmt: skip
+        return found
 
     def _deep(self, p: _Pass, cursor: int, start: int, end: int) -> int:
         """Hash objects from ``cursor`` while the budget lasts; the next cursor."""
@@ -209,17 +235,21 @@ class Scrubber:
             cursor += 1
         return cursor if cursor < end else start
 
-    def _heal(self, p: _Pass, problem: Problem) -> bool:
+    def _heal(self, p: _Pass, problem: Problem) -> Healed:
         """Upload the segment again from this node's copy if it has the bytes
         the ledger recorded (any copy when the ledger has no entry and the
         object is missing); else ask a node that holds it."""
         if problem.kind not in HEALABLE or problem.segno is None:
-            return False
-        if heal_from_copy(self, p.ttid, problem.segno, p.seg_size, p.entries.get(problem.segno)):
-            return True
+            return None
+        healed = heal_from_copy(
+            self.storage, self.local_copy, p.ttid, problem.segno, p.seg_size,
+            p.entries.get(problem.segno),
+        )  # fmt: skip
+        if healed is not None:
+            return healed
         if self.heal_elsewhere(p.ttid, problem.segno, p.seg_size):
             log.warning("Timeline %s: asked another node to upload %s again", p.ttid, problem.name)
-        return False
+        return None
 
     def _report(self, ttid: str, seg_size: int, result: ScrubResult) -> None:
         ARCHIVE_VERIFIED_LSN.labels(timeline=ttid).set(int(result.verified_lsn))
@@ -241,34 +271,3 @@ class Scrubber:
                 ttid,
                 f"archive scrub: {len(result.open)} problem(s), first {first.line()}",
             )
-
-
-def heal_from_copy(
-    scrubber: Scrubber,
-    ttid: TenantTimelineId,
-    segno: int,
-    seg_size: int,
-    entry: LedgerEntry | None,
-) -> bool:
-    """Upload this node's copy of ``segno`` again, replacing what is archived,
-    if the copy holds the bytes the ledger recorded (with no entry: only
-    where nothing is archived). Whether it did."""
-    path = scrubber.local_copy(ttid, segno)
-    if path is None:
-        return False
-    storage = scrubber.storage
-    md5 = storage.needs_md5  # may ask the server (s3_probe): outside the copy's errors
-    try:
-        digest = digest_segment_file(path, seg_size, md5)
-    except (SegmentFileError, OSError):
-        return False
-    key = segment_key(ttid, xlog_file_name(segno, seg_size))
-    if entry is None:
-        if any(info.key == key for info in storage.list(key)):
-            return False
-    elif digest.sha256_hex != entry.sha256:
-        return False
-    else:
-        storage.delete(key)
-    storage.upload_file(key, path, seg_size, digest=digest)
-    return True

@@ -103,19 +103,44 @@ def ledger_for(
     return entries, conflicts
 
 
+def confirm(
+    storage: RemoteStorage, ttid: TenantTimelineId, problem: Problem, seg_size: int,
+    entry: LedgerEntry, etag: str | None,
+) -> tuple[Problem | None, bool]:  # fmt: skip
+    """A ``CHANGED`` problem (the listed ``etag`` its only evidence) judged by
+    the bytes: the object read back and hashed. The problem as it stands (``CORRUPT``,
+    ``MISSING``, or ``None``: the bytes are the ones archived), and whether
+    that shows the storage's ETags are no MD5s (a single-part ETag that
+    differs over the right bytes: SSE-KMS, some S3-compatible stores).
+    Nothing may be deleted and uploaded again on an ETag alone: a storage
+    whose ETags are no MD5s would have every segment replaced."""
+    assert problem.segno is not None
+    try:
+        found = deep_check(storage, ttid, problem.segno, seg_size, entry, missing=True)
+    except NotFound:
+        return Problem(problem.segno, problem.name, Kind.MISSING, "gone when read back"), False
+    if found is not None:
+        return found, False
+    return None, etag is not None and "-" not in etag
+
+
 def deep_check(
     storage: RemoteStorage,
     ttid: TenantTimelineId,
     segno: int,
     seg_size: int,
     entry: LedgerEntry,
+    missing: bool = False,
 ) -> Problem | None:
     """Read the archived segment whole and compare its SHA-256 with the ledger's.
-    A missing object is left to the shallow check (``None``)."""
+    A missing object is left to the shallow check (``None``), or raises
+    ``NotFound`` with ``missing``."""
     try:
         with storage.open_read(segment_key(ttid, xlog_file_name(segno, seg_size))) as stream:
             digest = digest_stream(stream, md5=False)
     except NotFound:
+        if missing:
+            raise
         return None
     except ChecksumMismatch as exc:  # S3 says the stored object fails its own checksum
         return Problem(segno, xlog_file_name(segno, seg_size), Kind.CORRUPT, str(exc))

@@ -10,15 +10,16 @@ the range.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.retained import read_archive_start
-from tasks.archive.survey import deep_check, ledger_for, list_timeline
+from tasks.archive.survey import Listing, confirm, deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range
 from tasks.core.ids import TenantTimelineId
+from tasks.core.ledger import LedgerEntry
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.state.records import TimelineRecord
@@ -119,7 +120,8 @@ def verify_timeline(
     verdict.segments = max(0, end - start)
     listing = list_timeline(store.storage, ttid, seg_size)
     entries, conflicts = ledger_for(store, state, ttid, seg_size, start, end, refs)
-    problems = check_range(start, end, seg_size, listing.segments, entries)
+    shallow = check_range(start, end, seg_size, listing.segments, entries)
+    problems = _judged(store.storage, ttid, seg_size, shallow, listing, entries, verdict)
     problems += [
         Problem(s, xlog_file_name(s, seg_size), Kind.CONFLICT, "ledger pages disagree")
         for s in conflicts
@@ -148,6 +150,34 @@ def verify_timeline(
                     problems.append(problem)
     verdict.problems = sorted(problems, key=lambda p: (p.segno is None, p.segno or 0, p.name))
     return verdict
+
+
+def _judged(
+    storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int, problems: list[Problem],
+    listing: Listing, entries: Mapping[int, LedgerEntry], verdict: Verdict,
+) -> list[Problem]:  # fmt: skip
+    """The shallow problems, a ``CHANGED`` one (an ETag's evidence) judged by
+    its bytes, read back (``survey.confirm``); once an object shows the
+    storage's ETags are no MD5s, the other ETags say nothing."""
+    out: list[Problem] = []
+    etags = True
+    for problem in problems:
+        if problem.kind is Kind.CHANGED and problem.segno is not None:
+            if not etags:
+                continue
+            etag = listing.segments[problem.segno].etag
+            found, not_md5 = confirm(storage, ttid, problem, seg_size, entries[problem.segno], etag)
+            if not_md5:
+                etags = False
+                verdict.note = "; ".join(filter(None, [verdict.note, (
+                    f"{problem.name} holds the archived bytes under ETag {etag}, no MD5 of "
+                    "them: ETags were not compared (--deep reads every object's bytes)"
+                )]))  # fmt: skip
+            if found is None:
+                continue
+            problem = found
+        out.append(problem)
+    return out
 
 
 def _span(

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tasks.archive.flush import LedgerFlusher
+from tasks.archive.heal import heal_from_copy
 from tasks.archive.ledger_store import LedgerStore
-from tasks.archive.scrubber import DeepBudget, HealElsewhere, Scrubber, heal_from_copy
+from tasks.archive.scrubber import DeepBudget, HealElsewhere, Scrubber
 from tasks.archive.survey import ledger_for
 from tasks.backup.history import HistoryFiles
 from tasks.config import Settings
@@ -98,14 +99,19 @@ class ArchiveKeeper:
         """Upload our copy of ``segno`` again if it is what the ledger recorded."""
         parsed = TenantTimelineId.parse(ttid)
         entries, _ = ledger_for(self.store, self.state, parsed, seg_size, segno, segno + 1)
-        healed = heal_from_copy(self.scrubber, parsed, segno, seg_size, entries.get(segno))
+        healed = heal_from_copy(
+            self.scrubber.storage, self.scrubber.local_copy, parsed, segno, seg_size,
+            entries.get(segno),
+        )  # fmt: skip
+        outcome = {
+            "uploaded": "uploaded again from this node's copy",
+            "intact": "archived intact after all (healed meanwhile?): nothing done",
+            None: "NOT healed (no matching copy)",
+        }
         log.warning(
-            "Timeline %s: segno %d %s on another offloader's request",
-            ttid,
-            segno,
-            "uploaded again from this node's copy" if healed else "NOT healed (no matching copy)",
+            "Timeline %s: segno %d %s on another offloader's request", ttid, segno, outcome[healed]
         )
-        return healed
+        return healed is not None
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -21,7 +21,9 @@ class Kind(StrEnum):
     SIZE = "size"
     """The object's size is not the ledger's (truncated, or padded)."""
     CHANGED = "changed"
-    """The object's ETag is not the MD5 the upload verified."""
+    """The object's ETag is not the MD5 the upload verified, or is a multipart
+    one (walbackup uploads in one part): evidence only, until its bytes are
+    read back (``tasks.archive.survey.confirm``)."""
     CORRUPT = "corrupt"
     """Deep check: the object's bytes do not hash to the ledger's SHA-256."""
     UNRECORDED = "unrecorded"
@@ -54,9 +56,10 @@ class Problem:
 
 
 def check_object(
-    segno: int, seg_size: int, seen: Seen | None, entry: LedgerEntry | None
+    segno: int, seg_size: int, seen: Seen | None, entry: LedgerEntry | None, etags: bool = True
 ) -> Problem | None:
-    """The shallow check of one segment below backup_lsn: listing against ledger."""
+    """The shallow check of one segment below backup_lsn: listing against
+    ledger (``etags`` false: sizes only, the storage's ETags are no MD5s)."""
     name = xlog_file_name(segno, seg_size)
     if seen is None:
         return Problem(segno, name, Kind.MISSING, "no object in the archive")
@@ -66,12 +69,13 @@ def check_object(
         return Problem(segno, name, Kind.UNRECORDED, "archived, but the ledger has no entry")
     if seen.size != entry.size:
         return Problem(segno, name, Kind.SIZE, f"{seen.size} bytes, the ledger says {entry.size}")
-    # A multipart ETag ("…-N") is not an MD5 of the bytes: nothing to compare.
-    if seen.etag and entry.md5 and "-" not in seen.etag and seen.etag != entry.md5:
-        return Problem(
-            segno, name, Kind.CHANGED, f"ETag {seen.etag}, the ledger recorded MD5 {entry.md5}"
-        )
-    return None
+    if not (etags and seen.etag and entry.md5) or seen.etag == entry.md5:
+        return None
+    if "-" in seen.etag:  # not an MD5 of the bytes, and no upload of ours
+        detail = f"multipart ETag {seen.etag}: rewritten by another writer?"
+    else:
+        detail = f"ETag {seen.etag}, the ledger recorded MD5 {entry.md5}"
+    return Problem(segno, name, Kind.CHANGED, detail)
 
 
 def check_range(
@@ -80,9 +84,12 @@ def check_range(
     seg_size: int,
     objects: Mapping[int, Seen],
     ledger: Mapping[int, LedgerEntry],
+    etags: bool = True,
 ) -> list[Problem]:
     """Shallow problems of segments ``[start, end)``, in order."""
-    found = (check_object(s, seg_size, objects.get(s), ledger.get(s)) for s in range(start, end))
+    found = (
+        check_object(s, seg_size, objects.get(s), ledger.get(s), etags) for s in range(start, end)
+    )
     return [p for p in found if p is not None]
 
 

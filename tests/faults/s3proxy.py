@@ -45,6 +45,12 @@ does not: a request whose body (after any fault) does not match its
 ``Content-MD5`` or ``x-amz-checksum-sha256`` is answered 400 ``BadDigest``
 and not forwarded.
 
+With ``--opaque-etags`` it plays an endpoint whose ETags are no MD5 of the
+bytes (AWS under SSE-KMS, several S3-compatible stores): every ETag it
+relays, in headers and in listings' XML, is replaced by another 32-hex value
+derived from the real one, and mapped back in ``If-Match`` /
+``If-None-Match`` requests.
+
 Counters, per HTTP method: ``seen`` (requests received), ``faulted`` (given a
 mode other than pass), ``forwarded`` (sent to the upstream), ``with_md5``
 (carrying ``Content-MD5``), ``refused`` (``BadDigest`` from the verification).
@@ -58,6 +64,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import re
 import socket
 import struct
 import subprocess
@@ -89,6 +96,8 @@ MODES = frozenset(
     }
 )
 MAX_LINE = 65536
+ETAG_CONDITIONS = frozenset({"if-match", "if-none-match"})
+LISTED_ETAG = re.compile(rb"(<ETag>(?:&quot;|\")?)([0-9a-fA-F-]+)((?:&quot;|\")?</ETag>)")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"}
 )
@@ -142,8 +151,11 @@ class Fault:
 class ProxyState:
     """The current fault and the counters, shared by the connection threads."""
 
-    def __init__(self, verify: bool = False) -> None:
+    def __init__(self, verify: bool = False, opaque_etags: bool = False) -> None:
         self.verify = verify
+        self.opaque_etags = opaque_etags
+        self.real_etags: dict[str, str] = {}
+        """Opaque ETag -> the upstream's (``--opaque-etags``)."""
         self.cond = threading.Condition()
         self.fault = Fault()
         self.generation = 0  # bumped whenever the fault changes
@@ -153,6 +165,31 @@ class ProxyState:
         self.forwarded: Counter[str] = Counter()
         self.with_md5: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
+
+    def opaque(
+        self, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[list[tuple[str, str]], bytes]:
+        """A response with every ETag replaced by an opaque one (remembered)."""
+
+        def swap(real: str) -> str:
+            fake = hashlib.md5(b"opaque:" + real.encode()).hexdigest()
+            with self.cond:
+                self.real_etags[fake] = real
+            return fake
+
+        headers = [
+            (n, f'"{swap(v.strip(chr(34)))}"' if n.lower() == "etag" else v) for n, v in headers
+        ]
+        if b"<ETag>" in body:
+            body = LISTED_ETAG.sub(lambda m: m[1] + swap(m[2].decode()).encode() + m[3], body)
+        return headers, body
+
+    def real_etag(self, value: str) -> str:
+        """``If-Match`` / ``If-None-Match`` with the upstream's ETag again."""
+        inner = value.strip('"')
+        with self.cond:
+            real = self.real_etags.get(inner)
+        return value if real is None else value.replace(inner, real)
 
     def pick(self, method: str, has_body: bool) -> Fault:
         """The fault for one incoming request (counted)."""
@@ -398,7 +435,12 @@ class Connection:
             return keep_alive
 
         try:
+            if self.state.opaque_etags:
+                headers = [(n, self.state.real_etag(v) if n.lower() in ETAG_CONDITIONS else v)
+                           for n, v in headers]  # fmt: skip
             status, reason, resp_headers, resp_body = self.forward(method, target, headers, body)
+            if self.state.opaque_etags:
+                resp_headers, resp_body = self.state.opaque(resp_headers, resp_body)
         except (OSError, http.client.HTTPException) as exc:
             self.note(f"upstream failed for {method} {target}: {exc!r}")
             self.send_error("bad_gateway", method, path, keep_alive)
@@ -523,12 +565,14 @@ class Connection:
         print(f"{time.strftime('%H:%M:%S')} s3proxy: {message}", file=self.log, flush=True)
 
 
-def serve(host: str, port: int, upstream_url: str, verify: bool = False) -> None:
+def serve(
+    host: str, port: int, upstream_url: str, verify: bool = False, opaque_etags: bool = False
+) -> None:
     parts = urlsplit(upstream_url)
     if parts.scheme != "http" or not parts.hostname:
         raise SystemExit(f"s3proxy: --upstream must be http://HOST:PORT, got {upstream_url!r}")
     upstream = (parts.hostname, parts.port or 80)
-    state = ProxyState(verify)
+    state = ProxyState(verify, opaque_etags)
     server = socket.create_server((host, port), backlog=256)
     print(f"s3proxy: listening on {host}:{port}, upstream {upstream_url}", flush=True)
     while True:
@@ -546,9 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--verify-checksums", action="store_true", help="refuse bodies that fail their checksums"
     )
+    parser.add_argument(
+        "--opaque-etags", action="store_true", help="relay ETags that are no MD5 of the bytes"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.host, args.port, args.upstream, args.verify_checksums)
+        serve(args.host, args.port, args.upstream, args.verify_checksums, args.opaque_etags)
 
 
 # --- the test side ------------------------------------------------------------
@@ -587,6 +634,7 @@ class S3FaultProxy:
         port: int | None = None,
         log_path: Path | None = None,
         verify_checksums: bool = False,
+        opaque_etags: bool = False,
     ):
         if port is None:
             from tests.servers import free_port
@@ -596,6 +644,7 @@ class S3FaultProxy:
         self.port = port
         self.log_path = log_path
         self.verify_checksums = verify_checksums
+        self.opaque_etags = opaque_etags
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -619,6 +668,7 @@ class S3FaultProxy:
             "--upstream",
             self.upstream,
             *(["--verify-checksums"] if self.verify_checksums else []),
+            *(["--opaque-etags"] if self.opaque_etags else []),
         ]
         root = Path(__file__).resolve().parents[2]
         if self.log_path is not None:

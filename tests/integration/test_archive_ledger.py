@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from tasks.archive.flush import LedgerFlusher
+from tasks.archive.heal import heal_from_copy
 from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.scrubber import DeepBudget, Scrubber
 from tasks.core.archive_check import Kind
 from tasks.core.ids import TenantTimelineId
-from tasks.core.ledger import LEDGER_DIR, LedgerEntry, WalFacts, encode, wal_facts
+from tasks.core.ledger import LEDGER_DIR, LedgerEntry, WalFacts, decode, encode, wal_facts
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate, simulated_system_id
@@ -206,13 +207,14 @@ def test_verify_passes_an_intact_archive_and_names_each_damage(
     name = lambda s: xlog_file_name(s, SEG)  # noqa: E731
     assert (name(3), Kind.MISSING) in found and (name(5), Kind.SIZE) in found
     assert ("stray.bin", Kind.EXTRA) in found
-    # S3's ETag shows the rewrite without reading it; a file needs --deep.
-    assert ((name(7), Kind.CHANGED) in found) == (not isinstance(storage, LocalStorage))
+    # S3's ETag points at the rewrite, and its bytes, read back, prove it; a
+    # file needs --deep.
+    assert ((name(7), Kind.CORRUPT) in found) == (not isinstance(storage, LocalStorage))
     assert code == 1
 
     code, report = verify(redis_url, storage, "--deep")
     found = {(p["segment"], p["kind"]) for p in report["problems"]}
-    assert {(name(7), Kind.CORRUPT), (name(7), Kind.CHANGED)} & found
+    assert (name(7), Kind.CORRUPT) in found
     assert code == 1
 
     # Redis gone: the ledger's pages alone give the range.
@@ -322,3 +324,49 @@ def test_the_pipeline_keeps_a_ledger_that_the_scrubber_and_verify_check(
         if code == 0:
             dest.unlink()  # as PostgreSQL moves it
     assert b"is not the one archived" in run.stderr and not dest.exists()
+
+
+class RemovalRacing(LocalStorage):
+    """A ``file://`` archive whose DELETE is followed at once by the node's
+    WAL removal unlinking its copy, the race a review found: a heal deleted
+    the archived object and then had no copy left to upload."""
+
+    def __init__(self, root: Path, victim: Path) -> None:
+        super().__init__(root)
+        self.victim = victim
+        self.deleted: list[str] = []
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        self.deleted.append(key)
+        self.victim.unlink(missing_ok=True)
+
+
+def test_a_heal_deletes_only_damaged_bytes_and_uploads_a_copy_removed_meanwhile(
+    state: RedisState, tmp_path: Path
+) -> None:
+    node = Node(tmp_path / "node", LocalStorage(tmp_path / "remote"), state)
+    node.archive(range(1, 4))
+    storage = RemovalRacing(tmp_path / "remote", node.path(2))
+    raw = state.r.hgetall(ledger_key(str(TTID)))
+    entries = {int(k): e for k, v in raw.items() if (e := decode(v)) is not None}
+    good = expected_segment_bytes(TTID, 2, SEG)
+
+    # The archived bytes are the ledger's: nothing is deleted, whatever made us look.
+    assert heal_from_copy(storage, lambda t, s: node.copy(s), TTID, 2, SEG, entries[2]) == "intact"
+    assert storage.deleted == [] and node.path(2).exists()
+
+    # Damaged: deleted, and the copy, unlinked by removal right then, still uploaded.
+    replace_object(storage, 2, b"\x00" * SEG)
+    assert (
+        heal_from_copy(storage, lambda t, s: node.copy(s), TTID, 2, SEG, entries[2]) == "uploaded"
+    )
+    assert storage.deleted == [segment_key(TTID, xlog_file_name(2, SEG))]
+    assert not node.path(2).exists()
+    assert storage.read_bytes(segment_key(TTID, xlog_file_name(2, SEG))) == good
+
+    # A copy that is not the ledger's bytes heals nothing.
+    node.path(3).write_bytes(b"\x01" * SEG)
+    replace_object(storage, 3, b"\x00" * SEG)
+    assert heal_from_copy(storage, lambda t, s: node.copy(s), TTID, 3, SEG, entries[3]) is None
+    assert len(storage.deleted) == 1

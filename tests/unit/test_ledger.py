@@ -86,8 +86,12 @@ def test_wal_facts_come_from_a_long_page_header() -> None:
 
 def test_check_object_names_what_is_wrong() -> None:
     assert check_object(1, SEG, Seen(SEG, "d" * 32), ENTRY) is None
-    assert check_object(1, SEG, Seen(SEG, "abc-2"), ENTRY) is None  # multipart: no MD5 to compare
+    # A multipart ETag: no upload of ours (one part each), evidence to read back.
+    multipart = check_object(1, SEG, Seen(SEG, "abc-2"), ENTRY)
+    assert multipart is not None and multipart.kind is Kind.CHANGED
+    assert "multipart" in multipart.detail
     assert check_object(1, SEG, Seen(SEG, None), ENTRY) is None  # file://: sizes only
+    assert check_object(1, SEG, Seen(SEG, "e" * 32), ENTRY, etags=False) is None  # learned
     cases = {
         Kind.MISSING: (None, ENTRY),
         Kind.SIZE: (Seen(100, "d" * 32), ENTRY),
