@@ -19,6 +19,7 @@ them all.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -43,11 +44,17 @@ class ClusterGauges:
         """``backup_lsn`` and ``offloader`` as Redis has them (``None``: unknown,
         none); ``now`` is the round's ``time.time()``."""
         ttid = str(st.ttid)
+        later = _promoted_age(st, now)
         if st.commit_lsn is None or st.local_start_lsn is None:
+            if later is not None:  # only a later PostgreSQL timeline's WAL
+                TIMELINE_SERIES.set(ttid, 0, later, offloader or 0)
             return  # nothing complete on disk: not a peer, nothing to elect yet
         backup = backup_lsn or st.backup_lsn
         lag = st.commit_lsn - min(st.commit_lsn, backup)
-        TIMELINE_SERIES.set(ttid, lag, self._oldest_age(st, backup, now), offloader or 0)
+        age = self._oldest_age(st, backup, now)
+        if later is not None:
+            age = max(age or 0.0, later)
+        TIMELINE_SERIES.set(ttid, lag, age, offloader or 0)
 
     def _oldest_age(self, st: TimelineState, backup_lsn: Lsn, now: float) -> float | None:
         """Seconds since the oldest unarchived complete segment was written, 0
@@ -88,3 +95,18 @@ class ClusterGauges:
         """The timeline is gone from this node: so are its series here."""
         self._written.pop(ttid, None)
         TIMELINE_SERIES.remove(ttid)
+
+
+def _promoted_age(st: TimelineState, now: float) -> float | None:
+    """Seconds since the server was promoted, when the timeline holds WAL of
+    a later PostgreSQL timeline (``tasks.backup.misconfig``): none of it is
+    archived, so it counts as unarchived WAL that old. The later timeline's
+    history file says when (its mtime), else its oldest segment file."""
+    if st.foreign_tli is None or st.foreign_first is None:
+        return None
+    names = [f"{st.foreign_tli:08X}.history", st.foreign_first]
+    mtimes = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            mtimes.append(os.stat(st.path / name).st_mtime)
+    return max(0.0, now - min(mtimes)) if mtimes else None

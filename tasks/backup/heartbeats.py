@@ -35,6 +35,7 @@ import redis
 from tasks.backup.copies import Copies
 from tasks.backup.gaps import MissingSegments
 from tasks.backup.gauges import ClusterGauges
+from tasks.backup.misconfig import SetupErrors
 from tasks.backup.state_writes import StateWrites
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
@@ -92,7 +93,7 @@ class Heartbeats:
         self.complain = complain
         self.backup_known: dict[str, Lsn | None] = {}
         """The cluster's backup_lsn per timeline, as of the last round."""
-        self._size_errors = Throttle(30.0)
+        self.setup_errors = SetupErrors(node_id, state)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._slow = Throttle(30.0)
         self.offloaded: dict[str, Lsn] = {}
@@ -194,21 +195,6 @@ class Heartbeats:
             self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now, damaged
         )
 
-    def _misconfigured(self, st: TimelineState, found: int) -> None:
-        """A segment size that does not match the server's must not look like
-        a healthy, idle timeline: an ERROR and ``last_error`` (again every
-        30 s, as another node's commit clears it)."""
-        ttid = str(st.ttid)
-        if not self._size_errors.allow(ttid):
-            return
-        message = (
-            f"node {self.node_id}: the segment files of this timeline are {found} bytes but "
-            f"WALBACKUP_WAL_SEG_SIZE is {st.wal_seg_size}: set it to the server's "
-            "wal_segment_size; until then this node backs up none of them"
-        )
-        log.error("Timeline %s: %s", ttid, message)
-        self.state.record_error(ttid, message)
-
     def forget(self, ttid: str) -> None:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
@@ -276,8 +262,7 @@ class Heartbeats:
             self.state_writes.record(st, backup_lsn, system_id)
             self.gauges.timeline(st, backup_lsn, offloader, now)
             self.gaps.check(st, backup_lsn)
-            if st.foreign_seg_size is not None:
-                self._misconfigured(st, st.foreign_seg_size)
+            self.setup_errors.check(st)
         self.gaps.flush()
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()

@@ -15,8 +15,9 @@ WAL the node cannot upload:
   only the ``.partial`` of its first segment thus reports
   ``local_start_lsn == commit_lsn``: nothing to upload yet, position known.
 - Complete segments after a gap are noted, not counted.
-- Segment names of a timeline other than 1 (``PG_TLI``), or invalid for
-  ``seg_size``, are problems and ignored. ``.history`` files are listed
+- Segment names of a timeline other than 1 (``PG_TLI``: the server was
+  promoted), or invalid for ``seg_size``, are problems and ignored; the
+  highest such timeline is ``foreign_tli``. ``.history`` files are listed
   (``history``). Other names (the state file, temp files) are ignored silently.
 """
 
@@ -61,6 +62,12 @@ class ScanResult:
     stranded: tuple[int, ...] = ()
     """Complete segments above a missing one (the segment at ``commit_lsn``),
     sorted: not counted, so backup stops at the hole."""
+    foreign_tli: int | None = None
+    """The highest PostgreSQL timeline other than ``PG_TLI`` that segment
+    files are named for: the server was promoted, and its WAL since is not
+    backed up (``Heartbeats`` makes that the timeline's error)."""
+    foreign_first: str | None = None
+    """The first such file by name (the oldest of the newest such timeline's)."""
 
 
 def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
@@ -75,6 +82,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
     partials: list[tuple[int, str]] = []
     problems: list[str] = []
     history: list[str] = []
+    later_tlis: dict[int, str] = {}  # PostgreSQL timeline -> its first file's name
 
     for name, size in sorted(entries):
         if HISTORY_NAME_RE.fullmatch(name):
@@ -91,6 +99,7 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
             continue
         if tli != PG_TLI:
             problems.append(f"{name}: timeline {tli} segment ignored (only timeline {PG_TLI})")
+            later_tlis.setdefault(tli, name)
             continue
         if is_partial:
             if size > seg_size:
@@ -115,6 +124,8 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
             "expected at most one"
         )
     partial = max(partials)[1] if partials else None
+    foreign_tli = max(later_tlis, default=None)
+    foreign_first = later_tlis[foreign_tli] if foreign_tli is not None else None
 
     held = complete | wrong_size | {segno for segno, _ in partials}
     # A setting to fix only when no segment has the configured size: one copy
@@ -124,7 +135,16 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         foreign = max(other_sizes, key=lambda k: other_sizes[k])
     if not held:
         return ScanResult(
-            seg_size, range(0), None, None, partial, tuple(problems), (), (), None, tuple(history)
+            seg_size,
+            range(0),
+            None,
+            None,
+            partial,
+            tuple(problems),
+            (),
+            history=tuple(history),
+            foreign_tli=foreign_tli,
+            foreign_first=foreign_first,
         )
 
     first = min(held)
@@ -150,6 +170,8 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         foreign_seg_size=foreign,
         history=tuple(history),
         stranded=tuple(beyond),
+        foreign_tli=foreign_tli,
+        foreign_first=foreign_first,
     )
 
 

@@ -19,6 +19,15 @@ absences are no such end, and would cut a restore short in silence:
   archived looks the same, and a standby never ends recovery at a missing
   file: for one, exit 1, saying so on stderr
   (``WALBACKUP_RESTORE_EMPTY_TIMELINE``, ``fetch.empty_timeline_ends``).
+- a segment of a later PostgreSQL timeline whose history file is archived:
+  the server was promoted, and walbackup archives timeline 1 only
+  (``InvalidInput``, exit 200, naming ``recovery_target_timeline``; for a
+  standby, exit 1 with a warning).
+
+``in_standby``: PostgreSQL runs ``restore_command`` in its data directory,
+where ``standby.signal`` says standby mode (PostgreSQL 12 and later). A
+standby that gets 1 streams from its primary or asks again later, never
+promotes; a recovery that gets 1 ends there and promotes.
 
 Segments in flight (uploaded out of order, committed in order) are not in
 the ledger yet, so a standby polling for the next segment still gets 1.
@@ -26,11 +35,13 @@ the ledger yet, so a standby polling for the next segment still gets 1.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.retention import RETAINED_MARKER, parse_marker
+from tasks.core.segments import PG_TLI
 from tasks.errors import InvalidInput, NotFound, SegmentLost, WalBackupError
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.storage.base import RemoteStorage, timeline_prefix
@@ -84,6 +95,8 @@ def not_found(
     the timeline (``InvalidInput``; the timeline's case ``NotFound`` with a
     warning when ``empty_timeline_ends``)."""
     missing = NotFound(f"segment {segment} of timeline {ttid} is not archived")
+    if (promoted := _later_timeline(storage, ttid, segment)) is not None:
+        return promoted
     if paged or next(storage.list(timeline_prefix(ttid), limit=1), None) is not None:
         return missing
     if next(storage.list("", limit=1), None) is None:
@@ -107,6 +120,37 @@ def not_found(
         file=sys.stderr,
     )
     return missing
+
+
+def _later_timeline(
+    storage: RemoteStorage, ttid: TenantTimelineId, segment: str
+) -> InvalidInput | None:
+    """A segment of a later PostgreSQL timeline whose history file the archive
+    holds: the server was promoted, and walbackup archives timeline ``PG_TLI``
+    only (``tasks.backup.misconfig``). Its absence is no end of the WAL:
+    PostgreSQL asks for it first, following ``recovery_target_timeline =
+    'latest'``, and would end recovery at the switch without it."""
+    tli = int(segment[:8], 16)
+    history = f"{tli:08X}.history"
+    if tli == PG_TLI or next(storage.list(timeline_prefix(ttid) + history, limit=1), None) is None:
+        return None
+    problem = (
+        f"segment {segment} is on PostgreSQL timeline {tli}, which the archive's {history} "
+        f"records (the server was promoted), but walbackup archives timeline {PG_TLI} only: "
+        f"timeline {tli}'s WAL is not in this archive"
+    )
+    if in_standby():
+        print(f"walbackup: {problem} (a standby: taken as not archived)", file=sys.stderr)
+        return None
+    return InvalidInput(
+        f"{problem}; recovery stops here rather than end early. To restore timeline "
+        f"{PG_TLI} to its end, set recovery_target_timeline = '{PG_TLI}'"
+    )
+
+
+def in_standby() -> bool:
+    """Whether PostgreSQL runs this ``restore_command`` in standby mode (module docstring)."""
+    return os.path.exists("standby.signal")
 
 
 def _retained(storage: RemoteStorage, ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:

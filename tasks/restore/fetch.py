@@ -40,7 +40,7 @@ from tasks.errors import (
     WalBackupError,
 )
 from tasks.fsutil import atomic_write
-from tasks.restore.absence import LOST_RECHECK_S, lost, not_found
+from tasks.restore.absence import LOST_RECHECK_S, in_standby, lost, not_found
 from tasks.restore.exits import (
     EXIT_CHECKSUM,
     EXIT_INPUT,
@@ -239,12 +239,9 @@ def _run_fetch(ttid: str, segment: str, dest: str, offset: int) -> int:
 def empty_timeline_ends(policy: str) -> bool:
     """Whether a timeline nothing is archived of reads as not archived yet
     (exit 1) under ``WALBACKUP_RESTORE_EMPTY_TIMELINE`` ``policy``. ``auto``:
-    only for a standby. PostgreSQL runs ``restore_command`` in its data
-    directory, where ``standby.signal`` says standby mode (PostgreSQL 12 and
-    later): a standby that gets 1 streams from its primary or asks again
-    later, never promotes; a recovery that gets 1 ends there and promotes."""
+    only for a standby (``absence.in_standby``)."""
     if policy == "auto":
-        return os.path.exists("standby.signal")
+        return in_standby()
     return policy == "end"
 
 

@@ -39,6 +39,10 @@ class TimelineState:
     """Its timeline history files' names (``tasks.backup.history``)."""
     stranded: tuple[int, ...] = ()
     """Complete segments above a missing one (``ScanResult.stranded``)."""
+    foreign_tli: int | None = None
+    """Segment files of this later PostgreSQL timeline are held (``ScanResult.foreign_tli``)."""
+    foreign_first: str | None = None
+    """The first of them by name (``ScanResult.foreign_first``)."""
 
 
 def timeline_state(
@@ -65,4 +69,6 @@ def timeline_state(
         foreign_seg_size=scanned.foreign_seg_size,
         history=scanned.history,
         stranded=scanned.stranded,
+        foreign_tli=scanned.foreign_tli,
+        foreign_first=scanned.foreign_first,
     )

@@ -129,3 +129,20 @@ def test_every_nodes_last_heartbeat_and_a_node_gone_from_redis() -> None:
     assert (ts(base), ts(base + 1)) == (1700000000.5, 1700000001.0)
     gauges.nodes({base: {"ts": 1700000002.0}})
     assert (ts(base), ts(base + 1)) == (1700000002.0, None)
+
+
+def test_wal_of_a_later_postgresql_timeline_is_unarchived_wal_since_the_promotion(
+    tmp_path: Path,
+) -> None:
+    """None of it is archived (tasks.backup.misconfig): its age is the history
+    file's, so the unarchived-WAL alert fires after the RPO."""
+    now = time.time()
+    st = _timeline(tmp_path, range(1, 5), written_at=now - 100)
+    (st.path / "00000002.history").write_text("1\t0/4000000\tno recovery target specified\n")
+    os.utime(st.path / "00000002.history", (now - 2000, now - 2000))
+    (st.path / "000000020000000000000004").write_bytes(b"\0" * SEG)
+    st = Workdir(tmp_path, SEG).scan_timeline(st.ttid)
+    assert st is not None and st.foreign_tli == 2
+    ClusterGauges().timeline(st, Lsn.from_segment(5, 0, SEG), 1, now)
+    assert _value("backup_lag_bytes", st) == 0  # timeline 1 is all archived
+    assert 1999 <= (_value("oldest_unarchived_segment_age_seconds", st) or 0) <= 2001

@@ -203,3 +203,26 @@ def test_a_segment_gone_with_its_page_is_lost_when_later_pages_exist(
     storage.delete(segment_key(ttid, xlog_file_name(12, SEG)))  # past the last page: the end
     with pytest.raises(NotFound):
         fetch(storage, ttid, 12, tmp_path / "dest")
+
+
+def test_a_later_postgresql_timeline_stops_a_recovery_but_not_a_standby(
+    tmp_path: Path, ttid: TenantTimelineId, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """PostgreSQL follows the archived 00000002.history and asks for timeline
+    2's segments first: walbackup never has them, and 'not found' would end
+    the recovery at the switch."""
+    storage = archived(tmp_path, ttid)
+    t2 = "000000020000000000000009"
+    dest = tmp_path / "dest"
+    with pytest.raises(NotFound):  # no history of timeline 2 archived: nothing known of it
+        fetch_or_partial(storage, ttid, t2, str(dest), 0, None)
+    storage.put_bytes(timeline_prefix(ttid) + "00000002.history", b"1\t0/9000000\tx\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInput, match="recovery_target_timeline = '1'"):
+        fetch_or_partial(storage, ttid, t2, str(dest), 0, None)
+    (tmp_path / "standby.signal").touch()
+    with pytest.raises(NotFound):
+        fetch_or_partial(storage, ttid, t2, str(dest), 0, None)
+    assert "PostgreSQL timeline 2" in capsys.readouterr().err
+    assert not dest.exists()

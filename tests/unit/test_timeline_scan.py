@@ -175,3 +175,18 @@ def test_wrong_size_segments_are_listed_as_damaged() -> None:
     assert result.damaged == (2, 4)
     assert result.commit_lsn == lsn(2)  # the damaged copy still ends the run
     assert scan_entries([seg(1), seg(2, 100, ".partial")], SEG).damaged == ()
+
+
+def test_a_later_postgresql_timeline_is_named_and_ignored() -> None:
+    """A promoted server writes segments of timeline 2 (and its history file):
+    none is counted, and the scan says which timeline and its first file."""
+    t2 = [("00000002000000000000000B", SEG), ("00000002000000000000000C.partial", 10)]
+    result = scan_entries([seg(9), seg(10), ("00000002.history", 40), *t2], SEG)
+    assert result.segnos == range(9, 11)
+    assert (result.foreign_tli, result.foreign_first) == (2, "00000002000000000000000B")
+    assert result.history == ("00000002.history",)
+    assert len(result.problems) == 2
+    later = scan_entries([("00000003000000000000000D", SEG), *t2], SEG)
+    assert (later.foreign_tli, later.foreign_first) == (3, "00000003000000000000000D")
+    assert later.commit_lsn is None
+    assert scan_entries([seg(9)], SEG).foreign_tli is None
