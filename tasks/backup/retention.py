@@ -135,7 +135,7 @@ def retain(storage: RemoteStorage, state: RedisState, plan: RetainPlan) -> Summa
     ttid = str(plan.ttid)
     start = plan.archive_start
     recorded = _raise_marker(storage, plan, start)
-    state.raise_archive_start(ttid, max(start, recorded or start))
+    state.raise_archive_start(ttid, max(start, recorded or start), replicated=True)
     done = _delete(storage, plan.ttid, plan.seg_size, "retain", plan.objects)
     # Again: a retain reaching less far that ran meanwhile may have written
     # its lower start over ours (the marker has no conditional write). A

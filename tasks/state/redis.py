@@ -210,10 +210,15 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     def raise_backup_lsn(self, ttid: str, lsn: Lsn, pipe: Pipeline[str] | None = None) -> Any:
         return self._scripts.run("raise_backup_lsn", [tl_key(ttid)], [str(lsn)], pipe)
 
-    def raise_archive_start(self, ttid: str, lsn: Lsn) -> Lsn:
+    def raise_archive_start(self, ttid: str, lsn: Lsn, replicated: bool = False) -> Lsn:
         """Record that the archive of ``ttid`` starts at ``lsn`` (``walbackup
-        retain`` deleted what lies below), never lowering it; the stored value."""
+        retain`` deleted what lies below), never lowering it; the stored value.
+        ``replicated``: with Sentinel, only once a replica has it too, else
+        ``redis.RedisError``: retain deletes nothing a failover could make
+        the scrubber upload again and ``verify`` call missing."""
         stored = self._scripts.run("raise_lsn", [tl_key(ttid)], ["archive_start_lsn", str(lsn)])
+        if replicated:
+            self.confirm_replicated(f"the archive's new start {lsn}")
         return Lsn.parse(stored)
 
     def raise_archived_lsn(self, ttid: str, lsn: Lsn) -> Lsn:

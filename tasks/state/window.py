@@ -24,6 +24,8 @@ from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_k
 from tasks.state.lua import Scripts
 
 REPLICA_WAIT_MS = 100
+CONFIRM_WAIT_MS = 5000
+"""``confirm_replicated``'s wait (``walbackup retain``'s new archive start)."""
 
 
 class ClaimRequest(NamedTuple):
@@ -64,6 +66,16 @@ class LeaseWindow:
     def _replicated(self) -> None:
         if self.replicas:
             self.r.wait(self.replicas, REPLICA_WAIT_MS)
+
+    def confirm_replicated(self, what: str) -> None:
+        """Wait up to ``CONFIRM_WAIT_MS`` for the replicas to have every write
+        so far; ``redis.RedisError`` naming ``what`` if they do not, for an
+        act that must not follow a write a failover could undo."""
+        if self.replicas and self.r.wait(self.replicas, CONFIRM_WAIT_MS) < self.replicas:
+            raise redis.RedisError(
+                f"no replica confirmed {what} within {CONFIRM_WAIT_MS / 1000:g} s: a failover "
+                "now would undo it, so nothing was deleted; run it again once the replica answers"
+            )
 
     def acquire_lease(self, ttid: str, owner: str, node_id: int, ttl_ms: int) -> str | None:
         """The lease token (``owner:EPOCH``), or ``None`` when someone else holds it."""

@@ -9,16 +9,22 @@ import hashlib
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from tasks.backup.retention import plan_retain, retain
+from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.state.keys import tl_key
 from tasks.state.lua import SCRIPT_SOURCES
 from tasks.state.redis import RedisState
 from tasks.state.window import REPLICA_WAIT_MS
+from tasks.storage.local import LocalStorage
 from tests.cluster import wait_for
+from tests.integration.test_retention import SEG as RSEG
+from tests.integration.test_retention import backed_up_to, fill, name, names
 from tests.servers import SentinelGroup
 
 pytestmark = pytest.mark.integration
@@ -87,3 +93,37 @@ def test_commits_wait_for_the_replica_and_survive_a_failover(group: SentinelGrou
     finally:
         replica.close()
         state.close()
+
+
+def test_retain_deletes_nothing_until_a_replica_has_the_new_start(
+    group: SentinelGroup, tmp_path: Path
+) -> None:
+    """A review's find: a retain whose new start a failover lost made the
+    scrubber upload the deleted segments again (the promoted replica knew
+    no start). Now the start must be on a replica before anything goes."""
+    state = RedisState.from_url(
+        group.master.url, sentinels=group.sentinel_list, master_name=group.name
+    )
+    storage = LocalStorage(tmp_path / "remote")
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    fill(storage, ttid, range(1, 13))
+    backed_up_to(state, ttid, 12)
+    plan = plan_retain(storage, state, ttid, name(8), keep_segments=1, default_seg_size=RSEG)
+    group.replica.pause()
+    try:
+        with pytest.raises(redis.RedisError, match="no replica confirmed"):
+            retain(storage, state, plan)
+    finally:
+        group.replica.resume()
+    assert [n for n in names(storage, ttid) if n.startswith("0000")] == [
+        name(s) for s in range(1, 13)
+    ]
+    done = retain(storage, state, plan)  # the rerun, the replica back
+    assert done.segments == 7
+    replica = group.replica.client()
+    try:
+        assert (
+            replica.hget(tl_key(str(ttid)), "archive_start_lsn") == str(plan.archive_start).encode()
+        )
+    finally:
+        replica.close()
