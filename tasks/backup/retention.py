@@ -262,19 +262,19 @@ def _delete(
     failure logs how far it got (a rerun goes on from there) and is raised."""
     prefix = timeline_prefix(ttid)
     deleted: list[ArchivedObject] = []
+    batch: list[ArchivedObject] = []
     pending = iter(objects)
     try:
         while batch := list(itertools.islice(pending, DELETE_BATCH)):
             storage.delete_many(prefix + o.name for o in batch)
             deleted += batch
-    except WalBackupError as exc:
+    except WalBackupError as exc:  # a refused batch may be carried out, wholly or in part
         log.warning(
-            "Timeline %s: %s: stopped after deleting %s: %s",
-            ttid,
-            what,
-            _counts(summarize(deleted), seg_size),
-            exc,
-        )
+            "Timeline %s: %s: stopped after deleting %s; of the batch then (%s) some or all "
+            "may be gone: %s",
+            ttid, what, _counts(summarize(deleted), seg_size),
+            _counts(summarize(batch), seg_size), exc,
+        )  # fmt: skip
         raise
     return summarize(deleted)
 

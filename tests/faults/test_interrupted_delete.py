@@ -70,7 +70,9 @@ def test_an_interrupted_delete_leaves_no_whole_looking_archive_and_a_rerun_finis
     assert cut.returncode == 3, cut.stderr
     assert "Traceback" not in cut.stderr
     assert cut.stderr.strip().splitlines()[-1].startswith("walbackup: ")
-    assert f"Timeline {ttid}: delete: stopped after deleting" in cut.stderr
+    assert f"Timeline {ttid}: delete: stopped after deleting objects=0" in cut.stderr
+    # ... and says the batch it was deleting may be gone (it is, wholly).
+    assert "of the batch then (objects=1000" in cut.stderr and "may be gone" in cut.stderr
     left = names(storage, ttid)
     assert left == everything[1000:]  # the newer end, the metadata with it
     assert proxy.stats().forwarded["POST"] == 3
