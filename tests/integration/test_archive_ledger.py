@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,30 @@ def test_a_heal_deletes_only_damaged_bytes_and_uploads_a_copy_removed_meanwhile(
     replace_object(storage, 3, b"\x00" * SEG)
     assert heal_from_copy(storage, lambda t, s: node.copy(s), TTID, 3, SEG, entries[3]) is None
     assert len(storage.deleted) == 1
+
+
+def test_a_node_stopping_writes_the_pages_of_what_was_committed(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """No scrub pass and fewer than 64 entries: only the offloader's stop
+    flushes them, so an archive that outlives its cluster (the demo's, a
+    new user found) has every committed segment in its ledger."""
+    cluster = make_cluster(settings={"WALBACKUP_SCRUB_INTERVAL": "3600"})
+    ttid = TenantTimelineId(secrets.token_hex(16), secrets.token_hex(16))
+    cluster.start_node(1)
+    cluster.wait_nodes([1])
+    storage = open_storage(cluster.remote_storage)
+    pages = LedgerStore(storage)
+    simulate([cluster.workdir(1)], [ttid], segments=10, seg_size=SEG_SIZE)
+    cluster.wait_backup(ttid, Lsn.from_segment(11, 0, SEG_SIZE), timeout=60)
+    # The offloader's first upkeep of a timeline flushes at once; after that,
+    # only 64 entries or a minute's wait would.
+    wait_for(lambda: sorted(pages.entries(ttid, SEG_SIZE, 0, 100)[0]) == list(range(1, 11)),
+             10, "the first page")  # fmt: skip
+    simulate([cluster.workdir(1)], [ttid], segments=10, seg_size=SEG_SIZE, start_segno=11)
+    cluster.wait_backup(ttid, Lsn.from_segment(21, 0, SEG_SIZE), timeout=60)
+    time.sleep(2)  # upkeep rounds that flush nothing (10 entries, seconds old)
+    assert sorted(pages.entries(ttid, SEG_SIZE, 0, 100)[0]) == list(range(1, 11))
+    cluster.stop()  # SIGTERM: Celery's warm shutdown stops the node service
+    entries, conflicts = pages.entries(ttid, SEG_SIZE, 0, 100)
+    assert sorted(entries) == list(range(1, 21)) and not conflicts
