@@ -162,11 +162,13 @@ def start_cluster(
     workdirs: dict[int, Path] | None = None,
     prefix: dict[int, list[str]] | None = None,
     settings: dict[str, str] | None = None,
+    **options: str,
 ) -> Cluster:
     """Nodes 1-3 (``workdirs``: other WORKDIRs than the cluster's; ``prefix``:
-    a command to run a node under; ``settings``: more environment) and beat,
+    a command to run a node under; ``settings``: more environment;
+    ``options``: ``make_cluster``'s, e.g. ``remote_storage``) and beat,
     every node heartbeating."""
-    cluster = make_cluster(settings=settings) if settings else make_cluster()
+    cluster = make_cluster(settings=settings, **options) if settings else make_cluster(**options)
     for n in NODES:
         env = {"WALBACKUP_WORKDIR": str(workdirs[n])} if workdirs else {}
         cluster.start_node(n, env, (prefix or {}).get(n))

@@ -13,6 +13,8 @@ never deletes before that (``tasks.archive.heal``); nothing good is deleted
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -23,27 +25,26 @@ from tests.faults.harness import (
     WalWriter,
     assert_invariant,
     seg_lsn,
+    start_cluster,
     ttid_offloaded_by,
 )
 from tests.faults.s3proxy import S3FaultProxy
 from tests.fixtures_s3 import MotoServer, s3_client
 from tests.integration.test_cli_cluster import walbackup
-from tests.servers import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def test_etags_that_are_no_md5s_never_get_good_segments_deleted(
-    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+    moto_server: MotoServer,
+    s3_bucket_url: str,
+    redis_url: str,
+    make_cluster: Callable[..., Cluster],
+    tmp_path: Path,
 ) -> None:
-    root = tmp_path_factory.mktemp("opaque")
-    moto_server.start()
-    bucket = f"walbackup-opaque-{int(time.time() * 1000)}"
-    client = s3_client(moto_server.endpoint_url)
-    client.create_bucket(Bucket=bucket)
-    redis_server = RedisServer()
-    redis_server.start()
-    proxy = S3FaultProxy(moto_server.endpoint_url, log_path=root / "proxy.log", opaque_etags=True)
+    proxy = S3FaultProxy(
+        moto_server.endpoint_url, log_path=tmp_path / "proxy.log", opaque_etags=True
+    )
     proxy.start()
     settings = {
         "WALBACKUP_SCRUB_INTERVAL": "1",
@@ -51,18 +52,13 @@ def test_etags_that_are_no_md5s_never_get_good_segments_deleted(
         "WALBACKUP_REMOVE_WAL": "true",
         "WALBACKUP_WAL_KEEP_SEGMENTS": "0",
     }
-    cluster = Cluster(
-        root,
-        redis_server.url,
-        f"s3://{bucket}/wal",
-        s3_endpoint_url=proxy.endpoint_url,
-        settings=settings,
-    )
+    bucket, _, prefix = s3_bucket_url.removeprefix("s3://").partition("/")
+    client = s3_client(moto_server.endpoint_url)
     try:
-        for n in NODES:
-            cluster.start_node(n)
-        cluster.start_beat()
-        cluster.wait_nodes(list(NODES))
+        cluster = start_cluster(
+            make_cluster, settings=settings, remote_storage=s3_bucket_url,
+            s3_endpoint_url=proxy.endpoint_url,
+        )  # fmt: skip
         ttid = ttid_offloaded_by(1)
         writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1, rate=8)
         with BackupSampler(cluster, ttid) as sampler:
@@ -71,7 +67,7 @@ def test_etags_that_are_no_md5s_never_get_good_segments_deleted(
             end = writer.stop()
             cluster.wait_backup(ttid, seg_lsn(end), timeout=60)
             time.sleep(3)  # passes over the whole archive once nothing new comes
-        archive = Archive(ttid, s3=client, bucket=bucket, prefix="wal")
+        archive = Archive(ttid, s3=client, bucket=bucket, prefix=prefix)
         assert_invariant(
             cluster, archive, sampler, first_segno=1, written_end=end, expected_end=end
         )
@@ -83,17 +79,15 @@ def test_etags_that_are_no_md5s_never_get_good_segments_deleted(
         assert "uploaded again" not in logs
 
         env = {
-            "WALBACKUP_REMOTE_STORAGE": f"s3://{bucket}/wal",
+            "WALBACKUP_REMOTE_STORAGE": s3_bucket_url,
             "WALBACKUP_S3_ENDPOINT_URL": proxy.endpoint_url,
         }
-        run = walbackup("verify", "--json", str(ttid), redis_url=redis_server.url, **env)
+        run = walbackup("verify", "--json", str(ttid), redis_url=redis_url, **env)
         assert run.returncode == 0 and "no MD5 of them" in run.stdout, run.stdout + run.stderr
 
         # A real rewrite of the same size: no ETag shows it here, the bytes do.
         archive.put(2, b"\x00" * SEG_SIZE)
-        run = walbackup("verify", "--deep", str(ttid), redis_url=redis_server.url, **env)
+        run = walbackup("verify", "--deep", str(ttid), redis_url=redis_url, **env)
         assert run.returncode == 1 and "corrupt" in run.stdout, run.stdout + run.stderr
     finally:
-        cluster.stop()
         proxy.stop()
-        redis_server.stop()
