@@ -64,6 +64,11 @@ class AccessDenied(Permanent):
     """The storage refused our credentials."""
 
 
+class NotReplicated(Retryable):
+    """Redis took a write no replica confirmed: an act that must not follow a
+    write a failover could undo waits (``LeaseWindow.confirm_replicated``)."""
+
+
 class StorageUnavailable(Retryable):
     """The storage endpoint is unreachable, throttling or failing."""
 

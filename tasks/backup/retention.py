@@ -134,8 +134,11 @@ def retain(storage: RemoteStorage, state: RedisState, plan: RetainPlan) -> Summa
     """Record the new archive start, then delete the plan's objects, lowest first."""
     ttid = str(plan.ttid)
     start = plan.archive_start
-    recorded = _raise_marker(storage, plan, start)
-    state.raise_archive_start(ttid, max(start, recorded or start), replicated=True)
+    # Redis first: a start a failover could undo refuses the whole run before
+    # the marker says it (a segment lost below it later would pass as retained).
+    state.raise_archive_start(ttid, max(start, read_archive_start(storage, plan.ttid) or start),
+                              replicated=True)  # fmt: skip
+    _raise_marker(storage, plan, start)
     done = _delete(storage, plan.ttid, plan.seg_size, "retain", plan.objects)
     # Again: a retain reaching less far that ran meanwhile may have written
     # its lower start over ours (the marker has no conditional write). A

@@ -214,7 +214,7 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         """Record that the archive of ``ttid`` starts at ``lsn`` (``walbackup
         retain`` deleted what lies below), never lowering it; the stored value.
         ``replicated``: with Sentinel, only once a replica has it too, else
-        ``redis.RedisError``: retain deletes nothing a failover could make
+        ``NotReplicated``: retain deletes nothing a failover could make
         the scrubber upload again and ``verify`` call missing."""
         stored = self._scripts.run("raise_lsn", [tl_key(ttid)], ["archive_start_lsn", str(lsn)])
         if replicated:

@@ -19,6 +19,7 @@ import redis
 from tasks.core.commit import WindowSize
 from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
+from tasks.errors import NotReplicated
 from tasks.state.beats import chunks
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
@@ -69,10 +70,10 @@ class LeaseWindow:
 
     def confirm_replicated(self, what: str) -> None:
         """Wait up to ``CONFIRM_WAIT_MS`` for the replicas to have every write
-        so far; ``redis.RedisError`` naming ``what`` if they do not, for an
-        act that must not follow a write a failover could undo."""
+        so far; ``NotReplicated`` naming ``what`` if they do not, for an act
+        that must not follow a write a failover could undo."""
         if self.replicas and self.r.wait(self.replicas, CONFIRM_WAIT_MS) < self.replicas:
-            raise redis.RedisError(
+            raise NotReplicated(
                 f"no replica confirmed {what} within {CONFIRM_WAIT_MS / 1000:g} s: a failover "
                 "now would undo it, so nothing was deleted; run it again once the replica answers"
             )

@@ -17,6 +17,7 @@ import redis
 from tasks.backup.retention import plan_retain, retain
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
+from tasks.errors import NotReplicated
 from tasks.state.keys import tl_key
 from tasks.state.lua import SCRIPT_SOURCES
 from tasks.state.redis import RedisState
@@ -111,13 +112,14 @@ def test_retain_deletes_nothing_until_a_replica_has_the_new_start(
     plan = plan_retain(storage, state, ttid, name(8), keep_segments=1, default_seg_size=RSEG)
     group.replica.pause()
     try:
-        with pytest.raises(redis.RedisError, match="no replica confirmed"):
+        with pytest.raises(NotReplicated, match="no replica confirmed"):
             retain(storage, state, plan)
     finally:
         group.replica.resume()
     assert [n for n in names(storage, ttid) if n.startswith("0000")] == [
         name(s) for s in range(1, 13)
     ]
+    assert "_retained" not in names(storage, ttid)  # no marker claims them retained
     done = retain(storage, state, plan)  # the rerun, the replica back
     assert done.segments == 7
     replica = group.replica.client()
