@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tasks.archive.etag_evidence import EtagEvidence
 from tasks.archive.flush import LedgerFlusher, LocalCopy
 from tasks.archive.heal import Healed, heal_from_copy
-from tasks.archive.survey import confirm, deep_check, ledger_for, list_timeline
+from tasks.archive.survey import deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range, verified_end
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
@@ -115,8 +116,7 @@ class Scrubber:
         self.deep = deep
         self.local_copy = local_copy
         self.heal_elsewhere = heal_elsewhere
-        self.etags = True
-        """False once an object's bytes proved its ETag no MD5: sizes only."""
+        self.etags = EtagEvidence(self.storage, deep.take)
 
     def run(
         self, ttid: TenantTimelineId, seg_size: int, backup_lsn: Lsn, start: int
@@ -186,33 +186,17 @@ class Scrubber:
         p.entries.update(entries)
         for segno in range(start, end):
             p.checked.setdefault(segno, None)
-        for found in check_range(start, end, p.seg_size, listing.segments, entries, self.etags):
+        for found in check_range(start, end, p.seg_size, listing.segments, entries):
             segno = found.segno or 0
             problem: Problem | None = found
-            if found.kind is Kind.CHANGED:
-                problem = self._confirm(p, found, listing.segments[segno].etag, entries[segno])
+            if found.kind is Kind.CHANGED:  # the bytes decide, never an ETag alone
+                etag = listing.segments[segno].etag
+                problem = self.etags.judge(p.ttid, found, p.seg_size, entries[segno], etag)
             if problem is not None:
                 p.checked[segno] = problem
         for segno in conflicts:
             name = xlog_file_name(segno, p.seg_size)
             p.checked[segno] = Problem(segno, name, Kind.CONFLICT, "ledger pages disagree")
-
-    def _confirm(
-        self, p: _Pass, problem: Problem, etag: str | None, entry: LedgerEntry
-    ) -> Problem | None:
-        """An ETag is no evidence to heal on (heal deletes the object first):
-        the bytes are (``survey.confirm``)."""
-        if not self.etags:
-            return None  # learned meanwhile: the ETags say nothing
-        found, not_md5 = confirm(self.storage, p.ttid, problem, p.seg_size, entry, etag)
-        if not_md5:
-            self.etags = False
-            log.warning(
-                "%s: %s holds the archived bytes under ETag %s, no MD5 of them: the scrubber "
-                "compares sizes (and the deep check the bytes) from now on, never ETags",
-                self.storage.url, problem.name, etag,
-            )  # fmt: skip
-        return found
 
     def _deep(self, p: _Pass, cursor: int, start: int, end: int) -> int:
         """Hash objects from ``cursor`` while the budget lasts; the next cursor."""

@@ -156,27 +156,25 @@ def _judged(
     storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int, problems: list[Problem],
     listing: Listing, entries: Mapping[int, LedgerEntry], verdict: Verdict,
 ) -> list[Problem]:  # fmt: skip
-    """The shallow problems, a ``CHANGED`` one (an ETag's evidence) judged by
-    its bytes, read back (``survey.confirm``); once an object shows the
-    storage's ETags are no MD5s, the other ETags say nothing."""
+    """The shallow problems, each ``CHANGED`` one (an ETag's evidence) judged
+    by its bytes, read back (``survey.confirm``); the note counts the objects
+    whose ETags proved no MD5s of their bytes."""
     out: list[Problem] = []
-    etags = True
+    opaque = 0
     for problem in problems:
         if problem.kind is Kind.CHANGED and problem.segno is not None:
-            if not etags:
-                continue
             etag = listing.segments[problem.segno].etag
             found, not_md5 = confirm(storage, ttid, problem, seg_size, entries[problem.segno], etag)
-            if not_md5:
-                etags = False
-                verdict.note = "; ".join(filter(None, [verdict.note, (
-                    f"{problem.name} holds the archived bytes under ETag {etag}, no MD5 of "
-                    "them: ETags were not compared (--deep reads every object's bytes)"
-                )]))  # fmt: skip
+            opaque += not_md5
             if found is None:
                 continue
             problem = found
         out.append(problem)
+    if opaque:
+        verdict.note = "; ".join(filter(None, [verdict.note, (
+            f"{opaque} object(s) hold the archived bytes under an ETag that is no MD5 of them "
+            "(SSE-KMS, some S3-compatible stores): each was read back"
+        )]))  # fmt: skip
     return out
 
 

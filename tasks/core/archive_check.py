@@ -56,10 +56,9 @@ class Problem:
 
 
 def check_object(
-    segno: int, seg_size: int, seen: Seen | None, entry: LedgerEntry | None, etags: bool = True
+    segno: int, seg_size: int, seen: Seen | None, entry: LedgerEntry | None
 ) -> Problem | None:
-    """The shallow check of one segment below backup_lsn: listing against
-    ledger (``etags`` false: sizes only, the storage's ETags are no MD5s)."""
+    """The shallow check of one segment below backup_lsn: listing against ledger."""
     name = xlog_file_name(segno, seg_size)
     if seen is None:
         return Problem(segno, name, Kind.MISSING, "no object in the archive")
@@ -69,7 +68,7 @@ def check_object(
         return Problem(segno, name, Kind.UNRECORDED, "archived, but the ledger has no entry")
     if seen.size != entry.size:
         return Problem(segno, name, Kind.SIZE, f"{seen.size} bytes, the ledger says {entry.size}")
-    if not (etags and seen.etag and entry.md5) or seen.etag == entry.md5:
+    if not (seen.etag and entry.md5) or seen.etag == entry.md5:
         return None
     if "-" in seen.etag:  # not an MD5 of the bytes, and no upload of ours
         detail = f"multipart ETag {seen.etag}: rewritten by another writer?"
@@ -84,12 +83,9 @@ def check_range(
     seg_size: int,
     objects: Mapping[int, Seen],
     ledger: Mapping[int, LedgerEntry],
-    etags: bool = True,
 ) -> list[Problem]:
     """Shallow problems of segments ``[start, end)``, in order."""
-    found = (
-        check_object(s, seg_size, objects.get(s), ledger.get(s), etags) for s in range(start, end)
-    )
+    found = (check_object(s, seg_size, objects.get(s), ledger.get(s)) for s in range(start, end))
     return [p for p in found if p is not None]
 
 
