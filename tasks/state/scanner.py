@@ -256,10 +256,8 @@ class WorkdirScanner:
         try:
             file_st = os.stat(d.state_file, follow_symlinks=False)
             state_key: tuple[int, int, int] | None = (
-                file_st.st_mtime_ns,
-                file_st.st_size,
-                file_st.st_ino,
-            )
+                file_st.st_mtime_ns, file_st.st_size, file_st.st_ino,
+            )  # fmt: skip
         except FileNotFoundError:
             state_key = None
 
@@ -285,9 +283,11 @@ class WorkdirScanner:
         if cached is None or cached.state.problems != state.problems:
             damaged = {xlog_file_name(segno, seg_size) for segno in state.damaged}
             for problem in state.problems:
-                # A segment-named file of the wrong size is a damaged copy of WAL.
-                level = logging.ERROR if problem.split(":")[0] in damaged else logging.WARNING
-                log.log(level, "Timeline %s: damaged copy %s", ttid, path / problem)
+                # A wrong-size segment file is a damaged copy; the rest are not backed up.
+                bad = problem.split(":")[0] in damaged
+                what = "damaged copy" if bad else "not backed up:"
+                log.log(logging.ERROR if bad else logging.WARNING, "Timeline %s: %s %s",
+                        ttid, what, path / problem)  # fmt: skip
         newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
         racy = now_ns - newest_ns < _RACY_NS
         self._cache[ttid] = _CacheEntry(

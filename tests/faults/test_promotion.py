@@ -60,6 +60,7 @@ def test_a_promoted_server_is_said_everywhere_and_stops_a_restore_at_the_switch(
         assert "PostgreSQL timeline 2" in error and "NOT backed up" in error, error
         logs = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
         assert "ERROR" in logs and "its server was promoted" in logs
+        assert "not backed up:" in logs and "damaged copy" not in logs  # valid WAL, not damage
 
         def age() -> float:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
