@@ -116,7 +116,7 @@ class Scrubber:
         self.deep = deep
         self.local_copy = local_copy
         self.heal_elsewhere = heal_elsewhere
-        self.etags = EtagEvidence(self.storage, deep.take)
+        self.etags = EtagEvidence(self.storage)
 
     def run(
         self, ttid: TenantTimelineId, seg_size: int, backup_lsn: Lsn, start: int

@@ -105,23 +105,19 @@ def ledger_for(
 
 def confirm(
     storage: RemoteStorage, ttid: TenantTimelineId, problem: Problem, seg_size: int,
-    entry: LedgerEntry, etag: str | None,
-) -> tuple[Problem | None, bool]:  # fmt: skip
-    """A ``CHANGED`` problem (the listed ``etag`` its only evidence) judged by
-    the bytes: the object read back and hashed. The problem as it stands (``CORRUPT``,
-    ``MISSING``, or ``None``: the bytes are the ones archived), and whether
-    that shows the storage's ETags are no MD5s (a single-part ETag that
-    differs over the right bytes: SSE-KMS, some S3-compatible stores).
-    Nothing may be deleted and uploaded again on an ETag alone: a storage
-    whose ETags are no MD5s would have every segment replaced."""
+    entry: LedgerEntry,
+) -> Problem | None:  # fmt: skip
+    """A ``CHANGED`` problem (an ETag its only evidence) judged by the bytes:
+    the object read back and hashed. The problem as it stands (``CORRUPT``,
+    ``MISSING``), or ``None``: the bytes are the ones archived, and the ETag
+    is no MD5 of them (SSE-KMS, some S3-compatible stores, a multipart
+    upload). Nothing may be deleted and uploaded again on an ETag alone: a
+    storage whose ETags are no MD5s would have every segment replaced."""
     assert problem.segno is not None
     try:
-        found = deep_check(storage, ttid, problem.segno, seg_size, entry, missing=True)
+        return deep_check(storage, ttid, problem.segno, seg_size, entry, missing=True)
     except NotFound:
-        return Problem(problem.segno, problem.name, Kind.MISSING, "gone when read back"), False
-    if found is not None:
-        return found, False
-    return None, etag is not None and "-" not in etag
+        return Problem(problem.segno, problem.name, Kind.MISSING, "gone when read back")
 
 
 def deep_check(

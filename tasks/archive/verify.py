@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tasks.archive.etag_evidence import OPAQUE_PROOF
 from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.retained import read_archive_start
-from tasks.archive.survey import Listing, confirm, deep_check, ledger_for, list_timeline
+from tasks.archive.survey import confirm, deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
@@ -121,7 +122,7 @@ def verify_timeline(
     listing = list_timeline(store.storage, ttid, seg_size)
     entries, conflicts = ledger_for(store, state, ttid, seg_size, start, end, refs)
     shallow = check_range(start, end, seg_size, listing.segments, entries)
-    problems = _judged(store.storage, ttid, seg_size, shallow, listing, entries, verdict)
+    problems = _judged(store.storage, ttid, seg_size, shallow, entries, verdict)
     problems += [
         Problem(s, xlog_file_name(s, seg_size), Kind.CONFLICT, "ledger pages disagree")
         for s in conflicts
@@ -154,26 +155,30 @@ def verify_timeline(
 
 def _judged(
     storage: RemoteStorage, ttid: TenantTimelineId, seg_size: int, problems: list[Problem],
-    listing: Listing, entries: Mapping[int, LedgerEntry], verdict: Verdict,
+    entries: Mapping[int, LedgerEntry], verdict: Verdict,
 ) -> list[Problem]:  # fmt: skip
-    """The shallow problems, each ``CHANGED`` one (an ETag's evidence) judged
-    by its bytes, read back (``survey.confirm``); the note counts the objects
-    whose ETags proved no MD5s of their bytes."""
+    """The shallow problems, ``CHANGED`` ones (an ETag's evidence) judged by
+    their bytes, read back (``survey.confirm``), until ``OPAQUE_PROOF``
+    objects prove the storage's ETags no MD5s: then the rest say nothing
+    (the note tells; ``--deep`` reads every object)."""
     out: list[Problem] = []
-    opaque = 0
+    intact = 0
     for problem in problems:
         if problem.kind is Kind.CHANGED and problem.segno is not None:
-            etag = listing.segments[problem.segno].etag
-            found, not_md5 = confirm(storage, ttid, problem, seg_size, entries[problem.segno], etag)
-            opaque += not_md5
+            if intact >= OPAQUE_PROOF:
+                continue
+            found = confirm(storage, ttid, problem, seg_size, entries[problem.segno])
             if found is None:
+                intact += 1
                 continue
             problem = found
         out.append(problem)
-    if opaque:
+    if intact:
         verdict.note = "; ".join(filter(None, [verdict.note, (
-            f"{opaque} object(s) hold the archived bytes under an ETag that is no MD5 of them "
-            "(SSE-KMS, some S3-compatible stores): each was read back"
+            f"{intact} object(s) hold the archived bytes under an ETag that is no MD5 of them "
+            "(SSE-KMS, some S3-compatible stores, multipart copies)"
+            + (": ETags were not compared further (--deep reads every object)"
+               if intact >= OPAQUE_PROOF else "")
         )]))  # fmt: skip
     return out
 

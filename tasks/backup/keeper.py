@@ -96,18 +96,18 @@ class ArchiveKeeper:
         every committed segment in its ledger (``walbackup verify`` with
         Redis gone checks the range the pages record)."""
         deadline = time.monotonic() + FINAL_FLUSH_S
-        for ttid, backup_lsn in self.offloaded().items():
-            st = self.timelines().get(ttid)
+        for ttid, backup_lsn in list(self.offloaded().items()):  # heartbeats may change it
             if time.monotonic() > deadline:
                 log.warning("ledger flush at shutdown: out of time; the next pass flushes the rest")
                 return
-            start = self._start(ttid, st) if st is not None else None
-            if st is None or start is None:
-                continue
-            try:
-                self.flusher.flush(st.ttid, st.wal_seg_size, backup_lsn, start)
-            except Exception as exc:  # the next offloader's pass flushes it
+            try:  # Redis or the storage gone: the next offloader's pass flushes it
+                st = self.timelines().get(ttid)
+                start = self._start(ttid, st) if st is not None else None
+                if st is not None and start is not None:
+                    self.flusher.flush(st.ttid, st.wal_seg_size, backup_lsn, start)
+            except Exception as exc:
                 self.complain("ledger flush at shutdown failed", exc, ttid)
+                return  # one failure is enough: the node's shutdown must go on
 
     def request(self, ttids: Iterable[str]) -> int:
         """Scrub these timelines soon (those this node offloads); how many."""
