@@ -438,3 +438,31 @@ def test_an_intact_object_under_an_odd_etag_never_hides_a_later_rewrite(
     assert storage.read_bytes(segment_key(TTID, xlog_file_name(5, SEG))) == (
         expected_segment_bytes(TTID, 5, SEG)
     )
+
+
+def test_a_problem_the_deep_check_found_stays_open_until_the_bytes_are_right(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path
+) -> None:
+    """A same-size rewrite shows nothing in a file:// listing (nor in an opaque
+    one): the next pass, without a deep budget, must not take the listing's
+    silence for health (the final review found it cleared the problem, and the
+    gauge moved past it)."""
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    node.path(6).unlink()  # no copy to heal from
+    flipped = bytearray(expected_segment_bytes(TTID, 6, SEG))
+    flipped[SEG // 2] ^= 0x01
+    replace_object(storage, 6, bytes(flipped))
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+
+    def scrubber(deep: DeepBudget) -> Scrubber:
+        return Scrubber(state, flusher(node), deep, lambda t, s: node.copy(s), lambda *a: False)
+
+    first = scrubber(Unmetered()).run(TTID, SEG, backup, SEGNOS.start)
+    assert [(p.segno, p.kind) for p in first.open] == [(6, Kind.CORRUPT)]
+    again = scrubber(DeepBudget(0)).run(TTID, SEG, backup, SEGNOS.start)
+    assert [(p.segno, p.kind) for p in again.open] == [(6, Kind.CORRUPT)]
+    assert again.verified_lsn == Lsn.from_segment(6, 0, SEG)
+    # Put right (a node's copy uploaded again): the next pass clears it.
+    replace_object(storage, 6, expected_segment_bytes(TTID, 6, SEG))
+    assert not scrubber(DeepBudget(0)).run(TTID, SEG, backup, SEGNOS.start).open
