@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from tasks.archive.etag_evidence import EtagEvidence
 from tasks.archive.flush import LedgerFlusher, LocalCopy
 from tasks.archive.heal import Healed, heal_from_copy
-from tasks.archive.survey import deep_check, ledger_for, list_timeline
+from tasks.archive.survey import confirm, deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range, verified_end
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
@@ -200,8 +200,10 @@ class Scrubber:
                 p.checked[segno] = problem
         for segno in sorted(p.suspect & set(range(start, end))):
             if p.checked[segno] is None and segno in entries:
-                p.checked[segno] = deep_check(
-                    self.storage, p.ttid, segno, p.seg_size, entries[segno]
+                name = xlog_file_name(segno, p.seg_size)
+                suspect = Problem(segno, name, Kind.CHANGED, "a problem open since the last pass")
+                p.checked[segno] = confirm(
+                    self.storage, p.ttid, suspect, p.seg_size, entries[segno]
                 )
         for segno in conflicts:
             name = xlog_file_name(segno, p.seg_size)
