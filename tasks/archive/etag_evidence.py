@@ -19,7 +19,6 @@ judging reads: a few objects, and each damaged one.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 from tasks.archive.survey import confirm
 from tasks.core.archive_check import Problem
@@ -31,18 +30,21 @@ log = logging.getLogger("walbackup.scrub")
 
 OPAQUE_PROOF = 3
 """Intact objects under ETags that are no MD5s of them, before ETags say nothing."""
-REMEMBERED = 10_000
-"""Objects remembered as intact under such an ETag (a few MiB)."""
 
 
 class EtagEvidence:
-    """For the keeper's one thread (its only user)."""
+    """For one thread: the keeper's scrubber, or one ``walbackup verify``
+    (``announce`` false: its note says what the scrubber logs)."""
 
-    def __init__(self, storage: RemoteStorage) -> None:
+    def __init__(self, storage: RemoteStorage, announce: bool = True) -> None:
         self.storage = storage
+        self.announce = announce
         self.opaque = False
         """``OPAQUE_PROOF`` objects proved the ETags no MD5s: sizes only."""
-        self._intact: OrderedDict[tuple[str, str, str | None], None] = OrderedDict()
+        self.proved = 0
+        """Objects found intact under an ETag that is no MD5 of them."""
+        self._intact: set[tuple[str, str, str | None]] = set()
+        """Objects found intact under such an ETag (fewer than ``OPAQUE_PROOF``)."""
 
     def judge(
         self,
@@ -55,24 +57,22 @@ class EtagEvidence:
         """The problem the bytes show (``CORRUPT``, ``MISSING``), or ``None``:
         intact, or the storage's ETags say nothing (``opaque``)."""
         ref = (str(ttid), problem.name, etag)
-        if self.opaque:
+        if self.opaque or ref in self._intact:
             return None
-        if ref in self._intact:
-            self._intact.move_to_end(ref)
-            return None
-        found = confirm(self.storage, ttid, problem, seg_size, entry)
+        assert problem.segno is not None
+        found = confirm(self.storage, ttid, problem.segno, seg_size, entry)
         if found is not None:
             return found
-        self._intact[ref] = None
-        if len(self._intact) > REMEMBERED:
-            self._intact.popitem(last=False)
-        if len(self._intact) >= OPAQUE_PROOF:
+        self._intact.add(ref)
+        self.proved += 1
+        if self.proved >= OPAQUE_PROOF:
             self.opaque = True
             self._intact.clear()
-            log.warning(
-                "%s: %d objects hold the archived bytes under ETags that are no MD5s of them "
-                "(%s is one): the scrubber compares sizes only from now on, and its deep "
-                "check (WALBACKUP_SCRUB_DEEP_RATE) reads the bytes",
-                self.storage.url, OPAQUE_PROOF, problem.name,
-            )  # fmt: skip
+            if self.announce:
+                log.warning(
+                    "%s: %d objects hold the archived bytes under ETags that are no MD5s of "
+                    "them (%s is one): the scrubber compares sizes only from now on, and its "
+                    "deep check (WALBACKUP_SCRUB_DEEP_RATE) reads the bytes",
+                    self.storage.url, OPAQUE_PROOF, problem.name,
+                )  # fmt: skip
         return None

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from tasks.archive.flush import LocalCopy
-from tasks.archive.survey import deep_check
+from tasks.archive.survey import confirm
+from tasks.core.archive_check import Kind
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
 from tasks.core.segments import xlog_file_name
-from tasks.errors import NotFound, SegmentFileError
+from tasks.errors import SegmentFileError
 from tasks.storage.base import RemoteStorage, digest_segment_file, segment_key
 
 Healed = Literal["uploaded", "intact"] | None
@@ -65,12 +66,10 @@ def heal_from_copy(
         elif digest.sha256_hex != entry.sha256:
             return None
         else:
-            try:
-                if deep_check(storage, ttid, segno, seg_size, entry, missing=True) is None:
-                    return "intact"
-            except NotFound:
-                pass
-            else:
+            archived = confirm(storage, ttid, segno, seg_size, entry)
+            if archived is None:
+                return "intact"
+            if archived.kind is not Kind.MISSING:
                 storage.delete(key)
         storage.upload_file(key, pinned, seg_size, digest=digest)
     finally:

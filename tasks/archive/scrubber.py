@@ -198,13 +198,9 @@ class Scrubber:
                 problem = self.etags.judge(p.ttid, found, p.seg_size, entries[segno], etag)
             if problem is not None:
                 p.checked[segno] = problem
-        for segno in sorted(p.suspect & set(range(start, end))):
+        for segno in sorted(s for s in p.suspect if start <= s < end):
             if p.checked[segno] is None and segno in entries:
-                name = xlog_file_name(segno, p.seg_size)
-                suspect = Problem(segno, name, Kind.CHANGED, "a problem open since the last pass")
-                p.checked[segno] = confirm(
-                    self.storage, p.ttid, suspect, p.seg_size, entries[segno]
-                )
+                p.checked[segno] = confirm(self.storage, p.ttid, segno, p.seg_size, entries[segno])
         for segno in conflicts:
             name = xlog_file_name(segno, p.seg_size)
             p.checked[segno] = Problem(segno, name, Kind.CONFLICT, "ledger pages disagree")

@@ -104,20 +104,18 @@ def ledger_for(
 
 
 def confirm(
-    storage: RemoteStorage, ttid: TenantTimelineId, problem: Problem, seg_size: int,
-    entry: LedgerEntry,
-) -> Problem | None:  # fmt: skip
-    """A ``CHANGED`` problem (an ETag its only evidence) judged by the bytes:
-    the object read back and hashed. The problem as it stands (``CORRUPT``,
-    ``MISSING``), or ``None``: the bytes are the ones archived, and the ETag
-    is no MD5 of them (SSE-KMS, some S3-compatible stores, a multipart
-    upload). Nothing may be deleted and uploaded again on an ETag alone: a
-    storage whose ETags are no MD5s would have every segment replaced."""
-    assert problem.segno is not None
+    storage: RemoteStorage, ttid: TenantTimelineId, segno: int, seg_size: int, entry: LedgerEntry
+) -> Problem | None:
+    """Segment ``segno`` judged by its bytes, read back and hashed, where
+    the listing gave only evidence (an ETag that is not the ledger's MD5, a
+    problem open since the last pass): ``CORRUPT``, ``MISSING``, or ``None``,
+    the bytes the ledger recorded. Nothing may be deleted and uploaded again
+    on an ETag alone: a storage whose ETags are no MD5s (SSE-KMS, some
+    S3-compatible stores, multipart uploads) would have every segment replaced."""
     try:
-        return deep_check(storage, ttid, problem.segno, seg_size, entry, missing=True)
+        return deep_check(storage, ttid, segno, seg_size, entry, missing=True)
     except NotFound:
-        return Problem(problem.segno, problem.name, Kind.MISSING, "gone when read back")
+        return Problem(segno, xlog_file_name(segno, seg_size), Kind.MISSING, "gone when read back")
 
 
 def deep_check(

@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from tasks.archive.etag_evidence import OPAQUE_PROOF
+from tasks.archive.etag_evidence import EtagEvidence
 from tasks.archive.ledger_store import LedgerStore
 from tasks.archive.retained import read_archive_start
-from tasks.archive.survey import confirm, deep_check, ledger_for, list_timeline
+from tasks.archive.survey import deep_check, ledger_for, list_timeline
 from tasks.core.archive_check import Kind, Problem, check_range
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
@@ -158,27 +158,24 @@ def _judged(
     entries: Mapping[int, LedgerEntry], verdict: Verdict,
 ) -> list[Problem]:  # fmt: skip
     """The shallow problems, ``CHANGED`` ones (an ETag's evidence) judged by
-    their bytes, read back (``survey.confirm``), until ``OPAQUE_PROOF``
-    objects prove the storage's ETags no MD5s: then the rest say nothing
-    (the note tells; ``--deep`` reads every object)."""
+    their bytes as the scrubber judges them (``EtagEvidence``): once
+    ``OPAQUE_PROOF`` objects prove the storage's ETags no MD5s, the rest say
+    nothing (the note tells; ``--deep`` reads every object)."""
+    evidence = EtagEvidence(storage, announce=False)
     out: list[Problem] = []
-    intact = 0
     for problem in problems:
         if problem.kind is Kind.CHANGED and problem.segno is not None:
-            if intact >= OPAQUE_PROOF:
-                continue
-            found = confirm(storage, ttid, problem, seg_size, entries[problem.segno])
+            found = evidence.judge(ttid, problem, seg_size, entries[problem.segno], None)
             if found is None:
-                intact += 1
                 continue
             problem = found
         out.append(problem)
-    if intact:
+    if evidence.proved:
         verdict.note = "; ".join(filter(None, [verdict.note, (
-            f"{intact} object(s) hold the archived bytes under an ETag that is no MD5 of them "
-            "(SSE-KMS, some S3-compatible stores, multipart copies)"
+            f"{evidence.proved} object(s) hold the archived bytes under an ETag that is no MD5 "
+            "of them (SSE-KMS, some S3-compatible stores, multipart copies)"
             + (": ETags were not compared further (--deep reads every object)"
-               if intact >= OPAQUE_PROOF else "")
+               if evidence.opaque else "")
         )]))  # fmt: skip
     return out
 

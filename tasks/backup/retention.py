@@ -122,12 +122,12 @@ def plan_retain(
     return RetainPlan(ttid, seg_size, record.backup_lsn, cutoff, limit, objects)
 
 
-def _raise_marker(storage: RemoteStorage, plan: RetainPlan, start: Lsn) -> Lsn | None:
-    """Make the ``_retained`` marker say at least ``start``; what it said."""
-    recorded = read_archive_start(storage, plan.ttid)
+def _raise_marker(
+    storage: RemoteStorage, plan: RetainPlan, start: Lsn, recorded: Lsn | None
+) -> None:
+    """Make the ``_retained`` marker, which said ``recorded``, say at least ``start``."""
     if recorded is None or recorded < start:
         storage.put_bytes(marker_key(plan.ttid), marker_bytes(start, plan.seg_size))
-    return recorded
 
 
 def retain(storage: RemoteStorage, state: RedisState, plan: RetainPlan) -> Summary:
@@ -136,14 +136,14 @@ def retain(storage: RemoteStorage, state: RedisState, plan: RetainPlan) -> Summa
     start = plan.archive_start
     # Redis first: a start a failover could undo refuses the whole run before
     # the marker says it (a segment lost below it later would pass as retained).
-    state.raise_archive_start(ttid, max(start, read_archive_start(storage, plan.ttid) or start),
-                              replicated=True)  # fmt: skip
-    _raise_marker(storage, plan, start)
+    recorded = read_archive_start(storage, plan.ttid)
+    state.raise_archive_start(ttid, max(start, recorded or start), replicated=True)
+    _raise_marker(storage, plan, start, recorded)
     done = _delete(storage, plan.ttid, plan.seg_size, "retain", plan.objects)
     # Again: a retain reaching less far that ran meanwhile may have written
     # its lower start over ours (the marker has no conditional write). A
     # restore reads below the marker's start as deleted on purpose.
-    _raise_marker(storage, plan, start)
+    _raise_marker(storage, plan, start, read_archive_start(storage, plan.ttid))
     state.forget_partials(ttid, [o.name for o in plan.objects if o.kind is Kind.PARTIAL])
     if done.objects:
         LedgerStore(storage).record_deletion(
