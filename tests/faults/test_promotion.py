@@ -19,8 +19,15 @@ from pathlib import Path
 import pytest
 
 from tasks.core.segments import xlog_file_name
-from tests.cluster import SEG_SIZE, Cluster, wait_for
-from tests.faults.harness import NODES, WalWriter, seg_lsn, ttid_offloaded_by
+from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    WalWriter,
+    assert_invariant,
+    seg_lsn,
+    ttid_offloaded_by,
+)
 from tests.integration.test_fetch import fetch
 from tests.servers import RedisServer, env_without_walbackup, free_port
 
@@ -46,34 +53,40 @@ def test_a_promoted_server_is_said_everywhere_and_stops_a_restore_at_the_switch(
         WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1).write(3)
         cluster.wait_backup(ttid, seg_lsn(4), timeout=30)
 
-        # Promoted at 0/400000 (the start of segment 4), 1000 s ago.
-        promoted = time.time() - 1000
-        for n in NODES:
-            directory = cluster.workdir(n) / ttid.tenant_id / ttid.timeline_id
-            (directory / HISTORY).write_text("1\t0/400000\tno recovery target specified\n")
-            os.utime(directory / HISTORY, (promoted, promoted))
-            (directory / f"00000002{xlog_file_name(4, SEG_SIZE)[8:]}").write_bytes(b"\0" * SEG_SIZE)
+        with BackupSampler(cluster, ttid) as sampler:
+            # Promoted at 0/400000 (the start of segment 4), 1000 s ago.
+            promoted = time.time() - 1000
+            for n in NODES:
+                directory = cluster.workdir(n) / ttid.tenant_id / ttid.timeline_id
+                (directory / HISTORY).write_text("1\t0/400000\tno recovery target specified\n")
+                os.utime(directory / HISTORY, (promoted, promoted))
+                (directory / f"00000002{xlog_file_name(4, SEG_SIZE)[8:]}").write_bytes(
+                    b"\0" * SEG_SIZE
+                )
 
-        error = wait_for(
-            lambda: cluster.state.timeline(str(ttid)).last_error, 20, "the timeline's error"
-        )
-        assert "PostgreSQL timeline 2" in error and "NOT backed up" in error, error
-        logs = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
-        assert "ERROR" in logs and "its server was promoted" in logs
-        assert "not backed up:" in logs and "damaged copy" not in logs  # valid WAL, not damage
+            error = wait_for(
+                lambda: cluster.state.timeline(str(ttid)).last_error, 20, "the timeline's error"
+            )
+            assert "PostgreSQL timeline 2" in error and "NOT backed up" in error, error
+            logs = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
+            assert "ERROR" in logs and "its server was promoted" in logs
+            assert "not backed up:" in logs and "damaged copy" not in logs  # valid WAL, not damage
 
-        def age() -> float:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-            line = next(
-                (line for line in text.splitlines()
-                 if line.startswith("oldest_unarchived_segment_age_seconds")
-                 and str(ttid) in line),
-                None,
-            )  # fmt: skip
-            return float(line.rsplit(" ", 1)[1]) if line else 0.0
+            def age() -> float:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                line = next(
+                    (line for line in text.splitlines()
+                     if line.startswith("oldest_unarchived_segment_age_seconds")
+                     and str(ttid) in line),
+                    None,
+                )  # fmt: skip
+                return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
-        wait_for(lambda: age() >= 999, 20, "the unarchived-WAL age to count from the promotion")
+            wait_for(lambda: age() >= 999, 20, "the unarchived-WAL age to count from the promotion")
+        # SPEC §9: timeline 1 stays archived whole, nothing of timeline 2 went up.
+        archive = Archive(ttid, root=remote)
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=4, expected_end=4)
 
         # The offloader archives the history file; a recovery that follows it
         # stops at timeline 2's first segment, a standby streams on.
