@@ -11,10 +11,15 @@ from tasks.core.segments import SEGMENT_NAME_RE, parse_xlog_file_name
 from tasks.state.state_file import STATE_FILE_NAME, TimelineStateFile, read_state_file
 from tests.cluster import SEG_SIZE, Cluster, wait_for
 
-REMOVAL_ON = {"WALBACKUP_REMOVE_WAL": "true", "WALBACKUP_STATE_FILE_INTERVAL": "1"}
-"""Removal goes by the lower of Redis's backup_lsn and the state file's, which
-lags by up to ``WALBACKUP_STATE_FILE_INTERVAL`` (30 s by default): 1 s here,
-so that the tests see removal within seconds."""
+REMOVAL_ON = {
+    "WALBACKUP_REMOVE_WAL": "true",
+    "WALBACKUP_STATE_FILE_INTERVAL": "1",
+    "WALBACKUP_SCRUB_INTERVAL": "1",
+}
+"""Removal goes by the lowest of Redis's backup_lsn, the state file's, which
+lags by up to ``WALBACKUP_STATE_FILE_INTERVAL``, and the scrubber's
+verified_lsn, which lags by up to ``WALBACKUP_SCRUB_INTERVAL`` (30 s each by
+default): 1 s here, so that the tests see removal within seconds."""
 
 
 def timeline_dir(workdir: Path, ttid: TenantTimelineId) -> Path:

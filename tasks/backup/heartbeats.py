@@ -10,7 +10,9 @@ changed (``tasks.state.beats``). What comes back per timeline:
   data recovers it from the nodes (``tasks.backup.state_writes``: a bounded
   number a round, each timeline at most every
   ``WALBACKUP_STATE_FILE_INTERVAL``), and kept in ``backup_known`` for the
-  digester and the scrubber;
+  digester, the scrubber and WAL removal;
+- the scrubber's verified_lsn, for WAL removal: every fact read is kept in
+  ``facts``;
 - the system identifier of the timeline's WAL (``tasks.backup.walheader``),
   copied into the state file likewise; a Redis that has none is given the
   state file's;
@@ -41,7 +43,7 @@ from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints, Throttle
 from tasks.state.beats import PIPELINE_CHUNK
-from tasks.state.records import peer_to_json
+from tasks.state.records import ClusterFacts, peer_to_json
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -62,9 +64,9 @@ per 1,000 timelines), and a record deleted by hand would stay gone."""
 class Heartbeats:
     """``round`` runs in the node's heartbeat thread only; ``publish`` also in
     its watcher (new WAL) and upload threads (``publish_soon``), ``forget`` in
-    the watcher. ``backup_known``, ``offloaders`` and ``node_seen`` are
-    replaced whole each round, so readers in other threads see one round's
-    dict or the next."""
+    the watcher. ``backup_known``, ``facts``, ``offloaders`` and ``node_seen``
+    are replaced whole each round, so readers in other threads see one
+    round's dict or the next."""
 
     def __init__(
         self,
@@ -93,6 +95,9 @@ class Heartbeats:
         self.complain = complain
         self.backup_known: dict[str, Lsn | None] = {}
         """The cluster's backup_lsn per timeline, as of the last round."""
+        self.facts: dict[str, ClusterFacts] = {}
+        """What the last round read back of each timeline (``backup_known``
+        and ``offloaders`` are views of it)."""
         self.setup_errors = SetupErrors(node_id, state)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._slow = Throttle(30.0)
@@ -198,6 +203,7 @@ class Heartbeats:
     def forget(self, ttid: str) -> None:
         """The timeline is gone from this node."""
         self.backup_known.pop(ttid, None)
+        self.facts.pop(ttid, None)
         self.offloaded.pop(ttid, None)
         self.offloaders.pop(ttid, None)
         self.gauges.forget(ttid)
@@ -234,6 +240,7 @@ class Heartbeats:
             self.backup_known,
             {t: facts.backup_lsn for t, facts in zip(ttids, known, strict=True)},
         )
+        self.facts = dict(zip(ttids, known, strict=True))
         self.offloaders = {t: facts.offloader for t, facts in zip(ttids, known, strict=True)}
         self.offloaded = {
             t: facts.backup_lsn
@@ -255,7 +262,7 @@ class Heartbeats:
         now = time.time()
         self.state_writes.new_round()
         restore: dict[str, int] = {}
-        for st, (backup_lsn, offloader, system_id) in zip(timelines, known, strict=True):
+        for st, (backup_lsn, offloader, system_id, _) in zip(timelines, known, strict=True):
             ttid = str(st.ttid)
             if system_id is None and st.system_id is not None:
                 restore[ttid] = st.system_id

@@ -223,7 +223,7 @@ class NodeService:
             with self._round("heartbeat round"):
                 self.heartbeats.round(list(self._timelines.values()))
                 if self.removal is not None:
-                    self.removal.round(self._timelines, self.heartbeats.backup_known)
+                    self.removal.round(self._timelines, self.heartbeats.facts)
                 if self._redis_failed:
                     self._redis_failed = False
                     self._republish_digests()

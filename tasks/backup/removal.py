@@ -5,9 +5,10 @@ heartbeat round, when ``WALBACKUP_REMOVE_WAL`` is on. Per timeline, at most
 every ``REMOVAL_INTERVAL_S``:
 
 1. the horizon (``tasks.core.horizon.removal_horizon``) from the cluster's
-   backup_lsn the heartbeat round just read from Redis (``None`` while Redis
-   lost it: nothing is removed until beat recovered it), the state file's
-   backup_lsn and horizon, and the scan's commit_lsn;
+   backup_lsn and the scrubber's verified_lsn the heartbeat round just read
+   from Redis (``None`` while Redis lost them: nothing is removed until beat
+   recovered backup_lsn and a scrub pass found the archive intact again), the
+   state file's backup_lsn and horizon, and the scan's commit_lsn;
 2. when the node holds segments below it: the horizon goes into the state
    file first (with the cluster's ``timeline_start_lsn`` if the file had
    none, so a Redis that loses its data later does not take the node's new
@@ -44,12 +45,15 @@ from tasks.fsutil import fsync_dir
 from tasks.logutil import Complaints
 from tasks.metrics import REMOVED_WAL_SEGMENTS
 from tasks.state.listing import list_files
+from tasks.state.records import ClusterFacts
 from tasks.state.redis import RedisState
 from tasks.state.state_file import TimelineStateFile
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
 
 log = logging.getLogger("walbackup.removal")
+
+UNKNOWN = ClusterFacts(None, None, None)
 
 REMOVAL_INTERVAL_S = 5.0
 """Seconds between two looks at one timeline's horizon (Neon's is 5 s too)."""
@@ -116,10 +120,13 @@ class WalRemoval:
         )
 
     def round(
-        self, timelines: Mapping[str, TimelineState], backup_known: Mapping[str, Lsn | None]
+        self,
+        timelines: Mapping[str, TimelineState],
+        facts: Mapping[str, ClusterFacts],
     ) -> int:
         """Remove what the due timelines may; returns the files deleted.
-        ``backup_known``: the cluster's backup_lsn read from Redis this round."""
+        ``facts``: the cluster's backup_lsn and the scrubber's verified_lsn,
+        as the heartbeat round read them from Redis."""
         now = self._clock()
         for gone in self._due.keys() - timelines.keys():
             del self._due[gone]
@@ -131,7 +138,8 @@ class WalRemoval:
                 continue
             self._due[ttid] = now + self.interval_s
             try:
-                removed, more = self.remove(st, backup_known.get(ttid), budget)
+                known = facts.get(ttid, UNKNOWN)
+                removed, more = self.remove(st, known.backup_lsn, known.verified_lsn, budget)
             except Exception as exc:  # one timeline's disk trouble must not stop the others
                 self.complain("removing old WAL failed", exc, ttid)
                 continue
@@ -141,7 +149,11 @@ class WalRemoval:
         return self.max_per_round - budget
 
     def remove(
-        self, st: TimelineState, cluster_backup_lsn: Lsn | None, limit: int
+        self,
+        st: TimelineState,
+        cluster_backup_lsn: Lsn | None,
+        verified_lsn: Lsn | None,
+        limit: int,
     ) -> tuple[int, bool]:
         """Delete at most ``limit`` segments of ``st`` below its horizon;
         returns ``(deleted, more are left below the horizon)``."""
@@ -149,6 +161,7 @@ class WalRemoval:
         horizon = removal_horizon(
             seg_size=seg_size,
             cluster_backup_lsn=cluster_backup_lsn,
+            verified_lsn=verified_lsn,
             recorded_backup_lsn=st.backup_lsn,
             commit_lsn=st.commit_lsn,
             keep_segments=self.keep_segments,

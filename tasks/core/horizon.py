@@ -6,12 +6,19 @@ what the node needs to find its own position again. Here, with ``segno(x) =
 x // seg_size``, the segments a node may delete are the complete ones below
 
     end = min(segno(base) - keep_segments, segno(commit_lsn) - 1), floored at 0
-    base = min(cluster backup_lsn, the state file's backup_lsn, commit_lsn)
+    base = min(cluster backup_lsn, the state file's backup_lsn,
+               the scrubber's verified_lsn, commit_lsn)
 
 - the cluster's backup_lsn, as this node learned it from Redis this round,
   and never more than what its state file recorded: every segment below it
   was uploaded and verified byte for byte before it was committed;
-- unknown (Redis lost its data and the archive was not listed yet): nothing;
+- and never more than the scrubber's ``verified_lsn``: a committed object can
+  still be damaged or deleted in the archive before the scrubber's next pass,
+  and then the nodes' copies are what heals it. So a node keeps every segment
+  the scrubber has not yet found intact in the archive, and every one from
+  its first open problem on (``verified_lsn`` stops there);
+- either unknown (Redis lost its data and the archive was not listed yet, or
+  no scrub pass since): nothing;
 - the segment holding ``base`` is never deleted, so ``local_start_lsn <=
   backup_lsn`` holds and the node stays electable; nor the newest complete
   segment (``segno(commit_lsn) - 1``), even with ``keep_segments = 0``;
@@ -33,18 +40,20 @@ def removal_horizon(
     *,
     seg_size: int,
     cluster_backup_lsn: Lsn | None,
+    verified_lsn: Lsn | None,
     recorded_backup_lsn: Lsn,
     commit_lsn: Lsn | None,
     keep_segments: int,
     recorded_horizon_lsn: Lsn | None = None,
 ) -> Lsn | None:
     """The LSN (a segment boundary) below which complete segments may be
-    deleted, or ``None`` when nothing may be (backup_lsn unknown, no WAL)."""
+    deleted, or ``None`` when nothing may be (backup_lsn or verified_lsn
+    unknown, no WAL)."""
     if keep_segments < 0:
         raise ValueError(f"keep_segments must be >= 0, got {keep_segments}")
-    if cluster_backup_lsn is None or commit_lsn is None:
+    if cluster_backup_lsn is None or verified_lsn is None or commit_lsn is None:
         return None
-    base = min(cluster_backup_lsn, recorded_backup_lsn, commit_lsn)
+    base = min(cluster_backup_lsn, recorded_backup_lsn, verified_lsn, commit_lsn)
     cap = min(base.segment_number(seg_size), commit_lsn.segment_number(seg_size) - 1)
     end = min(cap, base.segment_number(seg_size) - keep_segments)
     if recorded_horizon_lsn is not None:

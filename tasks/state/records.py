@@ -64,6 +64,8 @@ class ClusterFacts(NamedTuple):
     backup_lsn: Lsn | None
     offloader: int | None
     system_id: int | None
+    verified_lsn: Lsn | None = None
+    """The scrubber's: the archive below it was last found whole and intact."""
 
 
 def peer_to_json(peer: PeerInfo, wal_seg_size: int, timeline_start_lsn: Lsn | None) -> str:

@@ -1,5 +1,6 @@
 """Local WAL removal across faults (SPEC §9, issue 10): Redis lost its data,
-and a node that died half way through a batch of deletions.
+a node that died half way through a batch of deletions, and archived objects
+lost or damaged before the scrubber's next pass.
 
 - Redis SIGKILLed and restarted empty while the archive cannot be listed:
   the nodes' state files say backup_lsn is far ahead, but until the
@@ -8,6 +9,10 @@ and a node that died half way through a batch of deletions.
 - A node died mid-batch (its state file records a horizon above its lowest
   segment): restarted, it finishes the batch, even with a larger keep-back,
   and keeps the keep-back for new WAL.
+- Committed segments deleted and truncated in the archive before any scrub
+  pass: the nodes still hold them (removal waits for the scrubber's
+  verified_lsn), so the first pass heals the archive from them, and only then
+  are they removed. Removal by backup_lsn alone had left them in no copy.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def test_no_removal_while_backup_lsn_is_unknown_after_redis_data_loss(tmp_path: 
     server = RedisServer()
     server.start()
     # The state files take backup_lsn within 1 s (30 s by default): the
-    # premise below is that they say 1..12 are archived.
-    fast_state_files = {"WALBACKUP_STATE_FILE_INTERVAL": "1"}
+    # premise below is that they say 1..12 are archived. Beat has the
+    # scrubber pass every second, which removal waits for too.
+    fast_state_files = {"WALBACKUP_STATE_FILE_INTERVAL": "1", "WALBACKUP_SCRUB_INTERVAL": "1"}
     cluster = Cluster(
         tmp_path, server.url, (tmp_path / "remote").as_uri(), settings=fast_state_files
     )
@@ -177,6 +183,59 @@ def test_a_node_killed_mid_batch_finishes_it_after_restart(tmp_path: Path, redis
             written_end=26,
             expected_end=26,
         )
+    finally:
+        cluster.stop()
+        cluster.state.r.close()
+
+
+def test_what_the_scrubber_has_not_verified_stays_on_the_nodes_and_heals_the_archive(
+    tmp_path: Path, redis_url: str
+) -> None:
+    remote = tmp_path / "remote"
+    # Beat's first scrub tick is an hour away: the window between a commit
+    # and the scrub pass that checks it, held open.
+    no_scrub = {**REMOVAL_ON, "WALBACKUP_SCRUB_INTERVAL": "3600"}
+    cluster = Cluster(tmp_path, redis_url, remote.as_uri(), settings=no_scrub)
+    workdirs = [cluster.workdir(n) for n in NODES]
+    ttid = new_ttid()
+    archive = Archive(ttid, root=remote)
+    try:
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        with BackupSampler(cluster, ttid) as sampler:
+            writer = WalWriter(workdirs, ttid, next_segno=1)
+            writer.write(12)
+            cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
+            wait_for(
+                lambda: all(recorded_backup(w, ttid) == seg_lsn(13) for w in workdirs),
+                10,
+                "the state files to record backup_lsn",
+            )
+            time.sleep(QUIET_S)
+            # Committed, in every state file, but never scrubbed: all kept.
+            for w in workdirs:
+                assert held(w, ttid) == list(range(1, 13)), cluster.tail_logs()
+            assert cluster.state.timeline(str(ttid)).verified_lsn is None
+            # The archive loses segment 3 and segment 5 is cut short (a bucket
+            # lifecycle rule, a careless `aws s3 rm`, a storage fault).
+            archive.delete(3)
+            five = archive.read(5)
+            assert five is not None
+            (remote / archive.key(5)).write_bytes(five[: SEG_SIZE // 2])
+            # Scrubbing every second from now on.
+            cluster.kill("beat", signal.SIGTERM)
+            cluster.env["WALBACKUP_SCRUB_INTERVAL"] = "1"
+            cluster.start_beat()
+            wait_for(
+                lambda: cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(13),
+                30,
+                "the scrubber to heal the archive and verify it whole",
+            )
+            for n in NODES:
+                wait_held(cluster, n, ttid, [12])
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=13, expected_end=13)
     finally:
         cluster.stop()
         cluster.state.r.close()

@@ -538,7 +538,7 @@ def test_run_round_elects_thousands_in_batches(
     assert elapsed < 15
 
     results = state.cluster_facts(ttids)
-    for i, (ttid, (backup, offloader, _)) in enumerate(zip(ttids, results, strict=True)):
+    for i, (ttid, (backup, offloader, *_)) in enumerate(zip(ttids, results, strict=True)):
         assert backup == seg(1)
         expected = determine_offloader(
             peers[ttid], seg(1), TenantTimelineId.parse(ttid).timeline_int, LAG

@@ -651,14 +651,20 @@ def test_batch_reads_keep_unset_fields_and_unknown_timelines_in_place(state: Red
     command takes keep every answer with its own timeline."""
     full, no_offloader, unknown = new_ttid(), new_ttid(), new_ttid()
     state.r.hset(
-        tl_key(full), mapping={"backup_lsn": "0/3000000", "offloader": "2", "system_id": "7"}
+        tl_key(full),
+        mapping={
+            "backup_lsn": "0/3000000",
+            "offloader": "2",
+            "system_id": "7",
+            "verified_lsn": "0/2000000",
+        },
     )
     state.r.hset(tl_key(no_offloader), mapping={"backup_lsn": "0/1000000", "system_id": "9"})
     facts = state.cluster_facts([full, no_offloader, unknown])
     assert facts == [
-        (Lsn.parse("0/3000000"), 2, 7),
-        (Lsn.parse("0/1000000"), None, 9),
-        (None, None, None),
+        (Lsn.parse("0/3000000"), 2, 7, Lsn.parse("0/2000000")),
+        (Lsn.parse("0/1000000"), None, 9, None),
+        (None, None, None, None),
     ]
     many = [new_ttid() for _ in range(1500)]  # two commands
     for i, t in enumerate(many[::100]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,15 +23,18 @@ def horizon(
     backup: Lsn | None,
     commit: Lsn | None,
     *,
+    verified: Lsn | Literal["all"] | None = "all",
     recorded_backup: Lsn | None = None,
     keep: int = 1,
     recorded_horizon: Lsn | None = None,
     size: int = SEG,
 ) -> int | None:
-    """The horizon as a segno, for short asserts."""
+    """The horizon as a segno, for short asserts; ``verified="all"``: the
+    scrubber's verified_lsn is backup_lsn."""
     lsn = removal_horizon(
         seg_size=size,
         cluster_backup_lsn=backup,
+        verified_lsn=backup if verified == "all" else verified,
         recorded_backup_lsn=recorded_backup if recorded_backup is not None else (backup or Lsn(0)),
         commit_lsn=commit,
         keep_segments=keep,
@@ -64,6 +69,23 @@ def test_unknown_backup_lsn_removes_nothing() -> None:
     # Redis lost it: the state file alone is not enough.
     assert horizon(None, seg(41), recorded_backup=seg(41)) is None
     assert horizon(None, seg(41), recorded_backup=seg(41), recorded_horizon=seg(40)) is None
+
+
+def test_unknown_verified_lsn_removes_nothing() -> None:
+    # No scrub pass since Redis lost its data (or since the timeline began):
+    # nothing is known to be intact in the archive beyond the upload itself.
+    assert horizon(seg(41), seg(41), verified=None) is None
+    assert horizon(seg(41), seg(41), verified=None, recorded_horizon=seg(40)) is None
+
+
+def test_what_the_scrubber_has_not_verified_is_kept() -> None:
+    # Archived to 40, the scrubber has found 1..19 intact (its last pass, or
+    # an open problem at segno 20): 20..40 are the archive's only healing source.
+    assert horizon(seg(41), seg(41), verified=seg(20)) == 19
+    assert horizon(seg(41), seg(41), verified=seg(20), keep=0) == 20
+    # A batch recorded before the problem was found stops at it too.
+    assert horizon(seg(41), seg(41), verified=seg(20), recorded_horizon=seg(40)) == 20
+    assert horizon(seg(41), seg(41), verified=Lsn(0)) == 0
 
 
 def test_no_complete_wal_removes_nothing() -> None:
@@ -150,23 +172,29 @@ lsns = st.integers(min_value=0, max_value=LSN_MAX).map(Lsn)
 
 @given(
     backup=lsns,
+    verified=lsns,
     recorded_backup=lsns,
     commit=lsns,
     keep=st.integers(min_value=0, max_value=1 << 20),
     recorded=st.none() | lsns,
 )
 def test_the_horizon_never_passes_any_cap(
-    backup: Lsn, recorded_backup: Lsn, commit: Lsn, keep: int, recorded: Lsn | None
+    backup: Lsn, verified: Lsn, recorded_backup: Lsn, commit: Lsn, keep: int, recorded: Lsn | None
 ) -> None:
     end = horizon(
-        backup, commit, recorded_backup=recorded_backup, keep=keep, recorded_horizon=recorded
+        backup,
+        commit,
+        verified=verified,
+        recorded_backup=recorded_backup,
+        keep=keep,
+        recorded_horizon=recorded,
     )
     assert end is not None and end >= 0
-    # Nothing deleted at or above the segment holding either backup_lsn.
-    assert end <= min(backup, recorded_backup).segment_number(SEG)
+    # Nothing deleted at or above the segment holding either backup_lsn or verified_lsn.
+    assert end <= min(backup, recorded_backup, verified).segment_number(SEG)
     # The newest complete segment stays (unless there is none to delete at all).
     assert end == 0 or end <= commit.segment_number(SEG) - 1
     # The keep-back holds unless a recorded horizon asks for more.
-    base = min(backup, recorded_backup, commit).segment_number(SEG)
+    base = min(backup, recorded_backup, verified, commit).segment_number(SEG)
     if recorded is None:
         assert end <= max(0, base - keep)

@@ -1,7 +1,8 @@
 """tasks.backup.removal on real files, and the state file's removal horizon.
 
-No servers: the cluster's backup_lsn is passed in as the heartbeat round
-would, the timeline start comes from a function, digests go to a list.
+No servers: the cluster's backup_lsn and the scrubber's verified_lsn are
+passed in as the heartbeat round would, the timeline start comes from a
+function, digests go to a list.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from prometheus_client import REGISTRY
@@ -23,6 +25,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput
 from tasks.logutil import Complaints
+from tasks.state.records import ClusterFacts
 from tasks.state.state_file import (
     STATE_FILE_NAME,
     STATE_MAGIC,
@@ -79,9 +82,12 @@ class Node:
         assert st is not None
         return st
 
-    def round(self, backup: Lsn | None) -> int:
+    def round(self, backup: Lsn | None, verified: Lsn | Literal["all"] | None = "all") -> int:
+        """One removal round; ``verified``: the scrubber's verified_lsn
+        (``"all"``: the same as ``backup``)."""
         st = self.scan()
-        return self.removal.round({str(TTID): st}, {str(TTID): backup})
+        known = ClusterFacts(backup, 1, None, backup if verified == "all" else verified)
+        return self.removal.round({str(TTID): st}, {str(TTID): known})
 
     def state(self) -> TimelineStateFile:
         recorded = read_state_file(self.path / STATE_FILE_NAME)
@@ -126,6 +132,20 @@ def test_nothing_is_removed_while_the_cluster_backup_lsn_is_unknown(tmp_path: Pa
     assert node.state().removal_horizon_lsn is None
     node.now += 10
     assert node.round(seg(21)) == 19  # recovered: removal resumes
+
+
+def test_what_the_scrubber_has_not_found_intact_stays(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.write(range(1, 21))
+    node.disk.record_backup_lsn(TTID, seg(21))
+    assert node.round(seg(21), verified=None) == 0  # no scrub pass yet
+    assert node.held() == list(range(1, 21))
+    node.now += 10
+    assert node.round(seg(21), verified=seg(8)) == 6  # 1..7 intact: 7 is the keep-back
+    assert node.held() == list(range(7, 21))
+    node.now += 10
+    assert node.round(seg(21)) == 13
+    assert node.held() == [20]
 
 
 def test_the_state_file_backup_lsn_caps_what_the_cluster_says(tmp_path: Path) -> None:

@@ -191,10 +191,11 @@ class Cluster:
             env[f"{ENV_PREFIX}BROKER_URL"] = self.redis_url
         # The node's lifecycle on, unless the environment says otherwise:
         # archived WAL is removed from the nodes (their state files follow
-        # backup_lsn within 2 s, not 30), and a quiet timeline's .partial
-        # tail reaches the archive within seconds.
+        # backup_lsn and the scrubber checks the archive within 2 s, not 30),
+        # and a quiet timeline's .partial tail reaches the archive within seconds.
         env.setdefault(f"{ENV_PREFIX}REMOVE_WAL", "true")
         env.setdefault(f"{ENV_PREFIX}STATE_FILE_INTERVAL", "2")
+        env.setdefault(f"{ENV_PREFIX}SCRUB_INTERVAL", "2")
         env.setdefault(f"{ENV_PREFIX}PARTIAL_UPLOAD_TIMEOUT", "5")
         return env
 
