@@ -19,7 +19,8 @@
         ├── UploadCorrupted       the server received other bytes than we sent
         │                         (corrupted in transit); nothing is left stored
         ├── AgreementPending      a peer holding the segment has not published its checksum
-        └── NoAgreement           the nodes' copies differ and no majority agrees
+        ├── NoAgreement           the nodes' copies differ and no majority agrees
+        └── ForeignArchive        this node's storage is not the cluster's archive
 
 Only ``tasks/storage/s3_errors.py`` translates botocore errors into this tree.
 """
@@ -71,6 +72,11 @@ class NotReplicated(Retryable):
 
 class StorageUnavailable(Retryable):
     """The storage endpoint is unreachable, throttling or failing."""
+
+
+class ForeignArchive(Retryable):
+    """This node's storage is not the cluster's archive (another endpoint,
+    bucket or prefix): it uploads nothing there until that is fixed."""
 
 
 class DamagedCopy(SegmentFileError):

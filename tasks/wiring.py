@@ -62,7 +62,10 @@ def get_storage() -> RemoteStorage:
 
 
 def recover_backup_lsn(ttid: str, start: Lsn, seg_size: int) -> Lsn:
-    return remote_backup_end(get_storage(), ttid, start, seg_size, get_state())
+    # On a node, through its guard: a listing of a storage that is not the
+    # archive must never become backup_lsn (tasks.archive.identity).
+    storage = get_node().storage if get_settings().node_id is not None else get_storage()
+    return remote_backup_end(storage, ttid, start, seg_size, get_state())
 
 
 def kick_backup(ttid: str, node_id: int) -> None:

@@ -74,6 +74,7 @@ class Heartbeats:
         state: RedisState,
         disk: Workdir,
         copies: Copies,
+        storage_ours: Callable[[], bool],
         *,
         keep_leases: Callable[[dict[str, int | None]], None],
         data_lost: Callable[[], None],
@@ -89,6 +90,10 @@ class Heartbeats:
         self.state = state
         self.disk = disk
         self.copies = copies
+        self.storage_ours = storage_ours
+        """Whether this node's storage is the archive (``tasks.archive.identity``):
+        while not, its heartbeats report every copy unusable, and the
+        elections pass it over for a node whose storage is."""
         self.keep_leases = keep_leases
         self.data_lost = data_lost
         """Called when a timeline's backup_lsn vanished from Redis."""
@@ -196,6 +201,8 @@ class Heartbeats:
         if st.commit_lsn is None or st.local_start_lsn is None:
             return None  # nothing complete on disk: not a candidate yet
         damaged = self.copies.damaged_lsn(st, self.backup_known.get(str(st.ttid)))
+        if damaged is None and not self.storage_ours():
+            damaged = st.local_start_lsn
         return PeerInfo(
             self.node_id, st.commit_lsn, st.local_start_lsn, st.backup_lsn, now, damaged
         )

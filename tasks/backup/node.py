@@ -1,24 +1,22 @@
 """The node service: wires a safekeeper node's parts together and runs their threads.
 
 It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its watcher
-(``_run``), every 0.1-1 s, scans WORKDIR (what inotify names,
-``tasks.state.scanner``): a newly completed segment publishes
-a heartbeat and starts its upload at once, no waiting for beat
+(``_run``), every 0.1-1 s, scans WORKDIR (``tasks.state.scanner``): a newly
+completed segment publishes a heartbeat and starts its upload at once
 (``tasks.backup.new_wal``); a timeline whose directory went is dropped; due
 parked retries are sent (``tasks.backup.retrying``). Its heartbeat thread
 (``_beat``), every ``HEARTBEAT_INTERVAL_S``: a heartbeat round
 (``tasks.backup.heartbeats``), which also keeps its leases alive and releases
 those whose timeline elected another node (``tasks.backup.leases``); then,
 with ``WALBACKUP_REMOVE_WAL``, old WAL below the removal horizon goes
-(``tasks.backup.removal``). Two more threads publish the digests of its
-copies (``tasks.backup.copies``) and keep the archive of the timelines it
-offloads (``tasks.backup.keeper``).
+(``tasks.backup.removal``). Two more threads publish its copies' digests
+(``tasks.backup.copies``) and keep the archive it offloads (``.keeper``).
 
-The two node tasks (``tasks.jobs``) call ``backup``, ``chain``, ``upload``,
-``hand_out``, ``park_claimed`` and ``failed``, which go to the parts:
-``Leases``, ``UploadTasks`` (``tasks.backup.handoff``), ``Uploader``
-(``tasks.backup.uploader``, whose docstring follows a segment's whole trip)
-and ``Retrying``.
+The node tasks (``tasks.jobs``) call ``backup``, ``chain``, ``upload``,
+``hand_out``, ``park_claimed`` and ``failed``, which go to ``Leases``,
+``UploadTasks``, ``Uploader`` (whose docstring follows a segment's whole trip)
+and ``Retrying``. The storage is used only once ``ArchiveIdentity`` confirmed
+it is the cluster's archive (``tasks.archive.guarded``).
 """
 
 from __future__ import annotations
@@ -32,6 +30,8 @@ from collections.abc import Callable, Iterator
 import redis
 
 from tasks import memory
+from tasks.archive.guarded import GuardedStorage
+from tasks.archive.identity import ArchiveIdentity
 from tasks.archive.scrubber import HealElsewhere
 from tasks.backup.agreement import Agreement
 from tasks.backup.copies import Copies
@@ -79,12 +79,13 @@ class NodeService:
         self.node_id = node_id = settings.node_id
         self.settings = settings
         self.state = state
-        self.storage = storage
+        self._stop = threading.Event()
+        self.identity = ArchiveIdentity(node_id, storage, state, self._stop)
+        self.storage = storage = GuardedStorage(storage, self.identity)
         self.elector = elector
         self.disk = Workdir(settings.workdir, settings.wal_seg_size)
         self._timelines: dict[str, TimelineState] = {}
         self._scanned: object = None  # the scan that made _timelines
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._digest_wake = threading.Event()
         self._redis_failed = False  # a heartbeat round failed since the last success
@@ -96,9 +97,9 @@ class NodeService:
         self.tasks = UploadTasks(send_upload, send_batch, slots=settings.parallel_jobs + 4)
         self.leases = Leases(settings, state, self.tasks, self._timeline, elector.kick)
         self.heartbeats = Heartbeats(
-            node_id, state, self.disk, self.copies, keep_leases=self.leases.keep,
-            data_lost=self._republish_digests, complain=self._complain,
-            heartbeat_timeout_s=settings.heartbeat_timeout,
+            node_id, state, self.disk, self.copies, self.identity.ours,
+            keep_leases=self.leases.keep, data_lost=self._republish_digests,
+            complain=self._complain, heartbeat_timeout_s=settings.heartbeat_timeout,
             kick_interval_ms=settings.kick_interval_ms,
             state_file_interval_s=settings.state_file_interval,
         )  # fmt: skip
@@ -177,6 +178,7 @@ class NodeService:
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.
         self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
+        self.identity.start(f"walbackup-identity-{self.node_id}")  # before the heartbeats
         for target, what in ((self._run, "node"), (self._beat, "heartbeat"),
                              (self._digest_loop, "digests")):  # fmt: skip
             self._threads.append(self._spawn(target, what))
@@ -295,6 +297,4 @@ class NodeService:
     def _timeline(self, ttid: str) -> TimelineState | None:
         """The last scan's view of ``ttid``, else a scan of it now."""
         st = self._timelines.get(ttid)
-        if st is None:
-            st = self.disk.scan_timeline(TenantTimelineId.parse(ttid))
-        return st
+        return st if st is not None else self.disk.scan_timeline(TenantTimelineId.parse(ttid))

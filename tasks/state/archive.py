@@ -10,6 +10,9 @@ walbackup:archive:{ttid}   HASH  ledger_end (first segno not yet in a bucket
                                  cursors), sweep_pass, deep_pass (completed
                                  laps), checked_at
 walbackup:problems:{ttid}  HASH  segno -> "KIND detail" of open problems
+walbackup:archive_id       STRING, walbackup:archive_seen HASH: the archive's
+                                 id and which node found it when
+                                 (``tasks.archive.identity``)
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import redis
 
 from tasks.core.ledger import LedgerEntry, decode
 from tasks.core.lsn import Lsn
-from tasks.state.keys import archive_key, ledger_key, problems_key, tl_key
+from tasks.state.keys import (
+    ARCHIVE_ID_KEY,
+    ARCHIVE_SEEN_KEY,
+    archive_key,
+    ledger_key,
+    problems_key,
+    tl_key,
+)
 from tasks.state.lua import Scripts
 
 
@@ -77,3 +87,18 @@ class ArchiveRecords:
         if cleared:
             pipe.hdel(problems_key(ttid), *[str(s) for s in cleared])
         pipe.execute()
+
+    def archive_id(self) -> str | None:
+        return self.r.get(ARCHIVE_ID_KEY)
+
+    def claim_archive_id(self, archive_id: str) -> str:
+        """Record ``archive_id`` unless Redis has one; the one Redis has now."""
+        self.r.set(ARCHIVE_ID_KEY, archive_id, nx=True)
+        return self.r.get(ARCHIVE_ID_KEY) or archive_id
+
+    def saw_archive(self, node_id: int, now: float) -> None:
+        self.r.hset(ARCHIVE_SEEN_KEY, str(node_id), now)
+
+    def archive_seen(self) -> dict[int, float]:
+        """Node id -> when it last found the archive's id in its storage."""
+        return {int(k): float(v) for k, v in self.r.hgetall(ARCHIVE_SEEN_KEY).items()}

@@ -33,6 +33,10 @@ walbackup:dirty              SET    timelines to elect in the next round (facts 
 walbackup:sweep              STRING the election sweep's cursor (rank in timelines)
 walbackup:round              STRING beat's round lock (one election round at a time)
 walbackup:redbeat:*          -      RedBeat's schedule and beat lock
+walbackup:archive_id         STRING the archive's id, as its marker object holds it
+                                    (tasks.core.archive_identity)
+walbackup:archive_seen       HASH   node id -> when that node last found the id in its
+                                    storage's marker (unix s)
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ DIRTY_KEY = f"{PREFIX}dirty"
 SWEEP_KEY = f"{PREFIX}sweep"
 EXPIRED_KEY = f"{PREFIX}expired"
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"
+ARCHIVE_ID_KEY = f"{PREFIX}archive_id"
+ARCHIVE_SEEN_KEY = f"{PREFIX}archive_seen"
 
 
 _KINDS: list[str] = []

@@ -52,7 +52,7 @@ def make(state: RedisState, kicks: list[tuple[str, int]]) -> Elector:
 
 def make_heartbeats(node_id: int, state: RedisState, disk: Workdir) -> Heartbeats:
     return Heartbeats(
-        node_id, state, disk, Copies(node_id, state),
+        node_id, state, disk, Copies(node_id, state), lambda: True,
         keep_leases=lambda offloaders: None, data_lost=lambda: None,
         complain=Complaints(logging.getLogger("test"), node_id), heartbeat_timeout_s=5.0,
     )  # fmt: skip

@@ -59,7 +59,7 @@ def timeline(tmp_path: Path, ttid: str, commit: Lsn) -> TimelineState:
 
 def node(state: RedisState, tmp_path: Path) -> Heartbeats:
     return Heartbeats(
-        1, state, Workdir(tmp_path, SEG, watch=False), Copies(1, state),
+        1, state, Workdir(tmp_path, SEG, watch=False), Copies(1, state), lambda: True,
         keep_leases=lambda offloaders: None, data_lost=lambda: None,
         complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
     )  # fmt: skip

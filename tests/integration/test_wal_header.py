@@ -52,7 +52,7 @@ class Node:
         self.copies = Copies(1, state)
         self.headers = HeaderCheck(settings, state, self.copies, self.timeline)
         self.heartbeats = Heartbeats(
-            1, state, self.disk, self.copies,
+            1, state, self.disk, self.copies, lambda: True,
             keep_leases=lambda offloaders: None, data_lost=lambda: None,
             complain=Complaints(logging.getLogger("test"), 1), heartbeat_timeout_s=5.0,
         )  # fmt: skip

@@ -1,0 +1,160 @@
+"""Whether this node's storage is the cluster's archive, checked against its marker.
+
+``ArchiveIdentity.require`` runs before the node touches its storage
+(``tasks.archive.guarded.GuardedStorage``): the first call checks, and then
+again every ``CHECK_S`` (``RECHECK_S`` while the answer is no, or could not be
+had). A check is one GET of the marker object ``MARKER_KEY`` at the storage's
+root and three small Redis commands; ``tasks.core.archive_identity.decide``
+says what they mean. Until a check confirms the storage, the node uploads,
+scrubs and heals nothing (``ForeignArchive``), logs an ERROR, and its
+heartbeats report its copies unusable, so the elections pass it over while
+another node's storage is the archive.
+
+A bucket emptied or recreated loses its marker: every node then finds it
+missing, and once no node has found it for ``SEEN_FRESH_S``, the next check
+writes it again with Redis's id (until then the nodes wait, loudly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from tasks.core.archive_identity import Action, decide
+from tasks.errors import ForeignArchive, NotFound, WalBackupError
+from tasks.logutil import Throttle
+from tasks.state.redis import RedisState
+from tasks.storage.base import RemoteStorage
+
+log = logging.getLogger("walbackup.node")
+
+MARKER_KEY = "walbackup-archive-id"
+CHECK_S = 60.0
+RECHECK_S = 5.0
+SEEN_FRESH_S = 3 * CHECK_S
+"""How recently another node must have found the marker for its absence
+from this node's storage to say this storage is not theirs."""
+NOT_CHECKED = "not yet checked that this node's storage is the cluster's archive"
+
+
+class ArchiveIdentity:
+    """Thread-safe: one check at a time, the verdict read without a lock."""
+
+    def __init__(
+        self,
+        node_id: int,
+        storage: RemoteStorage,
+        state: RedisState,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.state = state
+        self._stop = stop
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._due = 0.0
+        self.problem: str | None = NOT_CHECKED
+        """``None`` once a check confirmed the storage; else what is wrong."""
+        self._loud = Throttle(60.0)
+
+    def start(self, name: str) -> None:
+        """Check in a thread of its own whenever due, until ``stop`` is set: a
+        node that was never elected would otherwise never check, and stay
+        passed over."""
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception as exc:  # storage or Redis down: checked again in RECHECK_S
+                if self._loud.allow("failed"):
+                    log.warning("Node %s: cannot check that its storage %s is the archive: %s",
+                                self.node_id, self.storage.url, exc)  # fmt: skip
+            self._stop.wait(max(0.05, self._due - self._clock()))
+
+    def ours(self) -> bool:
+        """The last check's verdict (no I/O): the heartbeats' question."""
+        return self.problem is None
+
+    def require(self) -> None:
+        """Return if this node's storage is the archive, else raise
+        ``ForeignArchive``; checks when due. A check that fails (storage or
+        Redis unreachable) keeps a confirmed verdict and raises otherwise."""
+        if self._clock() >= self._due:
+            try:
+                self.check()
+            except (WalBackupError, redis.RedisError, OSError):
+                if self.problem is not None:
+                    raise
+        if self.problem is not None:
+            raise ForeignArchive(f"node {self.node_id}: {self.problem}")
+
+    def check(self) -> None:
+        with self._lock:
+            if self._clock() < self._due:
+                return  # another thread just checked
+            self._due = self._clock() + RECHECK_S  # also when this check raises
+            problem = self._check()
+            if problem is None and self.problem is not None and self.problem != NOT_CHECKED:
+                log.warning("Node %s: its storage %s is the archive again", self.node_id,
+                            self.storage.url)  # fmt: skip
+            self.problem = problem
+            if problem is None:
+                self._due = self._clock() + CHECK_S
+            elif self._loud.allow(None):
+                log.error("Node %s: %s (%s); it uploads nothing there until this is fixed",
+                          self.node_id, problem, self.storage.url)  # fmt: skip
+
+    def _check(self) -> str | None:
+        now = time.time()
+        cluster = self.state.archive_id()
+        marker = self._marker()
+        seen = [
+            n for n, at in self.state.archive_seen().items()
+            if n != self.node_id and now - at < SEEN_FRESH_S
+        ]  # fmt: skip
+        decision = decide(cluster, marker, seen)
+        if decision.action in (Action.CREATE, Action.RESTORE):
+            self.storage.create_bytes(MARKER_KEY, self._body(cluster or uuid.uuid4().hex))
+            marker = self._marker()  # ours, or the one a racing node wrote first
+            if cluster is None:
+                log.info("Node %s: the archive at %s is %s", self.node_id, self.storage.url,
+                         marker)  # fmt: skip
+            else:
+                log.warning("Node %s: the archive's marker was missing from %s (the bucket "
+                            "emptied or recreated?); written again", self.node_id,
+                            self.storage.url)  # fmt: skip
+        if decision.action in (Action.ADOPT, Action.CREATE, Action.RESTORE) and marker:
+            cluster = self.state.claim_archive_id(marker)
+            decision = decide(cluster, marker, seen)
+        if decision.action is Action.OURS:
+            self.state.saw_archive(self.node_id, now)
+        return decision.problem if decision.action is not Action.OURS else None
+
+    def _marker(self) -> str | None:
+        """The id the storage's marker holds (``None``: no marker)."""
+        try:
+            raw = self.storage.read_bytes(MARKER_KEY)
+        except NotFound:
+            return None
+        try:
+            archive_id = json.loads(raw)["archive_id"]
+        except (ValueError, TypeError, KeyError):
+            archive_id = None
+        if not isinstance(archive_id, str) or not archive_id:
+            return f"(an unreadable marker {MARKER_KEY}: {raw[:64]!r})"
+        return archive_id
+
+    def _body(self, archive_id: str) -> bytes:
+        return json.dumps(
+            {"archive_id": archive_id, "written_by_node": self.node_id, "written_at": time.time()}
+        ).encode()

@@ -1,0 +1,169 @@
+"""tasks.archive.identity and .guarded against a real Redis and real storage.
+
+Each "node" is an ``ArchiveIdentity`` over its own storage: the cluster's
+archive, another directory (a node given another bucket or prefix), or
+another S3 endpoint's bucket of the same name on moto.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.archive.guarded import GuardedStorage
+from tasks.archive.identity import MARKER_KEY, NOT_CHECKED, SEEN_FRESH_S, ArchiveIdentity
+from tasks.errors import ForeignArchive, StorageUnavailable
+from tasks.state.redis import RedisState
+from tasks.storage import open_storage
+from tasks.storage.base import RemoteStorage
+from tests.fixtures_s3 import MotoServer, make_bucket
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def identity(
+    node_id: int, storage: RemoteStorage, state: RedisState, clock: Clock
+) -> ArchiveIdentity:
+    return ArchiveIdentity(node_id, storage, state, threading.Event(), clock=clock)
+
+
+def keys(storage: RemoteStorage) -> list[str]:
+    return [info.key for info in storage.list("")]
+
+
+def test_the_first_node_names_the_archive_and_the_others_find_it(
+    tmp_path: Path, state: RedisState
+) -> None:
+    clock = Clock()
+    archive = open_storage((tmp_path / "archive").as_uri())
+    one, two = identity(1, archive, state, clock), identity(2, archive, state, clock)
+    assert not one.ours() and one.problem == NOT_CHECKED  # nothing is used unchecked
+    one.check()
+    assert one.ours()
+    archive_id = state.archive_id()
+    assert archive_id and json.loads(archive.read_bytes(MARKER_KEY))["archive_id"] == archive_id
+    two.require()
+    assert two.ours() and state.archive_id() == archive_id
+    assert set(state.archive_seen()) == {1, 2}
+
+
+def test_a_node_with_another_bucket_or_prefix_uses_none_of_it(
+    tmp_path: Path, state: RedisState
+) -> None:
+    clock = Clock()
+    archive = open_storage((tmp_path / "archive").as_uri())
+    elsewhere = open_storage((tmp_path / "elsewhere").as_uri())
+    identity(1, archive, state, clock).check()
+    stray = identity(3, elsewhere, state, clock)
+    guarded = GuardedStorage(elsewhere, stray)
+    with pytest.raises(ForeignArchive, match="is not in this node's storage, where node"):
+        guarded.put_bytes("t/l/x", b"x")
+    with pytest.raises(ForeignArchive):
+        list(guarded.list(""))
+    assert keys(elsewhere) == []  # no marker, no object: nothing written there
+    assert not stray.ours() and "node(s) 1" in (stray.problem or "")
+    # Another cluster's archive (a marker with another id) is refused too.
+    elsewhere.put_bytes(MARKER_KEY, json.dumps({"archive_id": "another"}).encode())
+    clock.now += 60
+    with pytest.raises(ForeignArchive, match="holds archive another"):
+        guarded.create_bytes("t/l/y", b"y")
+    assert keys(elsewhere) == [MARKER_KEY]
+
+
+def test_redis_that_lost_its_data_learns_the_id_from_the_marker(
+    tmp_path: Path, state: RedisState
+) -> None:
+    clock = Clock()
+    archive = open_storage((tmp_path / "archive").as_uri())
+    one = identity(1, archive, state, clock)
+    one.check()
+    archive_id = state.archive_id()
+    state.r.flushdb()  # our own test database
+    clock.now += 61
+    one.require()
+    assert one.ours() and state.archive_id() == archive_id
+
+
+def test_a_recreated_bucket_gets_its_marker_back_once_no_node_finds_it(
+    tmp_path: Path, state: RedisState
+) -> None:
+    clock = Clock()
+    archive = open_storage((tmp_path / "archive").as_uri())
+    one, two = identity(1, archive, state, clock), identity(2, archive, state, clock)
+    one.check()
+    two.check()
+    archive_id = state.archive_id()
+    archive.delete(MARKER_KEY)  # the bucket emptied: every node will find it missing
+    clock.now += 61
+    with pytest.raises(ForeignArchive):
+        one.require()  # node 2 found it lately: this could be node 1's storage alone
+    # Node 2's sighting ages past SEEN_FRESH_S (as it would, finding it missing too).
+    state.saw_archive(2, time.time() - SEEN_FRESH_S - 1)
+    clock.now += 61
+    one.require()
+    assert one.ours()
+    assert json.loads(archive.read_bytes(MARKER_KEY))["archive_id"] == archive_id
+
+
+def test_a_confirmed_node_rides_out_a_storage_outage_an_unconfirmed_one_does_not(
+    moto_server: MotoServer, state: RedisState
+) -> None:
+    bucket = "walbackup-identity-outage"
+    make_bucket(moto_server.endpoint_url, bucket)
+    url = f"s3://{bucket}/prefix"
+    clock = Clock()
+    confirmed = identity(
+        1, open_storage(url, s3_endpoint_url=moto_server.endpoint_url), state, clock
+    )
+    confirmed.check()
+    # The endpoint stops answering.
+    dead = open_storage(
+        url,
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+        max_attempts=1,
+        connect_timeout_s=0.5,
+    )
+    confirmed.storage = dead
+    clock.now += 61
+    confirmed.require()  # the verdict stands: the outage is the callers' error to meet
+    assert confirmed.ours()
+    unconfirmed = identity(2, dead, state, clock)
+    with pytest.raises(StorageUnavailable):
+        unconfirmed.require()
+    assert not unconfirmed.ours()
+
+
+def test_another_endpoint_with_a_bucket_of_the_same_name_is_refused(
+    moto_server: MotoServer, tmp_path: Path, state: RedisState
+) -> None:
+    other = MotoServer(free_port(), tmp_path / "other-moto.log")
+    other.start()
+    try:
+        bucket = "walbackup-identity-test"
+        make_bucket(moto_server.endpoint_url, bucket)
+        make_bucket(other.endpoint_url, bucket)
+        url = f"s3://{bucket}/prefix"
+        clock = Clock()
+        archive = open_storage(url, s3_endpoint_url=moto_server.endpoint_url)
+        stray_storage = open_storage(url, s3_endpoint_url=other.endpoint_url)
+        identity(1, archive, state, clock).check()
+        stray = identity(2, stray_storage, state, clock)
+        with pytest.raises(ForeignArchive, match="node"):
+            GuardedStorage(stray_storage, stray).read_bytes("x")
+        assert keys(stray_storage) == []
+        archive.delete(MARKER_KEY)
+    finally:
+        other.stop()
