@@ -140,6 +140,7 @@ def main() -> None:
             lambda *a: None,
             lambda jobs: None,
         )
+        node.identity.check()  # as its thread does first
         # The node's loop: rescan WORKDIR, then publish and do the upkeep.
         scans: list[float] = []
         beats: list[float] = []

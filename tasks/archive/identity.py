@@ -87,9 +87,11 @@ class ArchiveIdentity:
 
     def require(self) -> None:
         """Return if this node's storage is the archive, else raise
-        ``ForeignArchive``; checks when due. A check that fails (storage or
-        Redis unreachable) keeps a confirmed verdict and raises otherwise."""
-        if self._clock() >= self._due:
+        ``ForeignArchive``; checks when due, and every time until a check has
+        answered. A check that fails (storage or Redis unreachable) keeps a
+        verdict it had and raises its error otherwise (the caller's own
+        failure: a missing bucket, an outage the prober watches)."""
+        if self.problem == NOT_CHECKED or self._clock() >= self._due:
             try:
                 self.check()
             except (WalBackupError, redis.RedisError, OSError):
@@ -100,7 +102,7 @@ class ArchiveIdentity:
 
     def check(self) -> None:
         with self._lock:
-            if self._clock() < self._due:
+            if self._clock() < self._due and self.problem != NOT_CHECKED:
                 return  # another thread just checked
             self._due = self._clock() + RECHECK_S  # also when this check raises
             problem = self._check()

@@ -58,6 +58,8 @@ def decide(cluster_id: str | None, marker_id: str | None, seen_by: list[int]) ->
         return Decision(
             Action.FOREIGN,
             f"the cluster's archive {cluster_id} is not in this node's storage, where "
-            f"node(s) {nodes} find it: its endpoint, bucket or prefix is not theirs",
+            f"node(s) {nodes} find it: its endpoint, bucket or prefix is not theirs (or "
+            "the bucket was emptied or recreated: then every node finds it missing, and "
+            "it is written again once no node has found it for a few minutes)",
         )
     return Decision(Action.RESTORE)

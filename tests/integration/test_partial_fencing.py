@@ -62,6 +62,7 @@ class Node:
         self.node = NodeService(
             settings, state, self.storage, elector, lambda *a: None, lambda jobs: None
         )
+        self.node.identity.check()  # as its thread does first
         self.node._refresh(trigger=False)
         [outcome] = elector.elect([self.ttid])
         assert outcome.election.offloader == 1

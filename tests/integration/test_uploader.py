@@ -122,7 +122,9 @@ class Harness:
         self.node = NodeService(
             settings, state, self.storage, self.elector, self.send, self.send_batch
         )
-        # What the node thread does first: scan WORKDIR, publish a heartbeat.
+        # What the node's threads do first: check its storage is the archive,
+        # scan WORKDIR, publish a heartbeat.
+        self.node.identity.check()
         self.node._refresh(trigger=False)
         [outcome] = self.elector.elect([self.ttid])
         assert outcome.election.offloader == 1
