@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import redis
 
+from tasks.backup.blocked import BlockedRemoval
 from tasks.backup.copies import Copies
 from tasks.backup.gaps import MissingSegments
 from tasks.backup.gauges import ClusterGauges
@@ -82,6 +83,7 @@ class Heartbeats:
         heartbeat_timeout_s: float,
         kick_interval_ms: int = 0,
         state_file_interval_s: float = 0.0,
+        remove_wal: bool = False,
     ) -> None:
         self.node_id = node_id
         self.kick_interval_ms = kick_interval_ms
@@ -114,7 +116,8 @@ class Heartbeats:
         self.node_seen: dict[int, float] = {}
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
-        self.state_writes = StateWrites(disk, complain, state_file_interval_s)
+        blocked = BlockedRemoval(node_id, state) if remove_wal else None
+        self.state_writes = StateWrites(disk, complain, state_file_interval_s, blocked)
         self.gaps = MissingSegments(node_id, state)
         self.round_started: float | None = None
         """The last whole round (every timeline published) told the disk as

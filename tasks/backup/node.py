@@ -101,7 +101,7 @@ class NodeService:
             keep_leases=self.leases.keep, data_lost=self._republish_digests,
             complain=self._complain, heartbeat_timeout_s=settings.heartbeat_timeout,
             kick_interval_ms=settings.kick_interval_ms,
-            state_file_interval_s=settings.state_file_interval,
+            state_file_interval_s=settings.state_file_interval, remove_wal=settings.remove_wal,
         )  # fmt: skip
         self.new_wal = NewWal(
             node_id, state, elector, self.leases, self.heartbeats, settings.heartbeat_timeout

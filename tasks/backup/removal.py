@@ -12,7 +12,8 @@ every ``REMOVAL_INTERVAL_S``:
 2. when the node holds segments below it: the horizon goes into the state
    file first (with the cluster's ``timeline_start_lsn`` if the file had
    none, so a Redis that loses its data later does not take the node's new
-   lowest segment for the timeline's start), fsynced;
+   lowest segment for the timeline's start), fsynced; a write that fails
+   blocks removal, which is said loudly (``tasks.backup.blocked``);
 3. the complete segments of the run below it are deleted lowest first (what
    remains stays contiguous if the process dies half way, and the recorded
    horizon finishes the batch after a restart), then the directory is fsynced;
@@ -21,7 +22,10 @@ every ``REMOVAL_INTERVAL_S``:
 
 ``local_start_lsn`` rises at the next WORKDIR scan, which sees the files gone.
 A round deletes at most ``MAX_REMOVALS_PER_ROUND`` files; a timeline cut short
-goes on at the next round.
+goes on at the next round. Each round ends by keeping the WORKDIR's space
+reserve (``tasks.state.reserve``): a state file write that finds the disk
+full deletes it and writes in its space, so that a WORKDIR filled by WAL
+while the archive was away can still record the horizon and be freed.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import replace
 
 import redis
 
+from tasks.backup.blocked import BlockedRemoval
 from tasks.backup.copies import Copies
 from tasks.config import Settings
 from tasks.core.horizon import removal_horizon, segments_below
@@ -80,6 +85,7 @@ class WalRemoval:
         timeline_start: TimelineStartFn,
         forget_digests: ForgetDigestsFn,
         complain: Complaints,
+        blocked: BlockedRemoval | None = None,
         interval_s: float = REMOVAL_INTERVAL_S,
         max_per_round: int = MAX_REMOVALS_PER_ROUND,
         clock: Callable[[], float] = time.monotonic,
@@ -92,6 +98,8 @@ class WalRemoval:
         self.timeline_start = timeline_start
         self.forget_digests = forget_digests
         self.complain = complain
+        self.blocked = blocked
+        """Where a state file that cannot be written is said (else ``complain``)."""
         self.interval_s = interval_s
         self.max_per_round = max_per_round
         self._clock = clock
@@ -106,8 +114,10 @@ class WalRemoval:
         copies: Copies,
         complain: Complaints,
     ) -> WalRemoval | None:
-        """The node's removal, ``None`` unless ``WALBACKUP_REMOVE_WAL`` is on."""
+        """The node's removal, ``None`` unless ``WALBACKUP_REMOVE_WAL`` is on
+        (then a space reserve an earlier run left in WORKDIR is deleted)."""
         if not settings.remove_wal:
+            disk.reserve.drop()
             return None
         assert settings.node_id is not None
         return cls(
@@ -117,6 +127,7 @@ class WalRemoval:
             timeline_start=lambda ttid: state.timeline(ttid).timeline_start_lsn,
             forget_digests=copies.forget_below,
             complain=complain,
+            blocked=BlockedRemoval(settings.node_id, state),
         )
 
     def round(
@@ -146,6 +157,10 @@ class WalRemoval:
             budget -= removed
             if more:
                 self._due[ttid] = now  # cut short by the budget: next round
+        try:
+            self.disk.reserve.keep()
+        except OSError as exc:  # not a full disk: read-only, say
+            self.complain("cannot make the WORKDIR's space reserve", exc)
         return self.max_per_round - budget
 
     def remove(
@@ -175,7 +190,13 @@ class WalRemoval:
             start = self.timeline_start(ttid)
             if start is None:
                 return 0, False  # not elected yet: the start is not known either
-        self.disk.update_state(st.ttid, lambda s: _with_horizon(s, horizon, start))
+        try:
+            self.disk.update_state(st.ttid, lambda s: _with_horizon(s, horizon, start))
+        except OSError as exc:
+            self._blocked(ttid, "cannot record the removal horizon in the state file", exc)
+            return 0, False
+        if self.blocked is not None:
+            self.blocked.cleared(ttid)
         run = scan_entries(list_files(st.path), seg_size).segnos
         doomed = segments_below(run, horizon, seg_size, limit + 1)
         more = len(doomed) > limit
@@ -193,6 +214,12 @@ class WalRemoval:
             if doomed:
                 self._removed(st, doomed, horizon)
         return len(doomed), more
+
+    def _blocked(self, ttid: str, what: str, exc: OSError) -> None:
+        if self.blocked is not None:
+            self.blocked.failed(ttid, what, exc)
+        else:
+            self.complain(what, exc, ttid)
 
     def _removed(self, st: TimelineState, doomed: list[int], horizon: Lsn) -> None:
         ttid, seg_size = str(st.ttid), st.wal_seg_size

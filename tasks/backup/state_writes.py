@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from tasks.backup.blocked import BlockedRemoval
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints
@@ -46,10 +47,18 @@ class StateWrites:
     safekeepers, likewise, persist their control file's ``backup_lsn`` only
     now and then)."""
 
-    def __init__(self, disk: Workdir, complain: Complaints, interval_s: float) -> None:
+    def __init__(
+        self,
+        disk: Workdir,
+        complain: Complaints,
+        interval_s: float,
+        blocked: BlockedRemoval | None = None,
+    ) -> None:
         self.disk = disk
         self.complain = complain
         self.interval_s = interval_s
+        self.blocked = blocked
+        """With WAL removal on: a failing write blocks it, said there."""
         self._last: dict[str, float] = {}  # ttid -> monotonic time of its last write
         self._writes = 0
         self._deadline = 0.0
@@ -82,7 +91,14 @@ class StateWrites:
         except (OSError, SegmentFileError) as exc:
             # A full or failing disk must not stop heartbeats and lease
             # renewals: Redis still has backup_lsn.
-            self.complain("cannot record backup_lsn in the state file", exc, ttid)
+            what = "cannot record backup_lsn in the state file"
+            if self.blocked is not None and isinstance(exc, OSError):
+                self.blocked.failed(ttid, what, exc)  # removal waits for the file
+            else:
+                self.complain(what, exc, ttid)
+        else:
+            if self.blocked is not None:
+                self.blocked.cleared(ttid)
 
     def forget(self, ttid: str) -> None:
         self._last.pop(ttid, None)

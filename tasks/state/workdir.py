@@ -1,5 +1,6 @@
 """A node's WORKDIR: its timelines on local disk (SPEC §3), scanned
-(``tasks.state.scanner``) and each with its state file, written under locks.
+(``tasks.state.scanner``) and each with its state file, written under locks;
+and, with WAL removal on, its space reserve (``tasks.state.reserve``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import SegmentFileError
+from tasks.state.reserve import NO_SPACE, DiskReserve
 from tasks.state.scanner import WorkdirScanner
 from tasks.state.state_file import (
     STATE_FILE_NAME,
@@ -30,13 +32,16 @@ class Workdir(WorkdirScanner):
 
     Thread-safe. Writes to a timeline's state file are serialised within the
     process by a lock per timeline and across processes by ``flock`` on the
-    timeline directory.
+    timeline directory. A state file write that finds the disk full deletes
+    ``reserve`` (if it is there) and is tried once more.
     """
 
     def __init__(self, workdir: Path, default_seg_size: int, *, watch: bool = True) -> None:
         super().__init__(workdir, default_seg_size, watch=watch)
         self._locks_guard = threading.Lock()
         self._locks: dict[TenantTimelineId, threading.Lock] = {}
+        self.reserve = DiskReserve(self.workdir)
+        """Made by ``reserve.keep()`` (WAL removal's rounds), never here."""
 
     def timeline_dir(self, ttid: TenantTimelineId) -> Path:
         return self.workdir / ttid.tenant_id / ttid.timeline_id
@@ -67,8 +72,16 @@ class Workdir(WorkdirScanner):
             base = current or TimelineStateFile(wal_seg_size=self.default_seg_size)
             new = change(base)
             if new != current:
-                write_state_file(self.state_file_path(ttid), new)
+                self._write_state(self.state_file_path(ttid), new)
             return new
+
+    def _write_state(self, path: Path, new: TimelineStateFile) -> None:
+        try:
+            write_state_file(path, new)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE or not self.reserve.release(exc):
+                raise
+            write_state_file(path, new)  # in the reserve's space
 
     def record_backup_lsn(self, ttid: TenantTimelineId, lsn: Lsn) -> Lsn:
         """Raise the recorded ``backup_lsn`` to ``lsn``; never lowers it.

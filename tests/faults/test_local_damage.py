@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.faults.harness import (
     ttid_offloaded_by,
     write_segment,
 )
+from tests.tmpfs import fill, tiny_filesystem
 
 pytestmark = pytest.mark.integration
 
@@ -250,35 +250,6 @@ def test_timeline_dir_removed_mid_backup(
     assert_invariant(cluster, archive, sampler, first_segno=1, written_end=end, expected_end=end)
     assert cluster.state.timeline(str(ttid)).offloader in (2, 3)
     assert "1" not in {str(p.peer.node_id) for p in cluster.state.peers(str(ttid))}
-
-
-@contextlib.contextmanager
-def tiny_filesystem(path: Path, size_mib: int) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> Path:
-    """Write a file until the file system is full."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 65536)
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_full_disk_under_the_state_file(

@@ -17,18 +17,31 @@ lost or damaged before the scrubber's next pass.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import secrets
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tasks.core.ids import TenantTimelineId
-from tasks.dev.simulate import simulate
+from tasks.dev.simulate import expected_segment_bytes, simulate
+from tasks.state.reserve import RESERVE_NAME
 from tasks.state.state_file import STATE_FILE_NAME
 from tests.cluster import SEG_SIZE, BackupSampler, Cluster, wait_for
-from tests.faults.harness import NODES, Archive, WalWriter, assert_invariant, seg_lsn
+from tests.faults.harness import (
+    NODES,
+    Archive,
+    WalWriter,
+    assert_invariant,
+    seg_lsn,
+    start_cluster,
+    write_segment,
+)
 from tests.fixtures_s3 import AWS_ENV
 from tests.removal_support import (
     REMOVAL_ON,
@@ -39,6 +52,7 @@ from tests.removal_support import (
     wait_held,
 )
 from tests.servers import RedisServer, free_port
+from tests.tmpfs import free_bytes, tiny_filesystem
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +253,63 @@ def test_what_the_scrubber_has_not_verified_stays_on_the_nodes_and_heals_the_arc
     finally:
         cluster.stop()
         cluster.state.r.close()
+
+
+def test_workdirs_filled_by_wal_while_the_archive_was_read_only_are_freed(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """The drill: every node's WORKDIR on an 8 MiB tmpfs, the file:// archive
+    on a tmpfs of its own remounted read-only while WAL comes, until no node
+    can write the next segment; then read-write again. Backup catches up, and
+    each node deletes all but its keep-back: the state file writes removal
+    needs went through in the space of the WORKDIR's reserve (before it,
+    nothing was ever deleted and the disks stayed full)."""
+    with contextlib.ExitStack() as mounts:
+        roots = {n: mounts.enter_context(tiny_filesystem(tmp_path / f"wd{n}", 8)) for n in NODES}
+        remote = mounts.enter_context(tiny_filesystem(tmp_path / "archive", 64))
+        cluster = start_cluster(
+            make_cluster, roots, settings=REMOVAL_ON, remote_storage=remote.as_uri()
+        )
+        try:
+            ttid = new_ttid()
+            writer = WalWriter(list(roots.values()), ttid, next_segno=1)
+            writer.write(2)
+            cluster.wait_backup(ttid, seg_lsn(3), timeout=30)
+            for n, root in roots.items():
+                wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
+
+            remount(remote, "ro")
+            segno, full = 3, set()
+            while len(full) < len(NODES):  # pg_receivewal on each node, until it stops
+                for n, root in roots.items():
+                    if n not in full:
+                        body = expected_segment_bytes(ttid, segno, SEG_SIZE)
+                        try:
+                            write_segment(root, ttid, segno, body)
+                        except OSError as exc:
+                            assert exc.errno == errno.ENOSPC
+                            full.add(n)
+                segno += 1
+            newest = min(max(held(root, ttid)) for root in roots.values())
+            assert all(free_bytes(root) < SEG_SIZE for root in roots.values())
+            time.sleep(2)  # a few rounds on full disks, the archive still away
+            remount(remote, "rw")
+
+            cluster.wait_backup(ttid, seg_lsn(newest + 1), timeout=60)
+            for n, root in roots.items():
+                keep = [max(held(root, ttid))]  # its newest complete segment, the keep-back
+                wait_for(lambda r=root, k=keep: held(r, ttid) == k, 30, f"node {n}'s removal")
+                assert free_bytes(root) > SEG_SIZE, f"node {n}: still full"
+                text = cluster.log_path(f"node{n}").read_text(errors="replace")
+                assert "is full" in text and "deleted the 1048576-byte reserve" in text
+                assert "WAL removal on this node is blocked" not in text
+                wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
+            assert "blocked" not in cluster.state.timeline(str(ttid)).last_error
+            archive = Archive(ttid, root=remote)
+            assert archive.segnos() >= set(range(1, newest + 1))
+        finally:
+            cluster.stop()
+
+
+def remount(path: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)

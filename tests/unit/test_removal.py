@@ -276,13 +276,18 @@ def test_state_files_without_the_horizon_and_with_unknown_fields_are_read(tmp_pa
 # -- the settings -------------------------------------------------------------------
 
 
-def test_removal_is_off_by_default_and_keeps_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_removal_is_off_by_default_and_keeps_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in list(os.environ):
         if name.startswith("WALBACKUP_"):
             monkeypatch.delenv(name)
     s = load_settings()
     assert s.remove_wal is False and s.wal_keep_segments == 1
-    assert WalRemoval.if_on(s, None, None, None, None) is None  # type: ignore[arg-type]
+    disk = Workdir(tmp_path, SEG, watch=False)
+    assert disk.reserve.keep()  # left by a run with removal on
+    assert WalRemoval.if_on(s, None, disk, None, None) is None  # type: ignore[arg-type]
+    assert not disk.reserve.path.exists()
     monkeypatch.setenv("WALBACKUP_REMOVE_WAL", "true")
     monkeypatch.setenv("WALBACKUP_WAL_KEEP_SEGMENTS", "0")
     s = load_settings()
