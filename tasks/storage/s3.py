@@ -1,10 +1,11 @@
 """``s3://BUCKET/PREFIX`` through boto3, on AWS or any S3-compatible endpoint.
 
-``S3Storage`` holds the bucket, the prefix and a boto3 client per process
-(``s3_clients``), and reads, lists, deletes and probes. Two jobs live beside
-it: an upload and its verification (``s3_upload``), and the translation of
-every botocore error into ``tasks.errors`` (``s3_errors``; every call here
-runs under it).
+``S3Storage`` holds the bucket, the prefix and its boto3 clients
+(``s3_clients``: one per process, made again after S3 refuses the credentials,
+so that rotated ones are found), and reads, lists, deletes and probes. Two
+jobs live beside it: an upload and its verification (``s3_upload``), and the
+translation of every botocore error into ``tasks.errors`` (``s3_errors``;
+every call here runs under it).
 
 Whole-object reads ask for the stored checksum (``ChecksumMode=ENABLED``): a
 body that does not match it raises ``ChecksumMismatch`` (the stored object is
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -39,7 +41,12 @@ from botocore.exceptions import ClientError
 
 from tasks.core.urls import redact, validate_bucket_name
 from tasks.errors import InvalidInput, UploadCorrupted
-from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
+from tasks.storage import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_READ_TIMEOUT_S,
+    s3_clients,
+)
 from tasks.storage.base import (
     DELETE_BATCH,
     ObjectInfo,
@@ -48,7 +55,6 @@ from tasks.storage.base import (
     UploadResult,
     validate_key,
 )
-from tasks.storage.s3_clients import ClientCache
 from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
 from tasks.storage.s3_options import UPLOAD_CHECKS, sse_args
 from tasks.storage.s3_probe import ChecksumProbe
@@ -58,6 +64,8 @@ from tasks.storage.s3_upload import S3Uploads
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, PaginatorConfigTypeDef
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT_S = 1.0
 
@@ -96,8 +104,8 @@ class S3Storage(RemoteStorage):
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._root = f"{prefix}/" if prefix else ""
         where = redact(endpoint_url) if endpoint_url else "AWS S3"
-        self._clients = ClientCache(endpoint_url)
-        self._errors = S3Errors(self.url, bucket, where)
+        self._clients = s3_clients.ClientCache(endpoint_url)
+        self._errors = S3Errors(self.url, bucket, where, on_refused=self._refused)
         common: dict[str, Any] = {
             # Checksums of responses are validated where we ask for them
             # (ChecksumMode on reads), not on the read-backs we hash ourselves.
@@ -151,6 +159,14 @@ class S3Storage(RemoteStorage):
 
     def _probe_client(self) -> S3Client:
         return self._clients.get("probe", self._probe_config)
+
+    def _refused(self) -> None:
+        """S3 refused our credentials: the next attempt reads them again
+        (rotated keys), at most once per ``RECHECK_CREDENTIALS_S``."""
+        if self._clients.forget():
+            every_s = s3_clients.RECHECK_CREDENTIALS_S
+            log.info("Storage %s: credentials refused; the next attempt reads them again "
+                     "(at most every %g s)", self.url, every_s)  # fmt: skip
 
     def _full_key(self, key: str) -> str:
         return self._root + validate_key(key)
