@@ -1,9 +1,11 @@
 """``s3://BUCKET/PREFIX`` through boto3, on AWS or any S3-compatible endpoint.
 
-``S3Storage`` holds the bucket, the prefix and a boto3 client per process,
-and reads, lists, deletes and probes. Two jobs live beside it: an upload and
-its verification (``s3_upload``), and the translation of every botocore error
-into ``tasks.errors`` (``s3_errors``; every call here runs under it).
+``S3Storage`` holds the bucket, the prefix and its boto3 clients
+(``s3_clients``: one per process, made again after S3 refuses the credentials,
+so that rotated ones are found), and reads, lists, deletes and probes. Two
+jobs live beside it: an upload and its verification (``s3_upload``), and the
+translation of every botocore error into ``tasks.errors`` (``s3_errors``;
+every call here runs under it).
 
 Whole-object reads ask for the stored checksum (``ChecksumMode=ENABLED``): a
 body that does not match it raises ``ChecksumMismatch`` (the stored object is
@@ -29,19 +31,22 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import os
-import threading
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tasks.core.urls import redact, validate_bucket_name
 from tasks.errors import InvalidInput, UploadCorrupted
-from tasks.storage import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
+from tasks.storage import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_READ_TIMEOUT_S,
+    s3_clients,
+)
 from tasks.storage.base import (
     DELETE_BATCH,
     ObjectInfo,
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef, PaginatorConfigTypeDef
 
-DEFAULT_REGION = "us-east-1"
+log = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT_S = 1.0
 
@@ -98,9 +103,9 @@ class S3Storage(RemoteStorage):
         self.prefix = validate_key(prefix) if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._root = f"{prefix}/" if prefix else ""
-        self._endpoint_url = endpoint_url
         where = redact(endpoint_url) if endpoint_url else "AWS S3"
-        self._errors = S3Errors(self.url, bucket, where)
+        self._clients = s3_clients.ClientCache(endpoint_url)
+        self._errors = S3Errors(self.url, bucket, where, on_refused=self._refused)
         common: dict[str, Any] = {
             # Checksums of responses are validated where we ask for them
             # (ChecksumMode on reads), not on the read-backs we hash ourselves.
@@ -127,8 +132,6 @@ class S3Storage(RemoteStorage):
             read_timeout=probe_timeout_s,
             **common,
         )
-        self._lock = threading.Lock()
-        self._clients: dict[str, tuple[S3Client, int]] = {}
         if upload_check not in UPLOAD_CHECKS:
             raise InvalidInput(f"upload check {upload_check!r}: expected one of {UPLOAD_CHECKS}")
         self._checksums = ChecksumProbe(self._probe_client, bucket, self._root, self._put_args,
@@ -151,27 +154,19 @@ class S3Storage(RemoteStorage):
         return dict(self._put_args)
 
     def _client(self) -> S3Client:
-        """One client per process, made on first use (clients are thread-safe;
-        sessions are not, and neither survives a fork)."""
-        return self._cached_client("main", self._config)
+        """One client per process, made on first use (``s3_clients``)."""
+        return self._clients.get("main", self._config)
 
     def _probe_client(self) -> S3Client:
-        return self._cached_client("probe", self._probe_config)
+        return self._clients.get("probe", self._probe_config)
 
-    def _cached_client(self, name: str, config: Config) -> S3Client:
-        pid = os.getpid()
-        with self._lock:
-            cached = self._clients.get(name)
-            if cached is None or cached[1] != pid:
-                session = boto3.session.Session()
-                client = session.client(
-                    "s3",
-                    region_name=session.region_name or DEFAULT_REGION,
-                    endpoint_url=self._endpoint_url,
-                    config=config,
-                )
-                cached = self._clients[name] = (client, pid)
-            return cached[0]
+    def _refused(self) -> None:
+        """S3 refused our credentials: the next attempt reads them again
+        (rotated keys), at most once per ``RECHECK_CREDENTIALS_S``."""
+        if self._clients.forget():
+            every_s = s3_clients.RECHECK_CREDENTIALS_S
+            log.info("Storage %s: credentials refused; the next attempt reads them again "
+                     "(at most every %g s)", self.url, every_s)  # fmt: skip
 
     def _full_key(self, key: str) -> str:
         return self._root + validate_key(key)
@@ -292,8 +287,4 @@ class S3Storage(RemoteStorage):
         return deleted
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, {}
-        for client, pid in clients.values():
-            if pid == os.getpid():
-                client.close()
+        self._clients.close()

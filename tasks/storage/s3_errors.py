@@ -2,7 +2,10 @@
 
 ``S3Errors`` knows one bucket and endpoint; ``with errors(action):`` turns any
 ``BotoCoreError``/``ClientError`` raised inside into the most specific
-walbackup error, naming the action, and chains the original. Code that must
+walbackup error, naming the action, and chains the original; an
+``AccessDenied`` leaving the block (translated there or raised inside) also
+calls ``on_refused``, with which a storage reads its credentials again
+(``s3_clients``). Code that must
 branch on a ``ClientError`` first (412 on a conditional create, an empty
 range) reads it with ``error_code``/``http_status`` and the code sets below,
 then lets the rest through to ``S3Errors``.
@@ -11,7 +14,7 @@ then lets the rest through to ``S3Errors``.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -38,6 +41,7 @@ from tasks.errors import (
     UploadCorrupted,
     WalBackupError,
 )
+from tasks.storage import s3_clients
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -71,12 +75,16 @@ def http_status(exc: ClientError) -> int:
 
 class S3Errors:
     """The translation for one storage: ``url`` and ``where`` (the endpoint,
-    redacted, or "AWS S3") name it in every message."""
+    redacted, or "AWS S3") name it in every message; ``on_refused`` is called
+    whenever the storage's credentials are refused."""
 
-    def __init__(self, url: str, bucket: str, where: str) -> None:
+    def __init__(
+        self, url: str, bucket: str, where: str, on_refused: Callable[[], object] = lambda: None
+    ) -> None:
         self.url = url
         self.bucket = bucket
         self.where = where
+        self._on_refused = on_refused
 
     def classify(self, code: str, status: int, action: str, message: str) -> WalBackupError:
         """The error for an S3 error ``code`` (or HTTP ``status``) that ``action`` got."""
@@ -86,7 +94,9 @@ class S3Errors:
         if code in _ACCESS_CODES or status == 403:
             return AccessDenied(
                 f"{where}: access denied ({code or status}); check the credentials boto3 "
-                "found and the bucket's policy"
+                "found and the bucket's policy (read again after a refusal, at most every "
+                f"{s3_clients.RECHECK_CREDENTIALS_S:g} s: rotated keys in a credentials file "
+                "are found; changed environment variables need a restart)"
             )
         if code in _NOT_FOUND_CODES or status == 404:
             return NotFound(f"{where}: no such object")
@@ -125,9 +135,13 @@ class S3Errors:
     def __call__(self, action: str) -> Iterator[None]:
         """Translate what botocore raises inside the block."""
         try:
-            yield
-        except (BotoCoreError, ClientError) as exc:
-            raise self.translate(exc, action) from exc
+            try:
+                yield
+            except (BotoCoreError, ClientError) as exc:
+                raise self.translate(exc, action) from exc
+        except AccessDenied:
+            self._on_refused()
+            raise
 
 
 class TranslatedBody(io.BufferedIOBase):
