@@ -107,6 +107,26 @@ class LedgerFlusher:
             log.debug("Timeline %s: %d ledger entries written to the bucket", key, written)
         return written
 
+    def rewind(self, ttid: TenantTimelineId, segno: int) -> None:
+        """The ledger's pages lost what they held from ``segno`` on (a bucket
+        emptied or recreated, a page deleted): the next flush records the
+        segments from there again, from their archived objects (``_recover``,
+        against this node's copy where it has one), instead of leaving them
+        unrecorded for good."""
+        key = str(ttid)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            end = self.state.archive_cursors(key).get("ledger_end")
+            if end is not None and segno < end:
+                self.state.set_cursors(key, {"ledger_end": segno})
+                log.warning(
+                    "Timeline %s: the ledger's pages lack segments from %s on, below their "
+                    "recorded end %s: recording them again from the archived objects",
+                    key, segno, end,
+                )  # fmt: skip
+            self._ends.pop(key, None)
+
     def _end(self, ttid: TenantTimelineId, seg_size: int, start: int) -> int:
         """The first segment not yet in a page: Redis's cursor, or (Redis lost
         it) the end of the last page, or the archive's start."""

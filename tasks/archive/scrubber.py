@@ -163,6 +163,11 @@ class Scrubber:
             result.open.append(problem)
             if segno not in open_before:
                 result.found.append(problem)
+        unrecorded = [
+            q.segno for q in result.open if q.kind is Kind.UNRECORDED and q.segno is not None
+        ]
+        if unrecorded:
+            self.flusher.rewind(ttid, min(unrecorded))
         open_now = {q.segno: q.line() for q in result.open if q.segno is not None}
         cleared = [s for s in open_before if s not in open_now]
         self.state.record_problems(key, open_now, cleared)

@@ -466,3 +466,41 @@ def test_a_problem_the_deep_check_found_stays_open_until_the_bytes_are_right(
     # Put right (a node's copy uploaded again): the next pass clears it.
     replace_object(storage, 6, expected_segment_bytes(TTID, 6, SEG))
     assert not scrubber(DeepBudget(0)).run(TTID, SEG, backup, SEGNOS.start).open
+
+
+def test_a_timeline_emptied_in_the_bucket_gets_its_objects_and_its_ledger_back(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path
+) -> None:
+    """Found by a drill: after a bucket was emptied and recreated the scrubber
+    uploaded the nodes' copies again, but the ledger's pages stayed gone and
+    Redis's cursor said they were written: every segment stayed
+    ``unrecorded`` for good (verified_lsn at the start, verify exit 1, fetch
+    unchecked, and WAL removal, which waits for verified_lsn, stopped)."""
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    scrubber = Scrubber(
+        state, flusher(node), Unmetered(), lambda t, s: node.copy(s), lambda t, s, z: False
+    )
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+    assert scrubber.run(TTID, SEG, backup, SEGNOS.start).verified_lsn == backup
+    assert state.archive_cursors(str(TTID))["ledger_end"] == SEGNOS.stop
+    assert storage.delete_prefix(timeline_prefix(TTID)) > len(SEGNOS)  # segments and pages
+
+    first = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert sorted(p.segno for p in first.healed) == list(SEGNOS)  # uploaded from our copies
+    second = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert [(p.segno, p.kind) for p in second.open] == [(s, Kind.UNRECORDED) for s in SEGNOS]
+    # The next flush records them again from the archived objects, so the
+    # next pass finds the archive whole.
+    third = scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert not third.open and third.verified_lsn == backup
+    assert state.problems(str(TTID)) == {}
+    entries, conflicts = LedgerStore(storage).entries(
+        TTID, SEG, SEGNOS.start, SEGNOS.stop, LedgerStore(storage).pages(TTID, SEG)
+    )
+    assert sorted(entries) == list(SEGNOS) and not conflicts
+    assert all(entries[s].sha256 == node_sha256(s) for s in SEGNOS)
+
+
+def node_sha256(segno: int) -> str:
+    return hashlib.sha256(expected_segment_bytes(TTID, segno, SEG)).hexdigest()
