@@ -116,6 +116,11 @@ ARCHIVE_VERIFIED_LSN = Gauge(
     "as the ledger says (it stops at the first problem); exported by the offloader",
     ["timeline"],
 )
+ARCHIVE_UPKEEP_ERRORS = Counter(
+    "archive_upkeep_errors",
+    "Failed archive upkeep of a timeline this node offloads (a ledger page write, a scrub "
+    "pass, a history file): the storage refused or could not be read",
+)
 ARCHIVE_VERIFIED_BYTES = Counter(
     "archive_verified_bytes", "Bytes of archived WAL read back and hashed by the deep scrub"
 )

@@ -28,7 +28,7 @@ from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
-from tasks.metrics import ARCHIVE_VERIFIED_LSN
+from tasks.metrics import ARCHIVE_UPKEEP_ERRORS, ARCHIVE_VERIFIED_LSN
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -151,6 +151,7 @@ class ArchiveKeeper:
                 try:
                     self._upkeep(ttid, backup_lsn, scrub=scrub)
                 except Exception as exc:  # one timeline's storage trouble must not stop the rest
+                    ARCHIVE_UPKEEP_ERRORS.inc()  # WalbackupArchiveUpkeepFailing: no silent scrub
                     self.complain("archive upkeep failed", exc, ttid)
 
     def _upkeep(self, ttid: str, backup_lsn: Lsn, *, scrub: bool) -> None:
