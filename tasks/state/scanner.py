@@ -6,40 +6,28 @@ holds segment files (``tasks.core.timeline_scan``) and a state file
   directories an event named, and lists the WORKDIR's tenants again only when
   one of those directories changed; every ``FULL_SCAN_S`` (and when events
   were lost) a pass scans everything, as a safety net;
-- a timeline directory is listed again only when its mtime (any create,
-  rename or delete inside changes it) or its state file changed, or when the
-  last listing could not be trusted (see ``_RACY_NS``).
+- a timeline directory is listed again only when it may have changed
+  (``tasks.state.timeline_dir``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from tasks.core.ids import TenantTimelineId
-from tasks.core.segments import validate_seg_size, xlog_file_name
-from tasks.core.timeline_scan import scan_entries
+from tasks.core.segments import validate_seg_size
 from tasks.errors import InvalidInput
 from tasks.state.dirwatch import DirWatch, open_watch
-from tasks.state.listing import list_files, timeline_names
-from tasks.state.state_file import STATE_FILE_NAME, read_state_file
-from tasks.state.timeline_state import TimelineState, timeline_state
+from tasks.state.listing import timeline_names
+from tasks.state.timeline_dir import TimelineDir, TimelineReader
+from tasks.state.timeline_state import TimelineState
 
 log = logging.getLogger("tasks.state.workdir")
-
-_RACY_NS = 2_000_000_000
-"""A listing taken less than this after the directory's mtime is not trusted
-for the next scan: mtime has clock-tick (or coarser) granularity, so a second
-change within the same tick would leave it unchanged (git's "racy" problem).
-Watched, such a directory is rescanned every pass until then: a file still
-being written when it was listed may not be closed yet (one with problems is
-listed again on its next event, or at the next full scan)."""
 
 FULL_SCAN_S = 30.0
 """With inotify, a full scan this often all the same."""
@@ -54,24 +42,6 @@ class ScanChanges(NamedTuple):
     (including timelines seen for the first time with segments)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Dir:
-    """A timeline directory's id and paths, built once while it exists: 40,000
-    ``Path`` objects a second were a tenth of a node's CPU at 10,000 timelines."""
-
-    ttid: TenantTimelineId
-    path: Path
-    state_file: Path
-
-
-@dataclass(frozen=True, slots=True)
-class _CacheEntry:
-    dir_key: tuple[int, int]  # mtime, inode: a directory replaced under its name differs
-    state_key: tuple[int, int, int] | None
-    trusted: bool
-    state: TimelineState
-
-
 class WorkdirScanner:
     """Thread-safe; ``scan_changes`` is the node's watcher's, ``scan_timeline``
     anyone's. ``watch``: use inotify where the system has it."""
@@ -80,9 +50,8 @@ class WorkdirScanner:
         self.workdir = Path(workdir)
         self.default_seg_size = validate_seg_size(default_seg_size)
         self._scan_lock = threading.Lock()
-        self._cache: dict[TenantTimelineId, _CacheEntry] = {}
-        self._untrusted: set[TenantTimelineId] = set()
-        self._dirs: dict[tuple[str, str], _Dir] = {}
+        self._reader = TimelineReader(self.default_seg_size)
+        self._dirs: dict[tuple[str, str], TimelineDir] = {}
         """The last discovery's directories, by ``(TENANT, TIMELINE)`` name."""
         self._tenants: list[str] = []
         self._states: dict[TenantTimelineId, TimelineState] = {}
@@ -111,8 +80,8 @@ class WorkdirScanner:
         with self._scan_lock:
             return {d.ttid: d.path for d in self._discover()}
 
-    def _discover(self) -> list[_Dir]:
-        known: dict[tuple[str, str], _Dir] = {}
+    def _discover(self) -> list[TimelineDir]:
+        known: dict[tuple[str, str], TimelineDir] = {}
         self._tenants, timelines = timeline_names(self.workdir)
         for names in timelines:
             d = self._dirs.get(names)
@@ -120,9 +89,8 @@ class WorkdirScanner:
         self._dirs = known  # replaced whole: readers see one discovery or the next
         return list(known.values())
 
-    def _dir(self, ttid: TenantTimelineId) -> _Dir:
-        path = self.workdir / ttid.tenant_id / ttid.timeline_id
-        return _Dir(ttid, path, path / STATE_FILE_NAME)
+    def _dir(self, ttid: TenantTimelineId) -> TimelineDir:
+        return TimelineDir.under(self.workdir, ttid)
 
     def scan(self) -> dict[TenantTimelineId, TimelineState]:
         return self.scan_changes().states
@@ -170,7 +138,7 @@ class WorkdirScanner:
             self.failures.pop(ttid, None)
         return ScanChanges(states, changed)
 
-    def _todo(self) -> tuple[list[_Dir], list[TenantTimelineId]]:
+    def _todo(self) -> tuple[list[TimelineDir], list[TenantTimelineId]]:
         """The directories this pass rescans: all of them, or, watched, those
         an event named, new ones and those listed too recently to be trusted;
         and the timelines the discovery of this pass no longer finds."""
@@ -191,7 +159,7 @@ class WorkdirScanner:
                 return list(self._dirs.values()), self._gone()
             keys |= added
             gone = self._gone()
-        keys.update((t.tenant_id, t.timeline_id) for t in self._untrusted)
+        keys.update((t.tenant_id, t.timeline_id) for t in self._reader.untrusted)
         return [self._dirs[k] for k in keys if k in self._dirs], gone
 
     def _gone(self) -> list[TenantTimelineId]:
@@ -219,7 +187,7 @@ class WorkdirScanner:
         self._rediscover |= synced.rediscover
         return synced.added
 
-    def _rescan(self, d: _Dir) -> TimelineState | None:
+    def _rescan(self, d: TimelineDir) -> TimelineState | None:
         ttid = d.ttid
         try:
             state = self._scan_timeline(d)
@@ -232,8 +200,7 @@ class WorkdirScanner:
         return state
 
     def _forget(self, ttid: TenantTimelineId) -> None:
-        self._cache.pop(ttid, None)
-        self._untrusted.discard(ttid)
+        self._reader.forget(ttid)
 
     def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
         """The timeline's current state, ``None`` if it has no directory;
@@ -242,59 +209,5 @@ class WorkdirScanner:
         with self._scan_lock:
             return self._scan_timeline(d)
 
-    def _scan_timeline(self, d: _Dir) -> TimelineState | None:
-        ttid, path = d.ttid, d.path
-        now_ns = time.time_ns()
-        try:
-            dir_st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            dir_st = None
-        if dir_st is None or not stat.S_ISDIR(dir_st.st_mode):
-            self._cache.pop(ttid, None)
-            self._untrusted.discard(ttid)
-            return None
-        try:
-            file_st = os.stat(d.state_file, follow_symlinks=False)
-            state_key: tuple[int, int, int] | None = (
-                file_st.st_mtime_ns, file_st.st_size, file_st.st_ino,
-            )  # fmt: skip
-        except FileNotFoundError:
-            state_key = None
-
-        cached = self._cache.get(ttid)
-        if (
-            cached is not None
-            and cached.trusted
-            and cached.dir_key == (dir_st.st_mtime_ns, dir_st.st_ino)
-            and cached.state_key == state_key
-        ):
-            return cached.state
-
-        recorded = read_state_file(d.state_file)
-        seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
-        try:
-            entries = list_files(path)
-        except FileNotFoundError:
-            self._cache.pop(ttid, None)
-            self._untrusted.discard(ttid)
-            return None
-        scanned = scan_entries(entries, seg_size)
-        state = timeline_state(ttid, path, scanned, recorded)
-        if cached is None or cached.state.problems != state.problems:
-            damaged = {xlog_file_name(segno, seg_size) for segno in state.damaged}
-            for problem in state.problems:
-                # A wrong-size segment file is a damaged copy; the rest are not backed up.
-                bad = problem.split(":")[0] in damaged
-                what = "damaged copy" if bad else "not backed up:"
-                log.log(logging.ERROR if bad else logging.WARNING, "Timeline %s: %s %s",
-                        ttid, what, path / problem)  # fmt: skip
-        newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
-        racy = now_ns - newest_ns < _RACY_NS
-        self._cache[ttid] = _CacheEntry(
-            (dir_st.st_mtime_ns, dir_st.st_ino), state_key, not racy and not state.problems, state
-        )
-        if racy:
-            self._untrusted.add(ttid)
-        else:
-            self._untrusted.discard(ttid)
-        return state
+    def _scan_timeline(self, d: TimelineDir) -> TimelineState | None:
+        return self._reader.read(d)

@@ -16,6 +16,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.state import scanner as scanner_module
+from tasks.state import timeline_dir
 from tasks.state.dirwatch import Changes, DirWatch
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -63,7 +64,7 @@ class Counting:
         self.discoveries = 0
         real_scan, real_names = disk._scan_timeline, scanner_module.timeline_names
 
-        def scan(d: scanner_module._Dir) -> TimelineState | None:
+        def scan(d: timeline_dir.TimelineDir) -> TimelineState | None:
             self.rescanned.append(d.ttid)
             return real_scan(d)
 
@@ -225,7 +226,7 @@ def test_a_pass_that_failed_half_way_is_made_good_by_the_next(
 ) -> None:
     make(tmp_path, ttid(1), segments=2)
     make(tmp_path, ttid(2), segments=2)
-    real_list = scanner_module.list_files
+    real_list = timeline_dir.list_files
     calls = []
 
     def failing(path: Path) -> list[tuple[str, int]]:
@@ -234,7 +235,7 @@ def test_a_pass_that_failed_half_way_is_made_good_by_the_next(
             raise OSError(errno.EIO, "Input/output error")
         return real_list(path)
 
-    monkeypatch.setattr(scanner_module, "list_files", failing)
+    monkeypatch.setattr(timeline_dir, "list_files", failing)
     with pytest.raises(OSError, match="Input/output"):
         disk.scan_changes()
     states, changed = disk.scan_changes()  # events gone with the failed pass: a full scan

@@ -16,8 +16,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, SegmentFileError
-from tasks.state import scanner as scanner_module
-from tasks.state import state_file
+from tasks.state import state_file, timeline_dir
 from tasks.state.state_file import (
     STATE_FILE_NAME,
     TimelineStateFile,
@@ -292,13 +291,13 @@ def test_unchanged_old_dir_is_not_relisted(
     state.scan()
 
     listed: list[Path] = []
-    real_list = scanner_module.list_files
+    real_list = timeline_dir.list_files
 
     def counting_list(p: Path) -> list[tuple[str, int]]:
         listed.append(p)
         return real_list(p)
 
-    monkeypatch.setattr(scanner_module, "list_files", counting_list)
+    monkeypatch.setattr(timeline_dir, "list_files", counting_list)
     for _ in range(3):
         assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)
     assert listed == []
