@@ -12,6 +12,7 @@ holds segment files (``tasks.core.timeline_scan``) and a state file
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.segments import validate_seg_size
 from tasks.errors import InvalidInput
 from tasks.state.dirwatch import DirWatch, open_watch
-from tasks.state.listing import timeline_names
+from tasks.state.listing import cannot_read, timeline_names
 from tasks.state.timeline_dir import TimelineDir, TimelineReader
 from tasks.state.timeline_state import TimelineState
 
@@ -62,7 +63,10 @@ class WorkdirScanner:
         """When the last two ``scan_changes`` began (wall clock): each told
         the disk as it was then."""
         self.failures: dict[TenantTimelineId, str] = {}
-        """Timelines left out of the last scan because their state is unreadable."""
+        """Timelines left out of the last scan because they cannot be read
+        (their state file, their directory's mode, a disk error), and why."""
+        self.tenant_failures: dict[str, str] = {}
+        """Tenant directories the last discovery could not list, and why."""
 
     @property
     def watching(self) -> bool:  # scans read inotify's events, not every directory
@@ -82,8 +86,17 @@ class WorkdirScanner:
 
     def _discover(self) -> list[TimelineDir]:
         known: dict[tuple[str, str], TimelineDir] = {}
-        self._tenants, timelines = timeline_names(self.workdir)
-        for names in timelines:
+        found = timeline_names(self.workdir)
+        self._tenants = found.tenants
+        # A tenant that cannot be listed keeps the timelines it had: each of
+        # their rescans fails, and says why (``failures``).
+        kept = [names for names in self._dirs if names[0] in found.unreadable]
+        for tenant, problem in found.unreadable.items():
+            if self.tenant_failures.get(tenant) != problem:
+                log.error("WORKDIR %s: tenant %s left out of the scan: %s",
+                          self.workdir, tenant, problem)  # fmt: skip
+        self.tenant_failures = found.unreadable
+        for names in [*found.timelines, *kept]:
             d = self._dirs.get(names)
             known[names] = d if d is not None else self._dir(TenantTimelineId(*names))
         self._dirs = known  # replaced whole: readers see one discovery or the next
@@ -97,8 +110,8 @@ class WorkdirScanner:
 
     def scan_changes(self) -> ScanChanges:
         """Scan what may have changed (everything, without inotify); a
-        timeline whose state file is unreadable is left out, logged and
-        listed in ``failures``."""
+        timeline that cannot be read is left out, logged and listed in
+        ``failures`` (and rescanned each pass until it can be)."""
         with self._scan_lock:
             began = time.time()
             try:
@@ -151,7 +164,7 @@ class WorkdirScanner:
                 self._watch_all(watch, refresh=True)
             return dirs, self._gone()
         keys, gone = events.timelines, []
-        if events.layout or self._rediscover:
+        if events.layout or self._rediscover or self._tenants_back():
             self._rediscover = False
             self._discover()
             added = self._watch_all(watch, refresh=False)
@@ -159,8 +172,16 @@ class WorkdirScanner:
                 return list(self._dirs.values()), self._gone()
             keys |= added
             gone = self._gone()
-        keys.update((t.tenant_id, t.timeline_id) for t in self._reader.untrusted)
+        keys.update((t.tenant_id, t.timeline_id) for t in (*self._reader.untrusted, *self.failures))
         return [self._dirs[k] for k in keys if k in self._dirs], gone
+
+    def _tenants_back(self) -> bool:
+        """Whether a tenant the last discovery could not list can be now (no
+        event tells: it had no watch)."""
+        for tenant in self.tenant_failures:
+            with contextlib.suppress(OSError), os.scandir(self.workdir / tenant):
+                return True
+        return False
 
     def _gone(self) -> list[TenantTimelineId]:
         """Timelines of the last scan (or left out of it) the last discovery did not find."""
@@ -191,10 +212,12 @@ class WorkdirScanner:
         ttid = d.ttid
         try:
             state = self._scan_timeline(d)
-        except InvalidInput as exc:
-            if self.failures.get(ttid) != str(exc):
-                log.error("Timeline %s: left out of the scan: %s", ttid, exc)
-            self.failures[ttid] = str(exc)
+        except (InvalidInput, OSError) as exc:
+            # This timeline only: the others carry on.
+            problem = cannot_read(d.path, exc) if isinstance(exc, OSError) else str(exc)
+            if self.failures.get(ttid) != problem:
+                log.error("Timeline %s: left out of the scan: %s", ttid, problem)
+            self.failures[ttid] = problem
             return None
         self.failures.pop(ttid, None)
         return state
@@ -203,11 +226,15 @@ class WorkdirScanner:
         self._reader.forget(ttid)
 
     def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
-        """The timeline's current state, ``None`` if it has no directory;
-        raises ``InvalidInput`` if its state file is corrupt."""
+        """The timeline's current state, ``None`` if it has no directory or
+        one that cannot be read (the next pass says why); raises
+        ``InvalidInput`` if its state file is corrupt."""
         d = self._dirs.get((ttid.tenant_id, ttid.timeline_id)) or self._dir(ttid)
         with self._scan_lock:
-            return self._scan_timeline(d)
+            try:
+                return self._scan_timeline(d)
+            except OSError:
+                return None
 
     def _scan_timeline(self, d: TimelineDir) -> TimelineState | None:
         return self._reader.read(d)
