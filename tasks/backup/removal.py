@@ -176,7 +176,8 @@ class WalRemoval:
             if start is None:
                 return 0, False  # not elected yet: the start is not known either
         self.disk.update_state(st.ttid, lambda s: _with_horizon(s, horizon, start))
-        run = scan_entries(list_files(st.path), seg_size).segnos
+        listing = list_files(st.path)
+        run = scan_entries(listing.files, seg_size, listing.others).segnos
         doomed = segments_below(run, horizon, seg_size, limit + 1)
         more = len(doomed) > limit
         doomed = doomed[:limit]

@@ -1,13 +1,15 @@
 """What a WORKDIR holds on disk: its timeline directories, and a timeline directory's files.
 
 Symlinks are never followed: a link named like a timeline or a segment is
-not one.
+not one (a timeline directory's other entries are listed for what they are:
+one named like a segment is a damaged copy, not a hole).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,16 +64,39 @@ def timeline_names(workdir: Path) -> Discovery:
     return found
 
 
-def list_files(path: Path) -> list[tuple[str, int]]:
-    """``(name, size)`` of the regular files in ``path``, symlinks excluded
-    (a link named like a segment must never be uploaded as one). Raises
-    ``FileNotFoundError`` when ``path`` is gone."""
-    entries: list[tuple[str, int]] = []
+class Listing(NamedTuple):
+    files: list[tuple[str, int]]
+    """``(name, size)`` of the regular files."""
+    others: list[tuple[str, str]]
+    """``(name, what it is)`` of every other entry, symlinks included (a link
+    named like a segment must never be uploaded as one): "a directory", "a
+    dangling symlink", …"""
+
+
+def list_files(path: Path) -> Listing:
+    """What ``path`` holds. Raises ``FileNotFoundError`` when it is gone."""
+    found = Listing([], [])
     with os.scandir(path) as it:
         for entry in it:
             try:
                 if entry.is_file(follow_symlinks=False):
-                    entries.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                    found.files.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                else:
+                    found.others.append((entry.name, _what(entry)))
             except FileNotFoundError:
                 continue  # renamed or removed meanwhile; the next scan sees it
-    return entries
+    return found
+
+
+def _what(entry: os.DirEntry[str]) -> str:
+    """What an entry that is no regular file is."""
+    if entry.is_symlink():
+        return "a symlink" if os.path.exists(entry.path) else "a dangling symlink"
+    if entry.is_dir(follow_symlinks=False):
+        return "a directory"
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "no regular file"

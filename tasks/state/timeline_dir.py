@@ -102,11 +102,11 @@ class TimelineReader:
         recorded = read_state_file(d.state_file)
         seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
         try:
-            entries = list_files(path)
+            listing = list_files(path)
         except FileNotFoundError:
             self.forget(ttid)
             return None
-        scanned = scan_entries(entries, seg_size)
+        scanned = scan_entries(listing.files, seg_size, listing.others)
         state = timeline_state(ttid, path, scanned, recorded)
         if cached is None or cached.state.problems != state.problems:
             damaged = {xlog_file_name(segno, seg_size) for segno in state.damaged}

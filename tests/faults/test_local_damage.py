@@ -54,7 +54,10 @@ def damaged_bytes(good: bytes, damage: str) -> bytes:
     return good[:1000] + bytes(b ^ 0xFF for b in good[1000:1100]) + good[1100:]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "oversized", "divergent", "unreadable"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "oversized", "divergent", "unreadable", "directory", "dangling symlink"],
+)
 def test_damaged_copy_on_the_offloader_never_stalls_backup(
     make_cluster: Callable[..., Cluster], tmp_path: Path, damage: str
 ) -> None:
@@ -71,13 +74,20 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     with BackupSampler(cluster, ttid) as sampler:
         # Segment 5: good on nodes 2 and 3, damaged on the offloader, node 1.
         simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
-        bad = write_segment(
-            nodes[0],
-            ttid,
-            5,
-            damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage),
-            0o000 if damage == "unreadable" else 0o644,
-        )
+        if damage in ("directory", "dangling symlink"):  # in its place: no hole (the drill)
+            bad = timeline_dir(nodes[0], ttid) / xlog_file_name(5, SEG_SIZE)
+            if damage == "directory":
+                bad.mkdir()
+            else:
+                bad.symlink_to(bad.with_name("nowhere"))
+        else:
+            bad = write_segment(
+                nodes[0],
+                ttid,
+                5,
+                damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage),
+                0o000 if damage == "unreadable" else 0o644,
+            )
         started = time.monotonic()
         writer.next_segno = 6
         writer.write(4)

@@ -21,6 +21,7 @@ from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.dev.simulate import simulate
 from tasks.state import timeline_dir
+from tasks.state.listing import Listing
 from tasks.state.redis import RedisState
 from tasks.state.scanner import ScanChanges
 from tasks.storage.local import LocalStorage
@@ -60,7 +61,7 @@ def test_a_timeline_left_out_is_not_this_nodes_and_its_last_error_says_why(
     locked = node.disk.timeline_dir(a)
     real_list = timeline_dir.list_files
 
-    def list_files(path: Path) -> list[tuple[str, int]]:
+    def list_files(path: Path) -> Listing:
         if path == locked:  # as for a mode-000 directory without CAP_DAC_OVERRIDE
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_list(path)

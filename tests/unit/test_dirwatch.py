@@ -18,6 +18,7 @@ from tasks.core.segments import xlog_file_name
 from tasks.state import scanner as scanner_module
 from tasks.state import timeline_dir
 from tasks.state.dirwatch import Changes, DirWatch
+from tasks.state.listing import Listing
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
 
@@ -229,7 +230,7 @@ def test_a_pass_that_failed_half_way_is_made_good_by_the_next(
     real_list = timeline_dir.list_files
     calls = []
 
-    def failing(path: Path) -> list[tuple[str, int]]:
+    def failing(path: Path) -> Listing:
         calls.append(path)
         if len(calls) == 2:
             raise MemoryError  # an OSError leaves one timeline out (the next test)
@@ -254,7 +255,7 @@ def test_a_disk_error_on_one_timeline_leaves_it_out_and_the_others_carry_on(
     real_list = timeline_dir.list_files
     fail = True
 
-    def failing(path: Path) -> list[tuple[str, int]]:
+    def failing(path: Path) -> Listing:
         if fail and path == broken:
             raise OSError(errno.EIO, "Input/output error", str(path))
         return real_list(path)
