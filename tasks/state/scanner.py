@@ -59,6 +59,9 @@ class WorkdirScanner:
         self._watch: DirWatch | None = open_watch(self.workdir) if watch else None
         self._full_due = 0.0
         self._rediscover = False
+        self._unwatched: dict[tuple[str, ...], str] = {}
+        """Directories that refused their inotify watch, and why: the
+        timelines among them are rescanned each pass."""
         self.scans_began: tuple[float, float] = (0.0, 0.0)
         """When the last two ``scan_changes`` began (wall clock): each told
         the disk as it was then."""
@@ -173,6 +176,7 @@ class WorkdirScanner:
             keys |= added
             gone = self._gone()
         keys.update((t.tenant_id, t.timeline_id) for t in (*self._reader.untrusted, *self.failures))
+        keys.update((k[0], k[1]) for k in self._unwatched if len(k) == 2)
         return [self._dirs[k] for k in keys if k in self._dirs], gone
 
     def _tenants_back(self) -> bool:
@@ -192,8 +196,10 @@ class WorkdirScanner:
         """Watches on what the last discovery found, before it is listed (a
         change after its watch is an event); ``refresh``: every one added
         again (a directory replaced under its name gets a new watch). The
-        timelines newly watched, or ``None`` when a watch could not be added:
-        no inotify from now on."""
+        timelines newly watched, or ``None`` when the node is out of watches:
+        no inotify from now on. A directory that refuses its watch alone
+        (its mode) goes without: the timelines are rescanned each pass, a
+        tenant's new timelines found by the next full scan."""
         try:
             synced = watch.sync(self._tenants, self._dirs.keys(), refresh=refresh)
         except OSError as exc:
@@ -206,6 +212,11 @@ class WorkdirScanner:
             self._watch = None
             return None
         self._rediscover |= synced.rediscover
+        for key, why in synced.unwatched.items():
+            if self._unwatched.get(key) != why:
+                log.warning("WORKDIR %s: no inotify watch on %s (%s): scanning it without one",
+                            self.workdir, self.workdir.joinpath(*key), why)  # fmt: skip
+        self._unwatched = synced.unwatched  # each sync tries every directory without one
         return synced.added
 
     def _rescan(self, d: TimelineDir) -> TimelineState | None:

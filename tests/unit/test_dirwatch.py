@@ -150,8 +150,9 @@ def test_a_full_scan_every_full_scan_s(disk: Workdir, monkeypatch: pytest.Monkey
     assert len(seen.rescanned) == 12 and seen.discoveries == 1
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE])
 def test_no_watch_left_means_scanning_every_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int
 ) -> None:
     """The kernel refuses a watch (``fs.inotify.max_user_watches``): a
     warning, and every pass scans every directory, as without inotify."""
@@ -161,7 +162,7 @@ def test_no_watch_left_means_scanning_every_directory(
 
     def limited(self: DirWatch, key: tuple[str, ...]) -> None:
         if len(key) == 2 and key[1] == ttid(3).timeline_id:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(code, os.strerror(code))
         real_watch(self, key)
 
     monkeypatch.setattr(DirWatch, "watch", limited)
@@ -169,9 +170,54 @@ def test_no_watch_left_means_scanning_every_directory(
     with caplog.at_level(logging.WARNING):
         assert len(disk.scan()) == 4
     assert not disk.watching
-    assert "cannot add an inotify watch" in caplog.text and "No space left" in caplog.text
+    assert "cannot add an inotify watch" in caplog.text and os.strerror(code) in caplog.text
     make(tmp_path, ttid(3), segments=2)
     assert disk.scan_changes().changed == {ttid(3)}
+
+
+def test_a_directory_that_refuses_its_watch_is_rescanned_and_inotify_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EACCES on one timeline directory (its mode): that one goes without a
+    watch, rescanned each pass, the others keep theirs; it was taken for
+    running out of watches, and the whole node scanned every directory each
+    pass until it restarted."""
+    for i in range(4):
+        make(tmp_path, ttid(i))
+    age(tmp_path)
+    refused = True
+    real_watch = DirWatch.watch
+
+    def picky(self: DirWatch, key: tuple[str, ...]) -> None:
+        if refused and len(key) == 2 and key[1] == ttid(3).timeline_id:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        real_watch(self, key)
+
+    monkeypatch.setattr(DirWatch, "watch", picky)
+    disk = Workdir(tmp_path, SEG)
+    with caplog.at_level(logging.WARNING):
+        assert len(disk.scan()) == 4
+        disk.scan()
+    assert disk.watching
+    refused_dir = tmp_path / ttid(3).tenant_id / ttid(3).timeline_id
+    assert f"no inotify watch on {refused_dir} (Permission denied)" in caplog.text
+    seen = Counting(disk, monkeypatch)
+    disk.scan_changes()
+    assert seen.rescanned == [ttid(3)] and seen.discoveries == 0
+    make(tmp_path, ttid(3), segments=2)
+    assert disk.scan_changes().changed == {ttid(3)}  # no event: its own rescan
+    make(tmp_path, ttid(1), segments=2)
+    assert disk.scan_changes().changed == {ttid(1)}  # the others: their events
+
+    refused = False  # the next full scan watches it
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + scanner_module.FULL_SCAN_S + 0.1)
+    disk.scan_changes()
+    age(tmp_path)
+    disk.scan_changes()  # the events of the ageing
+    seen.reset()
+    disk.scan_changes()
+    assert seen.rescanned == [] and seen.discoveries == 0
 
 
 def test_a_directory_gone_before_its_watch_is_found_again(tmp_path: Path) -> None:

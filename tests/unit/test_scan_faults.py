@@ -127,9 +127,16 @@ def test_an_unreadable_timeline_directory_is_left_out_and_the_others_carry_on(
 def test_a_node_starts_with_an_unreadable_timeline_directory(workdir: Path, watch: bool) -> None:
     a = workdir / A.tenant_id / A.timeline_id
     a.chmod(0o000)
-    (first,) = scans(workdir, [[]], watch=watch)
+    b3 = workdir / B.tenant_id / B.timeline_id / xlog_file_name(3, SEG)
+    first, grown, back = scans(workdir, [[], [(b3, WRITE)], [(a, 0o755)]], watch=watch)
     assert set(first["states"]) == {str(B), str(C)}
     assert "Permission denied (EACCES" in first["failures"][str(A)]
+    # Its watch refused (EACCES), inotify goes on for every other directory
+    # (it was given up for the whole node until a restart), and this one is
+    # rescanned each pass.
+    assert first["watching"] is grown["watching"] is back["watching"] is watch
+    assert grown["states"][str(B)] == str(Lsn(4 * SEG))
+    assert set(back["states"]) == {str(A), str(B), str(C)} and back["failures"] == {}
 
 
 def test_an_unreadable_tenant_directory_leaves_out_its_timelines_only(
