@@ -330,3 +330,59 @@ def test_full_disk_under_the_state_file(
             "node 1's state file to record backup_lsn again",
         )
         cluster.stop()
+
+
+@pytest.mark.parametrize("locked", ["timeline", "tenant"])
+def test_an_unreadable_directory_on_the_offloader_moves_its_timeline_only(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, locked: str
+) -> None:
+    """The drill: node 1, without the capabilities that bypass file modes,
+    offloads timelines A and B, and A's directory (or its tenant's) goes mode
+    000 there. Node 1's whole scan failed each pass: its view of every
+    timeline froze (B's backup_lsn too), it stayed A's offloader with no
+    last_error, and restarted it died ("Unrecoverable error: PermissionError").
+    Now A alone is left out of node 1's view and moves to a node with good
+    copies, B goes on, A's last_error says why, and node 1 starts again."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run a node that cannot bypass file modes")
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs, {1: WITHOUT_DAC_BYPASS})
+    nodes = [workdirs[n] for n in NODES]
+    a, writer_a = backed_up_timeline(cluster, nodes, offloader=1)
+    b, writer_b = backed_up_timeline(cluster, nodes, offloader=1)
+    archive = Archive(a, root=tmp_path / "remote")
+    path = timeline_dir(nodes[0], a)
+    path = path if locked == "timeline" else path.parent
+    try:
+        with BackupSampler(cluster, a) as sampler:
+            path.chmod(0o000)
+            started = time.monotonic()
+
+            def said_why() -> bool:  # until a commit of A's next segment clears it
+                error = cluster.state.timeline(str(a)).last_error or ""
+                return "node 1: left out of its WORKDIR scan" in error and "(EACCES" in error
+
+            wait_for(said_why, 10, "A's last_error to say why node 1 left it out")
+            writer_a.write(4)
+            writer_b.write(4)
+            cluster.wait_backup(a, seg_lsn(9), timeout=30)
+            cluster.wait_backup(b, seg_lsn(9), timeout=30)
+            took = time.monotonic() - started
+        print(f"\n{locked} directory unreadable on the offloader: both past it after {took:.2f} s")
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=9, expected_end=9)
+        assert cluster.state.timeline(str(a)).offloader in (2, 3)
+        assert cluster.state.timeline(str(b)).offloader == 1
+        log = cluster.log_path("node1").read_text()
+        said = [line for line in log.splitlines() if "ERROR" in line and str(path) in line]
+        assert said and "Permission denied (EACCES" in said[0], cluster.tail_logs()
+        assert "watch round failed" not in log
+
+        cluster.kill("node1", signal.SIGTERM)  # and it starts with the directory still locked
+        cluster.start_node(1, {"WALBACKUP_WORKDIR": str(workdirs[1])}, WITHOUT_DAC_BYPASS)
+        cluster.wait_nodes([1])
+        writer_b.write(2)
+        cluster.wait_backup(b, seg_lsn(11), timeout=30)
+        assert cluster.procs["node1"].poll() is None, cluster.tail_logs()
+        assert "Unrecoverable" not in cluster.log_path("node1").read_text()
+    finally:
+        path.chmod(0o755)
