@@ -280,6 +280,8 @@ class Heartbeats:
             self.gauges.timeline(st, backup_lsn, offloader, now)
             self.gaps.check(st, backup_lsn)
             self.setup_errors.check(st)
+        for left_out, problem in dict(self.disk.failures).items():  # the watcher's, a copy
+            self.setup_errors.left_out(str(left_out), problem)
         self.gaps.flush()
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()

@@ -6,6 +6,10 @@
   walbackup archives PostgreSQL timeline 1 only (``PG_TLI``; SPEC §1, as
   Neon's safekeepers, whose computes never promote), so what the server
   writes since is not backed up.
+- A timeline directory the node cannot read (its mode or owner, a corrupt
+  state file, a disk error): its WORKDIR scan leaves it out
+  (``WorkdirScanner.failures``, which logs the ERROR), so the node is no
+  longer its peer and the other nodes' copies are backed up.
 
 Either must not look like a healthy, idle timeline: an ERROR in the log and
 the timeline's ``last_error``, again every 30 s (another node's commit clears
@@ -37,6 +41,18 @@ class SetupErrors:
             return
         log.error("Timeline %s: %s", st.ttid, message)
         self.state.record_error(str(st.ttid), message)
+
+    def left_out(self, ttid: str, problem: str) -> None:
+        """The WORKDIR scan left ``ttid`` out for ``problem`` (logged there)."""
+        if self._throttle.allow(("left out", ttid)):
+            self.state.record_error(ttid, left_out_problem(self.node_id, problem))
+
+
+def left_out_problem(node_id: int, problem: str) -> str:
+    return (
+        f"node {node_id}: left out of its WORKDIR scan, so it backs up none of this "
+        f"timeline and is not its peer: {problem}"
+    )
 
 
 def setup_problem(node_id: int, st: TimelineState) -> str | None:

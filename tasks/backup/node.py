@@ -1,15 +1,14 @@
 """The node service: wires a safekeeper node's parts together and runs their threads.
 
 It runs beside the Celery consumer (``tasks.steps.NodeStep``). Its watcher
-(``_run``), every 0.1-1 s, scans WORKDIR (``tasks.state.scanner``): a newly
-completed segment publishes a heartbeat and starts its upload at once
-(``tasks.backup.new_wal``); a timeline whose directory went is dropped; due
-parked retries are sent (``tasks.backup.retrying``). Its heartbeat thread
-(``_beat``), every ``HEARTBEAT_INTERVAL_S``: a heartbeat round
-(``tasks.backup.heartbeats``), which also keeps its leases alive and releases
-those whose timeline elected another node (``tasks.backup.leases``); then,
-with ``WALBACKUP_REMOVE_WAL``, old WAL below the removal horizon goes
-(``tasks.backup.removal``). Two more threads publish its copies' digests
+(``_run``), every 0.1-1 s, scans WORKDIR (``tasks.state.scanner``): a new
+complete segment publishes a heartbeat and starts its upload (``.new_wal``);
+a timeline whose directory went, or cannot be read, is dropped; due parked
+retries are sent (``.retrying``). Its heartbeat thread
+(``_beat``), every ``HEARTBEAT_INTERVAL_S``: a heartbeat round (``.heartbeats``),
+which also keeps its leases alive and releases those whose timeline elected
+another node (``.leases``); then, with ``WALBACKUP_REMOVE_WAL``, old WAL
+below the removal horizon goes (``.removal``). Two more threads publish its copies' digests
 (``tasks.backup.copies``) and keep the archive it offloads (``.keeper``).
 
 The node tasks (``tasks.jobs``) call ``backup``, ``chain``, ``upload``,
@@ -174,7 +173,10 @@ class NodeService:
             except OSError as exc:  # in use: another node on this host?
                 problem = exc.strerror or exc
                 raise InvalidInput(f"WALBACKUP_METRICS_PORT {port}: {problem}") from None
-        self._refresh(trigger=False)
+        try:
+            self._refresh(trigger=False)
+        except OSError as exc:  # the watcher's first pass scans everything again
+            self._complain("first WORKDIR scan failed", exc)
         # Known on disk, so known to beat: a restarted cluster (or a Redis that
         # lost its data) picks its timelines up again without new WAL.
         self.state.register(t for t, st in self._timelines.items() if st.commit_lsn is not None)
@@ -189,9 +191,8 @@ class NodeService:
                  len(self._timelines))  # fmt: skip
 
     def _spawn(self, target: Callable[[], None], what: str) -> threading.Thread:
-        thread = threading.Thread(
-            target=target, name=f"walbackup-{what}-{self.node_id}", daemon=True
-        )
+        name = f"walbackup-{what}-{self.node_id}"
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         return thread
 
@@ -282,13 +283,13 @@ class NodeService:
             self.new_wal.completed(changed_ids)
 
     def _drop(self, ttid: str) -> None:
-        """The timeline's directory is gone from this node: stop being its peer."""
-        log.warning("Timeline %s: node %s no longer holds it on disk", ttid, self.node_id)
+        """The timeline's directory is gone from this node, or unreadable: stop being its peer."""
+        log.warning("Timeline %s: node %s no longer holds it or cannot read it", ttid, self.node_id)
         self.heartbeats.forget(ttid)
         self.new_wal.forget(ttid)
         token = self.leases.token(ttid)
         if token is not None:
-            self.leases.release(ttid, token, "its directory is gone")
+            self.leases.release(ttid, token, "its directory is gone or unreadable")
         self.state.drop_peer(ttid, self.node_id)
 
     def _heartbeat_soon(self, ttid: str) -> None:
@@ -296,5 +297,4 @@ class NodeService:
 
     def _timeline(self, ttid: str) -> TimelineState | None:
         """The last scan's view of ``ttid``, else a scan of it now."""
-        st = self._timelines.get(ttid)
-        return st if st is not None else self.disk.scan_timeline(TenantTimelineId.parse(ttid))
+        return self._timelines.get(ttid) or self.disk.scan_timeline(TenantTimelineId.parse(ttid))

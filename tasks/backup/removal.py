@@ -197,7 +197,8 @@ class WalRemoval:
             return 0, False
         if self.blocked is not None:
             self.blocked.cleared(ttid)
-        run = scan_entries(list_files(st.path), seg_size).segnos
+        listing = list_files(st.path)
+        run = scan_entries(listing.files, seg_size, listing.others).segnos
         doomed = segments_below(run, horizon, seg_size, limit + 1)
         more = len(doomed) > limit
         doomed = doomed[:limit]

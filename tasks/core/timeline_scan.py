@@ -8,7 +8,9 @@ WAL the node cannot upload:
 
 - A complete segment is a file named ``XLogFileName(1, segno, seg_size)`` of
   exactly ``seg_size`` bytes. A file with that name and any other size is a
-  problem: never complete, and it ends the run where it stands.
+  problem: never complete, and it ends the run where it stands. So is an
+  entry with that name that is no regular file (a directory, a symlink):
+  a damaged copy, never a hole that leaves this node elected and stuck.
 - The run starts at the lowest segment held in any form (complete, wrong-size
   or ``.partial``) and covers the consecutive complete segments from there.
   ``local_start_lsn`` is its start, ``commit_lsn`` its end. A directory holding
@@ -70,17 +72,26 @@ class ScanResult:
     """The first such file by name (the oldest of the newest such timeline's)."""
 
 
-def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResult:
+def scan_entries(
+    entries: Iterable[tuple[str, int]], seg_size: int, others: Iterable[tuple[str, str]] = ()
+) -> ScanResult:
     """Derive a timeline's WAL extent from its directory listing.
 
-    ``entries`` are ``(file name, size in bytes)``; ``seg_size`` is the
-    timeline's ``wal_seg_size`` (already validated by the caller).
+    ``entries`` are ``(file name, size in bytes)`` of its regular files,
+    ``others`` ``(name, what it is)`` of its other entries; ``seg_size`` is
+    the timeline's ``wal_seg_size`` (already validated by the caller).
     """
     complete: set[int] = set()
     wrong_size: set[int] = set()
     other_sizes: dict[int, int] = {}
     partials: list[tuple[int, str]] = []
     problems: list[str] = []
+    for name, what in sorted(others):
+        segno = _segment_named(name, seg_size)
+        if segno is not None or HISTORY_NAME_RE.fullmatch(name):
+            problems.append(f"{name}: is {what}, not a file")
+        if segno is not None:
+            wrong_size.add(segno)
     history: list[str] = []
     later_tlis: dict[int, str] = {}  # PostgreSQL timeline -> its first file's name
 
@@ -173,6 +184,17 @@ def scan_entries(entries: Iterable[tuple[str, int]], seg_size: int) -> ScanResul
         foreign_tli=foreign_tli,
         foreign_first=foreign_first,
     )
+
+
+def _segment_named(name: str, seg_size: int) -> int | None:
+    """The segno of a complete segment of ``PG_TLI`` named ``name``, if it is one."""
+    if SEGMENT_NAME_RE.fullmatch(name) is None:
+        return None
+    try:
+        tli, segno = parse_xlog_file_name(name, seg_size)
+    except InvalidInput:
+        return None
+    return segno if tli == PG_TLI else None
 
 
 def _valid_seg_size(size: int) -> bool:

@@ -11,14 +11,16 @@ out, closed after writing, or its attributes changed (``chmod``, ``touch``);
 the watched directory itself removed or moved away (its watch is dropped:
 one under the same name again is watched anew). Not seen: writes into a file
 that stays open (a ``.partial`` being filled), which no scan needs. An event
-queue that overflowed, or a watch that could not be added (the
-``fs.inotify.max_user_watches`` limit), is reported: the caller falls back to
-full scans.
+queue that overflowed, or a watch that could not be added for want of watches
+(the ``fs.inotify.max_user_watches`` limit), is reported: the caller falls
+back to full scans. A directory that refuses its own watch (``EACCES``: its
+mode) is reported as such: the caller rescans that one each pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Iterable
@@ -35,6 +37,10 @@ Key = tuple[str, ...]
 _SELF = flags.DELETE_SELF | flags.MOVE_SELF
 _LAYOUT = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO | _SELF
 _TIMELINE = _LAYOUT | flags.CLOSE_WRITE | flags.ATTRIB
+
+OUT_OF_WATCHES = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENOMEM})
+"""What ``inotify_add_watch`` says when the node is out of watches (or of the
+kernel memory for them), whatever the directory: inotify is of no use then."""
 
 
 @dataclass
@@ -53,6 +59,10 @@ class Synced:
     """Timeline directories watched from now on: list them after this."""
     rediscover: bool = False
     """Directories may have come meanwhile: discover again soon."""
+    unwatched: dict[Key, str] = field(default_factory=dict)
+    """Directories that refused a watch for a reason of their own (its
+    mode), and that reason: without a watch from now on (each ``sync``
+    tries again)."""
 
 
 class DirWatch:
@@ -98,8 +108,8 @@ class DirWatch:
         """Watch the WORKDIR, ``tenants`` and ``timelines`` (a discovery's),
         and nothing else; ``refresh``: add every watch again, not only the
         missing ones (a directory replaced under the same name while its
-        event was lost). Raises ``OSError`` when a watch could not be added
-        for another reason than its directory being gone."""
+        event was lost). Raises ``OSError`` when the node is out of watches
+        (``OUT_OF_WATCHES``)."""
         wanted: set[Key] = {(), *((tenant,) for tenant in tenants), *timelines}
         for key in self._wds.keys() - wanted:
             self.forget(key)
@@ -110,6 +120,12 @@ class DirWatch:
                 self.watch(key)
             except (FileNotFoundError, NotADirectoryError):
                 synced.rediscover = True  # gone meanwhile: the next discovery tells
+                continue
+            except OSError as exc:
+                if exc.errno in OUT_OF_WATCHES:
+                    raise
+                self.forget(key)  # none rather than one that may follow an older directory
+                synced.unwatched[key] = os.strerror(exc.errno) if exc.errno else str(exc)
                 continue
             if self._wds[key] == known:
                 continue

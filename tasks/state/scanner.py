@@ -6,40 +6,29 @@ holds segment files (``tasks.core.timeline_scan``) and a state file
   directories an event named, and lists the WORKDIR's tenants again only when
   one of those directories changed; every ``FULL_SCAN_S`` (and when events
   were lost) a pass scans everything, as a safety net;
-- a timeline directory is listed again only when its mtime (any create,
-  rename or delete inside changes it) or its state file changed, or when the
-  last listing could not be trusted (see ``_RACY_NS``).
+- a timeline directory is listed again only when it may have changed
+  (``tasks.state.timeline_dir``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from tasks.core.ids import TenantTimelineId
-from tasks.core.segments import validate_seg_size, xlog_file_name
-from tasks.core.timeline_scan import scan_entries
+from tasks.core.segments import validate_seg_size
 from tasks.errors import InvalidInput
 from tasks.state.dirwatch import DirWatch, open_watch
-from tasks.state.listing import list_files, timeline_names
-from tasks.state.state_file import STATE_FILE_NAME, read_state_file
-from tasks.state.timeline_state import TimelineState, timeline_state
+from tasks.state.listing import cannot_read, timeline_names
+from tasks.state.timeline_dir import TimelineDir, TimelineReader
+from tasks.state.timeline_state import TimelineState
 
 log = logging.getLogger("tasks.state.workdir")
-
-_RACY_NS = 2_000_000_000
-"""A listing taken less than this after the directory's mtime is not trusted
-for the next scan: mtime has clock-tick (or coarser) granularity, so a second
-change within the same tick would leave it unchanged (git's "racy" problem).
-Watched, such a directory is rescanned every pass until then: a file still
-being written when it was listed may not be closed yet (one with problems is
-listed again on its next event, or at the next full scan)."""
 
 FULL_SCAN_S = 30.0
 """With inotify, a full scan this often all the same."""
@@ -54,24 +43,6 @@ class ScanChanges(NamedTuple):
     (including timelines seen for the first time with segments)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Dir:
-    """A timeline directory's id and paths, built once while it exists: 40,000
-    ``Path`` objects a second were a tenth of a node's CPU at 10,000 timelines."""
-
-    ttid: TenantTimelineId
-    path: Path
-    state_file: Path
-
-
-@dataclass(frozen=True, slots=True)
-class _CacheEntry:
-    dir_key: tuple[int, int]  # mtime, inode: a directory replaced under its name differs
-    state_key: tuple[int, int, int] | None
-    trusted: bool
-    state: TimelineState
-
-
 class WorkdirScanner:
     """Thread-safe; ``scan_changes`` is the node's watcher's, ``scan_timeline``
     anyone's. ``watch``: use inotify where the system has it."""
@@ -80,20 +51,25 @@ class WorkdirScanner:
         self.workdir = Path(workdir)
         self.default_seg_size = validate_seg_size(default_seg_size)
         self._scan_lock = threading.Lock()
-        self._cache: dict[TenantTimelineId, _CacheEntry] = {}
-        self._untrusted: set[TenantTimelineId] = set()
-        self._dirs: dict[tuple[str, str], _Dir] = {}
+        self._reader = TimelineReader(self.default_seg_size)
+        self._dirs: dict[tuple[str, str], TimelineDir] = {}
         """The last discovery's directories, by ``(TENANT, TIMELINE)`` name."""
         self._tenants: list[str] = []
         self._states: dict[TenantTimelineId, TimelineState] = {}
         self._watch: DirWatch | None = open_watch(self.workdir) if watch else None
         self._full_due = 0.0
         self._rediscover = False
+        self._unwatched: dict[tuple[str, ...], str] = {}
+        """Directories that refused their inotify watch, and why: the
+        timelines among them are rescanned each pass."""
         self.scans_began: tuple[float, float] = (0.0, 0.0)
         """When the last two ``scan_changes`` began (wall clock): each told
         the disk as it was then."""
         self.failures: dict[TenantTimelineId, str] = {}
-        """Timelines left out of the last scan because their state is unreadable."""
+        """Timelines left out of the last scan because they cannot be read
+        (their state file, their directory's mode, a disk error), and why."""
+        self.tenant_failures: dict[str, str] = {}
+        """Tenant directories the last discovery could not list, and why."""
 
     @property
     def watching(self) -> bool:  # scans read inotify's events, not every directory
@@ -111,26 +87,34 @@ class WorkdirScanner:
         with self._scan_lock:
             return {d.ttid: d.path for d in self._discover()}
 
-    def _discover(self) -> list[_Dir]:
-        known: dict[tuple[str, str], _Dir] = {}
-        self._tenants, timelines = timeline_names(self.workdir)
-        for names in timelines:
+    def _discover(self) -> list[TimelineDir]:
+        known: dict[tuple[str, str], TimelineDir] = {}
+        found = timeline_names(self.workdir)
+        self._tenants = found.tenants
+        # A tenant that cannot be listed keeps the timelines it had: each of
+        # their rescans fails, and says why (``failures``).
+        kept = [names for names in self._dirs if names[0] in found.unreadable]
+        for tenant, problem in found.unreadable.items():
+            if self.tenant_failures.get(tenant) != problem:
+                log.error("WORKDIR %s: tenant %s left out of the scan: %s",
+                          self.workdir, tenant, problem)  # fmt: skip
+        self.tenant_failures = found.unreadable
+        for names in [*found.timelines, *kept]:
             d = self._dirs.get(names)
             known[names] = d if d is not None else self._dir(TenantTimelineId(*names))
         self._dirs = known  # replaced whole: readers see one discovery or the next
         return list(known.values())
 
-    def _dir(self, ttid: TenantTimelineId) -> _Dir:
-        path = self.workdir / ttid.tenant_id / ttid.timeline_id
-        return _Dir(ttid, path, path / STATE_FILE_NAME)
+    def _dir(self, ttid: TenantTimelineId) -> TimelineDir:
+        return TimelineDir.under(self.workdir, ttid)
 
     def scan(self) -> dict[TenantTimelineId, TimelineState]:
         return self.scan_changes().states
 
     def scan_changes(self) -> ScanChanges:
         """Scan what may have changed (everything, without inotify); a
-        timeline whose state file is unreadable is left out, logged and
-        listed in ``failures``."""
+        timeline that cannot be read is left out, logged and listed in
+        ``failures`` (and rescanned each pass until it can be)."""
         with self._scan_lock:
             began = time.time()
             try:
@@ -170,7 +154,7 @@ class WorkdirScanner:
             self.failures.pop(ttid, None)
         return ScanChanges(states, changed)
 
-    def _todo(self) -> tuple[list[_Dir], list[TenantTimelineId]]:
+    def _todo(self) -> tuple[list[TimelineDir], list[TenantTimelineId]]:
         """The directories this pass rescans: all of them, or, watched, those
         an event named, new ones and those listed too recently to be trusted;
         and the timelines the discovery of this pass no longer finds."""
@@ -183,7 +167,7 @@ class WorkdirScanner:
                 self._watch_all(watch, refresh=True)
             return dirs, self._gone()
         keys, gone = events.timelines, []
-        if events.layout or self._rediscover:
+        if events.layout or self._rediscover or self._tenants_back():
             self._rediscover = False
             self._discover()
             added = self._watch_all(watch, refresh=False)
@@ -191,8 +175,17 @@ class WorkdirScanner:
                 return list(self._dirs.values()), self._gone()
             keys |= added
             gone = self._gone()
-        keys.update((t.tenant_id, t.timeline_id) for t in self._untrusted)
+        keys.update((t.tenant_id, t.timeline_id) for t in (*self._reader.untrusted, *self.failures))
+        keys.update((k[0], k[1]) for k in self._unwatched if len(k) == 2)
         return [self._dirs[k] for k in keys if k in self._dirs], gone
+
+    def _tenants_back(self) -> bool:
+        """Whether a tenant the last discovery could not list can be now (no
+        event tells: it had no watch)."""
+        for tenant in self.tenant_failures:
+            with contextlib.suppress(OSError), os.scandir(self.workdir / tenant):
+                return True
+        return False
 
     def _gone(self) -> list[TenantTimelineId]:
         """Timelines of the last scan (or left out of it) the last discovery did not find."""
@@ -203,8 +196,10 @@ class WorkdirScanner:
         """Watches on what the last discovery found, before it is listed (a
         change after its watch is an event); ``refresh``: every one added
         again (a directory replaced under its name gets a new watch). The
-        timelines newly watched, or ``None`` when a watch could not be added:
-        no inotify from now on."""
+        timelines newly watched, or ``None`` when the node is out of watches:
+        no inotify from now on. A directory that refuses its watch alone
+        (its mode) goes without: the timelines are rescanned each pass, a
+        tenant's new timelines found by the next full scan."""
         try:
             synced = watch.sync(self._tenants, self._dirs.keys(), refresh=refresh)
         except OSError as exc:
@@ -217,84 +212,40 @@ class WorkdirScanner:
             self._watch = None
             return None
         self._rediscover |= synced.rediscover
+        for key, why in synced.unwatched.items():
+            if self._unwatched.get(key) != why:
+                log.warning("WORKDIR %s: no inotify watch on %s (%s): scanning it without one",
+                            self.workdir, self.workdir.joinpath(*key), why)  # fmt: skip
+        self._unwatched = synced.unwatched  # each sync tries every directory without one
         return synced.added
 
-    def _rescan(self, d: _Dir) -> TimelineState | None:
+    def _rescan(self, d: TimelineDir) -> TimelineState | None:
         ttid = d.ttid
         try:
             state = self._scan_timeline(d)
-        except InvalidInput as exc:
-            if self.failures.get(ttid) != str(exc):
-                log.error("Timeline %s: left out of the scan: %s", ttid, exc)
-            self.failures[ttid] = str(exc)
+        except (InvalidInput, OSError) as exc:
+            # This timeline only: the others carry on.
+            problem = cannot_read(d.path, exc) if isinstance(exc, OSError) else str(exc)
+            if self.failures.get(ttid) != problem:
+                log.error("Timeline %s: left out of the scan: %s", ttid, problem)
+            self.failures[ttid] = problem
             return None
         self.failures.pop(ttid, None)
         return state
 
     def _forget(self, ttid: TenantTimelineId) -> None:
-        self._cache.pop(ttid, None)
-        self._untrusted.discard(ttid)
+        self._reader.forget(ttid)
 
     def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
-        """The timeline's current state, ``None`` if it has no directory;
-        raises ``InvalidInput`` if its state file is corrupt."""
+        """The timeline's current state, ``None`` if it has no directory or
+        one that cannot be read (the next pass says why); raises
+        ``InvalidInput`` if its state file is corrupt."""
         d = self._dirs.get((ttid.tenant_id, ttid.timeline_id)) or self._dir(ttid)
         with self._scan_lock:
-            return self._scan_timeline(d)
+            try:
+                return self._scan_timeline(d)
+            except OSError:
+                return None
 
-    def _scan_timeline(self, d: _Dir) -> TimelineState | None:
-        ttid, path = d.ttid, d.path
-        now_ns = time.time_ns()
-        try:
-            dir_st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            dir_st = None
-        if dir_st is None or not stat.S_ISDIR(dir_st.st_mode):
-            self._cache.pop(ttid, None)
-            self._untrusted.discard(ttid)
-            return None
-        try:
-            file_st = os.stat(d.state_file, follow_symlinks=False)
-            state_key: tuple[int, int, int] | None = (
-                file_st.st_mtime_ns, file_st.st_size, file_st.st_ino,
-            )  # fmt: skip
-        except FileNotFoundError:
-            state_key = None
-
-        cached = self._cache.get(ttid)
-        if (
-            cached is not None
-            and cached.trusted
-            and cached.dir_key == (dir_st.st_mtime_ns, dir_st.st_ino)
-            and cached.state_key == state_key
-        ):
-            return cached.state
-
-        recorded = read_state_file(d.state_file)
-        seg_size = recorded.wal_seg_size if recorded else self.default_seg_size
-        try:
-            entries = list_files(path)
-        except FileNotFoundError:
-            self._cache.pop(ttid, None)
-            self._untrusted.discard(ttid)
-            return None
-        scanned = scan_entries(entries, seg_size)
-        state = timeline_state(ttid, path, scanned, recorded)
-        if cached is None or cached.state.problems != state.problems:
-            damaged = {xlog_file_name(segno, seg_size) for segno in state.damaged}
-            for problem in state.problems:
-                # A wrong-size segment file is a damaged copy; the rest are not backed up.
-                bad = problem.split(":")[0] in damaged
-                what = "damaged copy" if bad else "not backed up:"
-                log.log(logging.ERROR if bad else logging.WARNING, "Timeline %s: %s %s",
-                        ttid, what, path / problem)  # fmt: skip
-        newest_ns = max(dir_st.st_mtime_ns, state_key[0] if state_key else 0)
-        racy = now_ns - newest_ns < _RACY_NS
-        self._cache[ttid] = _CacheEntry(
-            (dir_st.st_mtime_ns, dir_st.st_ino), state_key, not racy and not state.problems, state
-        )
-        if racy:
-            self._untrusted.add(ttid)
-        else:
-            self._untrusted.discard(ttid)
-        return state
+    def _scan_timeline(self, d: TimelineDir) -> TimelineState | None:
+        return self._reader.read(d)

@@ -54,7 +54,10 @@ def damaged_bytes(good: bytes, damage: str) -> bytes:
     return good[:1000] + bytes(b ^ 0xFF for b in good[1000:1100]) + good[1100:]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "oversized", "divergent", "unreadable"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "oversized", "divergent", "unreadable", "directory", "dangling symlink"],
+)
 def test_damaged_copy_on_the_offloader_never_stalls_backup(
     make_cluster: Callable[..., Cluster], tmp_path: Path, damage: str
 ) -> None:
@@ -71,13 +74,20 @@ def test_damaged_copy_on_the_offloader_never_stalls_backup(
     with BackupSampler(cluster, ttid) as sampler:
         # Segment 5: good on nodes 2 and 3, damaged on the offloader, node 1.
         simulate(nodes[1:], [ttid], 1, SEG_SIZE, start_segno=5)
-        bad = write_segment(
-            nodes[0],
-            ttid,
-            5,
-            damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage),
-            0o000 if damage == "unreadable" else 0o644,
-        )
+        if damage in ("directory", "dangling symlink"):  # in its place: no hole (the drill)
+            bad = timeline_dir(nodes[0], ttid) / xlog_file_name(5, SEG_SIZE)
+            if damage == "directory":
+                bad.mkdir()
+            else:
+                bad.symlink_to(bad.with_name("nowhere"))
+        else:
+            bad = write_segment(
+                nodes[0],
+                ttid,
+                5,
+                damaged_bytes(expected_segment_bytes(ttid, 5, SEG_SIZE), damage),
+                0o000 if damage == "unreadable" else 0o644,
+            )
         started = time.monotonic()
         writer.next_segno = 6
         writer.write(4)
@@ -291,3 +301,59 @@ def test_full_disk_under_the_state_file(
             "node 1's state file to record backup_lsn again",
         )
         cluster.stop()
+
+
+@pytest.mark.parametrize("locked", ["timeline", "tenant"])
+def test_an_unreadable_directory_on_the_offloader_moves_its_timeline_only(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, locked: str
+) -> None:
+    """The drill: node 1, without the capabilities that bypass file modes,
+    offloads timelines A and B, and A's directory (or its tenant's) goes mode
+    000 there. Node 1's whole scan failed each pass: its view of every
+    timeline froze (B's backup_lsn too), it stayed A's offloader with no
+    last_error, and restarted it died ("Unrecoverable error: PermissionError").
+    Now A alone is left out of node 1's view and moves to a node with good
+    copies, B goes on, A's last_error says why, and node 1 starts again."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run a node that cannot bypass file modes")
+    workdirs = {n: tmp_path / f"node{n}" for n in NODES}
+    cluster = start_cluster(make_cluster, workdirs, {1: WITHOUT_DAC_BYPASS})
+    nodes = [workdirs[n] for n in NODES]
+    a, writer_a = backed_up_timeline(cluster, nodes, offloader=1)
+    b, writer_b = backed_up_timeline(cluster, nodes, offloader=1)
+    archive = Archive(a, root=tmp_path / "remote")
+    path = timeline_dir(nodes[0], a)
+    path = path if locked == "timeline" else path.parent
+    try:
+        with BackupSampler(cluster, a) as sampler:
+            path.chmod(0o000)
+            started = time.monotonic()
+
+            def said_why() -> bool:  # until a commit of A's next segment clears it
+                error = cluster.state.timeline(str(a)).last_error or ""
+                return "node 1: left out of its WORKDIR scan" in error and "(EACCES" in error
+
+            wait_for(said_why, 10, "A's last_error to say why node 1 left it out")
+            writer_a.write(4)
+            writer_b.write(4)
+            cluster.wait_backup(a, seg_lsn(9), timeout=30)
+            cluster.wait_backup(b, seg_lsn(9), timeout=30)
+            took = time.monotonic() - started
+        print(f"\n{locked} directory unreadable on the offloader: both past it after {took:.2f} s")
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=9, expected_end=9)
+        assert cluster.state.timeline(str(a)).offloader in (2, 3)
+        assert cluster.state.timeline(str(b)).offloader == 1
+        log = cluster.log_path("node1").read_text()
+        said = [line for line in log.splitlines() if "ERROR" in line and str(path) in line]
+        assert said and "Permission denied (EACCES" in said[0], cluster.tail_logs()
+        assert "watch round failed" not in log
+
+        cluster.kill("node1", signal.SIGTERM)  # and it starts with the directory still locked
+        cluster.start_node(1, {"WALBACKUP_WORKDIR": str(workdirs[1])}, WITHOUT_DAC_BYPASS)
+        cluster.wait_nodes([1])
+        writer_b.write(2)
+        cluster.wait_backup(b, seg_lsn(11), timeout=30)
+        assert cluster.procs["node1"].poll() is None, cluster.tail_logs()
+        assert "Unrecoverable" not in cluster.log_path("node1").read_text()
+    finally:
+        path.chmod(0o755)

@@ -16,7 +16,9 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.state import scanner as scanner_module
+from tasks.state import timeline_dir
 from tasks.state.dirwatch import Changes, DirWatch
+from tasks.state.listing import Listing
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
 
@@ -63,7 +65,7 @@ class Counting:
         self.discoveries = 0
         real_scan, real_names = disk._scan_timeline, scanner_module.timeline_names
 
-        def scan(d: scanner_module._Dir) -> TimelineState | None:
+        def scan(d: timeline_dir.TimelineDir) -> TimelineState | None:
             self.rescanned.append(d.ttid)
             return real_scan(d)
 
@@ -148,8 +150,9 @@ def test_a_full_scan_every_full_scan_s(disk: Workdir, monkeypatch: pytest.Monkey
     assert len(seen.rescanned) == 12 and seen.discoveries == 1
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE])
 def test_no_watch_left_means_scanning_every_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int
 ) -> None:
     """The kernel refuses a watch (``fs.inotify.max_user_watches``): a
     warning, and every pass scans every directory, as without inotify."""
@@ -159,7 +162,7 @@ def test_no_watch_left_means_scanning_every_directory(
 
     def limited(self: DirWatch, key: tuple[str, ...]) -> None:
         if len(key) == 2 and key[1] == ttid(3).timeline_id:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(code, os.strerror(code))
         real_watch(self, key)
 
     monkeypatch.setattr(DirWatch, "watch", limited)
@@ -167,9 +170,54 @@ def test_no_watch_left_means_scanning_every_directory(
     with caplog.at_level(logging.WARNING):
         assert len(disk.scan()) == 4
     assert not disk.watching
-    assert "cannot add an inotify watch" in caplog.text and "No space left" in caplog.text
+    assert "cannot add an inotify watch" in caplog.text and os.strerror(code) in caplog.text
     make(tmp_path, ttid(3), segments=2)
     assert disk.scan_changes().changed == {ttid(3)}
+
+
+def test_a_directory_that_refuses_its_watch_is_rescanned_and_inotify_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EACCES on one timeline directory (its mode): that one goes without a
+    watch, rescanned each pass, the others keep theirs; it was taken for
+    running out of watches, and the whole node scanned every directory each
+    pass until it restarted."""
+    for i in range(4):
+        make(tmp_path, ttid(i))
+    age(tmp_path)
+    refused = True
+    real_watch = DirWatch.watch
+
+    def picky(self: DirWatch, key: tuple[str, ...]) -> None:
+        if refused and len(key) == 2 and key[1] == ttid(3).timeline_id:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        real_watch(self, key)
+
+    monkeypatch.setattr(DirWatch, "watch", picky)
+    disk = Workdir(tmp_path, SEG)
+    with caplog.at_level(logging.WARNING):
+        assert len(disk.scan()) == 4
+        disk.scan()
+    assert disk.watching
+    refused_dir = tmp_path / ttid(3).tenant_id / ttid(3).timeline_id
+    assert f"no inotify watch on {refused_dir} (Permission denied)" in caplog.text
+    seen = Counting(disk, monkeypatch)
+    disk.scan_changes()
+    assert seen.rescanned == [ttid(3)] and seen.discoveries == 0
+    make(tmp_path, ttid(3), segments=2)
+    assert disk.scan_changes().changed == {ttid(3)}  # no event: its own rescan
+    make(tmp_path, ttid(1), segments=2)
+    assert disk.scan_changes().changed == {ttid(1)}  # the others: their events
+
+    refused = False  # the next full scan watches it
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + scanner_module.FULL_SCAN_S + 0.1)
+    disk.scan_changes()
+    age(tmp_path)
+    disk.scan_changes()  # the events of the ageing
+    seen.reset()
+    disk.scan_changes()
+    assert seen.rescanned == [] and seen.discoveries == 0
 
 
 def test_a_directory_gone_before_its_watch_is_found_again(tmp_path: Path) -> None:
@@ -225,17 +273,45 @@ def test_a_pass_that_failed_half_way_is_made_good_by_the_next(
 ) -> None:
     make(tmp_path, ttid(1), segments=2)
     make(tmp_path, ttid(2), segments=2)
-    real_list = scanner_module.list_files
+    real_list = timeline_dir.list_files
     calls = []
 
-    def failing(path: Path) -> list[tuple[str, int]]:
+    def failing(path: Path) -> Listing:
         calls.append(path)
         if len(calls) == 2:
-            raise OSError(errno.EIO, "Input/output error")
+            raise MemoryError  # an OSError leaves one timeline out (the next test)
         return real_list(path)
 
-    monkeypatch.setattr(scanner_module, "list_files", failing)
-    with pytest.raises(OSError, match="Input/output"):
+    monkeypatch.setattr(timeline_dir, "list_files", failing)
+    with pytest.raises(MemoryError):
         disk.scan_changes()
     states, changed = disk.scan_changes()  # events gone with the failed pass: a full scan
     assert changed == {ttid(1), ttid(2)} and states[ttid(2)].commit_lsn == Lsn(3 * SEG)
+
+
+def test_a_disk_error_on_one_timeline_leaves_it_out_and_the_others_carry_on(
+    disk: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO listing one directory: that timeline is left out of this pass
+    (``failures`` says why, with the path and the errno), every other
+    timeline is scanned, and the next pass takes it up again by itself."""
+    make(tmp_path, ttid(1), segments=2)
+    make(tmp_path, ttid(2), segments=2)
+    broken = tmp_path / ttid(2).tenant_id / ttid(2).timeline_id
+    real_list = timeline_dir.list_files
+    fail = True
+
+    def failing(path: Path) -> Listing:
+        if fail and path == broken:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_list(path)
+
+    monkeypatch.setattr(timeline_dir, "list_files", failing)
+    states, changed = disk.scan_changes()
+    assert ttid(2) not in states and len(states) == 11
+    assert changed == {ttid(1)} and states[ttid(1)].commit_lsn == Lsn(3 * SEG)
+    assert disk.failures == {ttid(2): f"cannot read {broken}: Input/output error (EIO)"}
+    fail = False
+    states, changed = disk.scan_changes()  # no event: a timeline left out is rescanned
+    assert changed == {ttid(2)} and states[ttid(2)].commit_lsn == Lsn(3 * SEG)
+    assert disk.failures == {}

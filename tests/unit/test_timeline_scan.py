@@ -177,6 +177,26 @@ def test_wrong_size_segments_are_listed_as_damaged() -> None:
     assert scan_entries([seg(1), seg(2, 100, ".partial")], SEG).damaged == ()
 
 
+def test_an_entry_named_like_a_segment_that_is_no_file_is_a_damaged_copy() -> None:
+    """Not a hole: a hole leaves this node elected and stuck at it, a damaged
+    copy hands the timeline to a node with a good one."""
+    entries = [seg(1), seg(2), seg(4), seg(5)]
+    others = [
+        (xlog_file_name(3, SEG), "a directory"),
+        ("archive_status", "a directory"),  # not WAL: ignored
+        ("00000002.history", "a dangling symlink"),  # not archived, said
+    ]
+    result = scan_entries(entries, SEG, others)
+    assert result.damaged == (3,) and result.commit_lsn == lsn(3)
+    assert result.problems == (
+        "000000010000000000000003: is a directory, not a file",
+        "00000002.history: is a dangling symlink, not a file",
+    )
+    assert result.history == ()
+    link = scan_entries([seg(1)], SEG, [(xlog_file_name(2, SEG), "a dangling symlink")])
+    assert link.damaged == (2,) and link.commit_lsn == lsn(2)
+
+
 def test_a_later_postgresql_timeline_is_named_and_ignored() -> None:
     """A promoted server writes segments of timeline 2 (and its history file):
     none is counted, and the scan says which timeline and its first file."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -16,8 +17,8 @@ from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.errors import InvalidInput, SegmentFileError
-from tasks.state import scanner as scanner_module
-from tasks.state import state_file
+from tasks.state import state_file, timeline_dir
+from tasks.state.listing import Listing
 from tasks.state.state_file import (
     STATE_FILE_NAME,
     TimelineStateFile,
@@ -292,13 +293,13 @@ def test_unchanged_old_dir_is_not_relisted(
     state.scan()
 
     listed: list[Path] = []
-    real_list = scanner_module.list_files
+    real_list = timeline_dir.list_files
 
-    def counting_list(p: Path) -> list[tuple[str, int]]:
+    def counting_list(p: Path) -> Listing:
         listed.append(p)
         return real_list(p)
 
-    monkeypatch.setattr(scanner_module, "list_files", counting_list)
+    monkeypatch.setattr(timeline_dir, "list_files", counting_list)
     for _ in range(3):
         assert state.scan()[TTID].commit_lsn == Lsn(2 * SEG)
     assert listed == []
@@ -347,6 +348,29 @@ def test_corrupt_timeline_left_out_of_scan(state: Workdir, tmp_path: Path) -> No
     states, changed = state.scan_changes()
     assert set(states) == {TTID, OTHER} and changed == {OTHER}
     assert state.failures == {}
+
+
+@pytest.mark.parametrize("what", ["directory", "dangling symlink"])
+def test_a_directory_or_dangling_symlink_named_like_a_segment_is_a_damaged_copy(
+    state: Workdir, tmp_path: Path, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drill: a directory (or a dangling symlink) in place of segment 3
+    was a hole ("segment …03 is missing while 2 complete segment(s) follow
+    it"): the node stayed offloader, backup_lsn stuck. It is a damaged copy,
+    as a mode-000 file there is, so the election hands the timeline over."""
+    path = make_timeline(tmp_path, TTID)
+    for segno in (1, 2, 4, 5):
+        write_segment(path, segno)
+    bad = path / xlog_file_name(3, SEG)
+    if what == "directory":
+        bad.mkdir()
+    else:
+        bad.symlink_to(path / "nowhere")
+    with caplog.at_level(logging.ERROR):
+        st = state.scan()[TTID]
+    assert st.damaged == (3,) and st.commit_lsn == Lsn(3 * SEG)
+    assert st.problems == (f"{bad.name}: is a {what}, not a file",)
+    assert f"Timeline {TTID}: damaged copy {bad}: is a {what}" in caplog.text
 
 
 def test_removed_timeline_disappears(state: Workdir, tmp_path: Path) -> None:
