@@ -25,7 +25,9 @@ from tests.faults.harness import (
     seg_lsn,
     ttid_offloaded_by,
 )
+from tests.fixtures_s3 import MotoServer, s3_client
 from tests.removal_support import REMOVAL_ON, wait_held
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +65,37 @@ def test_a_node_with_another_storage_uploads_nothing_there_and_steps_aside(
     finally:
         cluster.stop()
         cluster.state.r.close()
+
+
+def test_a_node_whose_endpoint_never_answers_is_passed_over(
+    tmp_path: Path, redis_url: str, moto_server: MotoServer, s3_bucket_url: str
+) -> None:
+    """Found by the same drill: one node's S3 endpoint a dead port. Its
+    storage errors were clear, but the elections kept the timelines it was
+    given, so a third of the cluster's timelines stalled. A node that cannot
+    confirm its storage is the archive is now passed over like a foreign one."""
+    cluster = Cluster(tmp_path, redis_url, s3_bucket_url, s3_endpoint_url=moto_server.endpoint_url)
+    ttid = ttid_offloaded_by(1)
+    bucket, _, prefix = s3_bucket_url.removeprefix("s3://").partition("/")
+    client = s3_client(moto_server.endpoint_url)
+    try:
+        for n in (2, 3):
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes([2, 3])
+        cluster.start_node(1, {"WALBACKUP_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
+        cluster.wait_nodes([1])
+        with BackupSampler(cluster, ttid) as sampler:
+            WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1).write(12)
+            cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
+        assert cluster.state.timeline(str(ttid)).offloader in (2, 3)
+        log = cluster.log_path("node1").read_text(errors="replace")
+        assert "cannot check that its storage" in log, log[-3000:]
+        assert_invariant(
+            cluster, Archive(ttid, s3=client, bucket=bucket, prefix=prefix), sampler,
+            first_segno=1, written_end=13, expected_end=13,
+        )  # fmt: skip
+    finally:
+        cluster.stop()
+        cluster.state.r.close()
+        client.close()
