@@ -150,6 +150,10 @@ class Scrubber:
         retained = self._archive_start(key, seg_size, start)
         p.checked = {s: q for s, q in p.checked.items() if s >= retained}
 
+        found = [q for q in p.checked.values() if q is not None]
+        if found:  # WAL removal stops short of them while they are healed from the nodes' copies
+            held = Lsn.from_segment(verified_end(start, end, found), 0, seg_size)
+            self.state.record_verified(key, held, len(found))
         result = ScrubResult(Lsn(0))
         for segno, problem in sorted(p.checked.items()):
             if problem is None:

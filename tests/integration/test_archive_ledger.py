@@ -504,3 +504,26 @@ def test_a_timeline_emptied_in_the_bucket_gets_its_objects_and_its_ledger_back(
 
 def node_sha256(segno: int) -> str:
     return hashlib.sha256(expected_segment_bytes(TTID, segno, SEG)).hexdigest()
+
+
+def test_removal_sees_a_problem_while_it_is_being_healed(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path
+) -> None:
+    """verified_lsn (what WAL removal waits for) stops at a problem as soon
+    as the pass finds it, not only when the pass ends: the heal may take a
+    while, and the nodes' copies are what it needs."""
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    during: list[Lsn | None] = []
+
+    def elsewhere(ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:
+        during.append(state.timeline(str(TTID)).verified_lsn)
+        return True
+
+    scrubber = Scrubber(state, flusher(node), Unmetered(), lambda t, s: node.copy(s), elsewhere)
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+    assert scrubber.run(TTID, SEG, backup, SEGNOS.start).verified_lsn == backup
+    storage.delete(segment_key(TTID, xlog_file_name(7, SEG)))
+    node.path(7).unlink()  # healed by another node's copy
+    scrubber.run(TTID, SEG, backup, SEGNOS.start)
+    assert during == [Lsn.from_segment(7, 0, SEG)]
