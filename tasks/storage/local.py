@@ -43,6 +43,7 @@ from tasks.storage.base import (
 )
 
 TEMP_PREFIX = ".tmp."
+_PROBE_DATA = b"walbackup probe\n" * 4096  # 64 KiB: blocks a full file system has not
 
 
 def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
@@ -215,12 +216,17 @@ class LocalStorage(RemoteStorage):
         self._prune_empty_dirs(path.parent)
 
     def probe(self) -> None:
-        """The root is a directory we can create (and remove) a file in."""
+        """The root is a directory we can write a little data in (an empty
+        file is made even on a full file system: the prober would call a full
+        archive healthy, and the uploads it releases fail again)."""
         probe = self.root / f"{TEMP_PREFIX}probe.{uuid.uuid4().hex}"
         try:
-            with open(probe, "xb"):
-                pass
-            probe.unlink()
+            try:
+                with open(probe, "xb") as out:
+                    out.write(_PROBE_DATA)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    probe.unlink()
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise AccessDenied(
