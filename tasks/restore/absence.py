@@ -25,7 +25,8 @@ absences are no such end, and would cut a restore short in silence:
   standby, exit 1 with a warning).
 
 ``in_standby``: PostgreSQL runs ``restore_command`` in its data directory,
-where ``standby.signal`` says standby mode (PostgreSQL 12 and later). A
+where ``standby.signal`` says standby mode (PostgreSQL 12 and later; before,
+``standby_mode = on`` in ``recovery.conf``). A
 standby that gets 1 streams from its primary or asks again later, never
 promotes; a recovery that gets 1 ends there and promotes.
 
@@ -36,6 +37,7 @@ the ledger yet, so a standby polling for the next segment still gets 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from tasks.core.ids import TenantTimelineId
@@ -150,7 +152,26 @@ def _later_timeline(
 
 def in_standby() -> bool:
     """Whether PostgreSQL runs this ``restore_command`` in standby mode (module docstring)."""
-    return os.path.exists("standby.signal")
+    if os.path.exists("standby.signal"):
+        return True
+    try:  # PostgreSQL 11 and older: the last standby_mode line of recovery.conf
+        with open("recovery.conf", encoding="utf-8", errors="replace") as conf:
+            found = _STANDBY_MODE.findall(conf.read())
+    except OSError:
+        return False
+    return bool(found) and _pg_bool(found[-1])
+
+
+_STANDBY_MODE = re.compile(r"""^\s*standby_mode\s*=?\s*'?([A-Za-z0-9]*)'?""", re.MULTILINE)
+
+
+def _pg_bool(value: str) -> bool:
+    """PostgreSQL's reading of a boolean setting (on, true, yes, 1, and
+    unique prefixes of true and yes) that is true."""
+    value = value.lower()
+    return value in ("on", "1") or (
+        value != "" and ("true".startswith(value) or "yes".startswith(value))
+    )
 
 
 def _retained(storage: RemoteStorage, ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:

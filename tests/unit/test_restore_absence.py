@@ -186,6 +186,30 @@ def test_an_empty_timeline_ends_only_a_standby_by_default(
     assert empty_timeline_ends(policy) is ends
 
 
+@pytest.mark.parametrize(
+    ("conf", "standby"),
+    [
+        ("standby_mode = 'on'\nprimary_conninfo = 'host=p'\n", True),
+        ("standby_mode=on", True),
+        ("  standby_mode = true  # a standby\n", True),
+        ("standby_mode 'yes'", True),
+        ("standby_mode = 'off'\n", False),
+        ("standby_mode = 'on'\nstandby_mode = 'off'\n", False),  # the last one counts
+        ("# standby_mode = 'on'\nrestore_command = 'x'\n", False),
+        ("restore_command = 'walbackup fetch %f %p'\n", False),
+    ],
+)
+def test_a_postgresql_11_standby_is_told_by_recovery_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conf: str, standby: bool
+) -> None:
+    """Before PostgreSQL 12 a standby had no standby.signal, but
+    ``standby_mode = on`` in recovery.conf (found by a review: such a
+    standby got an empty timeline's refusal, exit 200, as a recovery does)."""
+    (tmp_path / "recovery.conf").write_text(conf)
+    monkeypatch.chdir(tmp_path)
+    assert empty_timeline_ends("auto") is standby
+
+
 def test_a_segment_gone_with_its_page_is_lost_when_later_pages_exist(
     tmp_path: Path, ttid: TenantTimelineId
 ) -> None:
