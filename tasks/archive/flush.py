@@ -33,6 +33,9 @@ log = logging.getLogger("walbackup.ledger")
 
 FLUSH_MIN_SEGMENTS = 64
 FLUSH_MAX_AGE_S = 60.0
+RECOVER_PER_FLUSH = 64
+"""Entries rebuilt from archived objects per flush, at most (each reads an
+object back): after a rewind over a long run, the next flushes go on."""
 
 LocalCopy = Callable[[TenantTimelineId, int], Path | None]
 """This node's copy of a segment, if it holds one."""
@@ -80,13 +83,16 @@ class LedgerFlusher:
         with lock:
             end = self._end(ttid, seg_size, start)
             backup = backup_lsn.segment_number(seg_size)
-            written = 0
+            written = recovered = 0
             while end < backup:
                 stop = min(backup, end + PAGE_MAX_SEGMENTS)
                 entries = self.state.ledger_entries(key, range(end, stop))
                 run: dict[int, LedgerEntry] = {}
                 for segno in range(end, stop):
-                    entry = entries.get(segno) or self._recover(ttid, segno, seg_size)
+                    entry = entries.get(segno)
+                    if entry is None and recovered < RECOVER_PER_FLUSH:
+                        recovered += 1  # one object read back: bounded, the archive thread waits
+                        entry = self._recover(ttid, segno, seg_size)
                     if entry is None:
                         break
                     run[segno] = entry

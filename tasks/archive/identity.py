@@ -17,17 +17,22 @@ writes it again with Redis's id (until then the nodes wait, loudly).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
-from tasks.core.archive_identity import Action, decide
+from tasks.config import Settings
+from tasks.core.archive_identity import Action, decide, has_majority
 from tasks.errors import ForeignArchive, NotFound, WalBackupError
+from tasks.fsutil import atomic_write
 from tasks.logutil import Throttle
 from tasks.state.redis import RedisState
 from tasks.storage.base import RemoteStorage
@@ -41,6 +46,44 @@ SEEN_FRESH_S = 3 * CHECK_S
 """How recently another node must have found the marker for its absence
 from this node's storage to say this storage is not theirs."""
 NOT_CHECKED = "not yet checked that this node's storage is the cluster's archive"
+MEMORY_NAME = ".walbackup-archive"
+"""In WORKDIR: the archive id this node last knew, and when other nodes last
+found it (``Memory``)."""
+
+
+@dataclass
+class Memory:
+    """What this node knew at its last check, kept in its WORKDIR: Redis
+    losing its data (or the node restarting meanwhile) must not let a node
+    whose storage lacks the marker make a new id, or write the marker, as if
+    the cluster were new or its bucket emptied."""
+
+    path: Path | None
+    archive_id: str | None = None
+    others_found_at: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path | None) -> Memory:
+        try:
+            raw = json.loads(path.read_bytes()) if path is not None else {}
+            return cls(path, raw.get("archive_id") or None, float(raw.get("others_found_at", 0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls(path)
+
+    def remember(self, archive_id: str | None, others_found_at: float) -> None:
+        """Kept on disk when the id changes, or the time moved a minute on."""
+        stale = others_found_at - self.others_found_at >= CHECK_S
+        if archive_id is None or (archive_id == self.archive_id and not stale):
+            return
+        self.archive_id, self.others_found_at = archive_id, others_found_at
+        if self.path is None:
+            return
+        try:
+            with atomic_write(self.path) as out:
+                out.write(json.dumps({"archive_id": archive_id,
+                                      "others_found_at": others_found_at}).encode())  # fmt: skip
+        except OSError as exc:  # a full WORKDIR: remembered in memory meanwhile
+            log.warning("cannot write %s: %s", self.path, exc)
 
 
 class ArchiveIdentity:
@@ -52,11 +95,18 @@ class ArchiveIdentity:
         storage: RemoteStorage,
         state: RedisState,
         stop: threading.Event,
+        *,
+        fingerprint: str = "",
+        memory: Memory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
         self.state = state
+        self.fingerprint = fingerprint
+        """Of the storage settings: a node with others than most nodes' never
+        writes a marker."""
+        self._memory = memory if memory is not None else Memory(None)
         self._stop = stop
         self._clock = clock
         self._lock = threading.Lock()
@@ -64,6 +114,16 @@ class ArchiveIdentity:
         self.problem: str | None = NOT_CHECKED
         """``None`` once a check confirmed the storage; else what is wrong."""
         self._loud = Throttle(60.0)
+
+    @classmethod
+    def for_node(
+        cls, settings: Settings, storage: RemoteStorage, state: RedisState, stop: threading.Event
+    ) -> ArchiveIdentity:
+        assert settings.node_id is not None and settings.workdir is not None
+        where = f"{settings.effective_remote_storage}|{settings.s3_endpoint_url or ''}"
+        fingerprint = hashlib.sha256(where.encode()).hexdigest()[:16]
+        memory = Memory.load(settings.workdir / MEMORY_NAME)
+        return cls(settings.node_id, storage, state, stop, fingerprint=fingerprint, memory=memory)
 
     def start(self, name: str) -> None:
         """Check in a thread of its own whenever due, until ``stop`` is set: a
@@ -119,12 +179,19 @@ class ArchiveIdentity:
     def _check(self) -> str | None:
         now = time.time()
         cluster = self.state.archive_id()
+        if cluster is None and self._memory.archive_id is not None:
+            # Redis lost its data: the id this node knew, never a new one.
+            cluster = self.state.claim_archive_id(self._memory.archive_id)
         marker = self._marker()
-        seen = [
-            n for n, at in self.state.archive_seen().items()
-            if n != self.node_id and now - at < SEEN_FRESH_S
-        ]  # fmt: skip
-        decision = decide(cluster, marker, seen)
+        reports = {n: r for n, r in self.state.archive_reports().items() if n != self.node_id}
+        fresh = {n: r for n, r in reports.items() if now - float(r.get("ts", 0)) < SEEN_FRESH_S}
+        seen = sorted(n for n, r in fresh.items() if r.get("found"))
+        # When others last found it, remembered: Redis may have lost their reports.
+        others_found_at = max([self._memory.others_found_at,
+                               *(float(fresh[n]["ts"]) for n in seen)])  # fmt: skip
+        lately = now - others_found_at < SEEN_FRESH_S
+        majority = has_majority(self.fingerprint, [str(r.get("fp")) for r in fresh.values()])
+        decision = decide(cluster, marker, seen, majority=majority, seen_lately=lately)
         if decision.action in (Action.CREATE, Action.RESTORE):
             self.storage.create_bytes(MARKER_KEY, self._body(cluster or uuid.uuid4().hex))
             marker = self._marker()  # ours, or the one a racing node wrote first
@@ -137,10 +204,11 @@ class ArchiveIdentity:
                             self.storage.url)  # fmt: skip
         if decision.action in (Action.ADOPT, Action.CREATE, Action.RESTORE) and marker:
             cluster = self.state.claim_archive_id(marker)
-            decision = decide(cluster, marker, seen)
-        if decision.action is Action.OURS:
-            self.state.saw_archive(self.node_id, now)
-        return decision.problem if decision.action is not Action.OURS else None
+            decision = decide(cluster, marker, seen, majority=majority, seen_lately=lately)
+        ours = decision.action is Action.OURS
+        self.state.report_archive(self.node_id, {"ts": now, "fp": self.fingerprint, "found": ours})
+        self._memory.remember(cluster, others_found_at)
+        return None if ours else decision.problem
 
     def _marker(self) -> str | None:
         """The id the storage's marker holds (``None``: no marker)."""

@@ -79,7 +79,7 @@ class NodeService:
         self.settings = settings
         self.state = state
         self._stop = threading.Event()
-        self.identity = ArchiveIdentity(node_id, storage, state, self._stop)
+        self.identity = ArchiveIdentity.for_node(settings, storage, state, self._stop)
         self.storage = storage = GuardedStorage(storage, self.identity)
         self.elector = elector
         self.disk = Workdir(settings.workdir, settings.wal_seg_size)
@@ -225,7 +225,7 @@ class NodeService:
                 return
             with self._round("heartbeat round"):
                 self.heartbeats.round(list(self._timelines.values()))
-                if self.removal is not None:
+                if self.removal is not None and self.identity.ours():  # else not our archive's
                     self.removal.round(self._timelines, self.heartbeats.facts)
                 if self._redis_failed:
                     self._redis_failed = False

@@ -11,14 +11,17 @@ walbackup:archive:{ttid}   HASH  ledger_end (first segno not yet in a bucket
                                  laps), checked_at
 walbackup:problems:{ttid}  HASH  segno -> "KIND detail" of open problems
 walbackup:archive_id       STRING, walbackup:archive_seen HASH: the archive's
-                                 id and which node found it when
+                                 id, and each node's last check of it
                                  (``tasks.archive.identity``)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis
 
@@ -96,9 +99,15 @@ class ArchiveRecords:
         self.r.set(ARCHIVE_ID_KEY, archive_id, nx=True)
         return self.r.get(ARCHIVE_ID_KEY) or archive_id
 
-    def saw_archive(self, node_id: int, now: float) -> None:
-        self.r.hset(ARCHIVE_SEEN_KEY, str(node_id), now)
+    def report_archive(self, node_id: int, report: Mapping[str, object]) -> None:
+        """A node's last identity check: when, its storage settings'
+        fingerprint, whether it found the archive's id there."""
+        self.r.hset(ARCHIVE_SEEN_KEY, str(node_id), json.dumps(dict(report)))
 
-    def archive_seen(self) -> dict[int, float]:
-        """Node id -> when it last found the archive's id in its storage."""
-        return {int(k): float(v) for k, v in self.r.hgetall(ARCHIVE_SEEN_KEY).items()}
+    def archive_reports(self) -> dict[int, dict[str, Any]]:
+        """Node id -> its last ``report_archive`` (unreadable ones left out)."""
+        reports = {}
+        for k, v in self.r.hgetall(ARCHIVE_SEEN_KEY).items():
+            with contextlib.suppress(ValueError):
+                reports[int(k)] = dict(json.loads(v))
+        return reports

@@ -35,8 +35,8 @@ walbackup:round              STRING beat's round lock (one election round at a t
 walbackup:redbeat:*          -      RedBeat's schedule and beat lock
 walbackup:archive_id         STRING the archive's id, as its marker object holds it
                                     (tasks.core.archive_identity)
-walbackup:archive_seen       HASH   node id -> when that node last found the id in its
-                                    storage's marker (unix s)
+walbackup:archive_seen       HASH   node id -> its last check of the id (JSON: ts, fp its
+                                    storage settings' fingerprint, found)
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tests.faults.harness import (
     ttid_offloaded_by,
 )
 from tests.fixtures_s3 import MotoServer, s3_client
-from tests.removal_support import REMOVAL_ON, wait_held
+from tests.removal_support import REMOVAL_ON, held, wait_held
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,12 +50,15 @@ def test_a_node_with_another_storage_uploads_nothing_there_and_steps_aside(
             writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1)
             writer.write(12)
             cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
-            for n in NODES:
+            for n in (2, 3):
                 wait_held(cluster, n, ttid, [12])
+        # The node that cannot see the archive removes none of its WAL: the
+        # cluster's backup_lsn says nothing about its storage.
+        assert held(cluster.workdir(1), ttid) == list(range(1, 13))
         assert cluster.state.timeline(str(ttid)).offloader in (2, 3)
         assert [p.name for p in stray.rglob("*") if p.is_file()] == [], "written to the stray"
         log = cluster.log_path("node1").read_text(errors="replace")
-        assert "is not in this node's storage, where node(s) 2, 3 find it" in log, log[-3000:]
+        assert "is not in this node's storage, where other node(s) 2, 3 find it" in log, log[-3000:]
         (peer1,) = [r.peer for r in cluster.state.peers(str(ttid)) if r.peer.node_id == 1]
         assert peer1.damaged_lsn is not None  # what status shows: passed over
         assert_invariant(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tasks.archive import flush as flush_module
 from tasks.archive.flush import LedgerFlusher
 from tasks.archive.heal import heal_from_copy
 from tasks.archive.ledger_store import LedgerStore
@@ -527,3 +528,24 @@ def test_removal_sees_a_problem_while_it_is_being_healed(
     node.path(7).unlink()  # healed by another node's copy
     scrubber.run(TTID, SEG, backup, SEGNOS.start)
     assert during == [Lsn.from_segment(7, 0, SEG)]
+
+
+def test_a_rewound_ledger_is_rebuilt_a_bounded_run_per_flush(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rebuilt entry reads an object back, in the archive thread every
+    timeline shares: a rewind over a long run is rebuilt over several flushes."""
+    monkeypatch.setattr(flush_module, "RECOVER_PER_FLUSH", 5)
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    ledger = flusher(node)
+    backup = Lsn.from_segment(SEGNOS.stop, 0, SEG)
+    assert ledger.flush(TTID, SEG, backup, SEGNOS.start) == len(SEGNOS)  # Redis's entries
+    for ref in LedgerStore(storage).pages(TTID, SEG):
+        storage.delete(ref.key)  # the pages lost
+    ledger.rewind(TTID, SEGNOS.start)
+    assert [ledger.flush(TTID, SEG, backup, SEGNOS.start) for _ in range(4)] == [5, 5, 2, 0]
+    store = LedgerStore(storage)
+    entries, conflicts = store.entries(TTID, SEG, SEGNOS.start, SEGNOS.stop, store.pages(TTID, SEG))
+    assert sorted(entries) == list(SEGNOS) and not conflicts
+    assert {entries[s].source for s in SEGNOS} == {"recovered"}
