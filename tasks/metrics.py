@@ -116,6 +116,12 @@ ARCHIVE_VERIFIED_LSN = Gauge(
     "as the ledger says (it stops at the first problem); exported by the offloader",
     ["timeline"],
 )
+ARCHIVE_OPEN_PROBLEMS = Gauge(
+    "archive_open_problems",
+    "Archived segments the scrubber found damaged or missing and could not heal yet; "
+    "verified_lsn, and so WAL removal, stops at the first (exported by the offloader)",
+    ["timeline"],
+)
 ARCHIVE_UPKEEP_ERRORS = Counter(
     "archive_upkeep_errors",
     "Failed archive upkeep of a timeline this node offloads (a ledger page write, a scrub "

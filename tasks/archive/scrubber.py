@@ -37,6 +37,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.metrics import (
     ARCHIVE_HEALED,
+    ARCHIVE_OPEN_PROBLEMS,
     ARCHIVE_PROBLEMS,
     ARCHIVE_VERIFIED_BYTES,
     ARCHIVE_VERIFIED_LSN,
@@ -253,6 +254,7 @@ class Scrubber:
 
     def _report(self, ttid: str, seg_size: int, result: ScrubResult) -> None:
         ARCHIVE_VERIFIED_LSN.labels(timeline=ttid).set(int(result.verified_lsn))
+        ARCHIVE_OPEN_PROBLEMS.labels(timeline=ttid).set(len(result.open))
         for problem in result.found:
             ARCHIVE_PROBLEMS.inc()
             log.error("Timeline %s: archive problem below backup_lsn: %s", ttid, problem.line())

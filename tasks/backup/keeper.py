@@ -28,7 +28,7 @@ from tasks.config import Settings
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints
-from tasks.metrics import ARCHIVE_UPKEEP_ERRORS, ARCHIVE_VERIFIED_LSN
+from tasks.metrics import ARCHIVE_OPEN_PROBLEMS, ARCHIVE_UPKEEP_ERRORS, ARCHIVE_VERIFIED_LSN
 from tasks.state.redis import RedisState
 from tasks.state.timeline_state import TimelineState
 from tasks.state.workdir import Workdir
@@ -189,6 +189,7 @@ class ArchiveKeeper:
         for ttid in self._gauged - mine.keys():
             self._gauged.discard(ttid)
             ARCHIVE_VERIFIED_LSN.remove(ttid)
+            ARCHIVE_OPEN_PROBLEMS.remove(ttid)
 
     def _local_copy(self, ttid: TenantTimelineId, segno: int) -> Path | None:
         st = self.timelines().get(str(ttid))

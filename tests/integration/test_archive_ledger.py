@@ -28,7 +28,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
 from tasks.dev.simulate import expected_segment_bytes, simulate, simulated_system_id
 from tasks.errors import LedgerConflict
-from tasks.metrics import ARCHIVE_VERIFIED_LSN
+from tasks.metrics import ARCHIVE_OPEN_PROBLEMS, ARCHIVE_VERIFIED_LSN
 from tasks.state.keys import ledger_key, tl_key
 from tasks.state.redis import RedisState
 from tasks.storage import RemoteStorage, open_storage, segment_key, timeline_prefix
@@ -254,6 +254,7 @@ def test_scrubber_gauge_stops_at_the_first_problem_and_heals_from_copies(
     assert [(p.segno, p.kind) for p in result.open] == [(4, Kind.MISSING)]
     assert result.verified_lsn == Lsn.from_segment(4, 0, SEG)
     assert gauge._value.get() == int(Lsn.from_segment(4, 0, SEG))
+    assert ARCHIVE_OPEN_PROBLEMS.labels(timeline=str(TTID))._value.get() == 1
     assert asked == [4]  # another node was asked for it
     assert storage.read_bytes(segment_key(TTID, xlog_file_name(9, SEG))) == (
         expected_segment_bytes(TTID, 9, SEG)
@@ -267,6 +268,7 @@ def test_scrubber_gauge_stops_at_the_first_problem_and_heals_from_copies(
     result = scrubber.run(TTID, SEG, backup, SEGNOS.start)
     assert not result.open and result.verified_lsn == backup
     assert state.problems(str(TTID)) == {}
+    assert ARCHIVE_OPEN_PROBLEMS.labels(timeline=str(TTID))._value.get() == 0
     assert any(f"/{LEDGER_DIR}/" in o.key for o in storage.list(timeline_prefix(TTID)))
 
 
