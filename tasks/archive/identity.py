@@ -61,6 +61,7 @@ class Memory:
     path: Path | None
     archive_id: str | None = None
     others_found_at: float = 0.0
+    _written: float = 0.0
 
     @classmethod
     def load(cls, path: Path | None) -> Memory:
@@ -71,13 +72,15 @@ class Memory:
             return cls(path)
 
     def remember(self, archive_id: str | None, others_found_at: float) -> None:
-        """Kept on disk when the id changes, or the time moved a minute on."""
-        stale = others_found_at - self.others_found_at >= CHECK_S
-        if archive_id is None or (archive_id == self.archive_id and not stale):
+        """Kept in memory at once; on disk when the id changes, or the time
+        moved a minute on since it was last written."""
+        if archive_id is None:
             return
+        write = archive_id != self.archive_id or others_found_at - self._written >= CHECK_S
         self.archive_id, self.others_found_at = archive_id, others_found_at
-        if self.path is None:
+        if self.path is None or not write:
             return
+        self._written = others_found_at
         try:
             with atomic_write(self.path) as out:
                 out.write(json.dumps({"archive_id": archive_id,
