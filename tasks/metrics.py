@@ -116,6 +116,11 @@ ARCHIVE_VERIFIED_LSN = Gauge(
     "as the ledger says (it stops at the first problem); exported by the offloader",
     ["timeline"],
 )
+LEFT_OUT_TIMELINES = Gauge(
+    "left_out_timelines",
+    "Timeline and tenant directories this node cannot read (EACCES, EIO, a corrupt state "
+    "file) and so leaves out of its scan: it neither backs them up nor reports their lag",
+)
 ARCHIVE_OPEN_PROBLEMS = Gauge(
     "archive_open_problems",
     "Archived segments the scrubber found damaged or missing and could not heal yet; "

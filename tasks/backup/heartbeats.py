@@ -43,6 +43,7 @@ from tasks.backup.state_writes import StateWrites
 from tasks.core.election import PeerInfo
 from tasks.core.lsn import Lsn
 from tasks.logutil import Complaints, Throttle
+from tasks.metrics import LEFT_OUT_TIMELINES
 from tasks.state.beats import PIPELINE_CHUNK
 from tasks.state.records import ClusterFacts, peer_to_json
 from tasks.state.redis import RedisState
@@ -280,8 +281,11 @@ class Heartbeats:
             self.gauges.timeline(st, backup_lsn, offloader, now)
             self.gaps.check(st, backup_lsn)
             self.setup_errors.check(st)
-        for left_out, problem in dict(self.disk.failures).items():  # the watcher's, a copy
-            self.setup_errors.left_out(str(left_out), problem)
+        left_out = dict(self.disk.failures)  # the watcher's, a copy
+        for ttid_left_out, problem in left_out.items():
+            self.setup_errors.left_out(str(ttid_left_out), problem)
+        # Their lag gauges went with them: WalbackupTimelinesLeftOut says so instead.
+        LEFT_OUT_TIMELINES.set(len(left_out) + len(self.disk.tenant_failures))
         self.gaps.flush()
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()

@@ -20,6 +20,7 @@ from tasks.backup.node import NodeService
 from tasks.config import load_settings
 from tasks.core.ids import TenantTimelineId
 from tasks.dev.simulate import simulate
+from tasks.metrics import LEFT_OUT_TIMELINES
 from tasks.state import timeline_dir
 from tasks.state.listing import Listing
 from tasks.state.redis import RedisState
@@ -57,6 +58,7 @@ def test_a_timeline_left_out_is_not_this_nodes_and_its_last_error_says_why(
     node._refresh(trigger=False)
     node.heartbeats.round(list(node._timelines.values()))
     assert [p.peer.node_id for p in state.peers(str(a))] == [1]
+    assert LEFT_OUT_TIMELINES._value.get() == 0
 
     locked = node.disk.timeline_dir(a)
     real_list = timeline_dir.list_files
@@ -78,6 +80,7 @@ def test_a_timeline_left_out_is_not_this_nodes_and_its_last_error_says_why(
     assert "node 1: left out of its WORKDIR scan" in error
     assert f"cannot read {locked}: Permission denied (EACCES)" in error
     assert not state.timeline(str(b)).last_error
+    assert LEFT_OUT_TIMELINES._value.get() == 1  # what WalbackupTimelinesLeftOut watches
 
 
 def test_a_node_starts_when_its_first_scan_fails(
