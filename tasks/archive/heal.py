@@ -11,10 +11,14 @@ rules keep that from ever losing a good segment:
 - the copy is opened before anything is deleted and uploaded through that
   descriptor: WAL removal may unlink the file meanwhile (the segment is below
   backup_lsn), and the open descriptor keeps its bytes.
+
+With no ledger entry (its page lost) only a missing object is healed, from a
+copy whose first page header is the segment's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -25,8 +29,11 @@ from tasks.core.archive_check import Kind
 from tasks.core.ids import TenantTimelineId
 from tasks.core.ledger import LedgerEntry
 from tasks.core.segments import xlog_file_name
-from tasks.errors import SegmentFileError
+from tasks.core.walpage import LONG_HEADER_BYTES, check_long_header
+from tasks.errors import InvalidWalHeader, SegmentFileError
 from tasks.storage.base import RemoteStorage, digest_segment_file, segment_key
+
+log = logging.getLogger("walbackup.scrub")
 
 Healed = Literal["uploaded", "intact"] | None
 """``uploaded``: the copy replaced the archived object; ``intact``: the
@@ -62,6 +69,16 @@ def heal_from_copy(
         key = segment_key(ttid, xlog_file_name(segno, seg_size))
         if entry is None:
             if any(info.key == key for info in storage.list(key)):
+                return None
+            # Nothing says what the bytes should be (the ledger's pages went
+            # with an emptied bucket): at least the first page must be this
+            # segment's, as a normal upload's header check demands.
+            try:
+                check_long_header(os.pread(fd, LONG_HEADER_BYTES, 0), segno * seg_size,
+                                  seg_size, None)  # fmt: skip
+            except InvalidWalHeader as exc:
+                log.error("Timeline %s: not uploading this node's copy of %s again: invalid "
+                          "WAL header: %s", ttid, key, exc)  # fmt: skip
                 return None
         elif digest.sha256_hex != entry.sha256:
             return None

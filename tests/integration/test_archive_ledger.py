@@ -551,3 +551,22 @@ def test_a_rewound_ledger_is_rebuilt_a_bounded_run_per_flush(
     entries, conflicts = store.entries(TTID, SEG, SEGNOS.start, SEGNOS.stop, store.pages(TTID, SEG))
     assert sorted(entries) == list(SEGNOS) and not conflicts
     assert {entries[s].source for s in SEGNOS} == {"recovered"}
+
+
+def test_a_heal_with_no_ledger_entry_uploads_only_a_copy_with_the_segments_header(
+    storage: RemoteStorage, state: RedisState, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a bucket lost its objects and its ledger pages, nothing says
+    what a segment's bytes should be: a copy that is not even the segment's
+    (here: segment 7's bytes under 6's name) is never archived as it."""
+    node = Node(tmp_path / "node", storage, state)
+    node.archive(SEGNOS)
+    keys = {s: segment_key(TTID, xlog_file_name(s, SEG)) for s in (5, 6)}
+    for key in keys.values():
+        storage.delete(key)
+    node.path(6).write_bytes(expected_segment_bytes(TTID, 7, SEG))
+    local = lambda t, s: node.copy(s)  # noqa: E731
+    assert heal_from_copy(storage, local, TTID, 5, SEG, None) == "uploaded"
+    assert heal_from_copy(storage, local, TTID, 6, SEG, None) is None
+    assert [i.key for i in storage.list(keys[6])] == []
+    assert "invalid WAL header: xlp_pageaddr" in caplog.text
