@@ -46,6 +46,7 @@ SEEN_FRESH_S = 3 * CHECK_S
 """How recently another node must have found the marker for its absence
 from this node's storage to say this storage is not theirs."""
 NOT_CHECKED = "not yet checked that this node's storage is the cluster's archive"
+UNREADABLE = "(an unreadable marker"
 MEMORY_NAME = ".walbackup-archive"
 """In WORKDIR: the archive id this node last knew, and when other nodes last
 found it (``Memory``)."""
@@ -186,6 +187,10 @@ class ArchiveIdentity:
             # Redis lost its data: the id this node knew, never a new one.
             cluster = self.state.claim_archive_id(self._memory.archive_id)
         marker = self._marker()
+        if marker is not None and marker.startswith(UNREADABLE):
+            self.state.report_archive(self.node_id, {"ts": now, "fp": self.fingerprint,
+                                                     "found": False})  # fmt: skip
+            return f"{marker} in this node's storage, which is not the archive's"
         reports = {n: r for n, r in self.state.archive_reports().items() if n != self.node_id}
         fresh = {n: r for n, r in reports.items() if now - float(r.get("ts", 0)) < SEEN_FRESH_S}
         seen = sorted(n for n, r in fresh.items() if r.get("found"))
@@ -224,7 +229,7 @@ class ArchiveIdentity:
         except (ValueError, TypeError, KeyError):
             archive_id = None
         if not isinstance(archive_id, str) or not archive_id:
-            return f"(an unreadable marker {MARKER_KEY}: {raw[:64]!r})"
+            return f"{UNREADABLE} {MARKER_KEY}: {raw[:64]!r})"
         return archive_id
 
     def _body(self, archive_id: str) -> bytes:

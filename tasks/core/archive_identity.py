@@ -10,7 +10,7 @@ before it uses its storage (``tasks.archive.identity``):
 - both, equal: this node's storage is the archive;
 - both, different: it is another archive (or Redis is another cluster's);
 - the marker only (Redis lost its data, and this node never knew an id):
-  Redis takes the marker's id;
+  Redis takes the marker's id, from a node with most nodes' settings;
 - Redis's id only: the marker is missing from this node's storage. If
   another node found it in its own storage lately, this node's storage is
   not theirs. If none did (a bucket emptied or recreated: every node finds it
@@ -67,7 +67,13 @@ def decide(
             f"{cluster_id}: its endpoint, bucket or prefix is not the other nodes'",
         )
     if marker_id is not None:
-        return Decision(Action.ADOPT)
+        if majority:
+            return Decision(Action.ADOPT)
+        return Decision(
+            Action.WAIT,
+            f"this node's storage holds archive {marker_id} and Redis none, but most nodes "
+            "have other storage settings: it does not name the cluster's archive",
+        )
     if seen_by or seen_lately:
         nodes = f"node(s) {', '.join(str(n) for n in sorted(seen_by))}" if seen_by else "nodes"
         return Decision(

@@ -240,3 +240,15 @@ def test_another_endpoint_with_a_bucket_of_the_same_name_is_refused(
         archive.delete(MARKER_KEY)
     finally:
         other.stop()
+
+
+def test_an_unreadable_marker_is_never_taken_for_the_archives_id(
+    tmp_path: Path, state: RedisState
+) -> None:
+    clock = Clock()
+    archive = open_storage((tmp_path / "archive").as_uri())
+    archive.put_bytes(MARKER_KEY, b"not json")
+    node = identity(1, archive, state, clock)
+    with pytest.raises(ForeignArchive, match="an unreadable marker"):
+        node.require()
+    assert state.archive_id() is None  # Redis was not given garbage as the id

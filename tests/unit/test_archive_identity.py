@@ -19,8 +19,10 @@ def test_another_id_in_the_marker_is_another_archive() -> None:
     assert "holds archive b2" in decision.problem and "archive is a1" in decision.problem
 
 
-def test_redis_that_lost_its_data_takes_the_markers_id() -> None:
-    assert decide(None, "a1", [], majority=False).action is Action.ADOPT
+def test_redis_that_lost_its_data_takes_the_markers_id_from_the_majority_only() -> None:
+    assert decide(None, "a1", [], majority=True).action is Action.ADOPT
+    # A node pointed at another cluster's archive must not name it this one's.
+    assert decide(None, "b2", [], majority=False).action is Action.WAIT
 
 
 def test_neither_is_a_new_archive_for_a_node_with_most_nodes_settings() -> None:
