@@ -188,9 +188,7 @@ class ArchiveIdentity:
             cluster = self.state.claim_archive_id(self._memory.archive_id)
         marker = self._marker()
         if marker is not None and marker.startswith(UNREADABLE):
-            self.state.report_archive(self.node_id, {"ts": now, "fp": self.fingerprint,
-                                                     "found": False})  # fmt: skip
-            return f"{marker} in this node's storage, which is not the archive's"
+            return self._reported(now, f"{marker} in this node's storage: not the archive's")
         reports = {n: r for n, r in self.state.archive_reports().items() if n != self.node_id}
         fresh = {n: r for n, r in reports.items() if now - float(r.get("ts", 0)) < SEEN_FRESH_S}
         seen = sorted(n for n, r in fresh.items() if r.get("found"))
@@ -213,10 +211,14 @@ class ArchiveIdentity:
         if decision.action in (Action.ADOPT, Action.CREATE, Action.RESTORE) and marker:
             cluster = self.state.claim_archive_id(marker)
             decision = decide(cluster, marker, seen, majority=majority, seen_lately=lately)
-        ours = decision.action is Action.OURS
-        self.state.report_archive(self.node_id, {"ts": now, "fp": self.fingerprint, "found": ours})
         self._memory.remember(cluster, others_found_at)
-        return None if ours else decision.problem
+        return self._reported(now, None if decision.action is Action.OURS else decision.problem)
+
+    def _reported(self, now: float, problem: str | None) -> str | None:
+        """``problem`` (``None``: this storage is the archive), told the other nodes."""
+        found = problem is None
+        self.state.report_archive(self.node_id, {"ts": now, "fp": self.fingerprint, "found": found})
+        return problem
 
     def _marker(self) -> str | None:
         """The id the storage's marker holds (``None``: no marker)."""

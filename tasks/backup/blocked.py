@@ -17,7 +17,7 @@ import logging
 
 import redis
 
-from tasks.logutil import Throttle
+from tasks.logutil import Complaints, Throttle
 from tasks.state.redis import RedisState
 
 log = logging.getLogger("walbackup.removal")
@@ -26,10 +26,10 @@ log = logging.getLogger("walbackup.removal")
 class BlockedRemoval:
     """Used by one thread (the node's heartbeat thread)."""
 
-    def __init__(self, node_id: int, state: RedisState, interval_s: float = 30.0) -> None:
+    def __init__(self, node_id: int, state: RedisState) -> None:
         self.node_id = node_id
         self.state = state
-        self._throttle = Throttle(interval_s)
+        self._throttle = Throttle(30.0)
         self._said: dict[str, str] = {}  # ttid -> the last_error written
 
     def failed(self, ttid: str, what: str, exc: BaseException) -> None:
@@ -51,3 +51,14 @@ class BlockedRemoval:
             return
         with contextlib.suppress(redis.RedisError):
             self.state.clear_error(ttid, said)
+
+
+def write_failed(
+    blocked: BlockedRemoval | None, complain: Complaints, ttid: str, what: str, exc: Exception
+) -> None:
+    """A state file write of ``ttid`` failed: said as blocking removal when
+    removal is on and the disk refused it, else complained about as before."""
+    if blocked is not None and isinstance(exc, OSError):
+        blocked.failed(ttid, what, exc)
+    else:
+        complain(what, exc, ttid)

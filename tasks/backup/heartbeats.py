@@ -84,7 +84,7 @@ class Heartbeats:
         heartbeat_timeout_s: float,
         kick_interval_ms: int = 0,
         state_file_interval_s: float = 0.0,
-        remove_wal: bool = False,
+        blocked: BlockedRemoval | None = None,
     ) -> None:
         self.node_id = node_id
         self.kick_interval_ms = kick_interval_ms
@@ -117,7 +117,6 @@ class Heartbeats:
         self.node_seen: dict[int, float] = {}
         """Each node's last heartbeat (wall clock), as of the last round."""
         self.gauges = ClusterGauges()
-        blocked = BlockedRemoval(node_id, state) if remove_wal else None
         self.state_writes = StateWrites(disk, complain, state_file_interval_s, blocked)
         self.gaps = MissingSegments(node_id, state)
         self.round_started: float | None = None

@@ -33,6 +33,7 @@ from tasks.archive.guarded import GuardedStorage
 from tasks.archive.identity import ArchiveIdentity
 from tasks.archive.scrubber import HealElsewhere
 from tasks.backup.agreement import Agreement
+from tasks.backup.blocked import BlockedRemoval
 from tasks.backup.copies import Copies
 from tasks.backup.elector import Elector
 from tasks.backup.handoff import SendBatchFn, SendUploadFn, UploadTasks
@@ -95,12 +96,14 @@ class NodeService:
         # running, a segment sent to the queue only waits there.
         self.tasks = UploadTasks(send_upload, send_batch, slots=settings.parallel_jobs + 4)
         self.leases = Leases(settings, state, self.tasks, self._timeline, elector.kick)
+        # One voice for "removal is blocked", the state writes' and removal's own.
+        blocked = BlockedRemoval(node_id, state) if settings.remove_wal else None
         self.heartbeats = Heartbeats(
             node_id, state, self.disk, self.copies, self.identity.ours,
             keep_leases=self.leases.keep, data_lost=self._republish_digests,
             complain=self._complain, heartbeat_timeout_s=settings.heartbeat_timeout,
             kick_interval_ms=settings.kick_interval_ms,
-            state_file_interval_s=settings.state_file_interval, remove_wal=settings.remove_wal,
+            state_file_interval_s=settings.state_file_interval, blocked=blocked,
         )  # fmt: skip
         self.new_wal = NewWal(
             node_id, state, elector, self.leases, self.heartbeats, settings.heartbeat_timeout
@@ -111,17 +114,11 @@ class NodeService:
             retries=RetryPark(), publish_soon=self._heartbeat_soon, complain=self._complain,
         )  # fmt: skip
         self.uploader = Uploader(
-            window=settings.window,
-            state=state,
-            storage=storage,
-            disk=self.disk,
-            leases=self.leases,
-            tasks=self.tasks,
+            window=settings.window, state=state, storage=storage, disk=self.disk,
+            leases=self.leases, tasks=self.tasks, in_flight=in_flight, timeline=self._timeline,
             agreement=Agreement(settings, state, self.disk, self.copies, lambda: storage.needs_md5),
             headers=HeaderCheck(settings, state, self.copies, self._timeline),
-            in_flight=in_flight,
-            timeline=self._timeline,
-        )
+        )  # fmt: skip
         # upload_segment's step: upload one segment, commit it, chain.
         self.upload = self.uploader.upload
         # Quiet timelines' .partial tails, from a thread of their own.
@@ -129,7 +126,9 @@ class NodeService:
             settings, state, storage, self.disk, self.leases, lambda: self._timelines,
             lambda ttid: self.heartbeats.backup_known.get(ttid), self._complain,
         )  # fmt: skip
-        self.removal = WalRemoval.if_on(settings, state, self.disk, self.copies, self._complain)
+        self.removal = WalRemoval.if_on(
+            settings, state, self.disk, self.copies, self._complain, blocked
+        )
         self.keeper = ArchiveKeeper(
             settings, state, storage, self.disk, lambda: self._timelines,
             lambda: self.heartbeats.offloaded, heal_elsewhere, self._complain,

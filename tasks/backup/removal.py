@@ -39,7 +39,7 @@ from dataclasses import replace
 
 import redis
 
-from tasks.backup.blocked import BlockedRemoval
+from tasks.backup.blocked import BlockedRemoval, write_failed
 from tasks.backup.copies import Copies
 from tasks.config import Settings
 from tasks.core.horizon import removal_horizon, segments_below
@@ -113,6 +113,7 @@ class WalRemoval:
         disk: Workdir,
         copies: Copies,
         complain: Complaints,
+        blocked: BlockedRemoval | None = None,
     ) -> WalRemoval | None:
         """The node's removal, ``None`` unless ``WALBACKUP_REMOVE_WAL`` is on
         (then a space reserve an earlier run left in WORKDIR is deleted)."""
@@ -127,7 +128,7 @@ class WalRemoval:
             timeline_start=lambda ttid: state.timeline(ttid).timeline_start_lsn,
             forget_digests=copies.forget_below,
             complain=complain,
-            blocked=BlockedRemoval(settings.node_id, state),
+            blocked=blocked,
         )
 
     def round(
@@ -193,7 +194,8 @@ class WalRemoval:
         try:
             self.disk.update_state(st.ttid, lambda s: _with_horizon(s, horizon, start))
         except OSError as exc:
-            self._blocked(ttid, "cannot record the removal horizon in the state file", exc)
+            what = "cannot record the removal horizon in the state file"
+            write_failed(self.blocked, self.complain, ttid, what, exc)
             return 0, False
         if self.blocked is not None:
             self.blocked.cleared(ttid)
@@ -215,12 +217,6 @@ class WalRemoval:
             if doomed:
                 self._removed(st, doomed, horizon)
         return len(doomed), more
-
-    def _blocked(self, ttid: str, what: str, exc: OSError) -> None:
-        if self.blocked is not None:
-            self.blocked.failed(ttid, what, exc)
-        else:
-            self.complain(what, exc, ttid)
 
     def _removed(self, st: TimelineState, doomed: list[int], horizon: Lsn) -> None:
         ttid, seg_size = str(st.ttid), st.wal_seg_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from tasks.backup.blocked import BlockedRemoval
+from tasks.backup.blocked import BlockedRemoval, write_failed
 from tasks.core.lsn import Lsn
 from tasks.errors import SegmentFileError
 from tasks.logutil import Complaints
@@ -91,11 +91,9 @@ class StateWrites:
         except (OSError, SegmentFileError) as exc:
             # A full or failing disk must not stop heartbeats and lease
             # renewals: Redis still has backup_lsn.
+            # Removal waits for the file: a blocked removal is said loudly.
             what = "cannot record backup_lsn in the state file"
-            if self.blocked is not None and isinstance(exc, OSError):
-                self.blocked.failed(ttid, what, exc)  # removal waits for the file
-            else:
-                self.complain(what, exc, ttid)
+            write_failed(self.blocked, self.complain, ttid, what, exc)
         else:
             if self.blocked is not None:
                 self.blocked.cleared(ttid)

@@ -140,7 +140,7 @@ class WorkdirScanner:
                 states = dict(before)  # the last scan's dict stays as it was
             if state is None:
                 del states[d.ttid]
-                self._forget(d.ttid)
+                self._reader.forget(d.ttid)
                 continue
             states[d.ttid] = state
             if state.commit_lsn != (old.commit_lsn if old is not None else None):
@@ -150,7 +150,7 @@ class WorkdirScanner:
             if ttid in states:
                 states = dict(states) if states is before else states
                 del states[ttid]
-            self._forget(ttid)
+            self._reader.forget(ttid)
             self.failures.pop(ttid, None)
         return ScanChanges(states, changed)
 
@@ -233,9 +233,6 @@ class WorkdirScanner:
         self.failures.pop(ttid, None)
         return state
 
-    def _forget(self, ttid: TenantTimelineId) -> None:
-        self._reader.forget(ttid)
-
     def scan_timeline(self, ttid: TenantTimelineId) -> TimelineState | None:
         """The timeline's current state, ``None`` if it has no directory or
         one that cannot be read (the next pass says why); raises
@@ -248,4 +245,5 @@ class WorkdirScanner:
                 return None
 
     def _scan_timeline(self, d: TimelineDir) -> TimelineState | None:
+        # A method of its own: tests/unit/test_dirwatch.py counts the rescans through it.
         return self._reader.read(d)
