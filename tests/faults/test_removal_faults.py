@@ -270,43 +270,45 @@ def test_workdirs_filled_by_wal_while_the_archive_was_read_only_are_freed(
         cluster = start_cluster(
             make_cluster, roots, settings=REMOVAL_ON, remote_storage=remote.as_uri()
         )
+        ttid = new_ttid()
         try:
-            ttid = new_ttid()
-            writer = WalWriter(list(roots.values()), ttid, next_segno=1)
-            writer.write(2)
-            cluster.wait_backup(ttid, seg_lsn(3), timeout=30)
-            for n, root in roots.items():
-                wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
-
-            remount(remote, "ro")
-            segno, full = 3, set()
-            while len(full) < len(NODES):  # pg_receivewal on each node, until it stops
+            with BackupSampler(cluster, ttid) as sampler:
+                writer = WalWriter(list(roots.values()), ttid, next_segno=1)
+                writer.write(2)
+                cluster.wait_backup(ttid, seg_lsn(3), timeout=30)
                 for n, root in roots.items():
-                    if n not in full:
-                        body = expected_segment_bytes(ttid, segno, SEG_SIZE)
-                        try:
-                            write_segment(root, ttid, segno, body)
-                        except OSError as exc:
-                            assert exc.errno == errno.ENOSPC
-                            full.add(n)
-                segno += 1
-            newest = min(max(held(root, ttid)) for root in roots.values())
-            assert all(free_bytes(root) < SEG_SIZE for root in roots.values())
-            time.sleep(2)  # a few rounds on full disks, the archive still away
-            remount(remote, "rw")
+                    wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
 
-            cluster.wait_backup(ttid, seg_lsn(newest + 1), timeout=60)
-            for n, root in roots.items():
-                keep = [max(held(root, ttid))]  # its newest complete segment, the keep-back
-                wait_for(lambda r=root, k=keep: held(r, ttid) == k, 30, f"node {n}'s removal")
-                assert free_bytes(root) > SEG_SIZE, f"node {n}: still full"
-                text = cluster.log_path(f"node{n}").read_text(errors="replace")
-                assert "is full" in text and "deleted the 1048576-byte reserve" in text
-                assert "WAL removal on this node is blocked" not in text
-                wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
-            assert "blocked" not in cluster.state.timeline(str(ttid)).last_error
-            archive = Archive(ttid, root=remote)
-            assert archive.segnos() >= set(range(1, newest + 1))
+                remount(remote, "ro")
+                segno, full = 3, set()
+                while len(full) < len(NODES):  # pg_receivewal on each node, until it stops
+                    for n, root in roots.items():
+                        if n not in full:
+                            body = expected_segment_bytes(ttid, segno, SEG_SIZE)
+                            try:
+                                write_segment(root, ttid, segno, body)
+                            except OSError as exc:
+                                assert exc.errno == errno.ENOSPC
+                                full.add(n)
+                    segno += 1
+                newest = min(max(held(root, ttid)) for root in roots.values())
+                assert all(free_bytes(root) < SEG_SIZE for root in roots.values())
+                time.sleep(2)  # a few rounds on full disks, the archive still away
+                remount(remote, "rw")
+
+                cluster.wait_backup(ttid, seg_lsn(newest + 1), timeout=60)
+                for n, root in roots.items():
+                    keep = [max(held(root, ttid))]  # its newest complete segment, the keep-back
+                    wait_for(lambda r=root, k=keep: held(r, ttid) == k, 30, f"node {n}'s removal")
+                    assert free_bytes(root) > SEG_SIZE, f"node {n}: still full"
+                    text = cluster.log_path(f"node{n}").read_text(errors="replace")
+                    assert "is full" in text and "deleted the 1048576-byte reserve" in text
+                    assert "WAL removal on this node is blocked" not in text
+                    wait_for(lambda r=root: (r / RESERVE_NAME).exists(), 10, f"node {n}'s reserve")
+                assert "blocked" not in cluster.state.timeline(str(ttid)).last_error
+                archive = Archive(ttid, root=remote)
+                assert archive.segnos() >= set(range(1, newest + 1))
+            assert_invariant(cluster, archive, sampler, first_segno=1, written_end=segno)
         finally:
             cluster.stop()
 
