@@ -118,8 +118,9 @@ ARCHIVE_VERIFIED_LSN = Gauge(
 )
 LEFT_OUT_TIMELINES = Gauge(
     "left_out_timelines",
-    "Timeline and tenant directories this node cannot read (EACCES, EIO, a corrupt state "
-    "file) and so leaves out of its scan: it neither backs them up nor reports their lag",
+    "Timeline and tenant directories (and the WORKDIR itself) this node cannot read (EACCES, "
+    "EIO, a corrupt state file) and so leaves out of its scan: it neither backs them up nor "
+    "reports their lag",
 )
 ARCHIVE_OPEN_PROBLEMS = Gauge(
     "archive_open_problems",

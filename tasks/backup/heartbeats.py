@@ -284,7 +284,8 @@ class Heartbeats:
         for ttid_left_out, problem in left_out.items():
             self.setup_errors.left_out(str(ttid_left_out), problem)
         # Their lag gauges went with them: WalbackupTimelinesLeftOut says so instead.
-        LEFT_OUT_TIMELINES.set(len(left_out) + len(self.disk.tenant_failures))
+        unlisted = self.disk.workdir_failure is not None  # the WORKDIR itself (unmounted, say)
+        LEFT_OUT_TIMELINES.set(len(left_out) + len(self.disk.tenant_failures) + unlisted)
         self.gaps.flush()
         self.state.restore_system_ids(restore)
         nodes = self.state.nodes()

@@ -83,7 +83,9 @@ class DirWatch:
         """Watch the directory ``key`` names (again: a directory made anew
         under the same name gets a new watch). Raises ``OSError``: gone, or
         the watch limit reached."""
+        # The WORKDIR's own ATTRIB: a chmod of it (or of a tenant) is seen at once.
         mask = _TIMELINE if len(key) == 2 else _LAYOUT | flags.ONLYDIR
+        mask |= flags.ATTRIB if not key else 0
         wd = self._inotify.add_watch(self.root.joinpath(*key), mask | flags.DONT_FOLLOW)
         old = self._wds.get(key)
         if old is not None and old != wd:

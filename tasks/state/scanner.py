@@ -70,6 +70,9 @@ class WorkdirScanner:
         (their state file, their directory's mode, a disk error), and why."""
         self.tenant_failures: dict[str, str] = {}
         """Tenant directories the last discovery could not list, and why."""
+        self.workdir_failure: str | None = None
+        """Why the last discovery could not list the WORKDIR itself."""
+        self._listed = False
 
     @property
     def watching(self) -> bool:  # scans read inotify's events, not every directory
@@ -89,7 +92,16 @@ class WorkdirScanner:
 
     def _discover(self) -> list[TimelineDir]:
         known: dict[tuple[str, str], TimelineDir] = {}
-        found = timeline_names(self.workdir)
+        try:
+            found = timeline_names(self.workdir)
+        except InvalidInput as exc:
+            if not self._listed:  # at start: a bad setting, which the node reports
+                raise
+            return self._unlisted(str(exc))
+        self._listed = True
+        if self.workdir_failure is not None:
+            log.warning("WORKDIR %s: can be listed again", self.workdir)
+            self.workdir_failure = None
         self._tenants = found.tenants
         # A tenant that cannot be listed keeps the timelines it had: each of
         # their rescans fails, and says why (``failures``).
@@ -104,6 +116,19 @@ class WorkdirScanner:
             known[names] = d if d is not None else self._dir(TenantTimelineId(*names))
         self._dirs = known  # replaced whole: readers see one discovery or the next
         return list(known.values())
+
+    def _unlisted(self, problem: str) -> list[TimelineDir]:
+        """The WORKDIR itself cannot be listed (its mode, a disk error, gone):
+        every timeline is kept to be rescanned, and each rescan that fails
+        leaves it out and says why (a scan kept frozen at its last view kept
+        the node offloader of timelines it could not read). A full scan each
+        pass until the WORKDIR can be listed."""
+        if self.workdir_failure != problem:
+            log.error("WORKDIR %s: cannot be listed, every timeline rescanned: %s",
+                      self.workdir, problem)  # fmt: skip
+        self.workdir_failure = problem
+        self._full_due = 0.0  # no event may tell when it can (its watch is gone with it)
+        return list(self._dirs.values())
 
     def _dir(self, ttid: TenantTimelineId) -> TimelineDir:
         return TimelineDir.under(self.workdir, ttid)
@@ -163,17 +188,21 @@ class WorkdirScanner:
         if watch is None or events is None or events.lost or time.monotonic() >= self._full_due:
             self._full_due = time.monotonic() + FULL_SCAN_S
             dirs = self._discover()
-            if watch is not None:
+            if watch is not None and self.workdir_failure is None:
                 self._watch_all(watch, refresh=True)
             return dirs, self._gone()
         keys, gone = events.timelines, []
         if events.layout or self._rediscover or self._tenants_back():
             self._rediscover = False
             self._discover()
+            if self.workdir_failure is not None:
+                return list(self._dirs.values()), []
             added = self._watch_all(watch, refresh=False)
             if added is None:  # no inotify from now on
                 return list(self._dirs.values()), self._gone()
             keys |= added
+            # An unreadable tenant's timelines: each rescan fails and says why.
+            keys.update(k for k in self._dirs if k[0] in self.tenant_failures)
             gone = self._gone()
         keys.update((t.tenant_id, t.timeline_id) for t in (*self._reader.untrusted, *self.failures))
         keys.update((k[0], k[1]) for k in self._unwatched if len(k) == 2)

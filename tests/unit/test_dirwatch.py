@@ -15,6 +15,7 @@ import pytest
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.segments import xlog_file_name
+from tasks.errors import InvalidInput
 from tasks.state import scanner as scanner_module
 from tasks.state import timeline_dir
 from tasks.state.dirwatch import Changes, DirWatch
@@ -315,3 +316,27 @@ def test_a_disk_error_on_one_timeline_leaves_it_out_and_the_others_carry_on(
     states, changed = disk.scan_changes()  # no event: a timeline left out is rescanned
     assert changed == {ttid(2)} and states[ttid(2)].commit_lsn == Lsn(3 * SEG)
     assert disk.failures == {}
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["inotify", "scanning"])
+def test_a_workdir_gone_while_running_leaves_every_timeline_out_and_comes_back(
+    tmp_path: Path, watch: bool
+) -> None:
+    """A WORKDIR moved away (an unmounted disk, say) while the node runs:
+    the first scan raised for a bad setting, later ones kept a frozen view."""
+    root = tmp_path / "wal"
+    root.mkdir()
+    for i in range(3):
+        make(root, ttid(i))
+    age(root)
+    disk = Workdir(root, SEG, watch=watch)
+    assert len(disk.scan()) == 3
+    root.rename(tmp_path / "away")
+    assert disk.scan() == {}
+    assert disk.workdir_failure == f"workdir {root} is not a directory"
+    (tmp_path / "away").rename(root)
+    assert set(disk.scan()) == {ttid(i) for i in range(3)}
+    assert disk.workdir_failure is None and disk.failures == {}
+    disk.close()
+    with pytest.raises(InvalidInput, match="is not a directory"):  # at start: a bad setting
+        Workdir(tmp_path / "none", SEG, watch=watch).scan()

@@ -161,3 +161,25 @@ def test_a_node_starts_with_an_unreadable_tenant_directory(workdir: Path, watch:
     (first,) = scans(workdir, [[]], watch=watch)
     assert set(first["states"]) == {str(C)}
     assert set(first["tenant_failures"]) == {TENANT}
+
+
+def test_an_unreadable_workdir_leaves_out_every_timeline_until_it_can_be_read(
+    workdir: Path, watch: bool
+) -> None:
+    """A node whose WORKDIR itself could not be listed kept its last view of
+    every timeline, frozen: it stayed their offloader and said nothing."""
+    for path in sorted(workdir.rglob("*"), key=lambda p: -len(p.parts)):
+        os.utime(path, (1e9, 1e9))  # old: every listing is trusted, none rescanned for its age
+    # A quiet pass first: the chmod is seen by its event (the WORKDIR's ATTRIB).
+    steps = [[], [], [(workdir, 0o000)], [], [(workdir, 0o755)]]
+    log: list[str] = []
+    first, quiet, locked, still, again = scans(workdir, steps, watch=watch, log=log)
+    assert set(first["states"]) == set(quiet["states"]) == {str(A), str(B), str(C)}
+    assert locked["states"] == {}
+    assert set(locked["failures"]) == {str(A), str(B), str(C)}
+    assert "Permission denied (EACCES" in locked["failures"][str(A)]
+    assert still["states"] == {} and still["failures"] == locked["failures"]
+    said = [line for line in log if "cannot be listed" in line]
+    assert len(said) == 1 and f"cannot read {workdir}: Permission denied (EACCES)" in said[0]
+    assert set(again["states"]) == {str(A), str(B), str(C)} and again["failures"] == {}
+    assert again["watching"] is watch
