@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,12 +44,19 @@ from tasks.storage.base import (
     validate_key,
 )
 
+log = logging.getLogger(__name__)
+
 TEMP_PREFIX = ".tmp."
 _PROBE_DATA = b"walbackup probe\n" * 4096  # 64 KiB: blocks a full file system has not
 
 
+STALE_TEMP_S = 3600.0
+"""A temporary file untouched this long is a killed write's: a listing removes it."""
+
+
 def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
-    """Every published object below ``directory``, in no particular order."""
+    """Every published object below ``directory``, in no particular order;
+    stale temporary files met on the way are removed (``_sweep``)."""
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
@@ -55,12 +64,28 @@ def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             yield from _scan(Path(entry.path), root)
-        elif entry.is_file() and not entry.name.startswith(TEMP_PREFIX):
+        elif entry.name.startswith(TEMP_PREFIX):
+            _sweep(entry)
+        elif entry.is_file():
             try:
                 size = entry.stat().st_size
             except FileNotFoundError:
                 continue  # deleted since the directory was read: not listed, as on S3
             yield ObjectInfo(Path(entry.path).relative_to(root).as_posix(), size)
+
+
+def _sweep(entry: os.DirEntry[str]) -> None:
+    """Remove ``entry``, a temporary file, if no write has touched it for
+    ``STALE_TEMP_S`` (a worker killed mid-write leaves one, up to a segment's
+    size, that nothing else would ever remove). A write still running past
+    that finds it gone at its rename, fails and is retried."""
+    try:
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_TEMP_S:
+            return
+        os.unlink(entry.path)
+    except OSError:  # gone already, or a read-only archive (a restore's): left
+        return
+    log.warning("removed %s, a write's temporary file untouched for an hour", entry.path)
 
 
 class LocalStorage(RemoteStorage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from tasks.errors import AccessDenied, InvalidInput, StorageUnavailable
 from tasks.storage.base import validate_key
-from tasks.storage.local import TEMP_PREFIX, LocalStorage, _scan
+from tasks.storage.local import STALE_TEMP_S, TEMP_PREFIX, LocalStorage, _scan
 
 ROOT = Path("/srv/remote")
 
@@ -40,6 +41,23 @@ def test_temp_files_are_invisible_and_their_names_reserved(tmp_path: Path) -> No
     assert storage.delete_prefix("t/") == 0
     with pytest.raises(InvalidInput, match="reserved"):
         storage.open_read(f"t/{TEMP_PREFIX}abc")
+
+
+def test_a_listing_removes_the_temp_files_of_writes_killed_long_ago(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed mid-write left its temporary file, up to a segment's
+    size, for good: nothing listed or removed it."""
+    storage = LocalStorage(tmp_path)
+    storage.put_bytes("t/l/000000010000000000000001", b"segment")
+    stale, fresh = (tmp_path / "t" / "l" / f"{TEMP_PREFIX}{n}" for n in ("old", "new"))
+    for path in (stale, fresh):
+        path.write_bytes(b"half a segment")
+    then = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (then, then))
+    assert [o.key for o in storage.list("t/")] == ["t/l/000000010000000000000001"]
+    assert not stale.exists() and fresh.exists()  # a write may still be running
+    assert f"removed {stale}" in caplog.text
 
 
 def test_delete_prefix_prunes_emptied_directories_only(tmp_path: Path) -> None:
