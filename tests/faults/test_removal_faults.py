@@ -13,6 +13,8 @@ lost or damaged before the scrubber's next pass.
   pass: the nodes still hold them (removal waits for the scrubber's
   verified_lsn), so the first pass heals the archive from them, and only then
   are they removed. Removal by backup_lsn alone had left them in no copy.
+- A timeline's whole prefix deleted from the archive, ledger pages and all:
+  healed from the nodes' copies and its ledger rewound and written again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -43,6 +46,7 @@ from tests.faults.harness import (
     write_segment,
 )
 from tests.fixtures_s3 import AWS_ENV
+from tests.integration.test_cli_cluster import walbackup
 from tests.removal_support import (
     REMOVAL_ON,
     held,
@@ -315,3 +319,63 @@ def test_workdirs_filled_by_wal_while_the_archive_was_read_only_are_freed(
 
 def remount(path: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+def test_a_timeline_emptied_in_the_archive_gets_its_segments_and_ledger_back(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A timeline's whole prefix deleted from the archive (an `aws s3 rm
+    --recursive` of the wrong path, a lifecycle rule) while the cluster runs
+    with removal on: its segments and its ledger's pages are gone, and Redis's
+    ledger cursor still says the pages were written. The scrubber uploads the
+    nodes' copies again and rewinds the ledger, so the pages are written anew
+    from the archived objects: verified_lsn comes back to backup_lsn, `verify`
+    passes, and only then do the nodes remove the WAL they had kept."""
+    remote = tmp_path / "remote"
+    cluster = Cluster(
+        tmp_path,
+        redis_url,
+        remote.as_uri(),
+        settings={**REMOVAL_ON, "WALBACKUP_SCRUB_INTERVAL": "1"},
+    )
+    workdirs = [cluster.workdir(n) for n in NODES]
+    ttid = new_ttid()
+    archive = Archive(ttid, root=remote)
+    timeline = remote / ttid.tenant_id / ttid.timeline_id
+    try:
+        for n in NODES:
+            cluster.start_node(n)
+        cluster.start_beat()
+        cluster.wait_nodes(list(NODES))
+        with BackupSampler(cluster, ttid) as sampler:
+            writer = WalWriter(workdirs, ttid, next_segno=1)
+            writer.write(8)
+            cluster.wait_backup(ttid, seg_lsn(9), timeout=30)
+            wait_for(
+                lambda: (
+                    cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(9)
+                    and any((timeline / "_ledger").glob("*"))
+                ),
+                30,
+                "the archive to be verified and its ledger written",
+            )
+            shutil.rmtree(timeline)
+            writer.write(4)  # WAL goes on meanwhile
+            cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
+            wait_for(
+                lambda: cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(13),
+                60,
+                "the scrubber to heal the archive and rebuild its ledger",
+            )
+            for n in NODES:
+                wait_held(cluster, n, ttid, [12])
+        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=13, expected_end=13)
+        run = walbackup(
+            "verify", str(ttid), redis_url=redis_url, WALBACKUP_REMOTE_STORAGE=remote.as_uri()
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        log = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
+        assert "recording them again from the archived objects" in log
+    finally:
+        cluster.stop()
+        cluster.state.r.close()
