@@ -1,9 +1,10 @@
 """A node's storage, usable only while it is the cluster's archive (``tasks.archive.identity``).
 
-Every call but ``probe`` and ``close`` first asks ``ArchiveIdentity.require``,
-so no part of the node (uploads, partial uploads, ledger pages, scrub passes,
-heals) reads or writes a storage that is not the archive: a scrub pass over
-another bucket would find it "intact" and let the nodes remove their WAL.
+Every call but ``close`` and ``probe`` (unless ``write``: S3 may store its
+probe object) first asks ``ArchiveIdentity.require``, so no part of the node
+(uploads, partial uploads, ledger pages, scrub passes, heals) reads or writes
+a storage that is not the archive: a scrub pass over another bucket would
+find it "intact" and let the nodes remove their WAL.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ class GuardedStorage(RemoteStorage):
         self.identity.require()
         self.inner.delete(key)
 
-    def probe(self) -> None:
-        self.inner.probe()
+    def probe(self, write: bool = False) -> None:
+        if write:
+            self.identity.require()
+        self.inner.probe(write)
 
     def close(self) -> None:
         self.inner.close()

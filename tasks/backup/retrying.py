@@ -28,6 +28,7 @@ from tasks.backup.retries import RetryPark, UploadRef
 from tasks.core.commit import backoff_ms
 from tasks.core.ids import TenantTimelineId
 from tasks.errors import (
+    AccessDenied,
     AgreementPending,
     BrokerUnavailable,
     ChecksumMismatch,
@@ -144,6 +145,10 @@ class Retrying:
             self.state.record_error(upload.ttid, f"segno {upload.segno}: {exc}")
         if isinstance(exc, StorageUnavailable):
             self.health.failed()
+        elif isinstance(exc, AccessDenied):
+            # Probed with a write: a policy denying PutObject may allow the
+            # read-only probe (SPEC §9: resume within 2 s of the policy's repair).
+            self.health.failed(refused_write=True)
         if isinstance(exc, DamagedCopy):
             # Our heartbeat now reports the damage: the next election moves
             # the timeline to a node with a good copy, and our retry (if we

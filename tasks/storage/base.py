@@ -286,10 +286,11 @@ class RemoteStorage(ABC):
         """Delete one object; a missing object is not an error."""
 
     @abstractmethod
-    def probe(self) -> None:
+    def probe(self, write: bool = False) -> None:
         """A cheap health check of the storage, quick to fail (about a second
         against a black-holed endpoint): returns when it is usable, else raises
-        ``StorageUnavailable``, ``BucketMissing`` or ``AccessDenied``."""
+        ``StorageUnavailable``, ``BucketMissing`` or ``AccessDenied``. With
+        ``write``, usable means that we may write too (writing nothing new)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

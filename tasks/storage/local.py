@@ -240,10 +240,11 @@ class LocalStorage(RemoteStorage):
             raise StorageUnavailable(f"{self.url}: cannot delete {key}: {exc}") from exc
         self._prune_empty_dirs(path.parent)
 
-    def probe(self) -> None:
+    def probe(self, write: bool = False) -> None:
         """The root is a directory we can write a little data in (an empty
         file is made even on a full file system: the prober would call a full
-        archive healthy, and the uploads it releases fail again)."""
+        archive healthy, and the uploads it releases fail again), whether or
+        not ``write`` is asked for."""
         probe = self.root / f"{TEMP_PREFIX}probe.{uuid.uuid4().hex}"
         try:
             try:

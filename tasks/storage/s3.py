@@ -58,7 +58,7 @@ from tasks.storage.base import (
 from tasks.storage.s3_errors import S3Errors, TranslatedBody, error_code
 from tasks.storage.s3_options import UPLOAD_CHECKS, sse_args
 from tasks.storage.s3_probe import ChecksumProbe
-from tasks.storage.s3_small import put_small
+from tasks.storage.s3_small import probe_write, put_small
 from tasks.storage.s3_upload import S3Uploads
 
 if TYPE_CHECKING:
@@ -252,11 +252,16 @@ class S3Storage(RemoteStorage):
         with self._errors(f"delete {key}"):
             self._client().delete_object(Bucket=self.bucket, Key=full_key)
 
-    def probe(self) -> None:
-        """One ``ListObjectsV2`` (one key at most) through a client with a
-        single attempt and ``probe_timeout_s`` timeouts."""
+    def probe(self, write: bool = False) -> None:
+        """One ``ListObjectsV2`` (one key at most), or with ``write`` one
+        conditional PUT that stores nothing new (``s3_small.probe_write``),
+        through a client with a single attempt and ``probe_timeout_s`` timeouts."""
         with self._errors("probe"):
-            self._probe_client().list_objects_v2(Bucket=self.bucket, Prefix=self._root, MaxKeys=1)
+            client = self._probe_client()
+            if write:
+                probe_write(client, self.bucket, self._root, self.put_args())
+            else:
+                client.list_objects_v2(Bucket=self.bucket, Prefix=self._root, MaxKeys=1)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._errors(f"write {key}"):

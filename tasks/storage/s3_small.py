@@ -1,4 +1,5 @@
-"""Small objects on S3 (ledger pages, the retention marker): one PUT with Content-MD5."""
+"""Small objects on S3 (ledger pages, the retention marker, the write probe):
+one PUT with Content-MD5."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from tasks.storage.s3_stored import md5_etag
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+WRITE_PROBE_KEY = "walbackup-write-probe"
+WRITE_PROBE_BODY = b"walbackup: may we write here?\n"
 
 
 def put_small(
@@ -40,3 +44,15 @@ def put_small(
             return False, None
         raise
     return True, md5_etag(response)
+
+
+def probe_write(client: S3Client, bucket: str, root: str, put_args: Mapping[str, Any]) -> None:
+    """A PUT that S3 authorizes as an upload (conditional, with ``put_args``)
+    but that writes nothing new: ``If-None-Match: *`` on ``WRITE_PROBE_KEY``
+    below ``root``, which the first probe creates. S3 authorizes a request
+    before it evaluates its preconditions (a bucket policy can even test
+    ``s3:if-none-match``): 403 means writes are still denied, 412 that they
+    are allowed. So a long outage piles no objects or versions up in a
+    versioned bucket, and under object lock only the one probe object is kept
+    (its Content-MD5 is what object lock asks of a PUT)."""
+    put_small(client, bucket, root + WRITE_PROBE_KEY, WRITE_PROBE_BODY, put_args, create=True)

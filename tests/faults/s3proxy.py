@@ -23,8 +23,10 @@ Control, on the same port and never forwarded (``S3FaultProxy`` wraps it):
 Modes (``MODES``):
 
 - ``pass``: forward everything;
-- ``error500``, ``slowdown503``: answer 500 ``InternalError`` / 503
-  ``SlowDown`` as S3 does (XML body, ``x-amz-request-id``), nothing forwarded;
+- ``error500``, ``slowdown503``, ``denied403``: answer 500 ``InternalError`` /
+  503 ``SlowDown`` / 403 ``AccessDenied`` (what a bucket or IAM policy denying
+  the action gets) as S3 does (XML body, ``x-amz-request-id``), nothing
+  forwarded;
 - ``error500_after_forward``: forward (the object IS stored), then answer 500;
 - ``reset_mid_body``: read half the request body (none if it has none), then
   reset the connection (``SO_LINGER`` 0 and close: an RST, not a FIN);
@@ -87,6 +89,7 @@ MODES = frozenset(
         "pass",
         "error500",
         "slowdown503",
+        "denied403",
         "error500_after_forward",
         "reset_mid_body",
         "blackhole",
@@ -109,6 +112,7 @@ _ERRORS = {
     "error500_after_forward": (500, "Internal Server Error", "InternalError",
                                "We encountered an internal error. Please try again."),
     "slowdown503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "denied403": (403, "Forbidden", "AccessDenied", "Access Denied"),
     "bad_gateway": (502, "Bad Gateway", "BadGateway", "The upstream S3 server did not answer."),
     "bad_digest": (400, "Bad Request", "BadDigest",
                    "The checksum you specified did not match the calculated checksum."),
@@ -418,7 +422,7 @@ class Connection:
                     while self.sock.recv(65536):  # until the client closes
                         pass
                 return False
-        elif mode in ("error500", "slowdown503"):
+        elif mode in ("error500", "slowdown503", "denied403"):
             self.send_error(mode, method, path, keep_alive)
             return keep_alive
         elif mode == "latency":

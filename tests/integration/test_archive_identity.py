@@ -88,6 +88,9 @@ def test_a_node_with_another_bucket_or_prefix_uses_none_of_it(
         guarded.put_bytes("t/l/x", b"x")
     with pytest.raises(ForeignArchive):
         list(guarded.list(""))
+    guarded.probe()  # is the storage up? (stores nothing)
+    with pytest.raises(ForeignArchive):
+        guarded.probe(write=True)  # S3's would store its probe object
     assert keys(elsewhere) == []  # no marker, no object: nothing written there
     assert not stray.ours() and "node(s) 1" in (stray.problem or "")
     # Another cluster's archive (a marker with another id) is refused too.

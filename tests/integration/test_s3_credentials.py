@@ -1,7 +1,9 @@
-"""Rotated S3 credentials are found without a restart (found by a drill: a node
-kept its first boto3 session, so after its key was rotated in the shared
-credentials file and the old key deleted, every upload was refused until the
-worker restarted).
+"""S3 refusing us. Rotated S3 credentials are found without a restart (found
+by a drill: a node kept its first boto3 session, so after its key was rotated
+in the shared credentials file and the old key deleted, every upload was
+refused until the worker restarted). A bucket policy that denies PutObject but
+not ListBucket is seen, and its repair too, by the write probe the node's
+prober sends after a refused upload (``StorageHealth``).
 
 A moto server of the test's own enforces IAM auth (``INITIAL_NO_AUTH_ACTION_COUNT``:
 the setup's first actions pass unsigned, every later one needs a live key of
@@ -20,9 +22,12 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
+from tasks.backup.health import StorageHealth
 from tasks.errors import AccessDenied
 from tasks.storage import open_storage, s3_clients
 from tasks.storage.s3 import S3Storage
+from tasks.storage.s3_small import WRITE_PROBE_KEY
+from tests.cluster import wait_for
 from tests.fixtures_s3 import AWS_ENV_CLEARED, MotoServer
 from tests.servers import free_port
 
@@ -33,6 +38,10 @@ BUCKET = "walbackup-rotation"
 REGION = "us-east-1"
 ALLOW_ALL = (
     '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+)
+DENY_PUT = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*", '
+    f'"Action": "s3:PutObject", "Resource": "arn:aws:s3:::{BUCKET}/*"}}]}}'
 )
 SETUP_ACTIONS = 4
 """create_user, put_user_policy, create_access_key, create_bucket: unsigned."""
@@ -134,4 +143,37 @@ def test_rotated_keys_in_the_credentials_file_are_used_after_one_refusal(
     storage.put_bytes("three", b"3")
     assert [o.key for o in storage.list("")] == ["one", "three", "two"]
     assert _iam(server.endpoint_url, k3).list_access_keys(UserName=USER)["AccessKeyMetadata"]
+    storage.close()
+
+
+def test_a_write_probe_sees_a_policy_deny_puts_and_allow_them_again(
+    auth_moto: tuple[MotoServer, Key], credentials_file: Path
+) -> None:
+    server, key = auth_moto
+    _write_credentials(credentials_file, key)
+    storage = open_storage(f"s3://{BUCKET}/p", s3_endpoint_url=server.endpoint_url, max_attempts=1)
+    admin = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=REGION,
+                         aws_access_key_id=key[0], aws_secret_access_key=key[1])  # fmt: skip
+    # A versioned bucket: probes must not pile versions up during an outage.
+    admin.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    storage.probe(write=True)  # creates the probe object
+
+    admin.put_bucket_policy(Bucket=BUCKET, Policy=DENY_PUT)
+    with pytest.raises(AccessDenied):
+        storage.put_bytes("x", b"x")
+    storage.probe()  # listing is still allowed: a read-only probe cannot tell
+    health = StorageHealth(storage.probe, interval_s=0.05)
+    health.start()
+    try:
+        health.failed(refused_write=True)
+        with pytest.raises(AccessDenied):
+            storage.probe(write=True)
+        assert health.degraded and health.recoveries == 0
+        admin.delete_bucket_policy(Bucket=BUCKET)
+        wait_for(lambda: health.recoveries == 1, 10, "the prober to see PUTs allowed")
+    finally:
+        health.stop()
+    storage.put_bytes("x", b"x")
+    versions = admin.list_object_versions(Bucket=BUCKET, Prefix=f"p/{WRITE_PROBE_KEY}")
+    assert len(versions["Versions"]) == 1  # however many probes passed or were refused
     storage.close()

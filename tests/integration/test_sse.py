@@ -18,6 +18,7 @@ from tasks.core.lsn import Lsn
 from tasks.dev.simulate import simulate
 from tasks.storage import open_storage, segment_key, timeline_prefix
 from tasks.storage.s3 import S3Storage
+from tasks.storage.s3_small import WRITE_PROBE_KEY
 from tests.cluster import SEG_SIZE, Cluster
 from tests.fixtures_s3 import AWS_ENV, MotoServer, s3_client
 from tests.integration.test_cli_cluster import assert_one_line, walbackup
@@ -70,7 +71,8 @@ def test_every_put_asks_for_the_encryption(
     assert not storage.upload_file(key, segment, SEG_SIZE).already_present
     assert storage.upload_file(key, segment, SEG_SIZE).already_present
     storage.put_bytes(timeline_prefix(ttid) + "_retained", b"{}")
-    for stored in (key, timeline_prefix(ttid) + "_retained"):
+    storage.probe(write=True)
+    for stored in (key, timeline_prefix(ttid) + "_retained", WRITE_PROBE_KEY):
         assert head(moto_server, storage, stored) == (mode, key_id)
     (listed,) = [i for i in storage.list(timeline_prefix(ttid)) if i.key == key]
     assert (listed.etag is None) == (mode == "aws:kms")  # a KMS ETag is no MD5

@@ -295,6 +295,14 @@ def test_probe_passes_on_healthy_storage(storage: RemoteStorage) -> None:
     assert stored_files(storage) == []  # leaves nothing behind
 
 
+def test_write_probes_pass_on_healthy_storage_and_pile_nothing_up(storage: RemoteStorage) -> None:
+    storage.probe(write=True)
+    left = stored_files(storage)  # S3: its one probe object
+    assert len(left) <= 1
+    storage.probe(write=True)
+    assert stored_files(storage) == left
+
+
 def test_probe_of_a_vanished_directory_is_storage_unavailable(tmp_path: Path) -> None:
     storage = open_storage((tmp_path / "remote").as_uri())
     (tmp_path / "remote").rmdir()

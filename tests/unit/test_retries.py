@@ -58,7 +58,7 @@ def test_prober_counts_a_recovery_only_after_a_failed_probe() -> None:
     healthy = threading.Event()
     probes: list[bool] = []
 
-    def probe() -> None:
+    def probe(write: bool) -> None:
         probes.append(healthy.is_set())
         if not healthy.is_set():
             raise OSError("down")
@@ -76,5 +76,33 @@ def test_prober_counts_a_recovery_only_after_a_failed_probe() -> None:
         health.failed()
         wait(lambda: not health.degraded)
         assert health.recoveries == 1
+    finally:
+        health.stop()
+
+
+def test_a_refused_write_is_probed_with_writes_until_one_passes() -> None:
+    """A policy that denies PutObject may allow the read-only probe: after a
+    refused write only a write probe tells when it is repaired."""
+    writable = threading.Event()
+    probes: list[bool] = []
+
+    def probe(write: bool) -> None:
+        probes.append(write)
+        if write and not writable.is_set():
+            raise OSError("403 AccessDenied")
+
+    health = StorageHealth(probe, interval_s=0.01)
+    health.start()
+    try:
+        health.failed(refused_write=True)
+        wait(lambda: len(probes) >= 3)
+        assert health.recoveries == 0 and health.degraded
+        writable.set()
+        wait(lambda: health.recoveries == 1)
+        assert all(probes)
+        # Probes are read-only again once one passed.
+        health.failed()
+        wait(lambda: not health.degraded)
+        assert probes[-1] is False and health.recoveries == 1
     finally:
         health.stop()
