@@ -83,7 +83,7 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
     # -- registration -------------------------------------------------------
 
     def register(self, ttids: Iterable[str], now: float | None = None) -> int:
-        stamp = time.time() if now is None else now
+        stamp = self.clock.now() if now is None else now
         mapping: dict[str | bytes, float] = {t: stamp for t in ttids}
         return int(self.r.zadd(TIMELINES_KEY, mapping, nx=True)) if mapping else 0
 
