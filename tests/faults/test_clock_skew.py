@@ -137,3 +137,44 @@ def test_ticks_of_a_beat_five_minutes_behind_run(
         wait_for(lambda: cluster.state.r.exists(ROUND_LOCK_KEY), 5, "an election round")
     assert_invariant(cluster, Archive(ttid, root=tmp_path / "remote"), sampler,
                      first_segno=1, written_end=7, expected_end=7)  # fmt: skip
+
+
+TAKEOVER_BAR_S = 10.0
+"""Beat's ticks go on within a few election and scrub intervals of the takeover."""
+
+
+def test_a_beat_an_hour_behind_ticks_once_it_takes_the_lock(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """RedBeat stores each entry's next run by the clock of the beat that sent
+    it: the standby beat, an hour behind, took the lock over from a killed
+    beat and sent nothing for an hour (no elections by beat; no scrubs, so
+    WAL removal, which waits for the scrubber, stopped)."""
+    cluster = make_cluster(settings=REMOVAL_ON)
+    for n in NODES:
+        cluster.start_node(n)
+    cluster.start_beat()
+    wait_for(lambda: set(cluster.state.nodes()) == set(NODES), 30, "every node's heartbeat")
+    behind = cluster.log_path("beat2")
+    cluster.spawn("beat2", ["beat", "--loglevel=DEBUG"], dict(cluster.env),
+                  skewed("-3600s", monotonic=True))  # fmt: skip
+    ttid = ttid_offloaded_by(3)
+    writer = WalWriter([cluster.workdir(n) for n in NODES], ttid, next_segno=1)
+    with BackupSampler(cluster, ttid) as sampler:
+        writer.write(3)
+        for n in NODES:  # the first beat's scrubs
+            wait_held(cluster, n, ttid, [3])
+        wait_for(lambda: "standing by" in behind.read_text(), 10, "the second beat")
+        cluster.kill("beat")
+        wait_for(lambda: "Acquired lock" in behind.read_text(), 20, "the second beat's takeover")
+        took_over = time.monotonic()
+        writer.write(3)
+        for n in NODES:  # only the second beat's scrubs can verify segments 4-5
+            wait_held(cluster, n, ttid, [6], timeout=TAKEOVER_BAR_S)
+        log = behind.read_text()
+        assert "Sending due task walbackup-elect-all" in log, cluster.tail_logs()
+        assert "rescheduled from now" in log
+        print(f"Beat an hour behind took over: WAL removed within "
+              f"{time.monotonic() - took_over:.1f} s")  # fmt: skip
+    assert_invariant(cluster, Archive(ttid, root=tmp_path / "remote"), sampler,
+                     first_segno=1, written_end=7, expected_end=7)  # fmt: skip
