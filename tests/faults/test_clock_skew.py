@@ -2,7 +2,7 @@
 
 One node's worker runs an hour behind, or ahead, under libfaketime (the
 wall clock only: monotonic time stays true, as with a broken NTP); or beat
-five minutes behind.
+five minutes behind; or a standby beat an hour behind, taking the lock over.
 Heartbeats used to carry each node's own time, compared with the reader's:
 the election rounds the node behind ran counted it alive and the others'
 counted it dead, so its timeline's offloader flapped between it and another
