@@ -15,10 +15,12 @@ This scheduler, per tick:
   lock lost to a disruption is taken again, and a second beat still never
   ticks at the same time (RedBeat's own blocking ``beat_init`` handler is
   not used);
-- re-creates the schedule entries when Redis lost them;
+- re-creates the schedule entries when Redis lost them, and reschedules
+  those due later than one run from now (written by a beat with another
+  clock);
 - on a Redis or broker outage logs one line per kind of failure (again every
-  ``REPORT_EVERY_S`` while it lasts, with a count) instead of a traceback per
-  tick, and tries again after ``RETRY_S``.
+  ``beat.outages.REPORT_EVERY_S`` while it lasts, with a count) instead of a
+  traceback per tick, and tries again after ``RETRY_S``.
 
 It also sets RedBeat's Redis URL itself, in the beat process only: in the app
 configuration it would show the Redis password in every worker's
@@ -36,6 +38,7 @@ import redis
 from celery.beat import SchedulingError
 from celery.signals import beat_init
 from kombu.exceptions import OperationalError
+from redbeat.decoder import to_timestamp
 from redbeat.schedulers import (
     LUA_EXTEND_TO_SCRIPT,
     REDBEAT_REDIS_KEY,
@@ -47,24 +50,22 @@ from redis.connection import parse_url
 from redis.exceptions import LockError
 from redis.sentinel import Sentinel
 
-from tasks.logutil import Throttle
+from beat.outages import OUTAGE_ERRORS, RETRY_S, OutageLog
 
 if TYPE_CHECKING:
     from tasks.config import Settings
 
 log = logging.getLogger("celery.beat")
 
-RETRY_S = 1.0
-"""Sleep after a failed tick."""
-
-REPORT_EVERY_S = 30.0
-"""A failure that lasts is logged again at most this often."""
-
 QUIET_BELOW_S = 60.0
 """An entry due more often than this logs each send at DEBUG, and beat sums
 the sends up at INFO every ``SUMMARY_EVERY_S``: the one-second election
 tick alone was 86,400 INFO lines a day."""
 SUMMARY_EVERY_S = 300.0
+
+SKEW_MARGIN_S = 1.0
+"""How much later than one run from now an entry may be due (beats' clocks
+differ a little) before beat reschedules it."""
 
 REDIS_OPTIONS: dict[str, Any] = {
     # A frozen or black-holed Redis fails a command within seconds instead of
@@ -100,56 +101,6 @@ def sentinel_client(settings: Settings) -> redis.Redis[str]:
         **target,
     )
     return client
-
-
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,  # includes BusyLoadingError (Redis loading its AOF)
-    redis.TimeoutError,
-    OperationalError,  # kombu: the broker could not be reached to publish
-)
-
-
-class OutageLog:
-    """One log line per kind of failure, then at most one per ``every``
-    seconds while it lasts; one line when ticks succeed again."""
-
-    def __init__(self, every: float = REPORT_EVERY_S) -> None:
-        self.every = every
-        self._throttle = Throttle(every)
-        self._since: dict[str, int] = {}  # failures not reported yet
-        self._total = 0
-        self._started: float | None = None
-
-    def failed(self, exc: BaseException) -> None:
-        kind = type(exc).__name__
-        now = time.monotonic()
-        self._total += 1
-        if self._started is None:
-            self._started = now
-        if not self._throttle.allow(kind):
-            self._since[kind] = self._since.get(kind, 0) + 1
-            return
-        more = self._since.pop(kind, 0)
-        log.warning(
-            "beat: tick failed: %s: %s (%s; retrying every %gs)",
-            kind,
-            exc,
-            f"{more} more since the last report" if more else "first of its kind",
-            RETRY_S,
-        )
-
-    def recovered(self) -> None:
-        if self._started is None:
-            return
-        log.warning(
-            "beat: ticking again after %d failed tick(s) over %.1fs",
-            self._total,
-            time.monotonic() - self._started,
-        )
-        self._throttle.reset()
-        self._since.clear()
-        self._total = 0
-        self._started = None
 
 
 class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
@@ -188,7 +139,8 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.outages.failed(exc)
 
     def _restore_entries(self) -> None:
-        """Re-create the static entries if Redis lost them (one round trip)."""
+        """Re-create the static entries if Redis lost them, and reschedule those
+        due too late by this beat's clock (one round trip, unless one is)."""
         conf = self.app.redbeat_conf
         keys = [self.Entry.generate_key(self.app, name) for name in conf.schedule]
         if not keys:
@@ -200,6 +152,25 @@ class WalBackupScheduler(RedBeatScheduler):  # type: ignore[misc]
         if any(score is None for score in scores):
             log.warning("beat: schedule entries missing in Redis (data lost?): re-creating them")
             super().setup_schedule()
+            return
+        now = self.app.now()
+        for name, key, score in zip(conf.schedule, keys, scores, strict=True):
+            # RedBeat stores an entry's next run, and its last, by the clock of
+            # the beat that wrote it (it sent it, or started, even standing
+            # by): taking the lock over from a beat an hour ahead, this one sent
+            # nothing for an hour (no scrubs, so no WAL removal). Not later than
+            # one run from now, then.
+            run = self._maybe_entry(name, conf.schedule[name]).schedule
+            late = score - to_timestamp(now) - run.remaining_estimate(now).total_seconds()
+            if late > SKEW_MARGIN_S:
+                log.warning(
+                    "beat: %s was due %.0f s after its next run by this beat's clock "
+                    "(written by a beat whose clock is off by about as much?): "
+                    "rescheduled from now",
+                    name,
+                    late,
+                )
+                self.Entry.from_key(key, app=self.app).reschedule(now)
 
     # -- the lock --------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def elect_all() -> int:
 @app.task(name=names.SCRUB_ALL, send_events=False)
 def scrub_all() -> int:
     """Beat's scrub tick: one ``scrub_timelines`` message per offloader."""
-    return scrub_round(get_state(), send_scrub)
+    return scrub_round(get_state(), send_scrub, get_settings().scrub_interval)
 
 
 @app.task(name=names.SCRUB_TIMELINES)

@@ -8,7 +8,6 @@ imports the task module.
 from __future__ import annotations
 
 import threading
-import time
 from functools import lru_cache
 
 from tasks.app import send
@@ -112,8 +111,9 @@ def heal_elsewhere(ttid: TenantTimelineId, segno: int, seg_size: int) -> bool:
     """Send ``heal_segment`` to another live node that holds ``segno``."""
     s = get_settings()
     start = Lsn.from_segment(segno, 0, seg_size)
-    now = time.time()
-    for record in get_state().peers(str(ttid)):
+    state = get_state()
+    now = state.clock.now()
+    for record in state.peers(str(ttid)):
         p = record.peer
         if (
             p.node_id != s.node_id

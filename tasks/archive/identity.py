@@ -181,7 +181,7 @@ class ArchiveIdentity:
                           self.node_id, problem, self.storage.url)  # fmt: skip
 
     def _check(self) -> str | None:
-        now = time.time()
+        now = self.state.clock.now()
         cluster = self.state.archive_id()
         if cluster is None and self._memory.archive_id is not None:
             # Redis lost its data: the id this node knew, never a new one.

@@ -88,11 +88,12 @@ class Agreement:
         key: CopyKey | None = None  # taken before the read: a change while hashing shows
         try:
             st = path.stat()
-            completed = max(st.st_mtime, st.st_ctime)  # its last write, or its rename
+            # Its last write, or its rename; in cluster time, as the peers' heartbeats.
+            completed = self.state.clock.from_local(max(st.st_mtime, st.st_ctime))
             # The ctime too: a write that puts the mtime back (utime) cannot forge it.
             key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         except OSError:
-            completed = time.time()  # _read_copy tells what is wrong with it
+            completed = self.state.clock.now()  # _read_copy tells what is wrong with it
         if not self.holders(ttid, segno, seg_size, completed):
             return None
         digest = self._read_copy(ttid, segno, path, seg_size, key)
@@ -206,7 +207,7 @@ class Agreement:
         and the nodes from Redis at most every ``PEERS_CACHE_S`` per timeline,
         together (``nodes_then_peers``). The clocks of the nodes are taken to
         agree to well within ``HOLDER_GRACE_S``."""
-        now = time.time()
+        now = self.state.clock.now()
         cached = self._peers.get(ttid)
         if cached is None or now - cached[0] > PEERS_CACHE_S:
             cached = (now, *self.state.nodes_then_peers(ttid))

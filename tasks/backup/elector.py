@@ -105,9 +105,8 @@ class Elector:
     def run_round(self, batch_size: int = 1000) -> int:
         """Elect what may have changed, and the sweep's slice; returns how
         many timelines were looked at."""
-        ttids = self.state.election_work(
-            time.time() - self.heartbeat_timeout_s, self.sweep_rounds, MAX_MARKED_PER_ROUND
-        )
+        expired_before = self.state.clock.now() - self.heartbeat_timeout_s
+        ttids = self.state.election_work(expired_before, self.sweep_rounds, MAX_MARKED_PER_ROUND)
         again: list[str] = []
         for part in chunks(ttids, batch_size):
             outcomes = self.elect(part, settle=FIRST_SETTLE_S)
@@ -133,7 +132,7 @@ class Elector:
         waits until every live node told of it (``math.inf``: always; beat's
         next round does it): one node's new WAL alone elects whom the
         others' move away."""
-        now = time.time()
+        now = self.state.clock.now()
         nodes = self.state.nodes() if settle is not None else None
         live = None if nodes is None else live_nodes(nodes, now, self.heartbeat_timeout_s)
         rows = self.state.timelines_with_peers(ttids)

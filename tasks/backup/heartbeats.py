@@ -150,7 +150,7 @@ class Heartbeats:
             self._publish_locked(timelines, register)
 
     def _publish_locked(self, timelines: list[TimelineState], register: bool) -> None:
-        now = time.time()
+        now = self.state.clock.now()
         records = []
         changed: set[str] = set()
         grown: set[str] = set()
@@ -243,7 +243,8 @@ class Heartbeats:
         # What this round publishes is what a recent WORKDIR scan found: the
         # round covers what was on disk when the scan before the last began
         # (the last may have ended after ``timelines`` were taken).
-        covers = min(time.time(), self.disk.scans_began[0])
+        clock = self.state.clock
+        covers = min(clock.now(), clock.from_local(self.disk.scans_began[0]))
         ttids = [str(st.ttid) for st in timelines]
         known = self.state.cluster_facts(ttids)
         previous, self.backup_known = (
@@ -265,7 +266,7 @@ class Heartbeats:
         # Every timeline this node held at ``covers`` has told its disk now:
         # the other nodes' agreement stops waiting for a digest from this
         # node of segments it does not report (tasks.backup.agreement).
-        self.state.publish_round(self.node_id, time.time(), covers)
+        self.state.publish_round(self.node_id, clock.now(), covers)
         self.round_started = covers
         # Leases first: the state file writes below may take a while.
         self.keep_leases(self.offloaders)

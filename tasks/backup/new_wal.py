@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Sequence
 
 from tasks.backup.elector import NOT_RECOVERED, NOT_REPORTED, Elector
@@ -84,7 +83,7 @@ class NewWal:
         done = set(candidates) - set(self.leases.refill(candidates))
         mine = [t for t in batch if t not in done and offloaders.get(t) == self.node_id]
         self.leases.backup_many(mine)
-        now = time.time()
+        now = self.state.clock.now()
         elect = [
             t for t in batch if t not in done and not self._heard_lately(offloaders.get(t), now)
         ]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -200,7 +199,7 @@ def _holders(
     state: RedisState, ttid: str, heartbeat_timeout_s: float
 ) -> tuple[list[int], list[int]]:
     """The nodes whose heartbeat for ``ttid`` is recorded: alive, and dead."""
-    now = time.time()
+    now = state.clock.now()
     peers = [p.peer for p in state.peers(ttid)]
     alive = sorted(p.node_id for p in peers if is_alive(p, now, heartbeat_timeout_s))
     return alive, sorted(p.node_id for p in peers if p.node_id not in alive)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +153,7 @@ def timeline_status(
 ) -> list[TimelineStatus]:
     """The status of ``ttids`` (default: every registered timeline), in that order."""
     ids = list(ttids) if ttids else state.registered()
-    now = time.time()
+    now = state.clock.now()
     out: list[TimelineStatus] = []
     for batch in chunks(ids, _BATCH):
         for ttid, (record, peers) in zip(batch, state.timelines_with_peers(batch), strict=True):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Annotated
 
 import typer
@@ -81,7 +80,7 @@ def forget(
     settings, ids = _setup(ttids)
     with one_line_errors(f"Redis at {settings.redis_where}"):
         state = RedisState.from_url(settings.redis_url, **settings.redis_options)
-        now = time.time()
+        now = state.clock.now()
         for ttid in ids:
             holders = [
                 p.peer.node_id

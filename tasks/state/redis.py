@@ -76,14 +76,14 @@ class RedisState(LeaseWindow, ArchiveRecords, ElectionFeed):
         """A non-transactional pipeline for the ``pipe=`` writes below."""
         return self.r.pipeline(transaction=False)
 
-    def take_round_lock(self, ttl_ms: int) -> bool:
-        """Beat's election round lock: ``False`` while another round holds it."""
-        return bool(self.r.set(ROUND_LOCK_KEY, "1", nx=True, px=ttl_ms))
+    def take_round_lock(self, ttl_ms: int, key: str = ROUND_LOCK_KEY) -> bool:
+        """Beat's election (or ``key``'s) round lock: ``False`` while another round holds it."""
+        return bool(self.r.set(key, "1", nx=True, px=ttl_ms))
 
     # -- registration -------------------------------------------------------
 
     def register(self, ttids: Iterable[str], now: float | None = None) -> int:
-        stamp = time.time() if now is None else now
+        stamp = self.clock.now() if now is None else now
         mapping: dict[str | bytes, float] = {t: stamp for t in ttids}
         return int(self.r.zadd(TIMELINES_KEY, mapping, nx=True)) if mapping else 0
 

@@ -10,7 +10,6 @@ whose model is ``tasks.core.commit.advance``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ from tasks.core.ledger import LedgerEntry, encode
 from tasks.core.lsn import Lsn
 from tasks.errors import NotReplicated
 from tasks.state.beats import chunks
+from tasks.state.clock import ClusterClock
 from tasks.state.keys import done_key, inflight_key, lease_key, tl_key, window_keys
 from tasks.state.lua import Scripts
 
@@ -63,6 +63,7 @@ class LeaseWindow:
     def __init__(self, client: redis.Redis[str], scripts: Scripts) -> None:
         self.r = client
         self._scripts = scripts
+        self.clock = ClusterClock(client)
 
     def _replicated(self) -> None:
         if self.replicas:
@@ -149,7 +150,7 @@ class LeaseWindow:
         """Per timeline, the node whose lease has claims in flight (their
         deadline not passed), else ``None``, and the stored backup_lsn; one
         round trip."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock.now() * 1000)
         pipe = self.r.pipeline(transaction=False)
         for ttid in ttids:
             pipe.get(lease_key(ttid))
@@ -190,7 +191,7 @@ class LeaseWindow:
         """``claim_segments`` for each of ``requests``, in one round trip."""
         if not requests:
             return []
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock.now() * 1000)
         pipe = self.r.pipeline(transaction=False)
         for q in requests:
             self._scripts.run(
@@ -241,7 +242,7 @@ class LeaseWindow:
         """``commit_segment``, then ``claim_segments`` up to ``end_segno``, then
         renew the lease, in one round trip: the new backup_lsn and the segnos
         now claimed. Raises ``CommitRefused`` when the token is stale."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock.now() * 1000)
         ok, backup, *claimed = self._scripts.run(
             "commit_and_claim",
             window_keys(ttid),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -38,9 +37,10 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock(monkeypatch: pytest.MonkeyPatch, state: RedisState) -> Clock:
+    """The heartbeats' time: the cluster clock's (``tasks.state.clock``)."""
     clock = Clock()
-    monkeypatch.setattr(heartbeats_module, "time", SimpleNamespace(time=clock.time))
+    monkeypatch.setattr(state.clock, "now", clock.time)
     return clock
 
 

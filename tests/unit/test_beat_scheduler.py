@@ -1,4 +1,4 @@
-"""beat/scheduler.py's outage log: one line per kind of failure, rate-limited."""
+"""beat/outages.py's outage log: one line per kind of failure, rate-limited; beat/scheduler.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import redis
 from celery.schedules import schedule
 
 from beat import scheduler
-from beat.scheduler import SUMMARY_EVERY_S, OutageLog, WalBackupScheduler
+from beat.outages import OutageLog
+from beat.scheduler import SUMMARY_EVERY_S, WalBackupScheduler
 from tasks.config import Settings
 
 
@@ -19,7 +20,7 @@ def test_one_line_per_kind_then_one_per_interval(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(scheduler.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("beat.outages.time.monotonic", lambda: now[0])
     outages = OutageLog(every=30)
     with caplog.at_level(logging.INFO, logger="celery.beat"):
         for _ in range(20):  # a tick a second
