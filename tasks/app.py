@@ -45,6 +45,18 @@ def _transport_options() -> dict[str, Any]:
             # so a running upload is never delivered twice.
             "visibility_timeout": 3600,
             "unacked_restore_interval": 5,
+            # A Redis black-holed by the network (no FIN, no RST), for good
+            # on the connections a flushed NAT or conntrack table lost: kombu
+            # waits forever by default, and the worker's event loop hung in a
+            # publish of task events; its heartbeats (timed out, reconnected)
+            # kept it elected, and its timelines stalled. Every broker command
+            # is quick, and each dead connection the event loop meets after
+            # a partition blocks it this long.
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            # kombu drops a BRPOP (or pub/sub connection) left unanswered for
+            # 1-2 of these (25 s by default).
+            "health_check_interval": 5,
             # With WALBACKUP_REDIS_SENTINELS (and no broker URL of its own): the
             # master's name, and the Sentinels' password (Celery masks it in
             # `inspect conf`, as every *password* key).
