@@ -322,7 +322,7 @@ def remount(path: Path, mode: str) -> None:
 
 
 def test_a_timeline_emptied_in_the_archive_gets_its_segments_and_ledger_back(
-    tmp_path: Path, redis_url: str
+    make_cluster: Callable[..., Cluster], tmp_path: Path, redis_url: str
 ) -> None:
     """A timeline's whole prefix deleted from the archive (an `aws s3 rm
     --recursive` of the wrong path, a lifecycle rule) while the cluster runs
@@ -331,51 +331,38 @@ def test_a_timeline_emptied_in_the_archive_gets_its_segments_and_ledger_back(
     nodes' copies again and rewinds the ledger, so the pages are written anew
     from the archived objects: verified_lsn comes back to backup_lsn, `verify`
     passes, and only then do the nodes remove the WAL they had kept."""
-    remote = tmp_path / "remote"
-    cluster = Cluster(
-        tmp_path,
-        redis_url,
-        remote.as_uri(),
-        settings={**REMOVAL_ON, "WALBACKUP_SCRUB_INTERVAL": "1"},
-    )
+    remote = tmp_path / "remote"  # make_cluster's
+    cluster = start_cluster(make_cluster, settings={**REMOVAL_ON, "WALBACKUP_SCRUB_INTERVAL": "1"})
     workdirs = [cluster.workdir(n) for n in NODES]
     ttid = new_ttid()
     archive = Archive(ttid, root=remote)
     timeline = remote / ttid.tenant_id / ttid.timeline_id
-    try:
-        for n in NODES:
-            cluster.start_node(n)
-        cluster.start_beat()
-        cluster.wait_nodes(list(NODES))
-        with BackupSampler(cluster, ttid) as sampler:
-            writer = WalWriter(workdirs, ttid, next_segno=1)
-            writer.write(8)
-            cluster.wait_backup(ttid, seg_lsn(9), timeout=30)
-            wait_for(
-                lambda: (
-                    cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(9)
-                    and any((timeline / "_ledger").glob("*"))
-                ),
-                30,
-                "the archive to be verified and its ledger written",
-            )
-            shutil.rmtree(timeline)
-            writer.write(4)  # WAL goes on meanwhile
-            cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
-            wait_for(
-                lambda: cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(13),
-                60,
-                "the scrubber to heal the archive and rebuild its ledger",
-            )
-            for n in NODES:
-                wait_held(cluster, n, ttid, [12])
-        assert_invariant(cluster, archive, sampler, first_segno=1, written_end=13, expected_end=13)
-        run = walbackup(
-            "verify", str(ttid), redis_url=redis_url, WALBACKUP_REMOTE_STORAGE=remote.as_uri()
+    with BackupSampler(cluster, ttid) as sampler:
+        writer = WalWriter(workdirs, ttid, next_segno=1)
+        writer.write(8)
+        cluster.wait_backup(ttid, seg_lsn(9), timeout=30)
+        wait_for(
+            lambda: (
+                cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(9)
+                and any((timeline / "_ledger").glob("*"))
+            ),
+            30,
+            "the archive to be verified and its ledger written",
         )
-        assert run.returncode == 0, run.stdout + run.stderr
-        log = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
-        assert "recording them again from the archived objects" in log
-    finally:
-        cluster.stop()
-        cluster.state.r.close()
+        shutil.rmtree(timeline)
+        writer.write(4)  # WAL goes on meanwhile
+        cluster.wait_backup(ttid, seg_lsn(13), timeout=30)
+        wait_for(
+            lambda: cluster.state.timeline(str(ttid)).verified_lsn == seg_lsn(13),
+            60,
+            "the scrubber to heal the archive and rebuild its ledger",
+        )
+        for n in NODES:
+            wait_held(cluster, n, ttid, [12])
+    assert_invariant(cluster, archive, sampler, first_segno=1, written_end=13, expected_end=13)
+    run = walbackup(
+        "verify", str(ttid), redis_url=redis_url, WALBACKUP_REMOTE_STORAGE=remote.as_uri()
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    log = "".join(cluster.log_path(f"node{n}").read_text() for n in NODES)
+    assert "recording them again from the archived objects" in log
