@@ -149,7 +149,7 @@ class Uploader:
         # Fencing, twice: here before any byte is sent, and in the commit's
         # Lua, which refuses a token that went stale during the upload.
         if not started and not self.state.start_upload(
-            ttid, token, ttl_ms, segno, int(time.time() * 1000) + claim_ms
+            ttid, token, ttl_ms, segno, int(self.state.clock.now() * 1000) + claim_ms
         ):
             self.leases.forget(ttid, token)
             return UploadOutcome("fenced")

@@ -36,9 +36,14 @@ class Election:
 
 
 def heard_lately(last_heartbeat: float | None, now: float, heartbeat_timeout_s: float) -> bool:
-    """A node is alive while its last heartbeat (wall clock; ``None``: never
-    heard) is younger than the timeout (SPEC §4)."""
-    return last_heartbeat is not None and now - last_heartbeat < heartbeat_timeout_s
+    """A node is alive while its last heartbeat (cluster clock; ``None``:
+    never heard) is younger than the timeout (SPEC §4). One from further in
+    the future than that is stale too: written before Redis's clock was
+    stepped back (an NTP step, a failover to a replica behind), it would keep
+    a dead node alive for as long as the step."""
+    if last_heartbeat is None:
+        return False
+    return -heartbeat_timeout_s < now - last_heartbeat < heartbeat_timeout_s
 
 
 def is_alive(peer: PeerInfo, now: float, heartbeat_timeout_s: float) -> bool:

@@ -11,15 +11,21 @@ node's monotonic time since (which no wall clock step moves).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import redis
 
+log = logging.getLogger(__name__)
+
 SYNC_S = 10.0
 """Seconds between two reads of Redis's ``TIME``."""
 RETRY_S = 1.0
 """Seconds before another read after one failed (Redis unreachable)."""
+MAX_RTT_S = 0.25
+"""A read of ``TIME`` that took longer is not used: it tells the time only
+to within half its round trip."""
 
 
 class ClusterClock:
@@ -31,6 +37,7 @@ class ClusterClock:
         # (cluster time, monotonic time) at the last sync, replaced whole
         self._anchor: tuple[float, float] | None = None
         self._due = 0.0
+        self._refused = False
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -53,10 +60,18 @@ class ClusterClock:
         sent = time.monotonic()
         try:
             seconds, micros = self.r.time()
-        except redis.RedisError:
+        except redis.RedisError as exc:
             self._due = time.monotonic() + RETRY_S
+            if isinstance(exc, redis.ResponseError) and not self._refused:
+                self._refused = True  # an ACL without TIME, say: said once
+                log.warning("Redis refuses TIME (%s): this node's own clock stands in", exc)
             return
         received = time.monotonic()
+        if received - sent > MAX_RTT_S:
+            # Redis read its clock somewhere in a slow round trip (a stall, a
+            # partition that healed): the midpoint could be seconds off.
+            self._due = received + RETRY_S
+            return
         # The server read its clock about half way through the round trip.
         self._anchor = (seconds + micros / 1e6, (sent + received) / 2)
         self._due = received + SYNC_S

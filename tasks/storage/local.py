@@ -50,8 +50,10 @@ TEMP_PREFIX = ".tmp."
 _PROBE_DATA = b"walbackup probe\n" * 4096  # 64 KiB: blocks a full file system has not
 
 
-STALE_TEMP_S = 3600.0
-"""A temporary file untouched this long is a killed write's: a listing removes it."""
+STALE_TEMP_S = 86400.0
+"""A temporary file untouched this long is a killed write's: a listing removes
+it. A day, not less: on a shared archive (NFS) the file's mtime is the
+writer's clock and the listing's "now" another node's."""
 
 
 def _scan(directory: Path, root: Path) -> Iterator[ObjectInfo]:
@@ -85,7 +87,7 @@ def _sweep(entry: os.DirEntry[str]) -> None:
         os.unlink(entry.path)
     except OSError:  # gone already, or a read-only archive (a restore's): left
         return
-    log.warning("removed %s, a write's temporary file untouched for an hour", entry.path)
+    log.warning("removed %s, a write's temporary file untouched for a day", entry.path)
 
 
 class LocalStorage(RemoteStorage):

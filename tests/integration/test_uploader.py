@@ -36,6 +36,7 @@ from tasks.core.lsn import Lsn
 from tasks.core.segments import parse_xlog_file_name
 from tasks.dev.simulate import simulate
 from tasks.errors import StorageUnavailable
+from tasks.state.keys import inflight_key
 from tasks.state.redis import RedisState
 from tasks.storage.base import SegmentDigest, UploadResult
 from tasks.storage.local import LocalStorage
@@ -401,3 +402,16 @@ def test_a_bug_in_one_job_of_a_batch_sends_the_rest_back_and_fails_loudly(
         jobs.upload_segments([[harness.ttid, s, SEG, token] for s in (1, 2, 3)])
     assert harness.storage.uploaded == [1, 4]  # 4: claimed by 1's commit, chained
     assert harness.sent_segnos() == [3]
+
+
+def test_a_task_sets_its_claims_deadline_by_the_cluster_clock(harness: Harness) -> None:
+    """A node whose wall clock was an hour behind Redis's set a task's claim
+    deadline an hour in the past: the next refill claimed the segment again
+    while it was uploading (an hour ahead: a lost message waited an hour)."""
+    token = harness.start_window()
+    harness.storage.failing = {1}  # its claim stays in flight, with the deadline the task set
+    harness.clock.time = lambda: time.time() - 3600  # type: ignore[method-assign]
+    assert jobs.upload_segment(harness.ttid, 1, SEG, token) == "retrying"
+    deadline_ms = harness.state.r.zscore(inflight_key(harness.ttid), "1")
+    assert deadline_ms is not None
+    assert deadline_ms / 1000 > harness.state.clock.now() + 30

@@ -59,3 +59,37 @@ def test_redis_down_falls_back_to_the_last_sync_then_the_local_clock(
     fake.down = True
     assert clock.now() == pytest.approx(time.time() + 60, abs=0.05)
     assert fake.calls == 3
+
+
+def test_a_slow_reply_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis read its clock somewhere in a 2 s round trip (a stall that
+    healed): its midpoint put the node's clock up to half of that off."""
+    monkeypatch.setattr(clock_module, "RETRY_S", 0.0)
+    clock, fake = make(100.0)
+    slow_time = fake.time
+
+    def slow() -> tuple[int, int]:
+        answer = slow_time()  # read at once, answered late
+        time.sleep(0.4)
+        return answer
+
+    monkeypatch.setattr(fake, "time", slow)
+    assert clock.now() == pytest.approx(time.time(), abs=0.05)  # still the local clock
+    monkeypatch.setattr(fake, "time", slow_time)
+    assert clock.now() == pytest.approx(time.time() + 100, abs=0.05)
+
+
+def test_a_redis_refusing_time_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(clock_module, "RETRY_S", 0.0)
+    clock, fake = make(100.0)
+
+    def refused() -> tuple[int, int]:
+        raise redis.ResponseError("NOPERM this user has no permissions to run the 'time' command")
+
+    monkeypatch.setattr(fake, "time", refused)
+    assert clock.now() == pytest.approx(time.time(), abs=0.05)
+    clock.now()
+    said = [r.getMessage() for r in caplog.records if "refuses TIME" in r.getMessage()]
+    assert len(said) == 1 and "NOPERM" in said[0]

@@ -176,9 +176,10 @@ def test_alive_peers_boundary() -> None:
         peer(3, 0, ts=94.0),  # older: dead
         peer(4, 0, ts=100.0),  # just now
         peer(5, 0, ts=101.0),  # clock skew into the future: alive
+        peer(6, 0, ts=105.0),  # as far ahead as the timeout: stale
     ]
     assert [p.node_id for p in alive_peers(peers, now, 5.0)] == [2, 4, 5]
-    assert alive_peers(peers, now, 0.0) == [peers[4]]
+    assert alive_peers(peers, now, 0.0) == []
     assert alive_peers([], now, 5.0) == []
 
 
@@ -301,6 +302,13 @@ def test_live_nodes_are_those_heard_within_the_timeout() -> None:
     nodes = {1: {"ts": 100.0}, 2: {"ts": 94.9}, 3: {"ts": 96.0}, 4: {}}
     assert live_nodes(nodes, now=100.0, heartbeat_timeout_s=5.0) == {1, 3}
     assert live_nodes({}, now=100.0, heartbeat_timeout_s=5.0) == frozenset()
+
+
+def test_a_heartbeat_from_further_ahead_than_the_timeout_is_stale() -> None:
+    """Written before Redis's clock was stepped back (an NTP step, a
+    failover to a replica behind): it kept a dead node alive for the step."""
+    nodes = {1: {"ts": 104.0}, 2: {"ts": 105.0}, 3: {"ts": 3700.0}}
+    assert live_nodes(nodes, now=100.0, heartbeat_timeout_s=5.0) == {1}
 
 
 def test_reported_by_every_live_node() -> None:
