@@ -4,7 +4,8 @@ PostgreSQL reads "not found" (``restore_command`` exit 1) as the end of the
 archive: a point-in-time recovery ends there and the server promotes. Some
 absences are no such end, and would cut a restore short in silence:
 
-- the archive ledger records the segment as archived and no ``walbackup
+- the archive ledger records the segment as archived (a page whose name
+  covers it does, even one that cannot be read) and no ``walbackup
   retain`` deleted it: the archive lost it (``SegmentLost``, exit 202; a
   running offloader's scrubber uploads a node's copy again). The caller
   looks once more a moment later first: a segment uploaded and flushed since
@@ -43,9 +44,9 @@ import sys
 from tasks.core.ids import TenantTimelineId
 from tasks.core.lsn import Lsn
 from tasks.core.retention import RETAINED_MARKER, parse_marker
-from tasks.core.segments import PG_TLI
+from tasks.core.segments import PG_TLI, parse_xlog_file_name
 from tasks.errors import InvalidInput, NotFound, SegmentLost, WalBackupError
-from tasks.restore.ledger_check import LedgerCheck
+from tasks.restore.ledger_check import LedgerCheck, Recorded
 from tasks.storage.base import RemoteStorage, timeline_prefix
 
 LOST_RECHECK_S = 2.0
@@ -63,14 +64,20 @@ def lost(
     if check is None:
         return None, False
     recorded = check.recorded(segment)
+    unreadable = recorded is None
     if recorded is None:
-        return None, False
+        recorded = _named(check, segment)
+        if recorded is None:
+            return None, False
     # Pages are written in order over committed segments only: a later page
-    # where none covers the segment (a page removed with it) records it too.
-    archived = bool(recorded.entries) or recorded.gap
+    # where none covers the segment (a page removed with it) records it too,
+    # and so does a page whose name covers it, though its bytes are unreadable.
+    archived = unreadable or bool(recorded.entries) or recorded.gap
     if not archived or _retained(storage, ttid, recorded.segno, recorded.seg_size):
         return None, recorded.paged
     where = ", ".join(recorded.pages) or "a later page; the page of its own is gone too"
+    if unreadable:
+        where += ", which cannot be read"
     message = (
         f"segment {segment} of timeline {ttid} is not in the archive, though the archive "
         f"ledger ({where}) records it as archived: the archive lost it"
@@ -83,6 +90,23 @@ def lost(
         "segment; a running offloader's scrubber uploads a node's copy again; to end the "
         "recovery here anyway, set WALBACKUP_RESTORE_LEDGER_CHECK=warn"
     ), True
+
+
+def _named(check: LedgerCheck, segment: str) -> Recorded | None:
+    """The pages whose names cover ``segment``, for pages that cannot be read
+    (``LedgerCheck.recorded`` is ``None``); ``None`` when none does, or it is
+    no segment of ``PG_TLI``. Raises the storage's errors."""
+    try:
+        tli, segno = parse_xlog_file_name(segment, check.seg_size)
+    except ValueError:
+        return None
+    if tli != PG_TLI:
+        return None
+    refs = check.pages.pages(check.ttid, check.seg_size, start=segno, end=segno)
+    keys = [r.key for r in refs if r.first <= segno <= r.last]
+    if not keys:
+        return None
+    return Recorded([], keys, gap=False, segno=segno, seg_size=check.seg_size, paged=True)
 
 
 def not_found(

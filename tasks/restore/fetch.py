@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 from tasks.config import Settings, load_settings
 from tasks.core.ids import TenantTimelineId
@@ -39,7 +38,6 @@ from tasks.errors import (
     SegmentLost,
     WalBackupError,
 )
-from tasks.fsutil import atomic_write
 from tasks.restore.absence import LOST_RECHECK_S, in_standby, lost, not_found
 from tasks.restore.exits import (
     EXIT_CHECKSUM,
@@ -53,14 +51,9 @@ from tasks.restore.exits import (
 from tasks.restore.ledger_check import LedgerCheck
 from tasks.restore.prefetch import start_prefetcher
 from tasks.restore.spool import note_want, settings_spool_dir
+from tasks.restore.stream import fetch_key
 from tasks.storage import open_storage
-from tasks.storage.base import (
-    CHUNK_BYTES,
-    Hasher,
-    RemoteStorage,
-    segment_key,
-    timeline_prefix,
-)
+from tasks.storage.base import RemoteStorage, segment_key, timeline_prefix
 
 FETCHABLE_RE = re.compile(
     rf"{SEGMENT_NAME_RE.pattern}(?:{re.escape(PARTIAL_SUFFIX)})?|{HISTORY_NAME_RE.pattern}"
@@ -115,7 +108,7 @@ def fetch_or_partial(
     recheck = True
     for _ in range(5):
         try:
-            return _fetch_key(storage, key, dest, offset, segment, check), None
+            return fetch_key(storage, key, dest, offset, segment, check), None
         except ChecksumMismatch:
             if not reread:
                 raise
@@ -137,7 +130,7 @@ def fetch_or_partial(
         if partial is None:
             raise not_found(storage, ttid, segment, paged, empty_timeline_ends)
         try:
-            written = _fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
+            written = fetch_key(storage, segment_key(ttid, partial), dest, offset, partial, None)
         except NotFound:
             continue  # superseded meanwhile: look again
         print(
@@ -147,40 +140,6 @@ def fetch_or_partial(
         )
         return written, partial
     raise NotFound(f"segment {segment} of timeline {ttid}: archive kept changing while read")
-
-
-def _fetch_key(
-    storage: RemoteStorage,
-    key: str,
-    dest: str,
-    offset: int,
-    name: str,
-    check: LedgerCheck | None,
-) -> int:
-    """Copy; ``check`` judges the bytes read before a file ``dest`` appears
-    (on stdout they are out already: the exit status says). Its lookup
-    starts once the object is found: a miss costs no LIST."""
-    with storage.open_read(key, offset) as stream:
-        if check is not None:
-            check.look_up(name)
-        if dest == "-":
-            return _copy(stream, sys.stdout.buffer, name, check)
-        with atomic_write(dest) as out:
-            return _copy(stream, out, name, check)  # raising leaves no DEST
-
-
-def _copy(src: BinaryIO, dst: BinaryIO, name: str, check: LedgerCheck | None) -> int:
-    hasher = Hasher(md5=False) if check is not None else None
-    total = 0
-    while chunk := src.read(CHUNK_BYTES):
-        dst.write(chunk)
-        if hasher is not None:
-            hasher.update(chunk)
-        total += len(chunk)
-    dst.flush()
-    if check is not None and hasher is not None:
-        check.check(name, hasher.digest())
-    return total
 
 
 def run_fetch(ttid: str, segment: str, dest: str, offset: int = 0) -> int:

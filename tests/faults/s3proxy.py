@@ -42,6 +42,19 @@ Modes (``MODES``):
   body only; a ``Transfer-Encoding: chunked`` body is flipped as framed),
   then forward.
 
+Response faults (``RESPONSE_MODES``): the request is forwarded as usual, and
+a successful (2xx) answer with a body comes back damaged:
+
+- ``flip_response``: with its middle byte flipped;
+- ``truncate_response``: the headers (the full ``Content-Length``) and half
+  the body, then the connection closes (a FIN);
+- ``reset_response``: the same, then an RST;
+- ``stall_response``: the headers and half the body, then nothing for
+  ``ms`` milliseconds (until the fault changes, if 0), then the rest.
+
+``match`` (optional) limits a fault to requests whose target contains it
+(an object key, say); others pass and are not counted against ``count``.
+
 With ``--verify-checksums`` the proxy also does what AWS S3 does and moto
 does not: a request whose body (after any fault) does not match its
 ``Content-MD5`` or ``x-amz-checksum-sha256`` is answered 400 ``BadDigest``
@@ -96,7 +109,14 @@ MODES = frozenset(
         "blackhole_drop",
         "latency",
         "flip_byte",
+        "flip_response",
+        "truncate_response",
+        "reset_response",
+        "stall_response",
     }
+)
+RESPONSE_MODES = frozenset(
+    {"flip_response", "truncate_response", "reset_response", "stall_response"}
 )
 MAX_LINE = 65536
 ETAG_CONDITIONS = frozenset({"if-match", "if-none-match"})
@@ -142,6 +162,7 @@ class Fault:
     remaining: int | None = None  # None: every matching request
     ms: int = 0
     generation: int = 0  # of the fault in force when a request picked it
+    match: str | None = None  # None: every target
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +170,7 @@ class Fault:
             "methods": sorted(self.methods) if self.methods is not None else None,
             "remaining": self.remaining,
             "ms": self.ms,
+            "match": self.match,
         }
 
 
@@ -195,7 +217,7 @@ class ProxyState:
             real = self.real_etags.get(inner)
         return value if real is None else value.replace(inner, real)
 
-    def pick(self, method: str, has_body: bool) -> Fault:
+    def pick(self, method: str, has_body: bool, target: str = "") -> Fault:
         """The fault for one incoming request (counted)."""
         with self.cond:
             self.seen[method] += 1
@@ -203,6 +225,7 @@ class ProxyState:
             applies = (
                 fault.mode != "pass"
                 and (fault.methods is None or method in fault.methods)
+                and (fault.match is None or fault.match in target)
                 and fault.remaining != 0
                 and (has_body or fault.mode != "flip_byte")
             )
@@ -211,7 +234,7 @@ class ProxyState:
             if fault.remaining is not None:
                 fault.remaining -= 1
             self.faulted[method] += 1
-            return Fault(fault.mode, fault.methods, None, fault.ms, self.generation)
+            return Fault(fault.mode, fault.methods, None, fault.ms, self.generation, fault.match)
 
     def set(self, fault: Fault) -> None:
         with self.cond:
@@ -276,7 +299,10 @@ def parse_fault(payload: Any) -> Fault:
     ms = payload.get("ms", 0)
     if not isinstance(ms, int | float) or ms < 0:
         raise ValueError("ms: a non-negative number")
-    return Fault(mode, methods, count, int(ms))
+    match = payload.get("match")
+    if match is not None and not isinstance(match, str):
+        raise ValueError("match: a string, or null")
+    return Fault(mode, methods, count, int(ms), match=match)
 
 
 def s3_error_body(code: str, message: str, resource: str, request_id: str) -> bytes:
@@ -395,7 +421,7 @@ class Connection:
             body = self.read_exactly(length)
             return self.control(method, path, body) and keep_alive
 
-        fault = self.state.pick(method, has_body=length > 0 or chunked)
+        fault = self.state.pick(method, has_body=length > 0 or chunked, target=target)
         mode = fault.mode
         if mode != "pass":
             self.note(f"{mode}: {method} {target}")
@@ -451,6 +477,8 @@ class Connection:
             return keep_alive
         if mode == "error500_after_forward":
             self.send_error(mode, method, path, keep_alive)
+        elif mode in RESPONSE_MODES and 200 <= status < 300 and resp_body and method != "HEAD":
+            return self.send_damaged(fault, status, reason, resp_headers, resp_body, keep_alive)
         else:
             self.send_response(status, reason, resp_headers, resp_body, method, keep_alive)
         return keep_alive
@@ -503,6 +531,20 @@ class Connection:
         method: str,
         keep_alive: bool,
     ) -> None:
+        payload = self.response_head(status, reason, headers, len(body), method, keep_alive)
+        if method != "HEAD":
+            payload += body
+        self.sock.sendall(payload)
+
+    def response_head(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        length: int,
+        method: str,
+        keep_alive: bool,
+    ) -> bytes:
         lines = [f"HTTP/1.1 {status} {reason}"]
         for name, value in headers:
             lowered = name.lower()
@@ -512,13 +554,39 @@ class Connection:
                 continue  # recomputed: the body was de-chunked
             lines.append(f"{name}: {value}")
         if method != "HEAD" and status not in (204, 304) and status >= 200:
-            lines.append(f"Content-Length: {len(body)}")
+            lines.append(f"Content-Length: {length}")
         if not keep_alive:
             lines.append("Connection: close")
-        payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if method != "HEAD":
-            payload += body
-        self.sock.sendall(payload)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def send_damaged(
+        self,
+        fault: Fault,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        keep_alive: bool,
+    ) -> bool:
+        """A response damaged as ``fault`` (a ``RESPONSE_MODES`` mode) says;
+        whether the connection is still usable."""
+        middle = len(body) // 2
+        if fault.mode == "flip_response":
+            body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+            self.send_response(status, reason, headers, body, "GET", keep_alive)
+            return keep_alive
+        head = self.response_head(status, reason, headers, len(body), "GET", keep_alive)
+        self.sock.sendall(head + body[:middle])
+        if fault.mode == "stall_response":
+            if fault.ms:
+                time.sleep(fault.ms / 1000)
+            else:
+                self.state.hold(fault.generation)
+            self.sock.sendall(body[middle:])
+            return keep_alive
+        if fault.mode == "reset_response":
+            self.reset()
+        return False  # truncate_response: ``run`` closes it (a FIN)
 
     def send_error(self, kind: str, method: str, path: str, keep_alive: bool) -> None:
         status, reason, code, message = _ERRORS[kind]
@@ -731,10 +799,13 @@ class S3FaultProxy:
         methods: list[str] | None = None,
         count: int | None = None,
         ms: float = 0,
+        match: str | None = None,
     ) -> None:
         """From now on, ``mode`` for the first ``count`` requests (all if None)
-        whose method is in ``methods`` (any if None); ``ms`` for ``latency``."""
-        self._control("POST", payload={"mode": mode, "methods": methods, "count": count, "ms": ms})
+        whose method is in ``methods`` (any if None) and whose target contains
+        ``match`` (any if None); ``ms`` for ``latency`` and ``stall_response``."""
+        payload = {"mode": mode, "methods": methods, "count": count, "ms": ms, "match": match}
+        self._control("POST", payload=payload)
 
     def clear(self) -> None:
         """Back to ``pass``; requests held in a black hole go on upstream."""

@@ -250,3 +250,23 @@ def test_a_later_postgresql_timeline_stops_a_recovery_but_not_a_standby(
         fetch_or_partial(storage, ttid, t2, str(dest), 0, None)
     assert "PostgreSQL timeline 2" in capsys.readouterr().err
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("page", [b"{torn", b""], ids=["torn", "empty"])
+def test_a_segment_gone_whose_page_cannot_be_read_is_lost(
+    tmp_path: Path, ttid: TenantTimelineId, page: bytes
+) -> None:
+    """A page's name says which segments it records, and pages record
+    committed segments only: its bytes unreadable (found by a drill: the
+    loss was taken for the archive's end, exit 1, without a word) do not
+    make a loss inside its span the end."""
+    storage = archived(tmp_path, ttid)
+    (ref,) = LedgerStore(storage).pages(ttid, SEG)
+    storage.put_bytes(ref.key, page)
+    storage.delete(segment_key(ttid, xlog_file_name(3, SEG)))
+    with pytest.raises(SegmentLost, match=r"which cannot be read.*the archive lost it"):
+        fetch(storage, ttid, 3, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+    storage.delete(segment_key(ttid, xlog_file_name(8, SEG)))  # past its span: the end
+    with pytest.raises(NotFound):
+        fetch(storage, ttid, 8, tmp_path / "dest")
