@@ -7,13 +7,11 @@ settings (a spool hit does not, but for a spool on another file system).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
-
-_sequence = itertools.count()
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -26,9 +24,12 @@ def fsync_dir(directory: str | Path) -> None:
 
 
 def temp_path(dest: str | Path) -> Path:
-    """A fresh hidden name beside ``dest`` (same file system, so the rename is atomic)."""
+    """A fresh hidden name beside ``dest`` (same file system, so the rename is
+    atomic). Random, not a count: a process killed mid-write (``kill -9`` of a
+    ``restore_command``) leaves its temp file, and a later process given the
+    same PID would meet it, under a count's first name, and fail."""
     dest = Path(dest)
-    return dest.with_name(f".{dest.name}.{os.getpid()}.{next(_sequence)}.tmp")
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ class DiskReserve:
 
     def _write(self) -> None:
         block = os.urandom(_CHUNK)  # not zeros: a compressing file system stores those as nothing
-        with atomic_write(self.path) as out:  # a dotfile too: ".<name>.PID.N.tmp"
+        with atomic_write(self.path) as out:  # a dotfile too: ".<name>.PID.RANDOM.tmp"
             for _ in range(0, self.size_bytes, _CHUNK):
                 out.write(block)
             out.truncate(self.size_bytes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,22 @@ def test_a_missing_directory_is_reported_with_the_destination_not_the_temp(
         pass
     assert raised.value.filename == str(dest)
     assert str(raised.value) == f"[Errno 2] No such file or directory: '{dest}'"
+
+
+def test_a_temp_file_left_by_a_killed_process_with_our_pid_is_no_obstacle(
+    tmp_path: Path,
+) -> None:
+    """A fetch killed mid-write left ``.DEST.PID.0.tmp`` in pg_wal; the next
+    fetch PostgreSQL ran under the same PID met that name and exited 203,
+    which stops recovery. The child below is both: it leaves its own first
+    name, then writes."""
+    dest = tmp_path / "000000010000000000000001"
+    script = (
+        "import os, sys; from pathlib import Path; from tasks.fsutil import atomic_write\n"
+        "dest = Path(sys.argv[1])\n"
+        "dest.with_name(f'.{dest.name}.{os.getpid()}.0.tmp').write_bytes(b'half')\n"
+        "with atomic_write(dest) as out: out.write(b'whole')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(dest)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert dest.read_bytes() == b"whole"
