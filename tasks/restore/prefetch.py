@@ -124,6 +124,8 @@ class Prefetcher:
         ``everything``, all spooled segments and temp files (never ``.want``
         or the lock)."""
         for entry in os.scandir(self.spool):
+            if not entry.is_file(follow_symlinks=False):
+                continue  # not ours (a directory under a spooled name ended the prefetcher)
             if entry.name.startswith(TMP_PREFIX):
                 if everything:
                     Path(entry.path).unlink(missing_ok=True)

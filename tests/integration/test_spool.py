@@ -191,3 +191,24 @@ def test_corrupt_or_partial_spool_files_are_never_served(tmp_path: Path) -> None
     for name in (names[0], names[1], names[4], names[5]):  # the bad files were deleted
         assert not list(restore.spool.glob(f"{name}.{SEG}.*")), name
     wait_for(restore.prefetcher_gone, 60, "the prefetcher to exit")
+
+
+def test_a_directory_under_a_spooled_name_does_not_end_the_prefetcher(tmp_path: Path) -> None:
+    """The restore drill: the prefetcher cleaning up what the consumer is
+    past met a directory under a spooled segment's name, and died (unlink:
+    EISDIR): every later segment was fetched directly."""
+    url = (tmp_path / "remote").as_uri()
+    ttid = new_ttid()
+    segments = upload(url, None, ttid, tmp_path)
+    restore = Restore(tmp_path, url, None, ttid)
+    names = sorted(segments)
+    restore.spool.mkdir(parents=True)
+    (restore.spool / f"{names[0]}.{SEG}.00000000").mkdir()
+    for name in names[:3]:
+        run = restore.fetch(name)
+        assert run.returncode == 0, run.stderr
+        assert Path(restore.dest).read_bytes() == segments[name]
+        os.unlink(restore.dest)
+    # Past names[0]: the prefetcher has cleaned up, and goes on spooling.
+    wait_for(lambda: any(s.startswith(names[5]) for s in restore.spooled()), 30, "spooling on")
+    assert prefetcher_running(restore.spool)
