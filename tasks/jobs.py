@@ -70,7 +70,12 @@ def elect_all() -> int:
 @app.task(name=names.SCRUB_ALL, send_events=False)
 def scrub_all() -> int:
     """Beat's scrub tick: one ``scrub_timelines`` message per offloader."""
-    return scrub_round(get_state(), send_scrub, get_settings().scrub_interval)
+    try:
+        return scrub_round(get_state(), send_scrub, get_settings().scrub_interval)
+    except (redis.RedisError, BrokerUnavailable) as exc:
+        # As an election round: one line during an outage, not a traceback a tick.
+        log.warning("Scrub round failed, the next tick retries: %s: %s", type(exc).__name__, exc)
+        return 0
 
 
 @app.task(name=names.SCRUB_TIMELINES)
