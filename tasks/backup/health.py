@@ -25,13 +25,24 @@ from collections.abc import Callable
 
 log = logging.getLogger("walbackup.health")
 
+WRITE_PROBE_S = 120.0
+"""How long a refused write is probed with writes; then with a read, whose
+pass counts a recovery: the parked uploads try again (and, still refused,
+start another such round)."""
+
 
 class StorageHealth:
     """``probe(write)``: ``RemoteStorage.probe``."""
 
-    def __init__(self, probe: Callable[[bool], None], interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        probe: Callable[[bool], None],
+        interval_s: float = 0.25,
+        write_probe_s: float = WRITE_PROBE_S,
+    ) -> None:
         self._probe = probe
         self.interval_s = interval_s
+        self.write_probe_s = write_probe_s
         self.recoveries = 0
         self.recovered_at = 0.0
         """``time.monotonic()`` of the last recovery."""
@@ -64,8 +75,12 @@ class StorageHealth:
         while not self._stop.is_set():
             self._degraded.wait()
             probe_failed = False
+            # Writes only so long: a policy refusing the probe's own key
+            # alone would keep every later outage from counting a recovery.
+            write_until = time.monotonic() + self.write_probe_s
             while self._degraded.is_set() and not self._stop.is_set():
-                if self.probe_once(write=self._refused_write):
+                write = self._refused_write and time.monotonic() < write_until
+                if self.probe_once(write=write):
                     if probe_failed:
                         self.recovered_at = time.monotonic()
                         self.recoveries += 1

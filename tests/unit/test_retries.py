@@ -80,6 +80,27 @@ def test_prober_counts_a_recovery_only_after_a_failed_probe() -> None:
         health.stop()
 
 
+def test_write_probes_that_never_pass_give_way_to_a_read_in_time() -> None:
+    """A policy that refuses the probe's own key alone (uploads go through):
+    write probes never passed, so every later outage counted no recovery and
+    parked uploads waited out their backoff."""
+    probes: list[bool] = []
+
+    def probe(write: bool) -> None:
+        probes.append(write)
+        if write:
+            raise OSError("403 AccessDenied on walbackup-write-probe")
+
+    health = StorageHealth(probe, interval_s=0.01, write_probe_s=0.2)
+    health.start()
+    try:
+        health.failed(refused_write=True)
+        wait(lambda: health.recoveries == 1)
+        assert probes[0] is True and probes[-1] is False and not health.degraded
+    finally:
+        health.stop()
+
+
 def test_a_refused_write_is_probed_with_writes_until_one_passes() -> None:
     """A policy that denies PutObject may allow the read-only probe: after a
     refused write only a write probe tells when it is repaired."""
