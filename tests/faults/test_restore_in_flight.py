@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,6 @@ from tests.integration.test_fetch import fetch
 from tests.servers import env_without_walbackup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-@pytest.fixture(scope="module")
-def proxy_process(
-    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[S3FaultProxy]:
-    log_path = tmp_path_factory.mktemp("s3proxy-restore") / "s3proxy.log"
-    with S3FaultProxy(moto_server.endpoint_url, log_path=log_path) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_process: S3FaultProxy) -> Iterator[S3FaultProxy]:
-    proxy_process.clear()
-    proxy_process.reset_stats()
-    yield proxy_process
-    proxy_process.clear()
 
 
 @pytest.fixture

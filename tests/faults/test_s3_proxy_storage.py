@@ -56,24 +56,6 @@ def stored_checksum_of(data: bytes) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def proxy_process(
-    moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[S3FaultProxy]:
-    log_path = tmp_path_factory.mktemp("s3proxy") / "s3proxy.log"
-    with S3FaultProxy(moto_server.endpoint_url, log_path=log_path) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_process: S3FaultProxy) -> Iterator[S3FaultProxy]:
-    """The module's proxy, passing everything, counters at zero."""
-    proxy_process.clear()
-    proxy_process.reset_stats()
-    yield proxy_process
-    proxy_process.clear()
-
-
 class Moto:
     """The test bucket, seen straight at moto (no proxy in between), through a
     plain client that reads what is stored without validating anything."""
