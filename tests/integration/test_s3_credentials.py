@@ -162,13 +162,23 @@ def test_a_write_probe_sees_a_policy_deny_puts_and_allow_them_again(
     with pytest.raises(AccessDenied):
         storage.put_bytes("x", b"x")
     storage.probe()  # listing is still allowed: a read-only probe cannot tell
-    health = StorageHealth(storage.probe, interval_s=0.05)
+    refused: list[bool] = []
+
+    def probe(write: bool) -> None:
+        try:
+            storage.probe(write)
+        except AccessDenied:
+            refused.append(write)
+            raise
+
+    health = StorageHealth(probe, interval_s=0.05)
     health.start()
     try:
         health.failed(refused_write=True)
-        with pytest.raises(AccessDenied):
-            storage.probe(write=True)
-        assert health.degraded and health.recoveries == 0
+        # Only a probe that failed, then passes, is a recovery: the prober's
+        # first probe must come before the repair (a loaded machine was late).
+        wait_for(lambda: refused, 10, "the prober's write probe to be refused")
+        assert refused[0] is True and health.degraded and health.recoveries == 0
         admin.delete_bucket_policy(Bucket=BUCKET)
         wait_for(lambda: health.recoveries == 1, 10, "the prober to see PUTs allowed")
     finally:
